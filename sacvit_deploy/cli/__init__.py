@@ -1,0 +1,41 @@
+"""The `sacvit-deploy` command line: one module per command, joined here."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from sacvit_deploy import __version__
+from sacvit_deploy.cli.variants import variants
+
+app = typer.Typer(
+    name="sacvit-deploy",
+    help="Deploy SAC-ViT / LF-ViT / CF-ViT early-exit vision transformers: export, build, infer, profile.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"sacvit-deploy {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Deploy SAC-ViT / LF-ViT / CF-ViT early-exit vision transformers: export, build, infer, profile."""
+
+
+app.command("variants")(variants)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,55 @@
+"""`sacvit-deploy variants`: the named variants with their token counts and GFLOPs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from sacvit_deploy.cli._common import handle_errors, out
+from sacvit_deploy.model.config import FORMAT_PRESETS, VARIANTS, make_config
+from sacvit_deploy.model.flops import FlopsReport
+
+
+@handle_errors
+def variants(
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format", help="Checkpoint format whose stage-2 rules to show: sacvit, lf-vit, cf-vit."
+        ),
+    ] = "all",
+) -> None:
+    """List the model variants: grids, stage-2 token counts and GFLOPs (multiply-accumulates)."""
+    formats = [f for f in FORMAT_PRESETS if f != "deit"] if fmt == "all" else [fmt]
+    table = Table(title="SAC-ViT variants (GFLOPs = G multiply-accumulates per image)")
+    for col in (
+        "variant",
+        "format",
+        "stage-1 grid",
+        "window",
+        "k",
+        "stage-2 tokens",
+        "baseline",
+        "stage 1",
+        "stage 2",
+    ):
+        table.add_column(col, justify="right" if col not in ("variant", "format") else "left")
+    for name in sorted(VARIANTS):
+        for f in formats:
+            cfg = make_config(name, f)
+            r = FlopsReport.of(cfg)
+            window = f"{cfg.region_size}x{cfg.region_size}" if cfg.selection == "window" else "global"
+            table.add_row(
+                name,
+                f"{f} ({cfg.attention})",
+                f"{cfg.coarse_grid}x{cfg.coarse_grid}",
+                window,
+                str(cfg.num_targets),
+                str(cfg.stage2_tokens),
+                f"{r.baseline:.2f}",
+                f"{r.stage1:.2f}",
+                f"{r.stage2:.2f}",
+            )
+    out.print(table)
