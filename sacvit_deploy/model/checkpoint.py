@@ -1,0 +1,413 @@
+"""Checkpoint loading and saving. Checkpoints are untrusted input.
+
+Formats (the user names one; ``auto`` decides where the file itself says):
+
+* ``sacvit``: this project's own, the config travels with the weights. A ``.safetensors`` file whose
+  metadata holds the config, or a weights-only torch file ``{"format": "sacvit-deploy", "config": {...},
+  "model": state_dict, ...}`` (what ``train`` writes, optimizer state included).
+* ``lf-vit`` / ``cf-vit``: the official ``.pth`` files, ``{"model": state_dict, "flops" | "flop": ...,
+  "anytime_classification": ..., ...}``. Same key names for both, so the user says which; ``auto``
+  uses the ``flops`` (LF-ViT) / ``flop`` (CF-ViT) key when it is there.
+* ``deit``: timm / facebookresearch DeiT weights (``pos_embed`` for the 14x14 grid). Stage 2 takes
+  ``pos_embed`` (resampled if the grid differs), stage 1 a resampling of it to S x S, and the reuse
+  block is freshly initialised: for training init and the single-stage baseline.
+
+Nothing is ever unpickled beyond tensors and plain containers: safetensors, or
+``torch.load(weights_only=True)`` with only ``argparse.Namespace`` allowed (training scripts store
+their arguments that way). A pickle that would run code fails with a CheckpointError, unexecuted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from sacvit_deploy import __version__
+from sacvit_deploy.errors import CheckpointError, ConfigError
+from sacvit_deploy.model.config import FORMATS, VARIANTS, ModelConfig, make_config
+from sacvit_deploy.model.sacvit import DeiT, SACViT
+
+FORMAT_TAG = "sacvit-deploy"
+FORMAT_VERSION = 1
+_HEADS_BY_DIM = {192: 3, 384: 6, 768: 12}
+_NAME_BY_DIM = {192: "tiny", 384: "small", 768: "base"}
+
+
+@dataclass
+class RawCheckpoint:
+    """Tensors and plain metadata read from a file, before any interpretation."""
+
+    path: Path
+    state_dict: dict[str, Tensor]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    config: ModelConfig | None = None  # only for this project's format
+
+
+@dataclass
+class LoadedCheckpoint:
+    model: SACViT
+    cfg: ModelConfig
+    fmt: str
+    path: Path
+    notes: list[str] = field(default_factory=list)
+
+
+# ---- reading files safely ---------------------------------------------------------------------------
+def _is_safetensors(path: Path) -> bool:
+    with path.open("rb") as f:
+        head = f.read(9)
+    if len(head) < 9:
+        return False
+    n = int.from_bytes(head[:8], "little")
+    return 0 < n < 100 * 2**20 and head[8:9] == b"{"
+
+
+def _torch_load_untrusted(path: Path) -> Any:
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        msg = str(exc)
+        blocked = re.search(
+            r"(unsupported GLOBAL [^\s]+|Unsupported global: [^\s]+|Unsupported class [^\s]+)", msg
+        )
+        with path.open("rb") as f:
+            is_pickle = f.read(1) == b"\x80"  # PROTO opcode: a real pickle stream, not random bytes
+        if blocked or is_pickle:
+            hint = f" ({blocked.group(1)})" if blocked else ""
+            raise CheckpointError(
+                f"{path}: refused to load: the file holds Python objects beyond tensors, and unpickling "
+                f"them could run code{hint}; re-save it as a plain state_dict (torch.save(model.state_dict())) "
+                "or as safetensors"
+            ) from None
+        raise CheckpointError(_not_a_checkpoint(path, exc)) from None
+    except Exception as exc:  # garbage input can fail in any way inside the unpickler or zip reader
+        raise CheckpointError(_not_a_checkpoint(path, exc)) from None
+
+
+def _not_a_checkpoint(path: Path, exc: BaseException) -> str:
+    text = str(exc).strip()
+    first = text.splitlines()[0][:120] if text else type(exc).__name__
+    return (
+        f"{path}: not a PyTorch or safetensors checkpoint ({first}); pass the .pth/.pt/.safetensors file "
+        "that holds the model weights"
+    )
+
+
+def _strip_prefix(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    # DistributedDataParallel and torch.compile prefixes.
+    for prefix in ("module.", "_orig_mod."):
+        if sd and all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix) :]: v for k, v in sd.items()}
+    return sd
+
+
+def read_checkpoint(path: str | Path) -> RawCheckpoint:
+    """Read tensors and metadata from a safetensors or weights-only torch file."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file; check the checkpoint path")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder; pass the checkpoint file inside it")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file; the checkpoint is truncated or was never written")
+
+    if _is_safetensors(path):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                metadata = dict(f.metadata() or {})
+            sd = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"{path}: corrupt safetensors file ({exc}); re-export it") from None
+        cfg = None
+        if metadata.get("format") == FORMAT_TAG:
+            try:
+                cfg = ModelConfig.from_dict(json.loads(metadata["config"]))
+            except (KeyError, json.JSONDecodeError, ConfigError) as exc:
+                raise CheckpointError(
+                    f"{path}: sacvit-deploy checkpoint with an unreadable config ({exc})"
+                ) from None
+        return RawCheckpoint(path, _strip_prefix(sd), metadata, cfg)
+
+    obj = _torch_load_untrusted(path)
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state_dict or a checkpoint dict")
+    metadata: dict[str, Any] = {}
+    cfg = None
+    if obj.get("format") == FORMAT_TAG:
+        try:
+            cfg = ModelConfig.from_dict(obj["config"])
+        except (KeyError, ConfigError) as exc:
+            raise CheckpointError(
+                f"{path}: sacvit-deploy checkpoint with an unreadable config ({exc})"
+            ) from None
+    for key in ("model", "state_dict", "model_state_dict"):
+        if isinstance(obj.get(key), dict):
+            sd = obj[key]
+            metadata = {k: v for k, v in obj.items() if k != key}
+            break
+    else:
+        sd = obj
+    tensors = {k: v for k, v in sd.items() if isinstance(v, Tensor)}
+    if not tensors:
+        raise CheckpointError(f"{path}: contains no tensors; pass the file that holds the model weights")
+    return RawCheckpoint(path, _strip_prefix(tensors), metadata, cfg)
+
+
+# ---- understanding what is inside ------------------------------------------------------------------
+def _kind_of(sd: dict[str, Tensor]) -> str:
+    if "pos_embed_list.0" in sd or "pos_embed_list.1" in sd:
+        return "two-stage"
+    if "pos_embed" in sd:
+        return "deit"
+    return "unknown"
+
+
+def _grid(n_tokens: int, extra: int = 1) -> int | None:
+    side = round((n_tokens - extra) ** 0.5)
+    return side if side * side == n_tokens - extra else None
+
+
+def guess_variant(sd: dict[str, Tensor]) -> str | None:
+    """The named variant whose shapes these tensors have, or None."""
+    try:
+        dim = sd["cls_token"].shape[-1]
+        depth = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k)))
+        if "pos_embed_list.0" in sd:
+            s = _grid(sd["pos_embed_list.0"].shape[1])
+            img = 32 * s if s else None
+        else:
+            g = _grid(sd["pos_embed"].shape[1])
+            img = 16 * g if g else None
+    except (KeyError, ValueError, IndexError, TypeError):
+        return None
+    name = f"deit_{_NAME_BY_DIM.get(dim, '?')}_{img}"
+    return name if name in VARIANTS and depth == 12 else None
+
+
+def _shape_summary(sd: dict[str, Tensor]) -> str:
+    try:
+        dim = sd["cls_token"].shape[-1]
+        depth = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k)))
+        return f"embed_dim {dim}, depth {depth}"
+    except (KeyError, ValueError):
+        return "no DeiT-shaped tensors"
+
+
+def resolve_format(raw: RawCheckpoint, fmt: str) -> str:
+    """Check the user's format flag against the file, or decide it for ``auto``."""
+    if fmt not in (*FORMATS, "auto"):
+        raise CheckpointError(f"unknown checkpoint format {fmt!r}; use one of: auto, {', '.join(FORMATS)}")
+    kind = _kind_of(raw.state_dict)
+    p = raw.path
+    if kind == "unknown" and raw.config is None:
+        raise CheckpointError(
+            f"{p}: no DeiT / SAC-ViT weights inside (no cls_token/pos_embed keys); is this the right file?"
+        )
+    if fmt == "auto":
+        if raw.config is not None:
+            return "sacvit"
+        if kind == "deit":
+            return "deit"
+        if "flops" in raw.metadata:
+            return "lf-vit"
+        if "flop" in raw.metadata:
+            return "cf-vit"
+        raise CheckpointError(
+            f"{p}: an LF-ViT/CF-ViT-layout checkpoint, and the two cannot be told apart from the keys; "
+            "pass --format lf-vit or --format cf-vit"
+        )
+    if fmt == "sacvit" and raw.config is None:
+        other = "deit" if kind == "deit" else "lf-vit or --format cf-vit"
+        raise CheckpointError(
+            f"{p}: not a sacvit-deploy checkpoint (no config inside); pass --format {other}"
+        )
+    if fmt in ("lf-vit", "cf-vit"):
+        if raw.config is not None:
+            raise CheckpointError(
+                f"{p}: a sacvit-deploy checkpoint (it carries its config); pass --format sacvit"
+            )
+        if kind == "deit":
+            raise CheckpointError(
+                f"{p}: a timm DeiT checkpoint (single pos_embed), not {fmt}; pass --format deit"
+            )
+    if fmt == "deit" and kind == "two-stage" and raw.config is None:
+        raise CheckpointError(
+            f"{p}: a two-stage checkpoint (pos_embed_list.*), not timm DeiT; pass --format lf-vit or cf-vit"
+        )
+    return fmt
+
+
+def _config_for(raw: RawCheckpoint, fmt: str, variant: str | None) -> ModelConfig:
+    sd = raw.state_dict
+    guessed = guess_variant(sd)
+    name = variant or guessed
+    if name is None:
+        raise CheckpointError(
+            f"{raw.path}: shapes ({_shape_summary(sd)}) match no named variant; pass --variant "
+            f"({', '.join(sorted(VARIANTS))}) or use a sacvit-format checkpoint that carries its config"
+        )
+    head = sd.get("head.weight")
+    classes = int(head.shape[0]) if isinstance(head, Tensor) and head.dim() == 2 else 1000
+    try:
+        return make_config(name, fmt, num_classes=classes)
+    except ConfigError as exc:
+        raise CheckpointError(f"{raw.path}: {exc}") from None
+
+
+def _mismatch_error(
+    raw: RawCheckpoint, model_sd: dict[str, Tensor], sd: dict[str, Tensor], cfg: ModelConfig
+) -> None:
+    missing = sorted(set(model_sd) - set(sd))
+    unexpected = sorted(set(sd) - set(model_sd))
+    wrong = [k for k in model_sd if k in sd and tuple(sd[k].shape) != tuple(model_sd[k].shape)]
+    guess = guess_variant(sd)
+    looks = (
+        f"; the checkpoint looks like {guess}, pass --variant {guess}"
+        if guess and guess != cfg.variant
+        else ""
+    )
+    if wrong:
+        k = wrong[0]
+        raise CheckpointError(
+            f"{raw.path}: shape mismatch for {k}: checkpoint {tuple(sd[k].shape)} vs model "
+            f"{tuple(model_sd[k].shape)} ({len(wrong)} tensors differ) for variant {cfg.variant}{looks}"
+        )
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(
+                f"missing {len(missing)} keys ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})"
+            )
+        if unexpected:
+            parts.append(
+                f"unexpected {len(unexpected)} keys ({', '.join(unexpected[:3])}{', ...' if len(unexpected) > 3 else ''})"
+            )
+        raise CheckpointError(
+            f"{raw.path}: {'; '.join(parts)} for a {cfg.variant} SAC-ViT{looks or ''}; check --format and --variant"
+        )
+
+
+def _load_into(model: torch.nn.Module, sd: dict[str, Tensor], raw: RawCheckpoint, cfg: ModelConfig) -> None:
+    model_sd = model.state_dict()
+    if set(model_sd) != set(sd) or any(tuple(sd[k].shape) != tuple(v.shape) for k, v in model_sd.items()):
+        _mismatch_error(raw, model_sd, sd, cfg)
+    model.load_state_dict({k: v.to(model_sd[k].dtype) for k, v in sd.items()})
+
+
+# ---- timm DeiT conversion ---------------------------------------------------------------------------
+def resample_pos_embed(pos_embed: Tensor, new_grid: int, num_prefix: int = 1) -> Tensor:
+    """Resample a (1, prefix + G*G, D) position embedding to new_grid x new_grid (bicubic, like timm)."""
+    prefix, grid_tokens = pos_embed[:, :num_prefix], pos_embed[:, num_prefix:]
+    old = _grid(grid_tokens.shape[1], extra=0)
+    if old is None:
+        raise CheckpointError(
+            f"position embedding with {grid_tokens.shape[1]} grid tokens is not a square grid"
+        )
+    if old == new_grid:
+        return pos_embed.clone()
+    d = grid_tokens.shape[-1]
+    g = grid_tokens.reshape(1, old, old, d).permute(0, 3, 1, 2).float()
+    g = F.interpolate(
+        g, size=(new_grid, new_grid), mode="bicubic", align_corners=False, antialias=new_grid < old
+    )
+    g = g.permute(0, 2, 3, 1).reshape(1, new_grid * new_grid, d).to(pos_embed.dtype)
+    return torch.cat([prefix, g], dim=1)
+
+
+def _check_deit(raw: RawCheckpoint) -> dict[str, Tensor]:
+    sd = dict(raw.state_dict)
+    if "dist_token" in sd or "head_dist.weight" in sd:
+        raise CheckpointError(
+            f"{raw.path}: a distilled DeiT (dist_token, head_dist); use the non-distilled deit_*_patch16_* weights"
+        )
+    return sd
+
+
+def deit_to_sacvit_state(raw: RawCheckpoint, model: SACViT) -> dict[str, Tensor]:
+    """timm DeiT state dict -> SAC-ViT state dict (fresh reuse block from ``model``)."""
+    sd = _check_deit(raw)
+    pos = sd.pop("pos_embed")
+    cfg = model.cfg
+    sd["pos_embed_list.1"] = resample_pos_embed(pos, cfg.fine_grid)
+    sd["pos_embed_list.0"] = resample_pos_embed(pos, cfg.coarse_grid)
+    for k, v in model.state_dict().items():
+        if k.startswith("reuse_block."):
+            sd[k] = v.clone()
+    return sd
+
+
+# ---- public API -------------------------------------------------------------------------------------
+def load_checkpoint(path: str | Path, fmt: str = "auto", variant: str | None = None) -> LoadedCheckpoint:
+    """Load any supported checkpoint into a SACViT in eval mode."""
+    raw = read_checkpoint(path)
+    fmt = resolve_format(raw, fmt)
+    notes: list[str] = []
+    if fmt == "sacvit" and raw.config is not None:
+        cfg = raw.config
+        if variant and variant != cfg.variant:
+            raise CheckpointError(
+                f"{raw.path}: carries variant {cfg.variant}, not {variant}; drop --variant for sacvit checkpoints"
+            )
+        model = SACViT(cfg)
+        _load_into(model, raw.state_dict, raw, cfg)
+    elif fmt == "deit":
+        cfg = _config_for(raw, "deit", variant)
+        model = SACViT(cfg)
+        torch.manual_seed(0)  # the fresh reuse block is reproducible
+        sd = deit_to_sacvit_state(raw, model)
+        _load_into(model, sd, raw, cfg)
+        notes.append(
+            "timm DeiT weights: stage-1 position embedding resampled, reuse block freshly initialised"
+        )
+    else:
+        cfg = _config_for(raw, fmt, variant)
+        model = SACViT(cfg)
+        _load_into(model, raw.state_dict, raw, cfg)
+    return LoadedCheckpoint(model.eval(), cfg, fmt, raw.path, notes)
+
+
+def load_baseline(path: str | Path, fmt: str = "auto", variant: str | None = None) -> DeiT:
+    """The single-stage DeiT from a timm DeiT file, or from a two-stage checkpoint's shared weights."""
+    raw = read_checkpoint(path)
+    fmt = resolve_format(raw, fmt)
+    if fmt != "deit":
+        return DeiT.from_sacvit(load_checkpoint(path, fmt, variant).model)
+    cfg = _config_for(raw, "deit", variant)
+    model = DeiT(cfg)
+    sd = _check_deit(raw)
+    sd["pos_embed"] = resample_pos_embed(sd["pos_embed"], cfg.fine_grid)
+    _load_into(model, sd, raw, cfg)
+    return model.eval()
+
+
+def save_checkpoint(model: SACViT, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    """Write this project's format: safetensors with the config in its metadata."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "format": FORMAT_TAG,
+        "format_version": str(FORMAT_VERSION),
+        "sacvit_deploy_version": __version__,
+        "config": json.dumps(model.cfg.to_dict()),
+        **(metadata or {}),
+    }
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tmp = path.with_name(path.name + ".partial")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(path)
+    return path
