@@ -13,6 +13,7 @@ from sacvit_deploy.model.layers import (
     image_to_patches,
     set_fused_attn,
 )
+from sacvit_deploy.runtime.pipeline import mixed_threshold
 from tests.conftest import make_tiny
 
 
@@ -35,7 +36,7 @@ def run_two_stage(model: SACViT, images: torch.Tensor, threshold: float):
 def test_two_stages_recombined_equal_reference_for_every_exit_pattern(tiny_model, images):
     conf = tiny_model.forward_stage1(images).confidence
     assert conf.max() - conf.min() > 0.05, "fixture must spread confidences for a mixed batch"
-    mixed = float(conf.median())
+    mixed = mixed_threshold(conf)
     for threshold in (0.0, mixed, 1.01):
         ref = tiny_model(images, threshold)
         logits, stage = run_two_stage(tiny_model, images, threshold)

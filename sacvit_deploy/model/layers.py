@@ -98,7 +98,8 @@ class Attention(nn.Module):
             # Class-token row of the softmax attention, mean over heads: (B, N). Exact for global
             # attention, which is where scores are taken (stage 1).
             row = ((q[:, :, :1] * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-            cls_attn = row.mean(dim=1).squeeze(1)
+            # Index, not squeeze: the TorchScript exporter turns squeeze on a traced dim into an If.
+            cls_attn = row[:, :, 0].mean(dim=1)
 
         out = out.transpose(1, 2).reshape(-1, n, c)
         return self.proj(out), cls_attn

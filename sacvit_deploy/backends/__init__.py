@@ -1,0 +1,1 @@
+"""Backends: one runner protocol, implemented by torch, ONNX Runtime and TensorRT."""

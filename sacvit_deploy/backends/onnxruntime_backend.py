@@ -1,0 +1,171 @@
+"""The ONNX Runtime backend: CPU, CUDA and TensorRT execution providers.
+
+ONNX Runtime silently falls back to the CPU when a GPU provider's libraries are missing, so after
+creating the session we compare ``get_providers()`` with what was asked and fail clearly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sacvit_deploy.backends.base import TORCH_DTYPES, BackendError, Runner
+from sacvit_deploy.export.manifest import TensorSpec
+
+PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+def import_onnxruntime() -> Any:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise BackendError(
+            "onnxruntime is not installed; pip install 'sacvit-deploy[cpu]' (or '[gpu]' for CUDA/TensorRT providers)"
+        ) from None
+    return ort
+
+
+def available_providers() -> list[str]:
+    try:
+        return list(import_onnxruntime().get_available_providers())
+    except BackendError:
+        return []
+
+
+class OnnxRuntimeRunner(Runner):
+    backend = "onnxruntime"
+
+    def __init__(
+        self,
+        path: str | Path,
+        inputs: Sequence[TensorSpec],
+        outputs: Sequence[TensorSpec],
+        provider: str = "cpu",
+        threads: int | None = None,
+        fp16: bool = False,
+        cache_dir: str | Path | None = None,
+        device_id: int = 0,
+    ) -> None:
+        super().__init__(Path(path).name, inputs, outputs)
+        if provider not in PROVIDERS:
+            raise BackendError(
+                f"unknown ONNX Runtime provider {provider!r}; use one of {', '.join(PROVIDERS)}"
+            )
+        self.path = Path(path)
+        self.provider = provider
+        self.threads = threads
+        self.fp16 = fp16
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.device_id = device_id
+        self._session: Any = None
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu") if self.provider == "cpu" else torch.device("cuda", self.device_id)
+
+    def _provider_list(self) -> list[Any]:
+        names = PROVIDERS[self.provider]
+        out: list[Any] = []
+        for name in names:
+            if name == "TensorrtExecutionProvider":
+                opts: dict[str, Any] = {"device_id": self.device_id, "trt_fp16_enable": self.fp16}
+                if self.cache_dir:
+                    self.cache_dir.mkdir(parents=True, exist_ok=True)
+                    opts.update(
+                        trt_engine_cache_enable=True,
+                        trt_engine_cache_path=str(self.cache_dir),
+                        trt_timing_cache_enable=True,
+                        trt_timing_cache_path=str(self.cache_dir),
+                    )
+                out.append((name, opts))
+            elif name == "CUDAExecutionProvider":
+                out.append((name, {"device_id": self.device_id}))
+            else:
+                out.append(name)
+        return out
+
+    def _activate(self) -> None:
+        ort = import_onnxruntime()
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if self.threads:
+            opts.intra_op_num_threads = self.threads
+        opts.log_severity_level = 3
+        wanted = PROVIDERS[self.provider][0]
+        if wanted not in ort.get_available_providers():
+            raise BackendError(
+                f"{self.name}: ONNX Runtime has no {wanted} here (available: {', '.join(ort.get_available_providers())}); "
+                f"install onnxruntime-gpu with matching CUDA/TensorRT libraries, or use --device cpu"
+            )
+        try:
+            session = ort.InferenceSession(str(self.path), sess_options=opts, providers=self._provider_list())
+        except Exception as exc:  # ORT raises its own exception types for bad files
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise BackendError(
+                f"{self.path}: ONNX Runtime cannot load it ({first}); re-export the folder"
+            ) from None
+        active = session.get_providers()
+        if wanted not in active:
+            raise BackendError(
+                f"{self.name}: asked for {wanted} but ONNX Runtime fell back to {', '.join(active)}; "
+                "check the CUDA / TensorRT libraries (see the ONNX Runtime requirements page), or use --device cpu"
+            )
+        declared = {i.name: i for i in session.get_inputs()}
+        if set(declared) != set(self.input_specs):
+            raise BackendError(
+                f"{self.path}: graph inputs {sorted(declared)} differ from the manifest's {sorted(self.input_specs)}; re-export"
+            )
+        self._session = session
+        self._binding = self.provider != "cpu"
+
+    def _infer(self, feed: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self._binding:
+            return self._infer_bound(feed)
+        arrays = {name: np.ascontiguousarray(feed[name].detach().cpu().numpy()) for name in self.input_specs}
+        results = self._session.run(list(self.output_specs), arrays)
+        return {name: torch.from_numpy(arr) for name, arr in zip(self.output_specs, results, strict=True)}
+
+    def _infer_bound(self, feed: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        # GPU providers: bind torch CUDA tensors so inputs and outputs stay on the device.
+        binding = self._session.io_binding()
+        keep = []
+        for name in self.input_specs:
+            t = feed[name].to(self.device).contiguous()
+            keep.append(t)
+            binding.bind_input(name, "cuda", self.device_id, _np_dtype(t.dtype), tuple(t.shape), t.data_ptr())
+        batch = keep[0].shape[0]
+        outputs = {}
+        for name, spec in self.output_specs.items():
+            shape = tuple(batch if isinstance(s, str) else s for s in spec.shape)
+            out = torch.empty(shape, dtype=TORCH_DTYPES[spec.dtype], device=self.device)
+            outputs[name] = out
+            binding.bind_output(name, "cuda", self.device_id, _np_dtype(out.dtype), shape, out.data_ptr())
+        self._session.run_with_iobinding(binding)
+        return outputs
+
+    def _deactivate(self) -> None:
+        self._session = None
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d["provider"] = PROVIDERS[self.provider][0]
+        d["threads"] = self.threads or os.cpu_count()
+        return d
+
+
+def _np_dtype(dtype: torch.dtype) -> Any:
+    return {
+        torch.float32: np.float32,
+        torch.float16: np.float16,
+        torch.int32: np.int32,
+        torch.int64: np.int64,
+    }[dtype]

@@ -1,0 +1,52 @@
+"""The PyTorch backend: the reference. Runs the model's stages eagerly on CPU or CUDA."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from sacvit_deploy.backends.base import BackendError, Runner
+from sacvit_deploy.export.manifest import TensorSpec
+
+
+class TorchRunner(Runner):
+    """Runs ``module(*inputs)`` in inference mode; the module returns a tensor or a tuple of tensors."""
+
+    backend = "torch"
+
+    def __init__(
+        self,
+        name: str,
+        module: nn.Module,
+        inputs: Sequence[TensorSpec],
+        outputs: Sequence[TensorSpec],
+        device: str | torch.device = "cpu",
+    ) -> None:
+        super().__init__(name, inputs, outputs)
+        self._module = module
+        self._device = torch.device(device)
+        if self._device.type == "cuda" and not torch.cuda.is_available():
+            raise BackendError(
+                "torch backend: --device cuda asked but torch sees no CUDA GPU; use --device cpu"
+            )
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def _activate(self) -> None:
+        self._module = self._module.to(self._device).eval()
+
+    def _infer(self, feed: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        args = [feed[name].to(self._device, non_blocking=True) for name in self.input_specs]
+        with torch.inference_mode():
+            out = self._module(*args)
+        if isinstance(out, torch.Tensor):
+            out = (out,)
+        return dict(zip(self.output_specs, out, strict=True))
+
+    def _deactivate(self) -> None:
+        if self._device.type == "cuda":
+            torch.cuda.synchronize(self._device)

@@ -1,0 +1,1 @@
+"""Runtime: the early-exit pipeline, image loading, profiling."""

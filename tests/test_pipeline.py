@@ -1,0 +1,191 @@
+"""Backend contract (run against every available backend) and the early-exit pipeline."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sacvit_deploy.backends.base import BackendError
+from sacvit_deploy.backends.factory import BackendChoice, choose_backend, make_runner
+from sacvit_deploy.backends.torch_backend import TorchRunner
+from sacvit_deploy.export.graphs import graph_module, graph_specs
+from sacvit_deploy.export.manifest import Manifest
+from sacvit_deploy.export.onnx_export import ExportOptions, export_artifacts
+from sacvit_deploy.runtime.loader import open_pipeline
+from sacvit_deploy.runtime.pipeline import EarlyExitPipeline, bucket_for, mixed_threshold
+from tests.conftest import make_tiny
+
+CHOICES = {
+    "torch": BackendChoice("torch", "cpu", None, "test"),
+    "onnxruntime": BackendChoice("onnxruntime", "cpu", "cpu", "test"),
+}
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    model = make_tiny("sacvit")
+    folder = tmp_path_factory.mktemp("artifacts")
+    export_artifacts(model, folder, ExportOptions(baseline=True), "sacvit")
+    return model, folder
+
+
+@pytest.fixture(scope="module")
+def fixed_artifacts(tmp_path_factory):
+    model = make_tiny("lf-vit")
+    folder = tmp_path_factory.mktemp("fixed")
+    export_artifacts(model, folder, ExportOptions(batch=4), "lf-vit")
+    return model, folder
+
+
+# ---- the contract every backend meets ----------------------------------------------------------------
+@pytest.mark.parametrize("backend", sorted(CHOICES))
+@torch.no_grad()
+def test_backend_contract(artifacts, backend):
+    model, folder = artifacts
+    m = Manifest.load(folder)
+    runner = make_runner(folder, m, "stage1", CHOICES[backend])
+    x = torch.randn(3, 3, 128, 128)
+    with pytest.raises(BackendError, match="not active"):
+        runner.infer({"image": x})
+    with runner:
+        assert runner.is_active
+        out = runner.infer({"image": x})
+        assert list(out) == [s.name for s in m.graphs["stage1"].outputs]
+        for spec in m.graphs["stage1"].outputs:
+            t = out[spec.name]
+            assert str(t.dtype).removeprefix("torch.") == spec.dtype
+            assert t.shape == tuple(3 if isinstance(d, str) else d for d in spec.shape)
+        ref = model.forward_stage1(x)
+        torch.testing.assert_close(out["logits"], ref.logits, atol=1e-4, rtol=1e-4)
+        assert torch.equal(out["target_index"].sort(1).values, ref.target_index.sort(1).values)
+        with pytest.raises(BackendError, match="expected float32"):
+            runner.infer({"image": x.double()})
+        with pytest.raises(
+            BackendError, match=r"has shape \(3, 3, 64, 64\), expected \(batch, 3, 128, 128\)"
+        ):
+            runner.infer({"image": torch.randn(3, 3, 64, 64)})
+        with pytest.raises(BackendError, match="feed has inputs"):
+            runner.infer({"pixels": x})
+    assert not runner.is_active
+    stage2 = make_runner(folder, m, "stage2", CHOICES[backend])
+    with stage2, pytest.raises(BackendError, match="disagree on the batch size"):
+        stage2.infer(
+            {
+                "image": x,
+                "target_index": ref.target_index[:2],
+                "nontarget_tokens": ref.nontarget_tokens,
+                "target_features": ref.target_features,
+            }
+        )
+
+
+@pytest.mark.parametrize("backend", sorted(CHOICES))
+@torch.no_grad()
+def test_pipeline_equals_reference_for_every_exit_pattern(artifacts, backend):
+    model, folder = artifacts
+    opened = open_pipeline(folder, backend=backend, device="cpu")
+    torch.manual_seed(7)
+    x = torch.randn(9, 3, 128, 128)
+    conf = model.forward_stage1(x).confidence
+    with opened.pipeline as pipe:
+        for th in (0.0, mixed_threshold(conf), 1.01, None):
+            ref = model(x, th)
+            got = pipe.run(x, th)
+            torch.testing.assert_close(got.logits, ref.logits, atol=1e-4, rtol=1e-4)
+            assert torch.equal(got.stage, ref.stage)
+            torch.testing.assert_close(got.confidence, ref.confidence, atol=1e-5, rtol=1e-5)
+        assert pipe.run(x, 0.0).exit_rate == 1.0 and pipe.run(x, 1.01).exit_rate == 0.0
+        one = pipe.run(x[:1], float(conf[0]) + 1e-3)  # batch of 1 that goes to stage 2
+        assert one.stage.tolist() == [2]
+        torch.testing.assert_close(
+            one.logits, model(x[:1], float(conf[0]) + 1e-3).logits, atol=1e-4, rtol=1e-4
+        )
+        timed = pipe.run(x, mixed_threshold(conf), timing=True)
+        assert set(timed.timings) == {"stage1", "gate", "stage2", "total"}
+        assert timed.timings["total"] >= timed.timings["stage1"] > 0
+
+
+@torch.no_grad()
+def test_fixed_batch_graphs_are_padded_and_chunked(fixed_artifacts):
+    model, folder = fixed_artifacts
+    opened = open_pipeline(folder, backend="onnxruntime", device="cpu")
+    assert opened.pipeline.buckets == (4,)
+    x = torch.randn(11, 3, 128, 128)  # 3 chunks of stage 1, last one partial
+    conf = model.forward_stage1(x).confidence
+    with opened.pipeline as pipe:
+        for th in (0.0, mixed_threshold(conf), 1.01):  # 0, some, all 11 hard samples for stage 2
+            got = pipe.run(x, th)
+            ref = model(x, th)
+            torch.testing.assert_close(got.logits, ref.logits, atol=1e-4, rtol=1e-4)
+            assert torch.equal(got.stage, ref.stage)
+
+
+class CountingRunner(TorchRunner):
+    """A torch runner that records batch sizes and accepts at most max_batch samples."""
+
+    def __init__(self, *args, limit=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.limit = limit
+        self.seen: list[int] = []
+
+    @property
+    def max_batch(self):
+        return self.limit
+
+    def _infer(self, feed):
+        self.seen.append(next(iter(feed.values())).shape[0])
+        return super()._infer(feed)
+
+
+@torch.no_grad()
+def test_buckets_pad_stage2_and_max_batch_chunks_it():
+    model = make_tiny("cf-vit")
+    cfg = model.cfg
+    s1 = CountingRunner("s1", graph_module(model, "stage1"), *graph_specs(cfg, "stage1"))
+    s2 = CountingRunner("s2", graph_module(model, "stage2"), *graph_specs(cfg, "stage2"), limit=4)
+    x = torch.randn(7, 3, 128, 128)
+    with EarlyExitPipeline(s1, s2, threshold=1.01, buckets=(1, 2, 4)) as pipe:
+        got = pipe.run(x)
+    assert s1.seen == [7] and s2.seen == [4, 4]  # 7 hard samples: chunks of 4 and 3, the 3 padded to 4
+    torch.testing.assert_close(got.logits, model(x, 1.01).logits, atol=1e-5, rtol=1e-5)
+    assert [bucket_for(n, (1, 2, 4)) for n in (1, 2, 3, 4, 5)] == [1, 2, 4, 4, 5]
+
+
+def test_auto_backend_choice_says_why(artifacts):
+    _, folder = artifacts
+    m = Manifest.load(folder)
+    choice = choose_backend(m, "auto", "cpu")
+    assert choice.backend == "onnxruntime" and choice.provider == "cpu"
+    assert "onnxruntime" in choice.describe()
+    with pytest.raises(BackendError, match="needs engines"):
+        choose_backend(m, "tensorrt")
+    with pytest.raises(BackendError, match="no CUDA provider"):
+        choose_backend(m, "auto", "cuda")
+
+
+def test_missing_provider_fails_clearly(artifacts):
+    _, folder = artifacts
+    m = Manifest.load(folder)
+    runner = make_runner(folder, m, "stage1", BackendChoice("onnxruntime", "cuda", "cuda", "test"))
+    with pytest.raises(BackendError, match="no CUDAExecutionProvider here"):
+        runner.activate()
+
+
+def test_silent_provider_fallback_is_detected(artifacts, monkeypatch):
+    """ONNX Runtime may create a session on the CPU when the CUDA libraries are missing."""
+    import onnxruntime as ort
+
+    _, folder = artifacts
+    m = Manifest.load(folder)
+    runner = make_runner(folder, m, "stage1", BackendChoice("onnxruntime", "cuda", "cuda", "test"))
+    monkeypatch.setattr(
+        ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    real_session = ort.InferenceSession
+
+    def cpu_only_session(path, sess_options=None, providers=None):
+        return real_session(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(ort, "InferenceSession", cpu_only_session)
+    with pytest.raises(BackendError, match="fell back to CPUExecutionProvider"):
+        runner.activate()
