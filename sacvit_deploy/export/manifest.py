@@ -114,6 +114,7 @@ class Manifest:
     exit_threshold: float
     graphs: dict[str, ArtifactFile] = field(default_factory=dict)
     engines: dict[str, ArtifactFile] = field(default_factory=dict)
+    weights: ArtifactFile | None = None  # model.safetensors, for the torch backend
     exporter: dict[str, Any] = field(default_factory=dict)
     tensorrt: dict[str, Any] | None = None
     verification: dict[str, Any] | None = None
@@ -149,6 +150,7 @@ class Manifest:
             "exporter": self.exporter,
             "graphs": {k: v.to_dict() for k, v in self.graphs.items()},
             "engines": {k: v.to_dict() for k, v in self.engines.items()},
+            "weights": self.weights.to_dict() if self.weights else None,
             "tensorrt": self.tensorrt,
             "verification": self.verification,
         }
@@ -171,6 +173,7 @@ class Manifest:
                 exit_threshold=float(d["exit_threshold"]),
                 graphs={k: ArtifactFile.from_dict(v) for k, v in (d.get("graphs") or {}).items()},
                 engines={k: ArtifactFile.from_dict(v) for k, v in (d.get("engines") or {}).items()},
+                weights=ArtifactFile.from_dict(d["weights"]) if d.get("weights") else None,
                 exporter=dict(d.get("exporter") or {}),
                 tensorrt=d.get("tensorrt"),
                 verification=d.get("verification"),
@@ -221,8 +224,14 @@ class Manifest:
     def verify(
         self, folder: str | Path, section: str = "graphs", roles: tuple[str, ...] | None = None
     ) -> None:
-        """Check that the listed files exist inside ``folder`` and match their sha256."""
-        entries = getattr(self, section)
+        """Check that the listed files exist inside ``folder`` and match their sha256.
+
+        ``section`` is "graphs", "engines" or "weights".
+        """
+        if section == "weights":
+            entries = {"weights": self.weights} if self.weights else {}
+        else:
+            entries = getattr(self, section)
         for role, entry in entries.items():
             if roles is not None and role not in roles:
                 continue

@@ -1,0 +1,243 @@
+"""ONNX export of tiny configs: graphs, manifest, parity, options, and a bad output folder."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from sacvit_deploy.backends.factory import BackendChoice, make_runner
+from sacvit_deploy.export.manifest import ArtifactError, Manifest, sha256_file
+from sacvit_deploy.export.onnx_export import ExportError, ExportOptions, export_artifacts
+from sacvit_deploy.export.onnx_files import external_data_files
+from sacvit_deploy.export.verify import VerificationError, verify_export
+from tests.conftest import make_tiny
+
+ORT = BackendChoice("onnxruntime", "cpu", "cpu", "test")
+
+
+def do_export(model, folder, **options):
+    opts = ExportOptions(**options)
+    return export_artifacts(model, folder, opts, "sacvit", verify=lambda f, m: verify_export(f, m, model))
+
+
+@pytest.fixture(scope="module", params=["sacvit", "lf-vit", "cf-vit"])
+def exported(request, tmp_path_factory):
+    model = make_tiny(request.param)
+    folder = tmp_path_factory.mktemp(f"export-{request.param}")
+    result = do_export(model, folder, baseline=True)
+    return model, folder, result
+
+
+def test_export_writes_graphs_manifest_and_passes_parity(exported):
+    model, folder, _ = exported
+    assert {p.name for p in folder.iterdir()} == {
+        "stage1.onnx",
+        "stage2.onnx",
+        "baseline.onnx",
+        "model.safetensors",
+        "manifest.json",
+    }
+    m = Manifest.load(folder)
+    m.verify(folder)
+    assert m.exit_threshold == model.cfg.exit_threshold and m.model == model.cfg
+    report = m.verification
+    assert report["passed"] and report["checker"] == {"stage1": "ok", "stage2": "ok", "baseline": "ok"}
+    gated = [r for r in report["rows"] if r["gated"]]
+    assert {r["check"] for r in gated} == {"stage1", "stage2", "baseline"}
+    assert all(r["max_abs_diff"] < 1e-4 and r["top1_agreement"] == 1.0 for r in gated)
+    pipeline_rows = [r for r in report["rows"] if r["check"].startswith("pipeline@")]
+    assert len(pipeline_rows) == 2 and all(r["exit_agreement"] == 1.0 for r in pipeline_rows)
+    s1 = m.graphs["stage1"]
+    assert [t.name for t in s1.outputs] == [
+        "logits",
+        "confidence",
+        "target_index",
+        "nontarget_tokens",
+        "target_features",
+    ]
+    assert s1.outputs[2].dtype == "int32" and s1.outputs[2].shape == ("batch", model.cfg.num_targets)
+    assert [t.name for t in m.graphs["stage2"].inputs] == [
+        "image",
+        "target_index",
+        "nontarget_tokens",
+        "target_features",
+    ]
+    assert m.exporter["opset"] == 17 and m.exporter["batch"] == "dynamic"
+
+
+@torch.no_grad()
+def test_dynamic_batch_runs_every_size(exported):
+    model, folder, _ = exported
+    m = Manifest.load(folder)
+    with make_runner(folder, m, "stage1", ORT) as s1, make_runner(folder, m, "stage2", ORT) as s2:
+        for b in (1, 3, 8):
+            x = torch.randn(b, 3, 128, 128)
+            out = s1.infer({"image": x})
+            ref = model.forward_stage1(x)
+            assert out["logits"].shape == (b, 10)
+            torch.testing.assert_close(out["logits"], ref.logits, atol=1e-4, rtol=1e-4)
+            logits2 = s2.infer(
+                {"image": x, **{k: out[k] for k in ("target_index", "nontarget_tokens", "target_features")}}
+            )
+            assert logits2["logits"].shape == (b, 10)
+
+
+def test_graphs_are_static_except_batch_and_have_no_control_flow(exported):
+    _, folder, _ = exported
+    for name in ("stage1.onnx", "stage2.onnx"):
+        g = onnx.load(str(folder / name)).graph
+        ops = {n.op_type for n in g.node}
+        assert not ops & {"If", "Loop", "NonZero", "ScatterND", "Scan"}, ops
+        for v in list(g.input) + list(g.output):
+            dims = v.type.tensor_type.shape.dim
+            assert dims[0].dim_param == "batch"
+            assert all(d.dim_value > 0 for d in dims[1:]), v.name
+    g1 = onnx.load(str(folder / "stage1.onnx")).graph
+    inits = {i.name for i in g1.initializer}
+    topk = [n for n in g1.node if n.op_type == "TopK"]
+    assert len(topk) == 1 and topk[0].input[1] in inits, "TopK's K must be a constant initializer"
+
+
+def test_target_trt_85_decomposes_layernorm(tmp_path):
+    model = make_tiny("lf-vit")
+    do_export(model, tmp_path / "e85", target_trt="8.5")
+    do_export(model, tmp_path / "e10", target_trt="10")
+    ops85 = {n.op_type for n in onnx.load(str(tmp_path / "e85" / "stage2.onnx")).graph.node}
+    ops10 = {n.op_type for n in onnx.load(str(tmp_path / "e10" / "stage2.onnx")).graph.node}
+    assert "LayerNormalization" not in ops85 and {"ReduceMean", "Sqrt"} <= ops85
+    assert "LayerNormalization" in ops10
+    assert Manifest.load(tmp_path / "e85").exporter["layernorm"] == "decomposed"
+
+
+def test_fixed_batch_export(tmp_path):
+    model = make_tiny()
+    result = do_export(model, tmp_path / "fixed", batch=4)
+    spec = result.manifest.graphs["stage2"].inputs[0]
+    assert spec.shape == (4, 3, 128, 128) and not spec.is_dynamic
+
+
+def test_threshold_option_and_bad_options(tmp_path):
+    model = make_tiny()
+    assert do_export(model, tmp_path / "t", threshold=0.9).manifest.exit_threshold == 0.9
+    with pytest.raises(ExportError, match="--opset 16 is outside 17..17"):
+        do_export(model, tmp_path / "o", opset=16, target_trt="8.6")
+    with pytest.raises(ExportError, match="unknown --target-trt"):
+        do_export(model, tmp_path / "o", target_trt="9")
+
+
+def test_folder_with_other_files_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ExportError, match=r"holds other files \(notes.txt\)"):
+        do_export(make_tiny(), tmp_path)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_unwritable_or_impossible_folder(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ExportError, match="not a folder"):
+        do_export(make_tiny(), tmp_path / "file")
+    with pytest.raises(ExportError, match="cannot create the output folder"):
+        do_export(make_tiny(), tmp_path / "file" / "sub")
+    (tmp_path / "ro").mkdir()
+    real_access = os.access
+    monkeypatch.setattr(
+        os, "access", lambda p, mode: False if str(p).endswith("ro") else real_access(p, mode)
+    )
+    with pytest.raises(ExportError, match="not writable"):
+        do_export(make_tiny(), tmp_path / "ro")
+
+
+def test_reexport_replaces_previous_and_failure_keeps_it(tmp_path):
+    model = make_tiny()
+    first = do_export(model, tmp_path, baseline=True)
+    second = do_export(model, tmp_path, threshold=0.7)  # no baseline this time: the old one is removed
+    assert not (tmp_path / "baseline.onnx").exists()
+    assert Manifest.load(tmp_path).exit_threshold == 0.7
+    assert second.manifest.graphs["stage1"].sha256 == first.manifest.graphs["stage1"].sha256
+
+    def failing(folder, manifest):
+        raise VerificationError("parity failed")
+
+    with pytest.raises(VerificationError):
+        export_artifacts(model, tmp_path, ExportOptions(threshold=0.1), "sacvit", verify=failing)
+    m = Manifest.load(tmp_path)  # the previous export is intact and valid
+    assert m.exit_threshold == 0.7
+    m.verify(tmp_path)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".staging")]
+
+
+def test_failed_first_export_leaves_no_valid_looking_folder(tmp_path):
+    def failing(folder, manifest):
+        raise VerificationError("parity failed")
+
+    with pytest.raises(VerificationError):
+        export_artifacts(make_tiny(), tmp_path / "new", ExportOptions(), "sacvit", verify=failing)
+    assert list((tmp_path / "new").iterdir()) == []
+
+
+def test_parity_failure_is_reported(tmp_path):
+    model = make_tiny()
+    other = make_tiny(seed=1)  # a different model: verification must catch it
+
+    with pytest.raises(VerificationError, match="differs from PyTorch by"):
+        export_artifacts(
+            model, tmp_path, ExportOptions(), "sacvit", verify=lambda f, m: verify_export(f, m, other)
+        )
+    assert not (tmp_path / "manifest.json").exists()
+
+
+def test_tampered_graph_is_refused_before_loading(exported, tmp_path):
+    _, folder, _ = exported
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for p in folder.iterdir():
+        (copy / p.name).write_bytes(p.read_bytes())
+    with (copy / "stage2.onnx").open("ab") as f:
+        f.write(b"\0")
+    m = Manifest.load(copy)
+    with pytest.raises(ArtifactError, match="sha256 mismatch"):
+        make_runner(copy, m, "stage2", ORT)
+
+
+def test_external_data_outside_the_folder_is_refused(tmp_path):
+    from onnx import TensorProto, helper
+
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (tmp_path / "secret.bin").write_bytes(np.ones(4, np.float32).tobytes())
+    w = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[4])
+    w.data_location = TensorProto.EXTERNAL
+    for key, value in {"location": "../secret.bin", "offset": "0", "length": "16"}.items():
+        entry = w.external_data.add()
+        entry.key, entry.value = key, value
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+        [w],
+    )
+    path = folder / "stage1.onnx"
+    path.write_bytes(helper.make_model(graph).SerializeToString())
+    with pytest.raises(ArtifactError, match=r"keeps its data at '../secret.bin', outside"):
+        external_data_files(path)
+    graph.initializer[0].external_data[0].value = "weights.bin"
+    path.write_bytes(helper.make_model(graph).SerializeToString())
+    assert external_data_files(path) == {"weights.bin"}
+    path.write_bytes(b"garbage")
+    with pytest.raises(ArtifactError, match="not a readable ONNX file"):
+        external_data_files(path)
+
+
+def test_manifest_records_sha256_of_what_is_on_disk(exported):
+    _, folder, _ = exported
+    data = json.loads((folder / "manifest.json").read_text())
+    for role, entry in data["graphs"].items():
+        assert entry["sha256"] == sha256_file(folder / entry["file"]), role
+    assert data["weights"]["sha256"] == sha256_file(folder / "model.safetensors")
