@@ -1,0 +1,259 @@
+"""`sacvit-deploy export`: checkpoint -> stage1.onnx + stage2.onnx + manifest.json, verified."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from sacvit_deploy.cli._common import err, handle_errors, note, out
+from sacvit_deploy.errors import SacvitError
+
+
+class CheckpointFormat(str, Enum):
+    auto = "auto"
+    sacvit = "sacvit"
+    lf_vit = "lf-vit"
+    cf_vit = "cf-vit"
+    deit = "deit"
+
+
+class TrtTarget(str, Enum):
+    trt85 = "8.5"
+    trt86 = "8.6"
+    trt10 = "10"
+    trt11 = "11"
+
+
+EXPORT = "Export"
+VERIFY = "Verification"
+
+
+def parse_batch(value: str) -> int | None:
+    if value == "dynamic":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise SacvitError(f"--batch {value!r}: use 'dynamic' or a positive integer") from None
+    if n < 1:
+        raise SacvitError(f"--batch {value!r}: use 'dynamic' or a positive integer")
+    return n
+
+
+def read_labels(path: Path, num_classes: int) -> tuple[str, ...]:
+    """One class name per line (blank lines ignored); the count must match the model's classes."""
+    try:
+        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SacvitError(
+            f"{path}: cannot read the labels file ({exc}); pass a UTF-8 text file, one name per line"
+        ) from None
+    if len(names) != num_classes:
+        raise SacvitError(
+            f"{path}: {len(names)} labels for a model with {num_classes} classes; give one name per class"
+        )
+    return tuple(names)
+
+
+def verification_images(folder: Path | None, cfg, limit: int = 16):  # -> torch.Tensor
+    """Real images for parity checks: the user's folder, else the samples bundled with the package."""
+    import numpy as np
+    import torch
+
+    from sacvit_deploy.runtime.images import (
+        ImageLoadError,
+        collect_images,
+        load_image,
+        preprocess,
+        sample_images,
+    )
+
+    paths = collect_images([folder])[:limit] if folder is not None else sample_images()[:limit]
+    arrays = []
+    for p in paths:
+        try:
+            arrays.append(preprocess(load_image(p), cfg.preprocess))
+        except ImageLoadError as exc:
+            note(f"[yellow]skipped[/] {exc}")
+    if not arrays:
+        return None
+    return torch.from_numpy(np.stack(arrays))
+
+
+def print_verification(report: dict) -> None:
+    table = Table(title=f"Verification: ONNX Runtime (CPU) vs PyTorch, fp32, tolerance {report['atol']:.0e}")
+    for col in (
+        "check",
+        "images",
+        "n",
+        "max |Δ logit|",
+        "top-1 agree",
+        "exit agree",
+        "selection agree",
+        "result",
+    ):
+        table.add_column(col, justify="left" if col in ("check", "images") else "right")
+    for r in report["rows"]:
+        pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+        verdict = ("[green]pass[/]" if r["passed"] else "[red]FAIL[/]") if r["gated"] else "info"
+        table.add_row(
+            r["check"],
+            r["images"],
+            str(r["samples"]),
+            f"{r['max_abs_diff']:.2e}",
+            pct(r["top1_agreement"]),
+            pct(r["exit_agreement"]),
+            pct(r["selection_agreement"]),
+            verdict,
+        )
+    out.print(table)
+    out.print(f"onnx.checker: {', '.join(f'{k} {v}' for k, v in report['checker'].items())}")
+
+
+@handle_errors
+def export(
+    checkpoint: Annotated[
+        Path, typer.Argument(help="Checkpoint file (.pth, .pt, .safetensors).", show_default=False)
+    ],
+    fmt: Annotated[
+        CheckpointFormat,
+        typer.Option(
+            "--format",
+            help="Checkpoint format; auto tells sacvit and deit apart, and LF/CF-ViT by their flops key.",
+            rich_help_panel=EXPORT,
+        ),
+    ] = CheckpointFormat.auto,
+    variant: Annotated[
+        str | None,
+        typer.Option(
+            help="Variant name (see `sacvit-deploy variants`); inferred from the shapes if omitted.",
+            rich_help_panel=EXPORT,
+        ),
+    ] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Output folder.", rich_help_panel=EXPORT)] = Path(
+        "export"
+    ),
+    batch: Annotated[
+        str, typer.Option(help="'dynamic' batch axis, or a fixed batch size N.", rich_help_panel=EXPORT)
+    ] = "dynamic",
+    opset: Annotated[
+        int | None,
+        typer.Option(help="ONNX opset (default 17, what TensorRT 8.5+ parse).", rich_help_panel=EXPORT),
+    ] = None,
+    target_trt: Annotated[
+        TrtTarget,
+        typer.Option(
+            "--target-trt",
+            help="TensorRT version the graphs must parse on (8.5 decomposes LayerNorm).",
+            rich_help_panel=EXPORT,
+        ),
+    ] = TrtTarget.trt10,
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            help="Exit threshold stored in the manifest (default: the checkpoint's).", rich_help_panel=EXPORT
+        ),
+    ] = None,
+    baseline: Annotated[
+        bool,
+        typer.Option(
+            "--baseline",
+            help="Also write baseline.onnx (single-stage DeiT) for profiling.",
+            rich_help_panel=EXPORT,
+        ),
+    ] = False,
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            help="Class names, one per line (default: the checkpoint's, or ImageNet's for 1000 classes).",
+            rich_help_panel=EXPORT,
+        ),
+    ] = None,
+    weights: Annotated[
+        bool,
+        typer.Option(
+            help="Write model.safetensors beside the graphs (for --backend torch).", rich_help_panel=EXPORT
+        ),
+    ] = True,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            help="Verify the graphs against PyTorch before writing anything.", rich_help_panel=VERIFY
+        ),
+    ] = True,
+    verify_images: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder of real images for verification (default: bundled samples).", rich_help_panel=VERIFY
+        ),
+    ] = None,
+    atol: Annotated[
+        float,
+        typer.Option(
+            help="Max |logit difference| allowed between ONNX Runtime and PyTorch.", rich_help_panel=VERIFY
+        ),
+    ] = 1e-4,
+) -> None:
+    """Export a checkpoint to two verified ONNX graphs (stage 1 + exit gate, stage 2) and a manifest."""
+    from sacvit_deploy.export.onnx_export import ExportOptions, export_artifacts
+    from sacvit_deploy.export.verify import verify_export
+    from sacvit_deploy.model.checkpoint import load_checkpoint
+    from sacvit_deploy.model.sacvit import SACViT
+    from sacvit_deploy.runtime.labels import default_class_names
+
+    options = ExportOptions(
+        batch=parse_batch(batch),
+        opset=opset,
+        target_trt=target_trt.value,
+        threshold=threshold,
+        baseline=baseline,
+        weights=weights,
+    )
+    options.resolved_opset()  # fail on bad options before the (slow) checkpoint load
+    loaded = load_checkpoint(checkpoint, fmt.value, variant)
+    for line in loaded.notes:
+        note(f"note: {line}")
+    model = loaded.model
+    names = (
+        read_labels(labels, model.cfg.num_classes)
+        if labels
+        else model.cfg.class_names or default_class_names(model.cfg.num_classes)
+    )
+    if names != model.cfg.class_names:
+        renamed = SACViT(model.cfg.replace(class_names=names))
+        renamed.load_state_dict(model.state_dict())
+        model = renamed.eval()
+    note(
+        f"loaded {checkpoint} as {loaded.fmt} {model.cfg.variant} ({model.cfg.selection} selection, {model.cfg.attention} attention)"
+    )
+
+    real = None
+    if verify:
+        real = verification_images(verify_images, model.cfg)
+
+    def run_verification(folder, manifest):
+        with err.status("verifying the graphs against PyTorch ..."):
+            return verify_export(folder, manifest, model, real, atol=atol)
+
+    result = export_artifacts(
+        model,
+        out_dir,
+        options,
+        loaded.fmt,
+        source={"checkpoint": checkpoint.name, "format": loaded.fmt},
+        verify=run_verification if verify else None,
+        log=lambda msg: note(msg),
+    )
+    if result.manifest.verification:
+        print_verification(result.manifest.verification)
+    else:
+        note("[yellow]verification skipped (--no-verify)[/]")
+    sizes = ", ".join(f"{name} {size / 2**20:.1f} MB" for name, size in result.files.items())
+    out.print(f"exported to {result.folder}/ in {result.seconds:.1f} s: {sizes}")
+    note(
+        f"next: sacvit-deploy check {result.folder} --trt {target_trt.value}   |   sacvit-deploy infer IMAGES --artifacts {result.folder}"
+    )

@@ -1,0 +1,94 @@
+"""The Python API: ``Pipeline.from_artifacts("export/").predict(images)``.
+
+    from sacvit_deploy import Pipeline
+
+    with Pipeline.from_artifacts("export/", backend="onnxruntime") as pipe:
+        for p in pipe.predict(["cat.jpg", pil_image, numpy_array], topk=3):
+            print(p.source, p.label, p.probabilities[0], "stage", p.stage)
+
+Inputs are paths, PIL images or numpy arrays (HxWx3 uint8, like a decoded image); they are
+preprocessed exactly as the manifest says. ``run(tensor)`` takes an already preprocessed batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sacvit_deploy.runtime.loader import OpenedPipeline, open_pipeline
+from sacvit_deploy.runtime.pipeline import PipelineOutput
+from sacvit_deploy.runtime.results import Prediction, to_predictions
+
+
+class Pipeline:
+    """An artifact folder opened on a backend, ready to classify images."""
+
+    def __init__(self, opened: OpenedPipeline) -> None:
+        self._opened = opened
+        self.manifest = opened.manifest
+        self.backend = opened.choice
+        self.class_names = opened.manifest.class_names
+
+    @classmethod
+    def from_artifacts(
+        cls,
+        folder: str | Path | None = None,
+        backend: str = "auto",
+        device: str | None = None,
+        threshold: float | None = None,
+        **options: Any,
+    ) -> Pipeline:
+        """Open ``folder`` (default: ``engines/`` if it has engines, else ``export/``)."""
+        return cls(open_pipeline(folder, backend=backend, device=device, threshold=threshold, **options))
+
+    @property
+    def threshold(self) -> float:
+        return self._opened.pipeline.threshold
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        self._opened.pipeline.threshold = float(value)
+
+    def __enter__(self) -> Pipeline:
+        self._opened.pipeline.activate()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._opened.pipeline.deactivate()
+
+    def run(self, images: torch.Tensor, threshold: float | None = None) -> PipelineOutput:
+        """A preprocessed batch (B, 3, R, R) float32 -> logits, answering stage, confidence."""
+        self._opened.pipeline.activate()
+        return self._opened.pipeline.run(images, threshold)
+
+    def preprocess(self, images: Iterable[Any]) -> torch.Tensor:
+        from sacvit_deploy.runtime.images import load_image, preprocess
+
+        cfg = self.manifest.preprocess
+        return torch.from_numpy(np.stack([preprocess(load_image(img), cfg) for img in images]))
+
+    def predict(
+        self, images: Any, topk: int = 5, batch_size: int = 32, threshold: float | None = None
+    ) -> list[Prediction]:
+        """Classify paths, PIL images or arrays (one or a sequence); returns one Prediction each."""
+        items: Sequence[Any] = images if isinstance(images, (list, tuple)) else [images]
+        preds: list[Prediction] = []
+        for start in range(0, len(items), batch_size):
+            chunk = items[start : start + batch_size]
+            out = self.run(self.preprocess(chunk), threshold)
+            sources = [_label(x, start + i) for i, x in enumerate(chunk)]
+            preds += to_predictions(out, sources, topk, self.class_names)
+        return preds
+
+
+def _label(item: Any, index: int) -> str:
+    if isinstance(item, (str, Path)):
+        return str(item)
+    return f"<{type(item).__name__} {index}>"
