@@ -1,0 +1,1 @@
+"""Runtime: loading and pre-processing images, batching them for the exported graphs."""
