@@ -1,1 +1,1 @@
-"""Runtime: the early-exit pipeline, image loading, profiling."""
+"""Runtime: the early-exit pipeline, image loading and batching, results, profiling."""
