@@ -8,6 +8,7 @@ import typer
 
 from sacvit_deploy import __version__
 from sacvit_deploy.cli.export import export
+from sacvit_deploy.cli.infer import infer
 from sacvit_deploy.cli.variants import variants
 
 app = typer.Typer(
@@ -36,6 +37,7 @@ def _root(
 
 
 app.command("export")(export)
+app.command("infer")(infer)
 app.command("variants")(variants)
 
 

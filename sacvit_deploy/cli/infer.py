@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from contextlib import closing
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -127,8 +128,11 @@ def infer(
     try:
         if bar:
             bar.start()
-        with opened.pipeline as pipe:
-            for batch in iter_batches(paths, manifest.preprocess, batch_size, workers=workers):
+        with (
+            opened.pipeline as pipe,
+            closing(iter_batches(paths, manifest.preprocess, batch_size, workers)) as batches,
+        ):
+            for batch in batches:
                 rows: list[Prediction] = []
                 for failure in batch.failures:
                     note(f"[yellow]skipped[/] {failure}")
