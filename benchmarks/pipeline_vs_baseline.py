@@ -1,0 +1,163 @@
+"""SAC-ViT early-exit pipeline vs the single-stage DeiT baseline, same backend, one run.
+
+Prints, per batch size: throughput of both (images/s), the ratio, batch latency, and the pipeline's
+overhead over the sum of its own stage times (stage 1 on the batch + stage 2 on the hard samples),
+i.e. what the gate, compaction and scatter cost. The exit rate is fixed by choosing the threshold as
+the stage-1 confidence quantile on the benchmark images, so random weights work.
+
+    python benchmarks/pipeline_vs_baseline.py                      # DeiT-S sizes, ORT CPU, batch 32, 23% hard
+    python benchmarks/pipeline_vs_baseline.py --batch-sizes 1,32 --hard-fraction 0.23 --iters 20
+    python benchmarks/pipeline_vs_baseline.py --artifacts export/  # your own export (needs --baseline)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sacvit_deploy.export.onnx_export import ExportOptions, export_artifacts
+from sacvit_deploy.model import FlopsReport, SACViT, make_config
+from sacvit_deploy.runtime.loader import open_pipeline
+from sacvit_deploy.runtime.pipeline import run_any_batch
+
+
+def timed(fns: dict, warmup: int, iters: int) -> dict[str, list[float]]:
+    """Time several callables round-robin, so background load affects them alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(iters):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return times
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--artifacts",
+        type=Path,
+        help="an export folder with baseline.onnx (default: export random DeiT-S weights)",
+    )
+    ap.add_argument("--variant", default="deit_small_224")
+    ap.add_argument("--format", default="sacvit", choices=["sacvit", "lf-vit", "cf-vit"])
+    ap.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "torch"])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batch-sizes", default="32")
+    ap.add_argument("--hard-fraction", type=float, default=0.23, help="share of samples sent to stage 2")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+
+    tmp = None
+    folder = args.artifacts
+    if folder is None:
+        tmp = tempfile.TemporaryDirectory()
+        folder = Path(tmp.name) / "export"
+        torch.manual_seed(0)
+        model = SACViT(make_config(args.variant, args.format)).eval()
+        t = time.perf_counter()
+        export_artifacts(model, folder, ExportOptions(baseline=True), args.format)
+        print(f"exported random-weight {args.variant} ({args.format}) in {time.perf_counter() - t:.1f} s")
+
+    opened = open_pipeline(folder, backend=args.backend, device=args.device, threads=args.threads)
+    cfg = opened.manifest.model
+    baseline = opened.baseline_runner(threads=args.threads)
+    flops = FlopsReport.of(cfg)
+    results = []
+    with opened.pipeline as pipe, baseline:
+        for bs in [int(b) for b in args.batch_sizes.split(",")]:
+            g = torch.Generator().manual_seed(bs)
+            x = torch.randn(bs, 3, cfg.img_size, cfg.img_size, generator=g)
+            conf = run_any_batch(pipe.stage1, {"image": x})["confidence"]
+            n_hard = round(args.hard_fraction * bs)
+            # threshold between the n_hard-th and (n_hard+1)-th lowest confidence: exactly n_hard go to stage 2
+            c = conf.sort().values
+            th = (
+                float(c[0]) - 1.0
+                if n_hard == 0
+                else (float(c[-1]) + 1.0 if n_hard >= bs else float((c[n_hard - 1] + c[n_hard]) / 2))
+            )
+            out = pipe.run(x, th)
+            assert int((out.stage == 2).sum()) == n_hard
+
+            s1_out = run_any_batch(pipe.stage1, {"image": x})
+            hard = torch.nonzero(s1_out["confidence"] < th).flatten()
+            feed = {
+                "image": x[hard],
+                **{k: s1_out[k][hard] for k in ("target_index", "nontarget_tokens", "target_features")},
+            }
+            fns = {
+                "pipeline": lambda x=x, th=th: pipe.run(x, th),
+                "baseline": lambda x=x: baseline.infer({"image": x}),
+                "stage1": lambda x=x: run_any_batch(pipe.stage1, {"image": x}),
+            }
+            if n_hard:
+                fns["stage2"] = lambda feed=feed: run_any_batch(pipe.stage2, feed)
+            t = timed(fns, args.warmup, args.iters)
+            t_pipe, t_base, t_s1, t_s2 = t["pipeline"], t["baseline"], t["stage1"], t.get("stage2", [0.0])
+
+            med = statistics.median
+            p, b, s1, s2 = med(t_pipe), med(t_base), med(t_s1), med(t_s2)
+            row = {
+                "batch": bs,
+                "hard": n_hard,
+                "pipeline_ms": 1e3 * p,
+                "baseline_ms": 1e3 * b,
+                "stage1_ms": 1e3 * s1,
+                "stage2_ms": 1e3 * s2,
+                "pipeline_ips": bs / p,
+                "baseline_ips": bs / b,
+                "throughput_ratio": b / p,
+                "latency_ratio": p / b,
+                "overhead": p / (s1 + s2) - 1.0,
+            }
+            results.append(row)
+
+    env = {
+        "backend": opened.choice.describe(),
+        "variant": cfg.variant,
+        "format": opened.manifest.source_format,
+        "threads": args.threads or os.cpu_count(),
+        "torch": torch.__version__,
+        "iters": args.iters,
+        "hard_fraction": args.hard_fraction,
+    }
+    print(
+        f"\n{cfg.variant} ({cfg.selection} selection, {cfg.attention} attention), {env['backend']}, {env['threads']} threads"
+    )
+    print(
+        f"GFLOPs per image: baseline {flops.baseline:.2f}, stage 1 {flops.stage1:.2f}, stage 2 {flops.stage2:.2f}, "
+        f"expected at {100 * args.hard_fraction:.0f}% hard {flops.expected(1 - args.hard_fraction):.2f} "
+        f"(FLOPs ratio {flops.baseline / flops.expected(1 - args.hard_fraction):.2f}x)"
+    )
+    hdr = f"{'batch':>5} {'hard':>4} {'pipeline ms':>11} {'baseline ms':>11} {'stage1 ms':>9} {'stage2 ms':>9} {'pipe img/s':>10} {'base img/s':>10} {'speedup':>7} {'overhead':>8}"
+    print(hdr)
+    for r in results:
+        print(
+            f"{r['batch']:>5} {r['hard']:>4} {r['pipeline_ms']:>11.1f} {r['baseline_ms']:>11.1f} {r['stage1_ms']:>9.1f} {r['stage2_ms']:>9.1f} "
+            f"{r['pipeline_ips']:>10.1f} {r['baseline_ips']:>10.1f} {r['throughput_ratio']:>6.2f}x {100 * r['overhead']:>7.1f}%"
+        )
+    if args.json:
+        args.json.write_text(json.dumps({"env": env, "results": results}, indent=2))
+    if tmp:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
