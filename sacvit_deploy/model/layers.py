@@ -98,7 +98,9 @@ class Attention(nn.Module):
             # Class-token row of the softmax attention, mean over heads: (B, N). Exact for global
             # attention, which is where scores are taken (stage 1).
             row = ((q[:, :, :1] * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-            cls_attn = row.mean(dim=1).squeeze(1)
+            # Index, not .squeeze(1): the legacy ONNX exporter cannot prove that dim is 1 and emits an
+            # If whose branches differ in rank, which TensorRT's If-conditional rejects.
+            cls_attn = row.mean(dim=1)[:, 0]
 
         out = out.transpose(1, 2).reshape(-1, n, c)
         return self.proj(out), cls_attn
