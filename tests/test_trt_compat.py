@@ -1,16 +1,19 @@
-"""The static TensorRT parser check: one hand-made graph per rule, and the real exported graphs."""
+"""The static TensorRT parser check: one hand-made graph per rule, the CLI, and the real exported graphs."""
 
 from __future__ import annotations
 
 import io
 import itertools
+import json
 
 import numpy as np
 import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
+from typer.testing import CliRunner
 
+from sacvit_deploy.cli import app
 from sacvit_deploy.export import trt_support as ts
 from sacvit_deploy.export.manifest import ArtifactError, ArtifactFile, Manifest, TensorSpec, sha256_file
 from sacvit_deploy.export.trt_compat import Problem, check_folder, check_model
@@ -20,6 +23,7 @@ from tests.conftest import make_tiny
 
 VERSIONS = ts.VERSIONS
 FLOAT, INT64 = TensorProto.FLOAT, TensorProto.INT64
+runner = CliRunner()
 
 
 # ---- graph building --------------------------------------------------------------------------------
@@ -463,7 +467,7 @@ def test_unreadable_file_is_an_artifact_error(tmp_path):
         check_model(tmp_path / "nope.onnx", "10")
 
 
-# ---- folders -------------------------------------------------------------------------------
+# ---- folders and the CLI -------------------------------------------------------------------------------
 def write_folder(folder, graphs: dict[str, onnx.ModelProto | bytes]) -> None:
     folder.mkdir(exist_ok=True)
     entries = {}
@@ -485,6 +489,68 @@ def test_check_folder(tmp_path):
     assert check_folder(tmp_path, "8.6") == {"stage1": [], "stage2": []}
     result = check_folder(tmp_path, "8.5")
     assert result["stage1"] == [] and rules(result["stage2"]) == [("layernorm", "error")]
+
+
+def test_cli_clean_folder_exits_0(tmp_path):
+    write_folder(tmp_path, {"stage1": clean_model(), "stage2": clean_model()})
+    result = runner.invoke(app, ["check", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines == [f"stage{s}.onnx: parses on TensorRT {v}" for v in VERSIONS for s in (1, 2)]
+
+
+def test_cli_reports_problems_and_exits_2(tmp_path):
+    write_folder(tmp_path, {"stage1": model([layernorm_node()], inits=LN_INITS), "stage2": clean_model()})
+    result = runner.invoke(app, ["check", str(tmp_path), "--trt", "8.5", "--json", str(tmp_path / "r.json")])
+    assert result.exit_code == 2, result.output
+    assert result.stdout.splitlines() == [
+        "stage1.onnx: error [layernorm] node 'ln' (LayerNormalization): LayerNormalization (opset 17) is not "
+        "supported by the TensorRT 8.5 parser — fix: re-export with `sacvit-deploy export --target-trt 8.5` "
+        "(decomposed LayerNorm)",
+        "stage1.onnx: will NOT parse on TensorRT 8.5 (1 error)",
+        "stage2.onnx: parses on TensorRT 8.5",
+    ]
+    report = json.loads((tmp_path / "r.json").read_text())
+    first = report["results"][0]
+    assert (first["graph"], first["trt"], first["parses"]) == ("stage1.onnx", "8.5", False)
+    assert first["problems"][0]["rule"] == "layernorm"
+    # The same folder parses on 8.6 and 10: repeated and comma-separated --trt both work.
+    for args in (["--trt", "8.6,10"], ["--trt", "8.6", "--trt", "10"]):
+        result = runner.invoke(app, ["check", str(tmp_path), *args])
+        assert result.exit_code == 0, result.output
+        assert "stage1.onnx: parses on TensorRT 10" in result.stdout
+        assert "TensorRT 8.5" not in result.stdout
+
+
+def test_cli_warnings_keep_exit_0(tmp_path):
+    gs = helper.make_node("GridSample", ["x", "grid"], ["y"], name="gs")
+    m = model(
+        [gs],
+        inputs=[vinfo("x", FLOAT, (1, 1, 4, 4)), vinfo("grid", FLOAT, (1, 4, 4, 2))],
+        outputs=[vinfo("y", FLOAT, (1, 1, 4, 4))],
+        opset=16,
+    )
+    write_folder(tmp_path, {"stage1": m})
+    result = runner.invoke(app, ["check", str(tmp_path), "--trt", "11"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[-1] == "stage1.onnx: parses on TensorRT 11 (1 warning)"
+    assert result.stdout.startswith("stage1.onnx: warning [gridsample] node 'gs' (GridSample): ")
+
+
+def test_cli_user_errors_exit_1(tmp_path):
+    result = runner.invoke(app, ["check", str(tmp_path / "nope")])
+    assert result.exit_code == 1 and "no such artifact folder" in result.output
+    write_folder(tmp_path, {"stage1": clean_model()})
+    result = runner.invoke(app, ["check", str(tmp_path), "--trt", "8.5,9"])
+    assert result.exit_code == 1 and "'9' is not one of 8.5, 8.6, 10, 11" in result.output
+    (tmp_path / "stage1.onnx").write_bytes(onnx.ModelProto().SerializeToString() + b"tampered")
+    result = runner.invoke(app, ["check", str(tmp_path)])
+    assert result.exit_code == 1 and "sha256 mismatch" in result.output
+    # A listed, untampered file that is not ONNX at all: one line naming it.
+    write_folder(tmp_path, {"stage1": b"\x08\x07garbage\xff\xff"})
+    result = runner.invoke(app, ["check", str(tmp_path)])
+    assert result.exit_code == 1 and "stage1.onnx: not" in result.output
+    assert "Traceback" not in result.output
 
 
 # ---- the real graphs -------------------------------------------------------------------------------------
