@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from sacvit_deploy import __version__
+from sacvit_deploy.cli.check import check
 from sacvit_deploy.cli.export import export
 from sacvit_deploy.cli.infer import infer
 from sacvit_deploy.cli.variants import variants
@@ -39,6 +40,7 @@ def _root(
 app.command("export")(export)
 app.command("infer")(infer)
 app.command("variants")(variants)
+app.command("check")(check)
 
 
 def main() -> None:

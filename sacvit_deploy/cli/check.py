@@ -1,0 +1,117 @@
+"""`sacvit-deploy check`: will the exported graphs parse on TensorRT 8.5 / 8.6 / 10 / 11?
+
+A static lint of the ONNX graphs against each parser's operator table (no TensorRT needed). Exit
+code 0: every graph parses on every version asked (warnings allowed); 2: some will not; 1: a user
+error (missing folder, tampered graph, bad option).
+"""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sacvit_deploy.cli._common import handle_errors, note, out
+from sacvit_deploy.errors import SacvitError
+from sacvit_deploy.export.manifest import Manifest
+from sacvit_deploy.export.trt_compat import check_folder_versions
+
+
+class TrtVersion(str, Enum):
+    """TensorRT versions the check knows (``10`` = 10.0-10.3, what JetPack 6.1/6.2 ship)."""
+
+    v8_5 = "8.5"
+    v8_6 = "8.6"
+    v10 = "10"
+    v11 = "11"
+
+
+class _BadTrt(typer.BadParameter):
+    # A typo is a user error: exit 1 like every other one, keeping 2 for "will not parse".
+    exit_code = 1
+
+
+def _parse_trt(values: list[str] | None) -> list[str]:
+    """Option callback: ``--trt 8.5 --trt 10`` and ``--trt 8.5,10`` both work, typos stop the parse."""
+    choices = [v.value for v in TrtVersion]
+    picked: list[str] = []
+    for value in values or []:
+        for part in (p.strip() for p in value.split(",")):
+            if part not in choices:
+                raise _BadTrt(f"{part!r} is not one of {', '.join(choices)}")
+            if part not in picked:
+                picked.append(part)
+    return picked
+
+
+@handle_errors
+def check(
+    folder: Annotated[
+        Path, typer.Argument(help="Export folder with manifest.json and the ONNX graphs.")
+    ] = Path("export"),
+    trt: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--trt",
+            metavar="[8.5|8.6|10|11]",
+            callback=_parse_trt,
+            help="TensorRT version(s) to check: repeat the option or give a comma list. Default: all four.",
+        ),
+    ] = None,
+    json_file: Annotated[
+        Path | None, typer.Option("--json", help="Also write every problem to this JSON file.")
+    ] = None,
+) -> None:
+    """Check the exported graphs against TensorRT's ONNX parser (8.5, 8.6, 10, 11) without TensorRT."""
+    versions = trt or [v.value for v in TrtVersion]
+    manifest = Manifest.load(folder)
+    results = check_folder_versions(folder, versions)
+    failed = False
+    records = []
+    for version, by_role in results.items():
+        for role, problems in by_role.items():
+            graph = manifest.graphs[role].file
+            for p in problems:
+                out.print(p.line(graph), markup=False, highlight=False)
+            errors = sum(p.is_error for p in problems)
+            warnings = len(problems) - errors
+            if errors:
+                failed = True
+                verdict = f"{graph}: will NOT parse on TensorRT {version} ({_count(errors, 'error')})"
+            else:
+                extra = f" ({_count(warnings, 'warning')})" if warnings else ""
+                verdict = f"{graph}: parses on TensorRT {version}{extra}"
+            out.print(verdict, markup=False, highlight=False)
+            records.append(
+                {
+                    "graph": graph,
+                    "role": role,
+                    "trt": version,
+                    "parses": not errors,
+                    "problems": [p.to_dict() for p in problems],
+                }
+            )
+    if json_file is not None:
+        _write_json(json_file, {"folder": str(folder), "results": records})
+    note(
+        f"checked {len(manifest.graphs)} graph(s) on TensorRT {', '.join(versions)}; "
+        "a static check: still compare every engine with ONNX Runtime"
+    )
+    if failed:
+        raise typer.Exit(2)
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'s' if n != 1 else ''}"
+
+
+def _write_json(path: Path, data: dict) -> None:
+    try:
+        path.write_text(json.dumps(data, indent=2) + "\n")
+    except OSError as exc:
+        raise SacvitError(
+            f"{path}: cannot write the JSON report ({exc.strerror}); pick a writable path"
+        ) from None
