@@ -57,6 +57,10 @@ def test_export_cli_output(workdir):
     assert manifest["verification"]["passed"]
     assert {r["images"] for r in manifest["verification"]["rows"]} == {"random", "real"}
     assert set(manifest["graphs"]) == {"stage1", "stage2", "baseline"}
+    trt = manifest["verification"]["tensorrt"]
+    assert set(trt) == {"8.5", "8.6", "10", "11"}
+    assert all(r["parses"] for v in ("8.6", "10", "11") for r in trt[v].values())
+    assert not trt["8.5"]["stage1"]["parses"]  # native LayerNorm: export --target-trt 8.5 for JetPack 5
 
 
 def test_infer_table_reports_every_good_image_and_each_bad_one(workdir):

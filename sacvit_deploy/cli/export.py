@@ -112,6 +112,15 @@ def print_verification(report: dict) -> None:
         )
     out.print(table)
     out.print(f"onnx.checker: {', '.join(f'{k} {v}' for k, v in report['checker'].items())}")
+    for version, roles in report.get("tensorrt", {}).items():
+        verdicts = []
+        for role, r in roles.items():
+            if r["parses"]:
+                extra = f" ({r['warnings']} warnings)" if r["warnings"] else ""
+                verdicts.append(f"{role} parses{extra}")
+            else:
+                verdicts.append(f"{role} will NOT parse ({r['errors']} errors)")
+        out.print(f"TensorRT {version} parser check: {', '.join(verdicts)}")
 
 
 @handle_errors
@@ -200,7 +209,7 @@ def export(
 ) -> None:
     """Export a checkpoint to two verified ONNX graphs (stage 1 + exit gate, stage 2) and a manifest."""
     from sacvit_deploy.export.onnx_export import ExportOptions, export_artifacts
-    from sacvit_deploy.export.verify import verify_export
+    from sacvit_deploy.export.verify import tensorrt_parser_check, verify_export
     from sacvit_deploy.model.checkpoint import load_checkpoint
     from sacvit_deploy.model.sacvit import SACViT
     from sacvit_deploy.runtime.labels import default_class_names
@@ -237,7 +246,9 @@ def export(
 
     def run_verification(folder, manifest):
         with err.status("verifying the graphs against PyTorch ..."):
-            return verify_export(folder, manifest, model, real, atol=atol)
+            report = verify_export(folder, manifest, model, real, atol=atol)
+        report["tensorrt"] = tensorrt_parser_check(folder, manifest, target_trt.value)
+        return report
 
     result = export_artifacts(
         model,

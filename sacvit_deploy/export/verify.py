@@ -173,3 +173,30 @@ def verify_export(
             "--atol raises the tolerance at your own risk"
         )
     return report
+
+
+def tensorrt_parser_check(folder: Path, manifest: Manifest, target: str) -> dict[str, Any]:
+    """The static TensorRT-parser check of every graph for 8.5, 8.6, 10 and 11.
+
+    Fails the export when a graph would not parse on the ``--target-trt`` the user asked for: that
+    is a promise this export must keep. Other versions are reported.
+    """
+    from sacvit_deploy.export.trt_compat import check_models
+    from sacvit_deploy.export.trt_support import VERSIONS
+
+    paths = {role: manifest.file_path(folder, entry) for role, entry in manifest.graphs.items()}
+    report: dict[str, Any] = {}
+    for role, version, problems in check_models(paths, VERSIONS):
+        errors = [p for p in problems if p.is_error]
+        report.setdefault(version, {})[role] = {
+            "parses": not errors,
+            "errors": len(errors),
+            "warnings": len(problems) - len(errors),
+            "first_error": errors[0].line(manifest.graphs[role].file) if errors else None,
+        }
+    broken = [r for r in report.get(target, {}).values() if not r["parses"]]
+    if broken:
+        raise VerificationError(
+            f"the exported graph will not parse on TensorRT {target}: {broken[0]['first_error']}"
+        )
+    return report
