@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pickle
 import re
 from dataclasses import dataclass, field
@@ -409,5 +410,8 @@ def save_checkpoint(model: SACViT, path: str | Path, metadata: dict[str, str] | 
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     tmp = path.with_name(path.name + ".partial")
     save_file(tensors, str(tmp), metadata=meta)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # safetensors writes 0600; give it the permissions of any other file
     tmp.replace(path)
     return path
