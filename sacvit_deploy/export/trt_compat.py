@@ -23,6 +23,7 @@ from onnx import TensorProto, numpy_helper
 
 from sacvit_deploy.export import trt_support as ts
 from sacvit_deploy.export.manifest import ArtifactError, Manifest
+from sacvit_deploy.export.onnx_files import external_data_files
 
 ERROR = "error"
 WARNING = "warning"
@@ -594,6 +595,8 @@ def check_folder_versions(folder: str | Path, versions: Iterable[str]) -> dict[s
         )
     manifest.verify(folder)
     paths = {role: manifest.file_path(folder, entry) for role, entry in manifest.graphs.items()}
+    for path in paths.values():
+        external_data_files(path)  # refuses weights referenced outside the folder
     versions = list(versions)
     results: dict[str, dict[str, list[Problem]]] = {ts.support(v).version: {} for v in versions}
     for role, version, problems in check_models(paths, versions):
