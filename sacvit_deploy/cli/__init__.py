@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from sacvit_deploy import __version__
+from sacvit_deploy.cli.build_engine import build_engine
 from sacvit_deploy.cli.variants import variants
 
 app = typer.Typer(
@@ -34,6 +35,7 @@ def _root(
     """Deploy SAC-ViT / LF-ViT / CF-ViT early-exit vision transformers: export, build, infer, profile."""
 
 
+app.command("build-engine")(build_engine)
 app.command("variants")(variants)
 
 
