@@ -447,3 +447,60 @@ def test_engine_compatibility_rules():
     assert engine_compatibility_problem(compatible, TrtVersion(10, 8), "8.9") is None
     assert "cannot load" in engine_compatibility_problem(compatible, TrtVersion(10, 2), "8.9")
     assert "Ampere and later" in engine_compatibility_problem(compatible, TrtVersion(10, 3), "7.5")
+
+
+# ---- the fake itself: removed APIs are absent, bad profiles fail the build ------------------------
+@pytest.mark.parametrize("version", ["8.5.2", "8.6.1", "10.3.0", "11.1.0"])
+def test_fake_has_each_versions_api_surface(version):
+    fake = make_fake_tensorrt(version)
+    major = int(version.split(".")[0])
+    builder = fake.Builder(fake.Logger())
+    config = builder.create_builder_config()
+    for gone in ("build_engine", "max_batch_size"):  # removed in 10.0 (and never used here)
+        assert not hasattr(builder, gone)
+    assert not hasattr(config, "max_workspace_size")
+    assert not hasattr(fake.ICudaEngine, "num_bindings") and not hasattr(
+        fake.IExecutionContext, "execute_async_v2"
+    )
+    assert hasattr(fake.IExecutionContext, "execute_async_v3") and hasattr(
+        fake.ICudaEngine, "get_tensor_profile_shape"
+    )
+    assert hasattr(fake.BuilderFlag, "FP16") == (major <= 10)
+    assert hasattr(fake.BuilderFlag, "OBEY_PRECISION_CONSTRAINTS") == (major <= 10)
+    assert hasattr(fake, "IInt8EntropyCalibrator2") == (major <= 10)
+    assert hasattr(config, "int8_calibrator") == (major <= 10)
+    assert hasattr(builder, "platform_has_fast_fp16") == (major <= 10)
+    assert hasattr(fake.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH") == (major <= 10)
+    assert hasattr(fake.NetworkDefinitionCreationFlag, "STRONGLY_TYPED") == (major >= 10)
+    assert hasattr(fake, "HardwareCompatibilityLevel") == (version != "8.5.2")
+    assert hasattr(fake.BuilderFlag, "STRICT_TYPES") == (major < 10)
+    with pytest.raises(TypeError, match="expected tensorrt.MemoryPoolType"):
+        config.set_memory_pool_limit(0, 1 << 30)  # an int where the enum member belongs
+    with pytest.raises(TypeError, match="expected tensorrt.BuilderFlag"):
+        config.set_flag(3)
+
+
+def test_a_profile_missing_a_dynamic_input_fails_the_build(export, tmp_path, monkeypatch):
+    from sacvit_deploy.engine.build import (
+        build_serialized,
+        config_for,
+        make_logger,
+        network_from_onnx,
+        profile_shapes,
+    )
+
+    fake = install_fake_tensorrt(monkeypatch, tmp_path, "10.3.0")
+    logger = make_logger(fake, lambda _msg: None)
+    builder = fake.Builder(logger)
+    network, _ = network_from_onnx(
+        fake, builder, logger, (export / "stage2.onnx").read_bytes(), export / "stage2.onnx", 0
+    )
+    inputs = Manifest.load(export).graphs["stage2"].inputs
+    shapes = profile_shapes([t for t in inputs if t.name != "target_index"], 1, 2, 4)
+    config, _ = config_for(fake, TrtVersion(10, 3), builder, BuildOptions(), shapes)
+    with pytest.raises(EngineBuildError, match="no shape for dynamic input target_index"):
+        build_serialized(builder, network, config, logger, "stage2.onnx")
+    with pytest.raises(ValueError, match="need 0 < min <= opt <= max"):
+        builder.create_optimization_profile().set_shape(
+            "image", (4, 3, 128, 128), (2, 3, 128, 128), (8, 3, 128, 128)
+        )
