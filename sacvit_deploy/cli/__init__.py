@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from sacvit_deploy import __version__
+from sacvit_deploy.cli.build_engine import build_engine
 from sacvit_deploy.cli.check import check
 from sacvit_deploy.cli.export import export
 from sacvit_deploy.cli.infer import infer
@@ -38,9 +39,10 @@ def _root(
 
 
 app.command("export")(export)
+app.command("check")(check)
+app.command("build-engine")(build_engine)
 app.command("infer")(infer)
 app.command("variants")(variants)
-app.command("check")(check)
 
 
 def main() -> None:

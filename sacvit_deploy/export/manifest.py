@@ -217,6 +217,22 @@ class Manifest:
         return cls.from_dict(data, where=str(path))
 
     # ---- files ---------------------------------------------------------------------------------
+    def owned_files(self) -> set[str]:
+        """Every file this manifest owns in its folder (itself, graphs, engines, weights, INT8
+        calibration caches): what a later export or build into the same folder may replace."""
+        names = {MANIFEST_NAME}
+        entries = [*self.graphs.values(), *self.engines.values(), *([self.weights] if self.weights else [])]
+        for entry in entries:
+            names.add(entry.file)
+            if entry.external_data:
+                names.add(entry.external_data)
+        calibration = (self.tensorrt or {}).get("calibration") or {}
+        for cache in (calibration.get("caches") or {}).values():
+            name = cache.get("file") if isinstance(cache, dict) else None
+            if isinstance(name, str) and _SAFE_NAME.match(name):
+                names.add(name)
+        return names
+
     def file_path(self, folder: str | Path, entry: ArtifactFile | str) -> Path:
         name = entry.file if isinstance(entry, ArtifactFile) else entry
         return safe_child(Path(folder), name)

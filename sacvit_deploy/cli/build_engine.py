@@ -1,0 +1,199 @@
+"""`sacvit-deploy build-engine`: export folder -> TensorRT engines + engines/manifest.json, parity-checked."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from sacvit_deploy.cli._common import handle_errors, note, out
+
+ENGINES = "Engines"
+PRECISION = "Precision"
+SHAPES = "Batch sizes"
+TENSORRT = "TensorRT"
+
+
+class HardwareCompat(str, Enum):
+    none = "none"
+    ampere_plus = "ampere+"
+    same_cc = "same-cc"
+
+
+def print_engines(result) -> None:  # result: BuildResult
+    trt = result.manifest.tensorrt or {}
+    table = Table(
+        title=f"TensorRT {trt.get('version')} engines on {trt.get('gpu')} (compute capability "
+        f"{trt.get('compute_capability')}), {trt.get('precision')}"
+    )
+    for col in ("engine", "size (MB)", "batch min/opt/max", "FP32 islands", "build (s)"):
+        table.add_column(col, justify="left" if col == "engine" else "right")
+    for entry in result.manifest.engines.values():
+        info = entry.info
+        first = next(iter(info.get("profiles", {}).values()), {})
+        batches = "/".join(str(first.get(k, ["?"])[0]) for k in ("min", "opt", "max"))
+        islands = info.get("fp32_islands")
+        island_text = ", ".join(f"{k} {v}" for k, v in islands.items()) if islands else "-"
+        table.add_row(
+            entry.file,
+            f"{entry.size / 2**20:.1f}",
+            batches,
+            island_text,
+            f"{info.get('build_seconds', 0):.1f}",
+        )
+    out.print(table)
+
+
+def print_parity(report: dict) -> None:
+    table = Table(
+        title=f"Parity: engines vs {report['reference']} on {report['images']} "
+        f"(top-1 agreement must be >= {100 * report['min_top1_agreement']:.0f}%)"
+    )
+    for col in ("check", "n", "max |Δ logit|", "top-1 agree", "exit agree", "selection agree", "result"):
+        table.add_column(col, justify="left" if col == "check" else "right")
+
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{100 * v:.1f}%"
+
+    for r in report["rows"]:
+        verdict = ("[green]pass[/]" if r["passed"] else "[bold red]LOW[/]") if r["gated"] else "info"
+        table.add_row(
+            r["check"],
+            str(r["samples"]),
+            f"{r['max_abs_diff']:.2e}",
+            pct(r["top1_agreement"]),
+            pct(r["exit_agreement"]),
+            pct(r["selection_agreement"]),
+            verdict,
+        )
+    out.print(table)
+
+
+@handle_errors
+def build_engine(
+    export_dir: Annotated[
+        Path,
+        typer.Argument(help="Export folder (from `sacvit-deploy export`).", show_default=True),
+    ] = Path("export"),
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Engines folder (engines + manifest.json).", rich_help_panel=ENGINES)
+    ] = Path("engines"),
+    baseline: Annotated[
+        bool | None,
+        typer.Option(
+            "--baseline/--no-baseline",
+            help="Also build baseline.engine (default: when the export has baseline.onnx).",
+            show_default=False,
+            rich_help_panel=ENGINES,
+        ),
+    ] = None,
+    fp16: Annotated[
+        bool,
+        typer.Option(
+            "--fp16",
+            help="FP16 engines; LayerNorm, Softmax, the exit gate and token scores stay FP32.",
+            rich_help_panel=PRECISION,
+        ),
+    ] = False,
+    int8: Annotated[
+        bool,
+        typer.Option(
+            "--int8", help="INT8 with entropy calibration (TensorRT <= 10.x).", rich_help_panel=PRECISION
+        ),
+    ] = False,
+    calib_images: Annotated[
+        Path | None,
+        typer.Option(
+            help="Images for INT8 calibration and the parity check (default for parity: bundled samples).",
+            rich_help_panel=PRECISION,
+        ),
+    ] = None,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Fail (write nothing) on low parity or when the GPU reports no fast FP16.",
+            rich_help_panel=PRECISION,
+        ),
+    ] = False,
+    min_batch: Annotated[
+        int, typer.Option(help="Smallest batch of the profiles.", rich_help_panel=SHAPES)
+    ] = 1,
+    opt_batch: Annotated[
+        int, typer.Option(help="Batch TensorRT tunes stage 1 for.", rich_help_panel=SHAPES)
+    ] = 8,
+    max_batch: Annotated[
+        int, typer.Option(help="Largest batch (bigger ones are split).", rich_help_panel=SHAPES)
+    ] = 32,
+    stage2_opt_batch: Annotated[
+        int | None,
+        typer.Option(
+            help="Batch TensorRT tunes stage 2 for (default: the expected share of hard images x --opt-batch).",
+            rich_help_panel=SHAPES,
+        ),
+    ] = None,
+    workspace: Annotated[
+        float, typer.Option(help="Builder workspace limit, GiB.", rich_help_panel=TENSORRT)
+    ] = 4.0,
+    timing_cache: Annotated[
+        Path | None,
+        typer.Option(
+            help="Timing cache file: read if present, written after the build (faster rebuilds).",
+            rich_help_panel=TENSORRT,
+        ),
+    ] = None,
+    version_compatible: Annotated[
+        bool,
+        typer.Option(
+            "--version-compatible",
+            help="Engines that later TensorRT releases can load (TensorRT 8.6+; may be slower).",
+            rich_help_panel=TENSORRT,
+        ),
+    ] = False,
+    hardware_compat: Annotated[
+        HardwareCompat,
+        typer.Option(
+            help="Engines for other GPUs: ampere+ (8.6+), same-cc (10.9+).", rich_help_panel=TENSORRT
+        ),
+    ] = HardwareCompat.none,
+    dla_core: Annotated[
+        int | None,
+        typer.Option(
+            help="Run on this DLA core (Jetson Xavier/Orin), GPU fallback for the rest.",
+            rich_help_panel=TENSORRT,
+        ),
+    ] = None,
+) -> None:
+    """Build TensorRT engines for both stages from an export folder, then check them against ONNX Runtime."""
+    from sacvit_deploy.engine.build import BuildOptions, build_engines
+
+    options = BuildOptions(
+        fp16=fp16,
+        int8=int8,
+        calib_images=calib_images,
+        min_batch=min_batch,
+        opt_batch=opt_batch,
+        max_batch=max_batch,
+        stage2_opt_batch=stage2_opt_batch,
+        workspace_gib=workspace,
+        timing_cache=timing_cache,
+        version_compatible=version_compatible,
+        hardware_compat=hardware_compat.value,
+        dla_core=dla_core,
+        strict=strict,
+        baseline=baseline,
+    )
+    options.validate()  # option mistakes before TensorRT is even imported
+    result = build_engines(export_dir, out_dir, options, log=note)
+    print_engines(result)
+    parity = (result.manifest.tensorrt or {}).get("parity")
+    if parity and parity.get("rows"):
+        print_parity(parity)
+    sizes = ", ".join(f"{name} {size / 2**20:.1f} MB" for name, size in result.files.items())
+    out.print(f"built {len(result.files)} engines into {result.folder}/ in {result.seconds:.1f} s: {sizes}")
+    for warning in result.warnings:
+        note(f"[bold yellow]warning:[/] {warning}")
+    note(f"next: sacvit-deploy infer IMAGES --artifacts {result.folder} --backend tensorrt")

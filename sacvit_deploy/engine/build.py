@@ -1,0 +1,827 @@
+"""``build-engine``: TensorRT engines from an export folder, for the TensorRT installed here.
+
+Small steps that compose (Polygraphy-style), each usable on its own:
+
+* :func:`onnx_for_build`: the ONNX bytes to parse (float16 rewrite on TensorRT 11 with ``--fp16``);
+* :func:`network_from_onnx`: builder network + ONNX parser; every parser error is reported with the
+  node's index, name and operator;
+* :func:`constrain_fp32_layers`: on TensorRT <= 10 with FP16/INT8, LayerNorm, Softmax, the exit gate
+  and the token-score path are pinned to float32 (``layer.precision``, ``set_output_type``);
+* :func:`config_for`: flags, workspace, optimization profile, timing cache, calibrator, DLA,
+  version/hardware compatibility;
+* :func:`build_serialized`: the plan bytes, written as a standard ``.engine`` file (nothing glued on:
+  what the engine was built with goes to ``engines/manifest.json``);
+* :func:`build_engines`: all of it for stage 1, stage 2 (and the baseline), then the parity check
+  against ONNX Runtime on real images, then the staged publish.
+
+Precision, per TensorRT version (version questions are answered in ``trt_version.py``):
+
+* <= 10.x, ``--fp16``: ``BuilderFlag.FP16`` + ``OBEY_PRECISION_CONSTRAINTS`` and the FP32 islands;
+* 11.x, ``--fp16``: every network is strongly typed and the FP16 flag is gone, so the ONNX graph is
+  rewritten to float16 with the same islands kept float32 (``fp16.py``) and built ``STRONGLY_TYPED``;
+* ``--int8``: an entropy calibrator on <= 10.x; TensorRT 11 needs Q/DQ nodes (not supported yet).
+
+FP16 is never silently dropped: when the builder reports no fast FP16 (<= 10.x) the engine is still
+built FP16 with a warning, and ``--strict`` makes that an error.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from sacvit_deploy import __version__
+from sacvit_deploy.errors import SacvitError
+from sacvit_deploy.export.manifest import ArtifactFile, Manifest, TensorSpec, safe_child, sha256_file
+from sacvit_deploy.export.publish import prepare_output_folder, publish, staging_folder
+
+ROLES = ("stage1", "stage2", "baseline")
+HARD_FRACTION_DEFAULT = 0.23  # LF-ViT's operating point: about 23% of ImageNet reaches stage 2
+ISLAND_LAYER_TYPES = ("NORMALIZATION", "SOFTMAX", "REDUCE", "TOPK")
+ENGINE_SUFFIX = ".engine"
+MAX_CALIBRATION_IMAGES = 1024  # preprocessed in memory: about 0.6 MB each at 224 px
+# Where engines run during the parity check and calibration: "cuda" (tests use "cpu" with a fake TensorRT).
+RUNNER_DEVICE = "cuda"
+
+
+class EngineBuildError(SacvitError):
+    """An engine cannot be built: bad option, parse failure, build failure, failed parity with --strict."""
+
+
+@dataclass
+class BuildOptions:
+    fp16: bool = False
+    int8: bool = False
+    calib_images: Path | None = None
+    min_batch: int = 1
+    opt_batch: int = 8
+    max_batch: int = 32
+    stage2_opt_batch: int | None = None  # default: the expected hard fraction of opt_batch
+    workspace_gib: float = 4.0
+    timing_cache: Path | None = None
+    version_compatible: bool = False
+    hardware_compat: str = "none"  # none | ampere+ | same-cc
+    dla_core: int | None = None
+    strict: bool = False
+    baseline: bool | None = None  # None: build it when the export has one
+    parity_images: int = 32
+    device: str | None = None  # None: RUNNER_DEVICE
+    buffers: str = "auto"  # device buffers for calibration and the parity check: auto | torch | pycuda
+
+    @property
+    def precision(self) -> str:
+        if self.int8:
+            return "int8+fp16" if self.fp16 else "int8"
+        return "fp16" if self.fp16 else "fp32"
+
+    def validate(self) -> None:
+        from sacvit_deploy.engine.trt_version import HARDWARE_COMPAT
+
+        if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
+            raise EngineBuildError(
+                f"batch sizes must satisfy 1 <= --min-batch ({self.min_batch}) <= --opt-batch ({self.opt_batch}) "
+                f"<= --max-batch ({self.max_batch})"
+            )
+        if (
+            self.stage2_opt_batch is not None
+            and not self.min_batch <= self.stage2_opt_batch <= self.max_batch
+        ):
+            raise EngineBuildError(
+                f"--stage2-opt-batch {self.stage2_opt_batch} must be within --min-batch..--max-batch "
+                f"({self.min_batch}..{self.max_batch})"
+            )
+        if not self.workspace_gib > 0:
+            raise EngineBuildError(f"--workspace {self.workspace_gib}: give a positive size in GiB")
+        if self.hardware_compat not in HARDWARE_COMPAT:
+            raise EngineBuildError(
+                f"--hardware-compat {self.hardware_compat}: use one of {', '.join(HARDWARE_COMPAT)}"
+            )
+        if self.int8 and self.calib_images is None:
+            raise EngineBuildError(
+                "--int8 needs --calib-images DIR: a folder of a few hundred representative images"
+            )
+        if self.dla_core is not None and self.dla_core < 0:
+            raise EngineBuildError(f"--dla-core {self.dla_core}: DLA cores are numbered from 0")
+        if self.dla_core is not None and not (self.fp16 or self.int8):
+            raise EngineBuildError("--dla-core needs --fp16 or --int8: the DLA runs FP16 and INT8 only")
+        if self.dla_core is not None and self.hardware_compat != "none":
+            raise EngineBuildError(
+                "--dla-core and --hardware-compat do not combine: DLA engines are device-specific"
+            )
+        if self.parity_images < 1:
+            raise EngineBuildError("the parity check needs at least one image")
+
+
+@dataclass
+class BuildResult:
+    folder: Path
+    manifest: Manifest
+    seconds: float
+    files: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+# ---- small steps ------------------------------------------------------------------------------------
+def make_logger(trt: Any, log: Callable[[str], None]) -> Any:
+    """A TensorRT logger that keeps errors (for our messages) and passes each warning on to ``log`` once."""
+    severity = trt.ILogger.Severity
+    errors = {severity.ERROR, severity.INTERNAL_ERROR}
+
+    class Logger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)  # pybind11 needs the base initialised explicitly
+            self.errors: list[str] = []
+            self.seen: set[str] = set()
+
+        def log(self, level: Any, msg: str) -> None:
+            text = str(msg)
+            if level in errors:
+                self.errors.append(text)
+            elif level == severity.WARNING and text not in self.seen:
+                self.seen.add(text)
+                log(f"[yellow]TensorRT:[/] {_escape(text)}")
+
+    return Logger()
+
+
+def _escape(text: str) -> str:
+    """Text from TensorRT or files, safe inside the Rich-markup notes the CLI prints."""
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def network_flags(trt: Any, version: Any) -> tuple[int, list[str]]:
+    """The creation flags: EXPLICIT_BATCH below 10; STRONGLY_TYPED on 11 (where it is the only mode)."""
+    from sacvit_deploy.engine.trt_version import enum_member
+
+    names = []
+    if version.needs_explicit_batch_flag():
+        names.append("EXPLICIT_BATCH")
+    if version.strongly_typed_only() and version.has_strongly_typed_flag():
+        names.append("STRONGLY_TYPED")
+    bits = 0
+    for name in names:
+        bits |= 1 << int(enum_member(trt, "NetworkDefinitionCreationFlag", name))
+    return bits, names
+
+
+def onnx_for_build(
+    path: Path, strongly_typed: bool, fp16: bool, reduced: bool
+) -> tuple[bytes, Any, dict | None]:
+    """The ONNX bytes to parse, the FP32 islands (when a reduced precision needs them), the FP16 rewrite summary.
+
+    Strongly typed + FP16: the float16 rewrite of the graph. Otherwise the file as exported.
+    """
+    import onnx
+
+    from sacvit_deploy.engine.fp16 import convert_to_fp16, fp32_islands
+
+    if strongly_typed and fp16:
+        conversion = convert_to_fp16(onnx.load(str(path)))
+        return conversion.model.SerializeToString(), conversion.islands, conversion.summary()
+    islands = fp32_islands(onnx.load(str(path))) if reduced else None
+    return path.read_bytes(), islands, None
+
+
+def describe_parser_error(error: Any, nodes: list[tuple[str, str]]) -> str:
+    """One parser error with the node's index, name and operator (looked up in the graph when the
+    TensorRT version's ParserError has no ``node_name()``)."""
+    index = int(error.node())
+    name = error.node_name() if hasattr(error, "node_name") else ""
+    op = error.node_operator() if hasattr(error, "node_operator") else ""
+    if 0 <= index < len(nodes):
+        name = name or nodes[index][0]
+        op = op or nodes[index][1]
+    code = getattr(error.code(), "name", str(error.code()))
+    where = f"node {index}" if index >= 0 else "graph"
+    if name:
+        where += f" '{name}'"
+    if op:
+        where += f" ({op})"
+    return f"{where}: {code}: {error.desc()}"
+
+
+def network_from_onnx(
+    trt: Any,
+    builder: Any,
+    logger: Any,
+    onnx_bytes: bytes,
+    path: Path,
+    flags: int,
+    log: Callable[[str], None] = lambda _msg: None,
+) -> tuple[Any, Any]:
+    """Parse ``onnx_bytes`` into a new network; every parser error is logged, the first one raised."""
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    ok = parser.parse(onnx_bytes, str(path))
+    if ok and parser.num_errors == 0:
+        return network, parser
+    import onnx
+
+    try:
+        graph = onnx.load_model_from_string(onnx_bytes).graph
+        nodes = [(n.name, n.op_type) for n in graph.node]
+    except Exception:  # the parser already said why the bytes are unreadable
+        nodes = []
+    errors = [describe_parser_error(parser.get_error(i), nodes) for i in range(parser.num_errors)]
+    for line in errors:
+        log(f"[red]parser:[/] {_escape(path.name)}: {_escape(line)}")
+    first = errors[0] if errors else "; ".join(logger.errors[-1:]) or "no detail"
+    more = f" (and {len(errors) - 1} more, listed above)" if len(errors) > 1 else ""
+    raise EngineBuildError(
+        f"{path.name}: TensorRT {trt.__version__} cannot parse it: {first}{more}; "
+        "re-export for this TensorRT (sacvit-deploy export --target-trt ...) or report the node"
+    )
+
+
+def constrain_fp32_layers(trt: Any, network: Any, island_tensors: frozenset[str]) -> list[str]:
+    """Pin LayerNorm, Softmax, the gate and the token-score path to float32 (TensorRT <= 10, FP16/INT8).
+
+    A layer is pinned when its type is one of :data:`ISLAND_LAYER_TYPES` or it computes a tensor of
+    the ONNX FP32 islands. Only float outputs get ``set_output_type`` (TopK's indices stay int32).
+    """
+    kinds = {getattr(trt.LayerType, n) for n in ISLAND_LAYER_TYPES if hasattr(trt.LayerType, n)}
+    floats = {trt.float32, trt.float16}
+    pinned = []
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        outputs = [layer.get_output(k) for k in range(layer.num_outputs)]
+        inputs = [layer.get_input(k) for k in range(layer.num_inputs)]
+        if layer.type not in kinds and not any(t is not None and t.name in island_tensors for t in outputs):
+            continue
+        float_outputs = [k for k, t in enumerate(outputs) if t is not None and t.dtype in floats]
+        if not float_outputs and not any(t is not None and t.dtype in floats for t in inputs):
+            continue
+        layer.precision = trt.float32
+        for k in float_outputs:
+            layer.set_output_type(k, trt.float32)
+        pinned.append(layer.name)
+    return pinned
+
+
+Shapes = dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
+
+
+def profile_shapes(inputs: list[TensorSpec], low: int, opt: int, high: int) -> Shapes:
+    """min/opt/max per input: the batch axis from the options, the other dims from the graph."""
+    shapes: Shapes = {}
+    for spec in inputs:
+        rest = tuple(int(d) for d in spec.shape[1:])
+        if isinstance(spec.shape[0], int):  # a fixed-batch export
+            fixed = (spec.shape[0], *rest)
+            shapes[spec.name] = (fixed, fixed, fixed)
+        else:
+            shapes[spec.name] = ((low, *rest), (opt, *rest), (high, *rest))
+    return shapes
+
+
+def config_for(
+    trt: Any,
+    version: Any,
+    builder: Any,
+    options: BuildOptions,
+    shapes: Shapes,
+    timing_cache: Any = None,
+    calibrator: Any = None,
+    calibration_batch: int | None = None,
+) -> tuple[Any, list[str]]:
+    """A builder config for one engine; returns it and the names of the flags set."""
+    from sacvit_deploy.engine.trt_version import HARDWARE_COMPAT, enum_member
+
+    config = builder.create_builder_config()
+    flags: list[str] = []
+
+    def flag(name: str) -> None:
+        config.set_flag(enum_member(trt, "BuilderFlag", name))
+        flags.append(name)
+
+    config.set_memory_pool_limit(
+        enum_member(trt, "MemoryPoolType", "WORKSPACE"), int(options.workspace_gib * (1 << 30))
+    )
+    if version.has_precision_flags():
+        if options.fp16:
+            flag("FP16")
+        if options.int8:
+            flag("INT8")
+        if options.fp16 or options.int8:
+            flag(
+                "OBEY_PRECISION_CONSTRAINTS"
+                if hasattr(trt.BuilderFlag, "OBEY_PRECISION_CONSTRAINTS")
+                else "PREFER_PRECISION_CONSTRAINTS"
+            )
+    if options.version_compatible:
+        flag("VERSION_COMPATIBLE")
+    if options.hardware_compat != "none":
+        config.hardware_compatibility_level = enum_member(
+            trt, "HardwareCompatibilityLevel", HARDWARE_COMPAT[options.hardware_compat][0]
+        )
+    if options.dla_core is not None:
+        config.default_device_type = enum_member(trt, "DeviceType", "DLA")
+        config.DLA_core = int(options.dla_core)
+        flag("GPU_FALLBACK")  # TopK, Gather and friends have no DLA implementation
+    profile = builder.create_optimization_profile()
+    for name, (low, opt, high) in shapes.items():
+        profile.set_shape(name, low, opt, high)
+    config.add_optimization_profile(profile)
+    if timing_cache is not None and not config.set_timing_cache(timing_cache, False):
+        raise EngineBuildError(
+            "the timing cache is from another GPU or TensorRT; delete the --timing-cache file and rebuild"
+        )
+    if calibrator is not None:
+        config.int8_calibrator = calibrator
+        calibration = builder.create_optimization_profile()
+        for name, (_, opt, _) in shapes.items():
+            fixed = (int(calibration_batch or opt[0]), *opt[1:])
+            calibration.set_shape(name, fixed, fixed, fixed)
+        config.set_calibration_profile(calibration)
+    return config, flags
+
+
+def build_serialized(builder: Any, network: Any, config: Any, logger: Any, what: str) -> bytes:
+    """The serialized engine (plan) bytes; TensorRT's last errors on failure."""
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        detail = "; ".join(logger.errors[-3:]) or "no detail from TensorRT"
+        raise EngineBuildError(
+            f"{what}: TensorRT could not build the engine ({detail}); try a larger --workspace, or report it"
+        )
+    return bytes(plan)
+
+
+def load_timing_cache(config: Any, path: Path | None, log: Callable[[str], None]) -> Any:
+    """A timing cache from ``path`` when it exists (else empty), shared by every build of this run."""
+    data = b""
+    if path is not None and path.is_file():
+        data = path.read_bytes()
+    cache = config.create_timing_cache(data)
+    if cache is None:
+        log(f"[yellow]note:[/] {path}: not a timing cache of this TensorRT; starting a new one")
+        cache = config.create_timing_cache(b"")
+    elif data:
+        log(f"timing cache: reusing {path} ({len(data) / 1024:.0f} KiB)")
+    return cache
+
+
+def save_timing_cache(cache: Any, path: Path) -> None:
+    data = bytes(cache.serialize())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def expected_hard_fraction(manifest: Manifest) -> tuple[float, str]:
+    """The share of images expected to reach stage 2: measured at export if recorded, else LF-ViT's 23%."""
+    report = manifest.verification or {}
+    rate = report.get("exit_rate")
+    if rate is None:
+        rates = [r["exit_rate"] for r in report.get("rows", []) if isinstance(r, dict) and "exit_rate" in r]
+        rate = rates[0] if rates else None
+    if isinstance(rate, (int, float)) and 0.0 <= rate <= 1.0:
+        return 1.0 - float(rate), "the export's verification data"
+    return HARD_FRACTION_DEFAULT, "LF-ViT's operating point (about 23% of images reach stage 2)"
+
+
+def stage2_opt_batch(options: BuildOptions, hard_fraction: float) -> int:
+    if options.stage2_opt_batch is not None:
+        return options.stage2_opt_batch
+    opt = max(1, math.ceil(hard_fraction * options.opt_batch - 1e-9))
+    return min(max(opt, options.min_batch), options.max_batch)
+
+
+# ---- checks before building -----------------------------------------------------------------------
+def check_options(trt: Any, version: Any, options: BuildOptions, gpu: Any, manifest: Manifest) -> None:
+    """Options the installed TensorRT (or this GPU, or the export) cannot honour: one clear error each."""
+    from sacvit_deploy.engine.trt_version import HARDWARE_COMPAT
+
+    if options.int8 and not version.has_int8_calibrator():
+        raise EngineBuildError(
+            f"--int8 is not supported yet on TensorRT {version}: INT8 on TensorRT 11 needs Q/DQ nodes in the "
+            "ONNX graph (explicit quantization); build --fp16, or use TensorRT 10.x for calibrated INT8"
+        )
+    if options.version_compatible and not version.has_version_compatible():
+        raise EngineBuildError(
+            f"--version-compatible needs TensorRT 8.6 or later; this is TensorRT {version} (drop the option)"
+        )
+    level = options.hardware_compat
+    if level != "none" and not version.has_hardware_compat(level):
+        need = ".".join(str(p) for p in HARDWARE_COMPAT[level][1])
+        raise EngineBuildError(
+            f"--hardware-compat {level} needs TensorRT {need} or later; this is TensorRT {version}"
+        )
+    if level == "ampere+" and _cc(gpu.compute_capability) < (8, 0):
+        raise EngineBuildError(
+            f"--hardware-compat ampere+ must be built on an Ampere or newer GPU; {gpu.name} has compute "
+            f"capability {gpu.compute_capability}"
+        )
+    if manifest.exporter.get("layernorm") == "native" and not version.has_native_layernorm():
+        raise EngineBuildError(
+            f"the graphs use LayerNormalization, which the TensorRT {version} parser lacks; "
+            "re-export with: sacvit-deploy export CKPT --target-trt 8.5"
+        )
+    opset = manifest.exporter.get("opset")
+    if isinstance(opset, int) and opset > version.max_onnx_opset():
+        raise EngineBuildError(
+            f"the graphs are opset {opset}, above TensorRT {version}'s {version.max_onnx_opset()}; "
+            f"re-export with --opset {version.max_onnx_opset()}"
+        )
+
+
+def _cc(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in str(text).split("."))
+    except ValueError:
+        return (0,)
+
+
+def _roles(manifest: Manifest, export_dir: Path, baseline: bool | None) -> list[str]:
+    missing = [r for r in ("stage1", "stage2") if r not in manifest.graphs]
+    if missing:
+        raise EngineBuildError(
+            f"{export_dir}: the manifest has no {' or '.join(missing)} graph; re-run export"
+        )
+    if baseline and "baseline" not in manifest.graphs:
+        raise EngineBuildError(
+            f"--baseline: {export_dir} has no baseline.onnx; re-export with --baseline (or drop --baseline)"
+        )
+    with_baseline = "baseline" in manifest.graphs if baseline is None else baseline
+    return ["stage1", "stage2"] + (["baseline"] if with_baseline else [])
+
+
+# ---- the whole build ---------------------------------------------------------------------------------
+def build_engines(
+    export_dir: str | Path,
+    out: str | Path,
+    options: BuildOptions,
+    log: Callable[[str], None] = lambda _msg: None,
+) -> BuildResult:
+    """Build the engines of ``export_dir`` into ``out`` with a manifest, after a parity check."""
+    from sacvit_deploy.engine import gpu as gpu_module
+    from sacvit_deploy.engine.trt_version import import_tensorrt, installed_version
+
+    start = time.perf_counter()
+    options.validate()
+    export_dir, out = Path(export_dir), Path(out)
+    manifest = Manifest.load(export_dir)
+    if not manifest.graphs:
+        raise EngineBuildError(
+            f"{export_dir}: has no ONNX graphs (an engines folder?); pass the export folder"
+        )
+    if out.resolve() == export_dir.resolve():
+        raise EngineBuildError(f"--out {out}: write engines to their own folder, not into the export folder")
+    if options.timing_cache is not None and options.timing_cache.resolve().parent == out.resolve():
+        raise EngineBuildError(
+            f"--timing-cache {options.timing_cache}: keep the timing cache outside the engines folder (--out {out})"
+        )
+    roles = _roles(manifest, export_dir, options.baseline)
+    device = options.device or RUNNER_DEVICE
+    from sacvit_deploy.backends.tensorrt_backend import resolve_buffers
+
+    options = replace(options, buffers="torch" if device == "cpu" else resolve_buffers(options.buffers))
+
+    trt = import_tensorrt()
+    version = installed_version(trt)
+    gpu = gpu_module.detect_gpu(0)
+    check_options(trt, version, options, gpu, manifest)
+    logger = make_logger(trt, log)
+    builder = trt.Builder(logger)
+    if builder is None:
+        raise EngineBuildError(f"TensorRT could not create a builder ({'; '.join(logger.errors[-2:])})")
+    if options.dla_core is not None:
+        cores = int(builder.num_DLA_cores)
+        if cores == 0:
+            raise EngineBuildError(
+                f"--dla-core {options.dla_core}: this device has no DLA (builder.num_DLA_cores is 0); "
+                "DLA cores exist on Jetson Xavier and Orin only"
+            )
+        if options.dla_core >= cores:
+            raise EngineBuildError(
+                f"--dla-core {options.dla_core}: this device has {cores} DLA core(s), 0..{cores - 1}"
+            )
+    warnings: list[str] = []
+    fast_fp16 = None
+    if options.fp16 and version.has_fast_fp16_query():
+        fast_fp16 = bool(builder.platform_has_fast_fp16)
+        if not fast_fp16:
+            message = f"{gpu.name} reports no fast FP16: the FP16 engines are built as asked but may be slow"
+            if options.strict:
+                raise EngineBuildError(f"{message}; --strict refuses it (build without --fp16)")
+            warnings.append(message)
+            log(f"[bold yellow]warning:[/] {message}")
+    if options.fp16 and version.known_fp16_issue():
+        log(f"[yellow]note:[/] {version.known_fp16_issue()}")
+    hard_fraction, hard_source = expected_hard_fraction(manifest)
+    opt2 = stage2_opt_batch(options, hard_fraction)
+    previous = prepare_output_folder(out, EngineBuildError, "build")
+
+    # Images first: a bad --calib-images folder fails before minutes of building.
+    from sacvit_deploy.engine.calibrator import load_images
+
+    images, image_source = load_images(
+        options.calib_images,
+        manifest.preprocess,
+        MAX_CALIBRATION_IMAGES if options.int8 else options.parity_images,
+        log,
+    )
+    strongly_typed = version.strongly_typed_only()
+    reduced = options.fp16 or options.int8
+    flags_bits, net_flag_names = network_flags(trt, version)
+    calibration: dict[str, Any] | None = None
+    entries: dict[str, ArtifactFile] = {}
+    flag_names: list[str] = []
+    with staging_folder(out) as staging:
+        timing_config = builder.create_builder_config()
+        timing_cache = load_timing_cache(timing_config, options.timing_cache, log)
+        reference: dict[str, Any] = {}
+        if options.int8:
+            reference = _active_reference(export_dir, manifest)
+            calibration = {"images": image_source, "images_sha256": None, "caches": {}}
+        try:
+            for role in roles:
+                t0 = time.perf_counter()
+                graph = manifest.graphs[role]
+                graph_path = _checked_graph(export_dir, manifest, role)
+                onnx_bytes, islands, fp16_summary = onnx_for_build(
+                    graph_path, strongly_typed, options.fp16, reduced
+                )
+                network, _parser = network_from_onnx(
+                    trt, builder, logger, onnx_bytes, graph_path, flags_bits, log
+                )
+                pinned: list[str] = []
+                if reduced and not strongly_typed and islands is not None:
+                    pinned = constrain_fp32_layers(trt, network, islands.tensors)
+                low, opt, high = (
+                    options.min_batch,
+                    (opt2 if role == "stage2" else options.opt_batch),
+                    options.max_batch,
+                )
+                shapes = profile_shapes(graph.inputs, low, opt, high)
+                calibrator, calib_batch = None, None
+                if options.int8:
+                    calibrator, calib_batch, cache_info = _calibrator_for(
+                        trt, role, graph, images, reference, out, staging, previous, device, options
+                    )
+                    calibration["caches"][role] = cache_info
+                config, flag_names = config_for(
+                    trt, version, builder, options, shapes, timing_cache, calibrator, calib_batch
+                )
+                plan = build_serialized(builder, network, config, logger, f"{role}.onnx")
+                path = staging / f"{role}{ENGINE_SUFFIX}"
+                path.write_bytes(plan)
+                if calibrator is not None and (staging / calibration["caches"][role]["file"]).is_file():
+                    cache_file = staging / calibration["caches"][role]["file"]
+                    calibration["caches"][role]["sha256"] = sha256_file(cache_file)
+                seconds = time.perf_counter() - t0
+                info: dict[str, Any] = {
+                    "role": role,
+                    "precision": options.precision,
+                    "profiles": {
+                        name: {"min": list(s[0]), "opt": list(s[1]), "max": list(s[2])}
+                        for name, s in shapes.items()
+                    },
+                    "onnx_sha256": graph.sha256,
+                    "build_seconds": round(seconds, 2),
+                }
+                if reduced:
+                    info["fp32_islands"] = islands.counts() if islands is not None else {}
+                    if not strongly_typed:
+                        info["fp32_layers"] = len(pinned)
+                if fp16_summary:
+                    info["fp16_onnx"] = fp16_summary
+                entries[role] = ArtifactFile(
+                    file=path.name,
+                    sha256=sha256_file(path),
+                    size=path.stat().st_size,
+                    inputs=list(graph.inputs),
+                    outputs=list(graph.outputs),
+                    info=info,
+                )
+                log(f"built {path.name} ({len(plan) / 2**20:.1f} MB, {options.precision}, {seconds:.1f} s)")
+                del network, _parser, config, calibrator
+        finally:
+            for runner in reference.values():
+                runner.deactivate()
+        if options.timing_cache is not None:
+            save_timing_cache(timing_cache, options.timing_cache)
+            log(f"timing cache saved to {options.timing_cache}")
+        if calibration is not None:
+            calibration["images_sha256"] = _images_sha(images)
+
+        tensorrt_info: dict[str, Any] = {
+            "version": str(version),
+            "gpu": gpu.name,
+            "compute_capability": gpu.compute_capability,
+            "precision": options.precision,
+            "built": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+            "build_seconds": 0.0,
+            "flags": flag_names,
+            "network_flags": net_flag_names,
+            "strongly_typed": strongly_typed,
+            "fp16_path": _fp16_path(options, strongly_typed),
+            "version_compatible": options.version_compatible,
+            "hardware_compat": options.hardware_compat,
+            "dla_core": options.dla_core,
+            "workspace_bytes": int(options.workspace_gib * (1 << 30)),
+            "platform_has_fast_fp16": fast_fp16,
+            "timing_cache": str(options.timing_cache) if options.timing_cache else None,
+            "stage2_opt_batch": {
+                "value": opt2,
+                "hard_fraction": round(hard_fraction, 4),
+                "source": hard_source,
+            },
+            "calibration": calibration,
+            "sacvit_deploy": __version__,
+        }
+        engines_manifest = Manifest(
+            model=manifest.model,
+            source_format=manifest.source_format,
+            exit_threshold=manifest.exit_threshold,
+            engines=entries,
+            exporter=dict(manifest.exporter),
+            tensorrt=tensorrt_info,
+            source={
+                **manifest.source,
+                "export": str(export_dir),
+                "graphs": {role: manifest.graphs[role].sha256 for role in roles},
+            },
+        )
+        report = _parity(export_dir, manifest, staging, engines_manifest, roles, images, device, options)
+        tensorrt_info["parity"] = report
+        if not report["passed"]:
+            worst = report["worst_top1_agreement"]
+            message = (
+                f"the {options.precision} engines agree with {report['reference']} on the top-1 class of only "
+                f"{100 * worst:.1f}% of {report['images']} (need {100 * report['min_top1_agreement']:.0f}%)"
+            )
+            if options.strict:
+                raise EngineBuildError(
+                    f"{message}; --strict: nothing was written (try FP32, or another TensorRT)"
+                )
+            warnings.append(message)
+            log(f"[bold red]WARNING:[/] {message}; check the parity table before deploying")
+        tensorrt_info["build_seconds"] = round(time.perf_counter() - start, 2)
+        publish(staging, out, engines_manifest, previous)
+    files = {e.file: e.size for e in entries.values()}
+    return BuildResult(out, engines_manifest, time.perf_counter() - start, files, warnings)
+
+
+def _fp16_path(options: BuildOptions, strongly_typed: bool) -> str | None:
+    if not options.fp16:
+        return None
+    if strongly_typed:
+        return "ONNX rewritten to float16 with FP32 islands, built STRONGLY_TYPED"
+    return "BuilderFlag.FP16 + OBEY_PRECISION_CONSTRAINTS, FP32 islands pinned per layer"
+
+
+def _checked_graph(export_dir: Path, manifest: Manifest, role: str) -> Path:
+    from sacvit_deploy.export.onnx_files import external_data_files
+
+    manifest.verify(export_dir, "graphs", roles=(role,))
+    path = manifest.file_path(export_dir, manifest.graphs[role])
+    external_data_files(path)  # before any parser opens it
+    return path
+
+
+def _images_sha(images: Any) -> str:
+    from sacvit_deploy.engine.calibrator import fingerprint
+
+    return fingerprint([images])
+
+
+def _active_reference(export_dir: Path, manifest: Manifest) -> dict[str, Any]:
+    """An active stage-1 reference runner: stage 2 is calibrated on stage 1's outputs."""
+    from sacvit_deploy.engine.parity import reference_runners
+
+    runners, _ = reference_runners(export_dir, manifest, ["stage1"])
+    if not runners:
+        raise EngineBuildError(
+            "--int8 calibrates stage 2 on stage 1's outputs, which needs onnxruntime or model.safetensors in "
+            f"{export_dir}; pip install 'sacvit-deploy[cpu]'"
+        )
+    for runner in runners.values():
+        runner.activate()
+    return runners
+
+
+def _calibrator_for(
+    trt: Any,
+    role: str,
+    graph: ArtifactFile,
+    images: Any,
+    reference: dict[str, Any],
+    out: Path,
+    staging: Path,
+    previous: set[str],
+    device: str,
+    options: BuildOptions,
+) -> tuple[Any, int, dict[str, Any]]:
+    """The calibrator of one engine, its batch size, and the cache entry for the manifest."""
+    import numpy as np
+    import torch
+
+    from sacvit_deploy.engine.calibrator import (
+        CALIBRATION_SUFFIX,
+        calibration_batches,
+        fingerprint,
+        make_entropy_calibrator,
+    )
+    from sacvit_deploy.runtime.pipeline import run_any_batch
+
+    feeds: dict[str, np.ndarray] = {"image": images}
+    if role == "stage2":
+        outputs = run_any_batch(reference["stage1"], {"image": torch.from_numpy(images)})
+        for spec in graph.inputs[1:]:
+            feeds[spec.name] = outputs[spec.name].cpu().numpy()
+    feeds = {spec.name: feeds[spec.name] for spec in graph.inputs}
+    batch = min(options.opt_batch, images.shape[0])
+    batches = calibration_batches(feeds, batch)
+    name = f"{role}{CALIBRATION_SUFFIX}"
+    data_sha = fingerprint([feeds[k] for k in sorted(feeds)])
+    cache_in = _previous_calibration(out, previous, role, graph.sha256, data_sha, batch)
+    if cache_in is not None:
+        # TensorRT does not write back a cache it read: keep it in the new folder ourselves.
+        (staging / name).write_bytes(cache_in)
+    calibrator = make_entropy_calibrator(trt, batches, staging / name, cache_in, options.buffers, device)
+    entry = {
+        "file": name,
+        "sha256": None,
+        "onnx_sha256": graph.sha256,
+        "data_sha256": data_sha,
+        "batch": batch,
+    }
+    entry["reused"] = cache_in is not None
+    return calibrator, batch, entry
+
+
+def _previous_calibration(
+    out: Path, previous: set[str], role: str, onnx_sha: str, data_sha: str, batch: int
+) -> bytes | None:
+    """The cache a previous build left in ``out``, if it was made from the same graph, data and batch."""
+    try:
+        old = Manifest.load(out)
+    except SacvitError:
+        return None
+    entry = (((old.tensorrt or {}).get("calibration") or {}).get("caches") or {}).get(role) or {}
+    name = entry.get("file")
+    if name not in previous or (entry.get("onnx_sha256"), entry.get("data_sha256"), entry.get("batch")) != (
+        onnx_sha,
+        data_sha,
+        batch,
+    ):
+        return None
+    try:
+        path = safe_child(out, name)
+        data = path.read_bytes()
+    except (SacvitError, OSError):
+        return None
+    return data if entry.get("sha256") and sha256_file(path) == entry["sha256"] else None
+
+
+def _parity(
+    export_dir: Path,
+    manifest: Manifest,
+    staging: Path,
+    engines_manifest: Manifest,
+    roles: list[str],
+    images: Any,
+    device: str,
+    options: BuildOptions,
+) -> dict[str, Any]:
+    import torch
+
+    from sacvit_deploy.backends.tensorrt_backend import TensorRTRunner
+    from sacvit_deploy.engine.parity import compare_runners, parity_report, reference_runners
+
+    reference, label = reference_runners(export_dir, manifest, roles)
+    count = min(len(images), options.parity_images)
+    source = f"{count} real images"
+    if not reference:
+        return {**parity_report([], label, source), "passed": False, "worst_top1_agreement": 0.0}
+    engines = {
+        role: TensorRTRunner(
+            staging / entry.file,
+            entry,
+            engines_manifest.tensorrt or {},
+            device=device,
+            buffers=options.buffers,
+        )
+        for role, entry in engines_manifest.engines.items()
+    }
+    active = []
+    try:
+        for runner in [*reference.values(), *engines.values()]:
+            runner.activate()
+            active.append(runner)
+        batch = torch.from_numpy(images[:count])
+        rows = compare_runners(reference, engines, batch, manifest.exit_threshold)
+    finally:
+        for runner in active:
+            runner.deactivate()
+    return parity_report(rows, label, source)

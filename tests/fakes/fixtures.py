@@ -1,0 +1,57 @@
+"""Helpers for the TensorRT tests: a tiny export, the fake TensorRT installed, engines built with it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sacvit_deploy.engine import build as build_module
+from sacvit_deploy.engine import gpu as gpu_module
+from sacvit_deploy.engine.build import BuildOptions, BuildResult, build_engines
+from sacvit_deploy.export.onnx_export import ExportOptions, export_artifacts
+from tests.conftest import make_tiny
+from tests.fakes.fake_tensorrt import make_fake_tensorrt
+from tests.fakes.images_stub import ensure_image_module
+
+FAKE_GPU = gpu_module.GpuInfo("Fake GPU", "8.6", 0, 8 << 30)
+
+
+def tiny_export(folder: Path, fmt: str = "sacvit", **options: Any) -> tuple[Any, Path]:
+    """A tiny model exported (with the baseline graph) into ``folder``; returns (model, folder)."""
+    model = make_tiny(fmt)
+    export_artifacts(model, folder, ExportOptions(baseline=True, **options), fmt)
+    return model, folder
+
+
+_SHARED: dict[tuple, tuple[Any, Path]] = {}
+
+
+def shared_export(
+    tmp_path_factory: pytest.TempPathFactory, fmt: str = "sacvit", **options: Any
+) -> tuple[Any, Path]:
+    """Like :func:`tiny_export`, made once per test session (read-only: tests must not modify it)."""
+    key = (fmt, tuple(sorted(options.items())))
+    if key not in _SHARED:
+        name = "-".join([fmt, *(f"{k}{v}" for k, v in sorted(options.items()))])
+        _SHARED[key] = tiny_export(tmp_path_factory.mktemp(f"shared-{name}"), fmt, **options)
+    return _SHARED[key]
+
+
+def install_fake_tensorrt(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, version: str = "10.3.0", gpu: Any = FAKE_GPU
+) -> Any:
+    """Put a fake ``tensorrt`` in sys.modules, a fake GPU in detect_gpu, host memory as device memory."""
+    fake = make_fake_tensorrt(version)
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    monkeypatch.setattr(gpu_module, "detect_gpu", lambda index=0: gpu)
+    monkeypatch.setattr(build_module, "RUNNER_DEVICE", "cpu")
+    ensure_image_module(monkeypatch, tmp_path)
+    return fake
+
+
+def build(export: Path, out: Path, **options: Any) -> BuildResult:
+    options.setdefault("parity_images", 4)
+    return build_engines(export, out, BuildOptions(**options), log=lambda _msg: None)
