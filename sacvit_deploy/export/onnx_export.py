@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import copy
 import io
-import os
-import shutil
 import time
 import warnings
 from collections.abc import Callable
@@ -32,8 +30,9 @@ from torch import Tensor, nn
 
 from sacvit_deploy import __version__
 from sacvit_deploy.errors import SacvitError
+from sacvit_deploy.export import publish
 from sacvit_deploy.export.graphs import graph_module, graph_specs
-from sacvit_deploy.export.manifest import MANIFEST_NAME, ArtifactFile, Manifest, TensorSpec, sha256_file
+from sacvit_deploy.export.manifest import ArtifactFile, Manifest, TensorSpec, sha256_file
 from sacvit_deploy.model.checkpoint import save_checkpoint
 from sacvit_deploy.model.layers import set_fused_attn
 from sacvit_deploy.model.sacvit import SACViT
@@ -242,57 +241,9 @@ def export_graph(
 
 
 # ---- the output folder --------------------------------------------------------------------------------
-def _previous_artifacts(out: Path) -> set[str]:
-    """Files a previous export wrote into ``out`` (overwritable); anything else makes ``out`` unusable."""
-    try:
-        old = Manifest.load(out)
-    except SacvitError:
-        return set()
-    names = {MANIFEST_NAME}
-    for entry in list(old.graphs.values()) + list(old.engines.values()):
-        names.add(entry.file)
-        if entry.external_data:
-            names.add(entry.external_data)
-    if old.weights:
-        names.add(old.weights.file)
-    return names
-
-
 def prepare_output_folder(out: Path) -> set[str]:
     """Check ``out`` can receive an export; returns the names of old artifacts to replace."""
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"{out}: exists and is not a folder; choose another --out")
-    if not out.exists():
-        try:
-            out.mkdir(parents=True)
-        except OSError as exc:
-            raise ExportError(
-                f"{out}: cannot create the output folder ({exc.strerror}); choose another --out"
-            ) from None
-        return set()
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise ExportError(f"{out}: not writable; choose another --out or fix its permissions")
-    previous = _previous_artifacts(out)
-    others = sorted(
-        p.name for p in out.iterdir() if p.name not in previous and not p.name.startswith(".staging-")
-    )
-    if others:
-        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
-        raise ExportError(
-            f"{out}: holds other files ({shown}); export into an empty folder or a previous export folder (--out)"
-        )
-    return previous
-
-
-def _publish(staging: Path, out: Path, manifest: Manifest, previous: set[str]) -> None:
-    """Move the staged files into ``out``; the manifest goes last, so a crash never leaves a valid-looking folder."""
-    (out / MANIFEST_NAME).unlink(missing_ok=True)
-    new_names = {p.name for p in staging.iterdir()}
-    for p in staging.iterdir():
-        os.replace(p, out / p.name)
-    for stale in previous - new_names - {MANIFEST_NAME}:
-        (out / stale).unlink(missing_ok=True)
-    manifest.save(out)
+    return publish.prepare_output_folder(out, ExportError, "export")
 
 
 # ---- the whole export ---------------------------------------------------------------------------------
@@ -319,10 +270,7 @@ def export_artifacts(
         raise ExportError(f"--threshold {threshold}: must be in [0, 1] (above 1 disables early exit)")
     out = Path(out)
     previous = prepare_output_folder(out)
-    staging = out / f".staging-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
+    with publish.staging_folder(out) as staging:
         prepared = prepare_for_export(model, options.target_trt)
         cfg = model.cfg.replace(exit_threshold=threshold)
         dynamic = options.batch is None
@@ -364,9 +312,7 @@ def export_artifacts(
         )
         if verify is not None:
             manifest.verification = verify(staging, manifest)
-        _publish(staging, out, manifest, previous)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        publish.publish(staging, out, manifest, previous)
     files = {e.file: e.size for e in manifest.graphs.values()}
     if manifest.weights:
         files[manifest.weights.file] = manifest.weights.size
