@@ -1,4 +1,4 @@
-"""`sacvit-deploy triton`: the model repository, its checks, and the BLS gate.
+"""`sacvit-deploy triton`: the model repository, its checks, the BLS gate and `infer --triton`.
 
 No Triton server runs here. Configs are parsed with Triton's own protobuf schema (from tritonclient);
 the BLS ``model.py`` runs from the written repository against a fake ``triton_python_backend_utils``
@@ -11,6 +11,8 @@ from __future__ import annotations
 import ast
 import json
 import shutil
+import socket
+import sys
 
 import numpy as np
 import pytest
@@ -21,8 +23,10 @@ from sacvit_deploy.cli import app
 from sacvit_deploy.export.manifest import ArtifactError, ArtifactFile, Manifest
 from sacvit_deploy.export.onnx_export import ExportOptions, export_artifacts
 from sacvit_deploy.export.publish import publish, staging_folder
+from sacvit_deploy.runtime.images import sample_images
 from sacvit_deploy.runtime.loader import open_pipeline
 from sacvit_deploy.runtime.pipeline import mixed_threshold
+from sacvit_deploy.triton.client import Endpoint, TritonClientError, open_triton
 from sacvit_deploy.triton.repository import (
     INDEX_NAME,
     MODEL_JSON,
@@ -409,6 +413,103 @@ def test_stage_errors_reach_every_request_and_big_batches_are_split(
     assert_same(bls(small, x, 1.01), local.run(x, 1.01))
     assert [c.batch for c in small.stage_calls("sacvit_stage1")] == [4, 4, 1]
     assert [c.batch for c in small.stage_calls("sacvit_stage2")] == [4, 4, 1]
+
+
+# ---- the client -------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def images_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    for p in sample_images():
+        shutil.copyfile(p, folder / p.name)
+    return folder
+
+
+def use_fake_client(monkeypatch, server, ready=True):
+    from tests.fake_triton import make_tritonclient
+
+    for name, module in make_tritonclient(server, ready).items():
+        monkeypatch.setitem(sys.modules, name, module)
+
+
+@needs_schema
+@pytest.mark.parametrize("url", ["http://triton.example:8000", "grpc://triton.example:8001"])
+def test_infer_triton_prints_the_same_rows_as_local_infer(built, server, images_dir, monkeypatch, url):
+    root = built[1]
+    common = [str(images_dir), "--batch-size", "3", "--topk", "2", "--threshold", "0.6"]
+    local = runner.invoke(
+        app, ["infer", *common, "--artifacts", str(root / "export"), "--backend", "onnxruntime"]
+    )
+    assert local.exit_code == 0, local.output
+    use_fake_client(monkeypatch, server)
+    remote = runner.invoke(app, ["infer", *common, "--triton", url])
+    assert remote.exit_code == 0, remote.output
+    assert remote.stdout == local.stdout and remote.stdout.count("\n") == 9  # header + 8 images
+    assert f"Triton Inference Server at {url}" in remote.stderr and "threshold 0.6" in remote.stderr
+    assert {c.parameters.get("exit_threshold") for c in server.stage_calls("sacvit")} == {"0.6"}
+    jsonl = runner.invoke(app, ["infer", str(images_dir), "--triton", url, "--format", "jsonl"])
+    rows = [json.loads(line) for line in jsonl.stdout.splitlines()]
+    assert len(rows) == 8 and {r["stage"] for r in rows} <= {1, 2}
+    assert "exit_threshold" not in server.stage_calls("sacvit")[-1].parameters  # the server's own
+
+
+@needs_schema
+def test_client_checks_artifacts_against_the_served_graphs(built, server, monkeypatch, tmp_path):
+    root = built[1]
+    use_fake_client(monkeypatch, server)
+    for folder in (root / "export", root / "repo"):
+        opened = open_triton("http://t:8000", artifacts=folder)
+        assert opened.manifest.preprocess.input_size == 128
+        opened.pipeline.deactivate()
+    other = tmp_path / "other"
+    export_artifacts(make_tiny("sacvit", seed=1), other, ExportOptions(weights=False), "sacvit")
+    with pytest.raises(TritonClientError, match="not the graphs the served model 'sacvit' runs"):
+        open_triton("http://t:8000", artifacts=other)
+
+
+@needs_schema
+def test_client_errors_are_one_line_and_name_the_fix(built, server, monkeypatch, images_dir):
+    use_fake_client(monkeypatch, server, ready=False)
+    result = runner.invoke(app, ["infer", str(images_dir), "--triton", "grpc://t:8001"])
+    assert result.exit_code == 1 and "model 'sacvit' is not ready" in result.stderr
+    use_fake_client(monkeypatch, server)
+    result = runner.invoke(
+        app, ["infer", str(images_dir), "--triton", "http://t:8000", "--triton-model", "sacvit_stage1"]
+    )
+    assert result.exit_code == 1 and "not a model written by `sacvit-deploy triton`" in result.stderr
+    result = runner.invoke(app, ["infer", str(images_dir), "--triton", "http://t:8000", "--backend", "torch"])
+    assert result.exit_code == 1 and "drop them with --triton" in result.stderr
+    use_fake_client(monkeypatch, None)
+    result = runner.invoke(app, ["infer", str(images_dir), "--triton", "http://t:8000"])
+    assert result.exit_code == 1 and "Triton at http://t:8000 is unreachable" in result.stderr
+    for name in ("tritonclient", "tritonclient.http", "tritonclient.grpc", "tritonclient.utils"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed
+    result = runner.invoke(app, ["infer", str(images_dir), "--triton", "http://t:8000"])
+    assert result.exit_code == 1 and "pip install 'sacvit-deploy[triton]'" in result.stderr
+    for line in (result.stderr,):
+        assert line.count("\n") == 1
+
+
+def test_triton_urls():
+    assert Endpoint.parse("http://localhost:8000") == Endpoint(
+        "http://localhost:8000", "http", "localhost:8000", False
+    )
+    assert Endpoint.parse("grpcs://h").address == "h:8001" and Endpoint.parse("grpcs://h").ssl
+    for bad in ("localhost:8000", "tcp://h:1", "http://h:8000/v2/models"):
+        with pytest.raises(TritonClientError, match="--triton"):
+            Endpoint.parse(bad)
+
+
+@pytest.mark.skipif(
+    not HAS_TRITONCLIENT, reason="needs the real tritonclient: pip install 'sacvit-deploy[triton]'"
+)
+@pytest.mark.parametrize("scheme", ["http", "grpc"])
+def test_real_tritonclient_reports_an_unreachable_server(scheme):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"{scheme}://127.0.0.1:{port}"
+    with pytest.raises(TritonClientError, match=rf"Triton at {url} is unreachable \(.+\); start the server"):
+        open_triton(url, timeout=5)
 
 
 # ---- the command ------------------------------------------------------------------------------------
