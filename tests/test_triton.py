@@ -524,6 +524,10 @@ def test_triton_command_writes_and_checks(built, tmp_path):
     assert "wrote sacvit_stage1/" in result.stderr and "infer --triton" in result.stderr
     if not HAS_TRITONCLIENT:
         return
+    from sacvit_deploy.triton.validate import parse_config
+
+    assert parse_config(out / "sacvit_stage2" / "config.pbtxt").instance_group[0].count == 2
+    assert parse_config(out / "sacvit" / "config.pbtxt").instance_group[0].count == 4  # 2 per stage instance
     check = runner.invoke(app, ["triton", "--check", str(out)])
     assert check.exit_code == 0 and "checks passed" in check.stdout
     (out / "sacvit_stage1" / "1" / "model.onnx").write_bytes(b"x")

@@ -106,7 +106,11 @@ def triton(
     ] = None,
     instances: Annotated[
         int,
-        typer.Option(min=1, help="Instances of each model (per GPU with --gpus).", rich_help_panel=SERVING),
+        typer.Option(
+            min=1,
+            help="Instances of each stage model, per GPU; the BLS model gets twice as many.",
+            rich_help_panel=SERVING,
+        ),
     ] = 1,
     kind: Annotated[
         InstanceKind, typer.Option(help="Where the stage models run.", rich_help_panel=SERVING)

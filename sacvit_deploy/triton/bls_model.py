@@ -36,7 +36,7 @@ class StageError(Exception):
 
 
 class NumpyTensors:
-    """Host arrays. Stage outputs are asked for in CPU memory (Triton 23.04+ honours it)."""
+    """Host arrays. Stage outputs are asked for in CPU memory (`preferred_memory`, Triton 23.05 and later)."""
 
     def __init__(self):
         self.preferred_memory = None
@@ -46,7 +46,7 @@ class NumpyTensors:
     def array(self, tensor):
         if not tensor.is_cpu():
             raise StageError(
-                "a stage output arrived in GPU memory; use Triton 23.04+ or set the parameter "
+                "a stage output arrived in GPU memory; use Triton 23.05+ or set the parameter "
                 "bls_tensors to 'torch' (needs torch in the Python backend)"
             )
         return tensor.as_numpy()

@@ -253,6 +253,12 @@ def copy_verified(src: Path, dst: Path, expected: str) -> int:
     return size
 
 
+def bls_instances(options: RepositoryOptions) -> int:
+    """Two BLS instances per stage instance: while one waits for stage 2 of its batch, the other feeds
+    stage 1 the next one (a Python-backend instance is a process that blocks in each BLS call)."""
+    return 2 * options.instances * max(1, len(options.gpus))
+
+
 def bls_source() -> str:
     return (resources.files("sacvit_deploy.triton") / "bls_model.py").read_text(encoding="utf-8")
 
@@ -393,7 +399,7 @@ def write_repository(
             entries["stage1"].input("image"),
             manifest.num_classes,
             max_batch,
-            options.instances,
+            bls_instances(options),
             threshold,
             {"stage1": names["stage1"], "stage2": names["stage2"]},
             _client_info(manifest, source),
