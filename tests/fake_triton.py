@@ -10,14 +10,22 @@ enforces on the way in and out: tensor names, data types, ``[batch] + dims`` sha
 ``tritonclient.utils`` modules whose ``InferenceServerClient`` calls the server in-process, with the
 same signatures and return shapes as the real ones (HTTP: config as a dict; gRPC: ``as_json`` gives
 ``{"config": ...}``).
+
+:func:`serve_http` and :func:`serve_grpc` put the server behind Triton's real wire protocols on a
+localhost port, so the real tritonclient can be tested end to end.
 """
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import importlib.util
 import json
 import sys
+import threading
 import types
+from collections.abc import Iterator
+from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -460,3 +468,135 @@ def make_tritonclient(server: FakeServer | None, ready: bool = True) -> dict[str
         modules[f"tritonclient.{protocol}"] = mod
     root.utils = utils
     return modules
+
+
+# ---- the wire: Triton's HTTP/REST and gRPC protocols in front of the fake server (for the REAL tritonclient)
+NP_TO_API = {np.dtype(v): k for k, v in API_TYPES.items()}
+
+
+def _param_value(p: Any) -> Any:
+    return getattr(p, p.WhichOneof("parameter_choice"))
+
+
+@contextlib.contextmanager
+def serve_grpc(server: FakeServer) -> Iterator[str]:
+    """KServe v2 gRPC (Triton's GRPCInferenceService) on a free localhost port; yields ``grpc://...``."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
+        def ServerLive(self, request: Any, context: Any) -> Any:
+            return service_pb2.ServerLiveResponse(live=True)
+
+        def ModelReady(self, request: Any, context: Any) -> Any:
+            return service_pb2.ModelReadyResponse(ready=request.name in server.configs)
+
+        def ModelConfig(self, request: Any, context: Any) -> Any:
+            return service_pb2.ModelConfigResponse(config=server.configs[request.name])
+
+        def ModelInfer(self, request: Any, context: Any) -> Any:
+            inputs = {
+                t.name: np.frombuffer(raw, API_TYPES[t.datatype]).reshape(list(t.shape)).copy()
+                for t, raw in zip(request.inputs, request.raw_input_contents, strict=True)
+            }
+            params = {k: _param_value(v) for k, v in request.parameters.items()}
+            try:
+                result = server.infer(
+                    request.model_name, inputs, [o.name for o in request.outputs] or None, params
+                )
+            except InferError as exc:
+                context.abort(grpc.StatusCode.INTERNAL, str(exc))
+            response = service_pb2.ModelInferResponse(model_name=request.model_name)
+            for name, array in result.items():
+                response.outputs.add(name=name, datatype=NP_TO_API[array.dtype], shape=list(array.shape))
+                response.raw_output_contents.append(np.ascontiguousarray(array).tobytes())
+            return response
+
+    grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(Servicer(), grpc_server)
+    port = grpc_server.add_insecure_port("127.0.0.1:0")
+    grpc_server.start()
+    try:
+        yield f"grpc://127.0.0.1:{port}"
+    finally:
+        grpc_server.stop(None)
+
+
+@contextlib.contextmanager
+def serve_http(server: FakeServer) -> Iterator[str]:
+    """KServe v2 HTTP/REST with Triton's binary-tensor extension; yields ``http://...``."""
+    from google.protobuf import json_format
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:  # keep test output clean
+            pass
+
+        def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+            self.send_response(status)
+            for k, v in {"Content-Length": str(len(body)), **(headers or {})}.items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _json(self, status: int, obj: Any) -> None:
+            self._send(status, json.dumps(obj).encode(), {"Content-Type": "application/json"})
+
+        def do_GET(self) -> None:
+            parts = self.path.strip("/").split("/")
+            if parts == ["v2", "health", "live"]:
+                return self._send(200, b"")
+            if len(parts) == 4 and parts[:2] == ["v2", "models"] and parts[3] == "ready":
+                return self._send(200 if parts[2] in server.configs else 400, b"")
+            if len(parts) == 4 and parts[:2] == ["v2", "models"] and parts[3] == "config":
+                if parts[2] not in server.configs:
+                    return self._json(400, {"error": f"Request for unknown model: '{parts[2]}' is not found"})
+                cfg = json_format.MessageToDict(server.configs[parts[2]], preserving_proto_field_name=True)
+                return self._json(200, cfg)
+            return self._json(404, {"error": "Not Found"})
+
+        def do_POST(self) -> None:
+            parts = self.path.strip("/").split("/")
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            size = int(self.headers.get("Inference-Header-Content-Length") or len(body))
+            request, binary = json.loads(body[:size]), body[size:]
+            inputs, offset = {}, 0
+            for t in request["inputs"]:
+                n = t["parameters"]["binary_data_size"]
+                inputs[t["name"]] = (
+                    np.frombuffer(binary[offset : offset + n], API_TYPES[t["datatype"]])
+                    .reshape(t["shape"])
+                    .copy()
+                )
+                offset += n
+            outputs = [o["name"] for o in request.get("outputs", [])] or None
+            try:
+                result = server.infer(parts[2], inputs, outputs, request.get("parameters"))
+            except InferError as exc:
+                return self._json(400, {"error": str(exc)})
+            header = {"model_name": parts[2], "outputs": []}
+            blobs = []
+            for name, array in result.items():
+                blob = np.ascontiguousarray(array).tobytes()
+                header["outputs"].append(
+                    {
+                        "name": name,
+                        "datatype": NP_TO_API[array.dtype],
+                        "shape": list(array.shape),
+                        "parameters": {"binary_data_size": len(blob)},
+                    }
+                )
+                blobs.append(blob)
+            head = json.dumps(header).encode()
+            self._send(200, head + b"".join(blobs), {"Inference-Header-Content-Length": str(len(head))})
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()

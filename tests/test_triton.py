@@ -545,3 +545,30 @@ def test_triton_command_writes_and_checks(built, tmp_path):
         assert bad.exit_code == 1 and message in bad.stderr, bad.output
     missing = runner.invoke(app, ["triton", "--check", str(tmp_path / "nothing")])
     assert missing.exit_code == 1 and "not a repository written by `sacvit-deploy triton`" in missing.stderr
+
+
+@needs_schema
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+@torch.no_grad()
+def test_real_tritonclient_over_the_wire(built, server, local, x, protocol):
+    """The real tritonclient against Triton's HTTP / gRPC protocol (served by the fake server)."""
+    from tests.fake_triton import serve_grpc, serve_http
+
+    serve = serve_http if protocol == "http" else serve_grpc
+    with serve(server) as url:
+        opened = open_triton(url, artifacts=built[1] / "export")
+        assert opened.pipeline.threshold == 0.5 and opened.choice.served.max_batch == 16
+        with opened.pipeline as pipe:
+            conf = local.run(x, 0.0).confidence
+            for th in (mixed_threshold(conf), None):
+                got = pipe.run(x, th)
+                ref = local.run(x, th)
+                assert torch.equal(got.stage, ref.stage)
+                torch.testing.assert_close(got.logits, ref.logits, atol=1e-5, rtol=0)
+            big = torch.cat([x, x])  # 18 images: two requests of at most max_batch_size 16
+            server.calls.clear()
+            assert torch.equal(pipe.run(big, 1.01).stage, torch.full((18,), 2))
+            assert [c.batch for c in server.stage_calls("sacvit")] == [16, 2]
+            assert server.stage_calls("sacvit")[0].parameters == {"exit_threshold": "1.01"}
+        with pytest.raises(TritonClientError, match="model 'nope' is not ready"):
+            open_triton(url, "nope")
