@@ -171,6 +171,19 @@ def test_configs_follow_tritons_schema_and_the_graphs(built):
 
 
 @needs_schema
+def test_class_names_survive_the_config_text_format(built, tmp_path):
+    from sacvit_deploy.triton.client import ServedModel
+    from sacvit_deploy.triton.validate import config_as_dict, parse_config
+
+    names = ('say "cheese"', "back\\slash", "tab\there", "naïve café", "日本", "a\nb", "c", "d", "e", "f")
+    model = make_tiny("sacvit", class_names=names)
+    export_artifacts(model, tmp_path / "export", ExportOptions(weights=False), "sacvit")
+    write_repository(tmp_path / "export", tmp_path / "repo", RepositoryOptions())
+    cfg = config_as_dict(parse_config(tmp_path / "repo" / "sacvit" / "config.pbtxt"))
+    assert ServedModel.from_config(cfg, "test").manifest().class_names == names
+
+
+@needs_schema
 def test_check_passes_and_catches_each_kind_of_damage(built, tmp_path):
     from sacvit_deploy.triton.validate import validate_repository
 
