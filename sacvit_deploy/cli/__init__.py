@@ -11,6 +11,7 @@ from sacvit_deploy.cli.build_engine import build_engine
 from sacvit_deploy.cli.check import check
 from sacvit_deploy.cli.export import export
 from sacvit_deploy.cli.infer import infer
+from sacvit_deploy.cli.triton import triton
 from sacvit_deploy.cli.variants import variants
 
 app = typer.Typer(
@@ -43,6 +44,7 @@ app.command("check")(check)
 app.command("build-engine")(build_engine)
 app.command("infer")(infer)
 app.command("variants")(variants)
+app.command("triton")(triton)
 
 
 def main() -> None:

@@ -12,9 +12,11 @@ from typing import Annotated
 import typer
 
 from sacvit_deploy.cli._common import err, fail, handle_errors, note
+from sacvit_deploy.errors import SacvitError
 
 RUN = "Runtime"
 IO_PANEL = "Input / output"
+TRITON = "Triton server"
 
 
 class BackendName(str, Enum):
@@ -88,6 +90,16 @@ def infer(
     progress: Annotated[
         bool, typer.Option(help="Progress bar on stderr (when it is a terminal).", rich_help_panel=IO_PANEL)
     ] = True,
+    triton: Annotated[
+        str | None,
+        typer.Option(
+            help="Run on a Triton server instead: http://HOST:8000 or grpc://HOST:8001 (preprocessing stays here).",
+            rich_help_panel=TRITON,
+        ),
+    ] = None,
+    triton_model: Annotated[
+        str, typer.Option(help="The BLS model `sacvit-deploy triton` wrote (--name).", rich_help_panel=TRITON)
+    ] = "sacvit",
 ) -> None:
     """Classify images with the early-exit pipeline; stage 2 runs only for the samples that need it."""
     import torch
@@ -99,13 +111,22 @@ def infer(
     from sacvit_deploy.runtime.results import Prediction, open_writer, to_predictions
 
     paths = collect_images(images)
-    opened = open_pipeline(
-        artifacts,
-        backend=backend.value,
-        device=device.value if device else None,
-        threshold=threshold,
-        threads=threads,
-    )
+    if triton:
+        from sacvit_deploy.triton.client import open_triton
+
+        if backend != BackendName.auto or device or threads:
+            raise SacvitError(
+                "--backend, --device and --threads pick a local runtime; drop them with --triton"
+            )
+        opened = open_triton(triton, triton_model, threshold=threshold, artifacts=artifacts)
+    else:
+        opened = open_pipeline(
+            artifacts,
+            backend=backend.value,
+            device=device.value if device else None,
+            threshold=threshold,
+            threads=threads,
+        )
     manifest = opened.manifest
     names = (
         read_labels(labels, manifest.num_classes)

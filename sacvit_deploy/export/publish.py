@@ -1,9 +1,10 @@
-"""Artifact folders (``export/``, ``engines/``): checked before writing, filled atomically.
+"""Output folders that commands fill atomically (``export/``, ``engines/``, a Triton model repository).
 
-Shared by ``export`` and ``build-engine``. A folder may receive artifacts when it is new, empty, or a
-previous artifact folder (its manifest lists what it owns, and only that is replaced). Files are
-written into a ``.staging-<pid>`` folder inside it and moved in at the end, the manifest last, so a
-crash or a failed verification never leaves a valid-looking folder.
+A folder may receive new output when it is new, empty, or holds only what a previous run of the same
+command wrote there: the folder's index file (``manifest.json``, ``sacvit_triton.json``) lists what
+it owns, and only that is replaced. Everything is written into a ``.staging-<pid>`` folder inside it
+and moved in at the end, the index last, so a crash or a failed check never leaves a valid-looking
+folder. Entries may be files or folders (a Triton repository's model folders).
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 from sacvit_deploy.errors import SacvitError
 from sacvit_deploy.export.manifest import MANIFEST_NAME, Manifest
@@ -20,8 +22,14 @@ from sacvit_deploy.export.manifest import MANIFEST_NAME, Manifest
 STAGING_PREFIX = ".staging-"
 
 
+class FolderIndex(Protocol):
+    """What :func:`publish` writes last: a manifest, or any index with a ``save(folder)``."""
+
+    def save(self, folder: Path) -> Path: ...
+
+
 def previous_artifacts(out: Path) -> set[str]:
-    """Files a previous run wrote into ``out`` (overwritable); anything else makes ``out`` unusable."""
+    """Names an artifact folder's manifest owns (overwritable); empty when ``out`` has no manifest."""
     try:
         old = Manifest.load(out)
     except SacvitError:
@@ -30,11 +38,15 @@ def previous_artifacts(out: Path) -> set[str]:
 
 
 def prepare_output_folder(
-    out: Path, error: type[SacvitError] = SacvitError, what: str = "export"
+    out: Path,
+    error: type[SacvitError] = SacvitError,
+    what: str = "export",
+    owned: Callable[[Path], set[str]] = previous_artifacts,
 ) -> set[str]:
-    """Check ``out`` can receive artifacts; returns the names of old artifacts to replace.
+    """Check that ``out`` can receive output; returns the names of old entries to replace.
 
-    ``error`` is the exception type to raise, ``what`` names the folder kind in messages.
+    ``owned(out)`` names the entries a previous run left (files or folders); anything else in ``out``
+    makes it unusable. ``error`` is the exception type raised, ``what`` names the folder kind.
     """
     if out.exists() and not out.is_dir():
         raise error(f"{out}: exists and is not a folder; choose another --out")
@@ -48,7 +60,7 @@ def prepare_output_folder(
         return set()
     if not os.access(out, os.W_OK | os.X_OK):
         raise error(f"{out}: not writable; choose another --out or fix its permissions")
-    previous = previous_artifacts(out)
+    previous = owned(out)
     others = sorted(
         p.name for p in out.iterdir() if p.name not in previous and not p.name.startswith(STAGING_PREFIX)
     )
@@ -72,12 +84,30 @@ def staging_folder(out: Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def publish(staging: Path, out: Path, manifest: Manifest, previous: set[str]) -> None:
-    """Move the staged files into ``out``; the manifest goes last, so a crash never leaves a valid-looking folder."""
-    (out / MANIFEST_NAME).unlink(missing_ok=True)
-    new_names = {p.name for p in staging.iterdir()}
-    for p in staging.iterdir():
-        os.replace(p, out / p.name)
-    for stale in previous - new_names - {MANIFEST_NAME}:
-        (out / stale).unlink(missing_ok=True)
-    manifest.save(out)
+def publish(
+    staging: Path, out: Path, index: FolderIndex, previous: set[str], index_name: str = MANIFEST_NAME
+) -> None:
+    """Move the staged entries into ``out``, drop the stale ones, and write ``index`` last.
+
+    The old index goes first, so a crash in between never leaves a valid-looking folder. A staged
+    folder replaces an old one of the same name (moved aside into ``staging``, which the caller's
+    :func:`staging_folder` removes).
+    """
+    (out / index_name).unlink(missing_ok=True)
+    staged = sorted(p for p in staging.iterdir() if not p.name.startswith(STAGING_PREFIX))
+    new_names = {p.name for p in staged}
+    for p in staged:
+        target = out / p.name
+        if p.is_dir() and target.is_dir() and not target.is_symlink():
+            os.replace(target, staging / f"{STAGING_PREFIX}old-{p.name}")
+        os.replace(p, target)
+    for stale in previous - new_names - {index_name}:
+        _remove(out / stale)
+    index.save(out)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)

@@ -1,0 +1,8 @@
+"""Triton Inference Server: a model repository with the early-exit gate (BLS), its checks, a client.
+
+* :mod:`~sacvit_deploy.triton.repository`: ``write_repository`` (``sacvit-deploy triton``).
+* :mod:`~sacvit_deploy.triton.config`: the ``config.pbtxt`` contents.
+* :mod:`~sacvit_deploy.triton.validate`: ``validate_repository`` (``sacvit-deploy triton --check``).
+* :mod:`~sacvit_deploy.triton.client`: ``open_triton`` (``sacvit-deploy infer --triton URL``).
+* ``bls_model.py``: the Python-backend model copied into the repository; never imported here.
+"""

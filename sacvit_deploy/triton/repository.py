@@ -1,0 +1,457 @@
+"""Write a Triton Inference Server model repository from an artifact folder.
+
+Layout (``--name sacvit``)::
+
+    model_repository/
+      sacvit_triton.json          what this command wrote (so a re-run may replace it), file sha256s
+      sacvit_stage1/              stage 1 + exit gate: ONNX Runtime or TensorRT plan, dynamic batching
+        config.pbtxt
+        1/model.onnx              (or 1/model.plan)
+      sacvit_stage2/              stage 2, called for the hard samples only
+        config.pbtxt
+        1/model.onnx
+      sacvit/                     the model clients call: Python backend, BLS
+        config.pbtxt              exit_threshold and the client's preprocessing as parameters
+        sacvit_deploy.json        the manifest subset model.py reads (tensor specs, stage names)
+        1/model.py
+
+Graph and engine files are copied, never linked (the repository is mounted into a container), after
+their sha256 is checked against the manifest; the copy is hashed as it is written. Everything is
+staged and published the way ``export`` publishes (:mod:`sacvit_deploy.export.publish`), the index
+file last.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from sacvit_deploy import __version__
+from sacvit_deploy.errors import SacvitError
+from sacvit_deploy.export import publish
+from sacvit_deploy.export.manifest import ArtifactFile, Manifest
+from sacvit_deploy.runtime.labels import default_class_names
+from sacvit_deploy.triton import config as tc
+
+INDEX_NAME = "sacvit_triton.json"
+INDEX_SCHEMA = "sacvit-deploy/triton-repository"
+MODEL_SCHEMA = "sacvit-deploy/triton-model"
+CLIENT_SCHEMA = "sacvit-deploy/triton-client"
+SCHEMA_VERSION = 1
+MODEL_JSON = "sacvit_deploy.json"  # the name bls_model.py reads
+BACKENDS = ("onnxruntime", "tensorrt")
+DEFAULT_MAX_BATCH = 32
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,100}$")
+
+
+class RepositoryError(SacvitError):
+    """A Triton repository that cannot be written or does not check out."""
+
+
+@dataclass(frozen=True)
+class RepositoryOptions:
+    backend: str = "onnxruntime"
+    max_batch: int | None = None  # None: 32 for ONNX Runtime, the engines' profile max for TensorRT
+    instances: int = 1
+    kind: str = "gpu"
+    gpus: tuple[int, ...] = ()
+    threshold: float | None = None  # None: the manifest's
+    name: str = "sacvit"
+
+    def model_names(self) -> dict[str, str]:
+        return {"bls": self.name, "stage1": f"{self.name}_stage1", "stage2": f"{self.name}_stage2"}
+
+    def check(self) -> None:
+        if self.backend not in BACKENDS:
+            raise RepositoryError(f"--backend {self.backend!r}: use one of {', '.join(BACKENDS)}")
+        if not _MODEL_NAME.match(self.name):
+            raise RepositoryError(
+                f"--name {self.name!r}: a Triton model name here is letters, digits, '_' and '-' (e.g. sacvit)"
+            )
+        if self.kind not in tc.KINDS:
+            raise RepositoryError(f"--kind {self.kind!r}: use gpu or cpu")
+        if self.backend == "tensorrt" and self.kind == "cpu":
+            raise RepositoryError(
+                "--backend tensorrt runs on GPUs only; use --kind gpu, or --backend onnxruntime"
+            )
+        if self.gpus and self.kind != "gpu":
+            raise RepositoryError("--gpus places instances on GPUs; drop it with --kind cpu")
+        if any(g < 0 for g in self.gpus):
+            raise RepositoryError(f"--gpus {self.gpus}: GPU ids are 0, 1, ...")
+        if self.instances < 1:
+            raise RepositoryError(f"--instances {self.instances}: use 1 or more")
+        if self.max_batch is not None and self.max_batch < 1:
+            raise RepositoryError(f"--max-batch {self.max_batch}: use 1 or more")
+        if self.threshold is not None and not (math.isfinite(self.threshold) and self.threshold >= 0):
+            raise RepositoryError(
+                f"--threshold {self.threshold}: must be a number >= 0 (0: everything exits, above 1: nothing)"
+            )
+
+
+@dataclass
+class RepositoryIndex:
+    """``sacvit_triton.json``: what a run wrote, for re-runs (replace only this) and ``--check``."""
+
+    name: str
+    backend: str
+    models: dict[str, str]  # role (bls, stage1, stage2) -> model folder
+    files: dict[str, str]  # path relative to the repository -> sha256
+    source: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+    package_version: str = __version__
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": INDEX_SCHEMA,
+            "schema_version": SCHEMA_VERSION,
+            "created": self.created,
+            "package_version": self.package_version,
+            "name": self.name,
+            "backend": self.backend,
+            "models": self.models,
+            "files": self.files,
+            "source": self.source,
+            "options": self.options,
+        }
+
+    def save(self, folder: Path) -> Path:
+        path = Path(folder) / INDEX_NAME
+        tmp = Path(folder) / f".{INDEX_NAME}.partial"
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, folder: str | Path) -> RepositoryIndex:
+        path = Path(folder) / INDEX_NAME
+        if not path.is_file():
+            raise RepositoryError(
+                f"{folder}: no {INDEX_NAME}; not a repository written by `sacvit-deploy triton` (write one with it)"
+            )
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+            if d.get("schema") != INDEX_SCHEMA:
+                raise ValueError(f"schema {d.get('schema')!r}")
+            if int(d.get("schema_version", 0)) > SCHEMA_VERSION:
+                raise RepositoryError(f"{path}: written by a newer sacvit-deploy; upgrade sacvit-deploy")
+            index = cls(
+                name=str(d["name"]),
+                backend=str(d["backend"]),
+                models={str(k): str(v) for k, v in d["models"].items()},
+                files={str(k): str(v) for k, v in d["files"].items()},
+                source=dict(d.get("source") or {}),
+                options=dict(d.get("options") or {}),
+                created=str(d.get("created", "")),
+                package_version=str(d.get("package_version", "")),
+            )
+        except RepositoryError:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+            raise RepositoryError(
+                f"{path}: malformed ({exc}); re-run `sacvit-deploy triton` to rewrite the repository"
+            ) from None
+        for model in index.models.values():
+            if not _MODEL_NAME.match(model):
+                raise RepositoryError(f"{path}: model name {model!r} is not a plain folder name")
+        return index
+
+    def owned(self) -> set[str]:
+        return {INDEX_NAME, *self.models.values()}
+
+
+@dataclass
+class RepositoryResult:
+    folder: Path
+    index: RepositoryIndex
+    manifest: Manifest
+    max_batch: int
+    threshold: float
+    seconds: float
+    validated: bool  # parsed with Triton's schema (needs tritonclient) and matched with the graphs
+    files: dict[str, int] = field(default_factory=dict)  # relative path -> size in bytes
+
+
+# ---- reading the artifacts --------------------------------------------------------------------------
+def stage_entries(manifest: Manifest, folder: Path, backend: str) -> dict[str, ArtifactFile]:
+    """The stage files the backend needs: ONNX graphs, or TensorRT engines."""
+    section = "graphs" if backend == "onnxruntime" else "engines"
+    entries: dict[str, ArtifactFile] = getattr(manifest, section)
+    if backend == "tensorrt" and not entries:
+        raise RepositoryError(
+            f"{folder}/manifest.json lists no TensorRT engines; build them with `sacvit-deploy build-engine` "
+            "and pass that folder (--artifacts engines/), or use --backend onnxruntime"
+        )
+    missing = [r for r in ("stage1", "stage2") if r not in entries]
+    if missing:
+        what = "ONNX graphs" if backend == "onnxruntime" else "TensorRT engines"
+        hint = "point --artifacts at an export folder" if backend == "onnxruntime" else "rebuild the engines"
+        raise RepositoryError(f"{folder}/manifest.json has no {' or '.join(missing)} {what}; {hint}")
+    return {r: entries[r] for r in ("stage1", "stage2")}
+
+
+def _check_dynamic_batch(entries: dict[str, ArtifactFile], folder: Path) -> None:
+    for role, entry in entries.items():
+        for spec in entry.inputs + entry.outputs:
+            if not spec.shape or isinstance(spec.shape[0], int):
+                fixed = spec.shape[0] if spec.shape else "no"
+                raise RepositoryError(
+                    f"{folder}/{entry.file}: {role} has a fixed batch ({fixed}, tensor '{spec.name}'); Triton's "
+                    "dynamic batcher needs a dynamic batch axis: re-export with --batch dynamic"
+                )
+
+
+def engine_batch_range(entries: dict[str, ArtifactFile], folder: Path) -> tuple[int, dict[str, int]]:
+    """The largest batch every engine profile allows, and each engine's opt batch."""
+    bound = None
+    opt: dict[str, int] = {}
+    for role, entry in entries.items():
+        profiles = entry.info.get("profiles") or {}
+        for spec in entry.inputs:
+            p = profiles.get(spec.name)
+            try:
+                low, best, high = int(p["min"][0]), int(p["opt"][0]), int(p["max"][0])
+            except (TypeError, KeyError, IndexError, ValueError):
+                raise RepositoryError(
+                    f"{folder}/manifest.json: engine {entry.file} records no profile for input '{spec.name}'; "
+                    "rebuild it with `sacvit-deploy build-engine`"
+                ) from None
+            if low > 1:
+                raise RepositoryError(
+                    f"{folder}/{entry.file}: profile min batch is {low}, but stage 2 may get a single hard "
+                    "sample; rebuild with build-engine --min-batch 1"
+                )
+            bound = high if bound is None else min(bound, high)
+            opt[role] = best
+    return int(bound or 1), opt
+
+
+# ---- writing ---------------------------------------------------------------------------------------------
+def copy_verified(src: Path, dst: Path, expected: str) -> int:
+    """Copy ``src`` to ``dst``, hashing what is written; the copy must match the manifest's sha256."""
+    h = hashlib.sha256()
+    size = 0
+    with src.open("rb") as fin, dst.open("wb") as fout:
+        while block := fin.read(1 << 20):
+            h.update(block)
+            fout.write(block)
+            size += len(block)
+    if h.hexdigest() != expected:
+        raise RepositoryError(
+            f"{src}: changed while it was copied (sha256 {h.hexdigest()[:12]}…, manifest {expected[:12]}…); run again"
+        )
+    return size
+
+
+def bls_instances(options: RepositoryOptions) -> int:
+    """Two BLS instances per stage instance: while one waits for stage 2 of its batch, the other feeds
+    stage 1 the next one (a Python-backend instance is a process that blocks in each BLS call)."""
+    return 2 * options.instances * max(1, len(options.gpus))
+
+
+def bls_source() -> str:
+    return (resources.files("sacvit_deploy.triton") / "bls_model.py").read_text(encoding="utf-8")
+
+
+def _client_info(manifest: Manifest, source: dict[str, Any]) -> dict[str, Any]:
+    """What the client needs to preprocess like the server's model: the config parameter ``sacvit_client``.
+
+    Class names equal to the defaults for the class count (ImageNet's for 1000) are left out, to keep
+    config.pbtxt readable; the client falls back to the same defaults.
+    """
+    model = manifest.model.to_dict()
+    if manifest.model.class_names == default_class_names(manifest.num_classes):
+        model["class_names"] = None
+    return {
+        "schema": CLIENT_SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "model": model,
+        "source_format": manifest.source_format,
+        "sha256": {role: source[role]["sha256"] for role in ("stage1", "stage2")},
+    }
+
+
+def _model_json(
+    manifest: Manifest,
+    entries: dict[str, ArtifactFile],
+    options: RepositoryOptions,
+    max_batch: int,
+    threshold: float,
+    source: dict[str, Any],
+) -> dict[str, Any]:
+    names = options.model_names()
+    return {
+        "schema": MODEL_SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "package_version": __version__,
+        "name": options.name,
+        "backend": options.backend,
+        "exit_threshold": threshold,
+        "max_batch_size": max_batch,
+        "stage_models": {"stage1": names["stage1"], "stage2": names["stage2"]},
+        "stage1": {
+            "inputs": [t.to_dict() for t in entries["stage1"].inputs],
+            "outputs": [t.to_dict() for t in entries["stage1"].outputs],
+        },
+        "stage2": {
+            "inputs": [t.to_dict() for t in entries["stage2"].inputs],
+            "outputs": [t.to_dict() for t in entries["stage2"].outputs],
+        },
+        "model": manifest.model.to_dict(),
+        "source_format": manifest.source_format,
+        "source": source,
+    }
+
+
+def _write_text(path: Path, text: str, written: dict[str, tuple[int, str]], root: Path) -> None:
+    data = text.encode("utf-8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    written[path.relative_to(root).as_posix()] = (len(data), hashlib.sha256(data).hexdigest())
+
+
+def write_repository(
+    artifacts: str | Path,
+    out: str | Path,
+    options: RepositoryOptions,
+    log: Callable[[str], None] = lambda _msg: None,
+) -> RepositoryResult:
+    """Write the stage models and the BLS model into ``out`` (see the module docstring)."""
+    start = time.perf_counter()
+    options.check()
+    artifacts, out = Path(artifacts), Path(out)
+    manifest = Manifest.load(artifacts)
+    entries = stage_entries(manifest, artifacts, options.backend)
+    opt_batch: dict[str, int] = {}
+    if options.backend == "onnxruntime":
+        _check_dynamic_batch(entries, artifacts)
+        max_batch = options.max_batch or DEFAULT_MAX_BATCH
+    else:
+        bound, opt_batch = engine_batch_range(entries, artifacts)
+        if options.max_batch is not None and options.max_batch > bound:
+            raise RepositoryError(
+                f"--max-batch {options.max_batch} exceeds the engines' profile max batch {bound}; use "
+                f"--max-batch {bound} or rebuild the engines with a larger --max-batch"
+            )
+        max_batch = options.max_batch or bound
+    threshold = manifest.exit_threshold if options.threshold is None else float(options.threshold)
+    section = "graphs" if options.backend == "onnxruntime" else "engines"
+    manifest.verify(artifacts, section, roles=("stage1", "stage2"))  # before anything is copied
+
+    names = options.model_names()
+    source: dict[str, Any] = {
+        "artifacts": str(artifacts.resolve()),
+        "section": section,
+        **{role: {"file": e.file, "sha256": e.sha256} for role, e in entries.items()},
+    }
+    if options.backend == "tensorrt":
+        source["tensorrt"] = {
+            k: (manifest.tensorrt or {}).get(k) for k in ("version", "gpu", "compute_capability")
+        }
+    placement = tc.Placement(options.kind, options.instances, tuple(options.gpus))
+    previous = publish.prepare_output_folder(out, RepositoryError, "triton", owned=_owned)
+    header_source = f"{artifacts.resolve()}/manifest.json"
+    written: dict[str, tuple[int, str]] = {}  # relative path -> (size, sha256)
+    with publish.staging_folder(out) as staging:
+        for role in ("stage1", "stage2"):
+            entry = entries[role]
+            folder = staging / names[role]
+            version = folder / tc.VERSION
+            version.mkdir(parents=True)
+            model_file = tc.MODEL_FILES[options.backend]
+            src = manifest.file_path(artifacts, entry)
+            size = copy_verified(src, version / model_file, entry.sha256)
+            written[f"{names[role]}/{tc.VERSION}/{model_file}"] = (size, entry.sha256)
+            if entry.external_data:  # beside model.onnx, under the name the graph refers to
+                src = manifest.file_path(artifacts, entry.external_data)
+                data_sha = entry.external_sha256 or ""
+                data_size = copy_verified(src, version / entry.external_data, data_sha)
+                written[f"{names[role]}/{tc.VERSION}/{entry.external_data}"] = (data_size, data_sha)
+            cfg = tc.stage_config(
+                names[role], role, entry, options.backend, max_batch, placement, opt_batch.get(role)
+            )
+            caller = f"called by the BLS model '{options.name}' ({'every sample' if role == 'stage1' else 'hard samples only'})"
+            header = [
+                f"{role} of SAC-ViT early exit; {caller}, not by clients.",
+                f"Written by sacvit-deploy {__version__} from {header_source} ({entry.file}, sha256 {entry.sha256[:16]}…).",
+            ]
+            _write_text(folder / tc.CONFIG_NAME, tc.render_pbtxt(cfg, header), written, staging)
+            log(f"wrote {names[role]}/ ({tc.PLATFORMS[options.backend]}, {size / 2**20:.1f} MB)")
+
+        bls = staging / names["bls"]
+        model_json = _model_json(manifest, entries, options, max_batch, threshold, source)
+        _write_text(
+            bls / MODEL_JSON, json.dumps(model_json, indent=2, ensure_ascii=False) + "\n", written, staging
+        )
+        _write_text(bls / tc.VERSION / tc.MODEL_FILES["python"], bls_source(), written, staging)
+        cfg = tc.bls_config(
+            names["bls"],
+            entries["stage1"].input("image"),
+            manifest.num_classes,
+            max_batch,
+            bls_instances(options),
+            threshold,
+            {"stage1": names["stage1"], "stage2": names["stage2"]},
+            _client_info(manifest, source),
+        )
+        header = [
+            "SAC-ViT early exit (Python backend, BLS): clients send preprocessed `image`, get `logits`,",
+            "`stage` (1: exited after stage 1, 2: went through stage 2) and `confidence`. A request parameter",
+            "`exit_threshold` overrides the model's for that request.",
+            f"Written by sacvit-deploy {__version__} from {header_source}.",
+        ]
+        _write_text(bls / tc.CONFIG_NAME, tc.render_pbtxt(cfg, header), written, staging)
+        log(f"wrote {names['bls']}/ (python BLS, threshold {threshold:g}, max batch {max_batch})")
+
+        index = RepositoryIndex(
+            name=options.name,
+            backend=options.backend,
+            models=names,
+            files={rel: written[rel][1] for rel in sorted(written)},
+            source=source,
+            options={
+                "max_batch": max_batch,
+                "instances": options.instances,
+                "kind": options.kind,
+                "gpus": list(options.gpus),
+                "threshold": threshold,
+            },
+            created=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        )
+        validated = _validate_staged(staging, index)
+        publish.publish(staging, out, index, previous, INDEX_NAME)
+    sizes = {rel: size for rel, (size, _sha) in written.items()}
+    return RepositoryResult(
+        out, index, manifest, max_batch, threshold, time.perf_counter() - start, validated, sizes
+    )
+
+
+def _validate_staged(staging: Path, index: RepositoryIndex) -> bool:
+    """Parse the new configs with Triton's schema before publishing, when tritonclient is installed."""
+    from sacvit_deploy.triton.validate import TritonSchemaMissing, validate_repository
+
+    try:
+        report = validate_repository(staging, index)
+    except TritonSchemaMissing:
+        return False
+    if not report.passed:
+        failed = "; ".join(f"{f.model}: {f.check}: {f.detail}" for f in report.failures[:3])
+        raise RepositoryError(f"the written repository does not check out ({failed}); please report this bug")
+    return True
+
+
+def _owned(out: Path) -> set[str]:
+    try:
+        return RepositoryIndex.load(out).owned()
+    except RepositoryError:
+        return set()
