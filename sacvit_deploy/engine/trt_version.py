@@ -101,11 +101,16 @@ class TrtVersion:
         return self.at_least(8, 6)
 
     def max_onnx_opset(self) -> int:
-        if self.major < 10:
-            return 17
-        if self.major == 10:
-            return 24 if self.minor >= 15 else 20
-        return 24
+        from sacvit_deploy.export.trt_support import support
+
+        if self.major == 10 and self.minor >= 15:
+            return 24  # 10.15 raised the parser's limit; the "10" family row is 10.0's
+        family = (
+            "8.5"
+            if self.major < 10 and self.minor < 6
+            else ("8.6" if self.major < 10 else str(min(self.major, 11)))
+        )
+        return support(family).max_opset
 
     # ---- portability -------------------------------------------------------------------------------
     def has_version_compatible(self) -> bool:

@@ -33,16 +33,16 @@ from sacvit_deploy.errors import SacvitError
 from sacvit_deploy.export import publish
 from sacvit_deploy.export.graphs import graph_module, graph_specs
 from sacvit_deploy.export.manifest import ArtifactFile, Manifest, TensorSpec, sha256_file
+from sacvit_deploy.export.trt_support import support
 from sacvit_deploy.model.checkpoint import save_checkpoint
 from sacvit_deploy.model.layers import set_fused_attn
 from sacvit_deploy.model.sacvit import SACViT
 
 # What each TensorRT target implies for export. max_opset: the parser's limit.
+# The parser limits come from the support table that `sacvit-deploy check` uses.
 TRT_TARGETS: dict[str, dict[str, Any]] = {
-    "8.5": {"max_opset": 17, "decompose_layernorm": True},
-    "8.6": {"max_opset": 17, "decompose_layernorm": False},
-    "10": {"max_opset": 20, "decompose_layernorm": False},
-    "11": {"max_opset": 24, "decompose_layernorm": False},
+    v: {"max_opset": support(v).max_opset, "decompose_layernorm": v == "8.5"}
+    for v in ("8.5", "8.6", "10", "11")
 }
 DEFAULT_OPSET = 17
 MIN_OPSET = 17  # LayerNormalization and the opset-17 TopK/Resize semantics
