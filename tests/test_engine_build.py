@@ -22,7 +22,7 @@ from sacvit_deploy.engine.trt_version import TrtVersion, engine_compatibility_pr
 from sacvit_deploy.export.manifest import Manifest, sha256_file
 from tests.fakes.fake_tensorrt import fake_plan_header, make_fake_tensorrt
 from tests.fakes.fixtures import build, install_fake_tensorrt, shared_export, tiny_export
-from tests.fakes.images_stub import make_images
+from tests.fakes.pictures import make_images
 
 VERSIONS = ["8.6.1", "10.3.0", "11.1.0"]
 

@@ -8,15 +8,15 @@ import onnxruntime as ort
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
-from PIL import Image
 
 from sacvit_deploy.backends.onnxruntime_backend import OnnxRuntimeRunner
 from sacvit_deploy.engine.fp16 import convert_to_fp16, decomposed_layernorms, fp32_islands
 from sacvit_deploy.export.manifest import Manifest
 from sacvit_deploy.model.config import PreprocessConfig
+from sacvit_deploy.runtime.images import load_image, preprocess
 from sacvit_deploy.runtime.pipeline import EarlyExitPipeline, mixed_threshold
 from tests.fakes.fixtures import shared_export
-from tests.fakes.images_stub import make_images, make_module
+from tests.fakes.pictures import make_images
 
 ROLES = ("stage1", "stage2", "baseline")
 
@@ -32,9 +32,8 @@ def exports(tmp_path_factory):
 def real_images(tmp_path_factory):
     """Generated pictures (gradients and shapes), preprocessed the DeiT way at the tiny model's 128 px."""
     folder = tmp_path_factory.mktemp("pictures")
-    stub = make_module(folder)
     cfg = PreprocessConfig(input_size=128, resize_size=146)
-    arrays = [stub.preprocess(Image.open(p).convert("RGB"), cfg) for p in make_images(folder, count=12)]
+    arrays = [preprocess(load_image(p), cfg) for p in make_images(folder, count=12)]
     return torch.from_numpy(np.stack(arrays))
 
 

@@ -14,7 +14,6 @@ from sacvit_deploy.engine.build import BuildOptions, BuildResult, build_engines
 from sacvit_deploy.export.onnx_export import ExportOptions, export_artifacts
 from tests.conftest import make_tiny
 from tests.fakes.fake_tensorrt import make_fake_tensorrt
-from tests.fakes.images_stub import ensure_image_module
 
 FAKE_GPU = gpu_module.GpuInfo("Fake GPU", "8.6", 0, 8 << 30)
 
@@ -48,7 +47,6 @@ def install_fake_tensorrt(
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
     monkeypatch.setattr(gpu_module, "detect_gpu", lambda index=0: gpu)
     monkeypatch.setattr(build_module, "RUNNER_DEVICE", "cpu")
-    ensure_image_module(monkeypatch, tmp_path)
     return fake
 
 

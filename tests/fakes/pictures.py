@@ -1,0 +1,31 @@
+"""Generated test pictures: gradients and shapes, deterministic (not real photos)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+
+def make_images(folder: Path, count: int = 6, size: tuple[int, int] = (160, 140)) -> list[Path]:
+    """Small RGB pictures with gradients and shapes (deterministic)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    w, h = size
+    for i in range(count):
+        y, x = np.mgrid[0:h, 0:w]
+        base = np.stack(
+            [(x * (i + 1) * 3) % 256, (y * (7 - i) * 2) % 256, ((x + y) * (i + 2)) % 256], axis=-1
+        ).astype(np.uint8)
+        img = Image.fromarray(base)
+        draw = ImageDraw.Draw(img)
+        for _ in range(3):
+            x0, y0 = int(rng.integers(0, w - 40)), int(rng.integers(0, h - 40))
+            color = tuple(int(c) for c in rng.integers(0, 255, 3))
+            draw.ellipse((x0, y0, x0 + 40, y0 + 30), fill=color)
+        path = folder / f"img{i}.png"
+        img.save(path)
+        paths.append(path)
+    return paths
