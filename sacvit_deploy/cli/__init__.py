@@ -10,6 +10,7 @@ from sacvit_deploy import __version__
 from sacvit_deploy.cli.check import check
 from sacvit_deploy.cli.export import export
 from sacvit_deploy.cli.infer import infer
+from sacvit_deploy.cli.profile import profile
 from sacvit_deploy.cli.variants import variants
 
 app = typer.Typer(
@@ -41,6 +42,7 @@ app.command("export")(export)
 app.command("infer")(infer)
 app.command("variants")(variants)
 app.command("check")(check)
+app.command("profile")(profile)
 
 
 def main() -> None:
