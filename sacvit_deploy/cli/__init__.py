@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from sacvit_deploy import __version__
+from sacvit_deploy.cli.calibrate import calibrate
 from sacvit_deploy.cli.check import check
 from sacvit_deploy.cli.export import export
 from sacvit_deploy.cli.infer import infer
@@ -43,6 +44,7 @@ app.command("infer")(infer)
 app.command("variants")(variants)
 app.command("check")(check)
 app.command("profile")(profile)
+app.command("calibrate")(calibrate)
 
 
 def main() -> None:
