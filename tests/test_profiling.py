@@ -171,7 +171,8 @@ def _check_schema(report: dict, sizes: list[int], baseline: bool) -> None:
         }
         if baseline:
             rows.add("baseline")
-        assert set(b["latency"]) == rows
+        assert set(b["latency"]) == rows == set(b["samples_ms"])
+        assert all(len(v) == report["settings"]["iters"] for v in b["samples_ms"].values())
         for st in b["latency"].values():
             assert set(st) == STATS_KEYS and st["n"] == report["settings"]["iters"]
             assert all(isinstance(st[k], float) and st[k] >= 0 for k in STATS_KEYS - {"n"})

@@ -40,7 +40,7 @@ def _targets(accuracy: float | None, gflops: float | None, exit_rate: float | No
 
 def _row(p, baseline: float, mark: str = "") -> str:
     return (
-        f"  {p.threshold:>9.3f} {p.accuracy:>9.4f} {p.exit_rate:>9.3f} {p.gflops:>12.3f} "
+        f"  {p.threshold:>9.3f} {p.accuracy:>9.4f} {p.exit_rate:>9.3f} {p.gflops:>12.4g} "
         f"{p.gflops / baseline:>10.2f}x  {mark}"
     ).rstrip()
 
@@ -177,9 +177,9 @@ def calibrate(
         f"calibration on {pred.n} images ({len(labelled.folders)} class folders"
         + (f", {failed} unreadable skipped" if failed else "")
         + "), stage 1 and stage 2 run on every image",
-        f"reference: stage 1 only: accuracy {cal.stage1_accuracy:.4f} at {flops.stage1:.3f} GFLOPs/image; "
-        f"stage 2 for every image: accuracy {cal.stage2_accuracy:.4f} at {flops.expected(0.0):.3f} GFLOPs/image; "
-        f"baseline DeiT: {base:.3f} GFLOPs/image",
+        f"reference: stage 1 only: accuracy {cal.stage1_accuracy:.4f} at {flops.stage1:.4g} GFLOPs/image; "
+        f"stage 2 for every image: accuracy {cal.stage2_accuracy:.4f} at {flops.expected(0.0):.4g} GFLOPs/image; "
+        f"baseline DeiT: {base:.4g} GFLOPs/image",
         f"  {'threshold':>9} {'accuracy':>9} {'exit rate':>9} {'GFLOPs/image':>12} {'vs baseline':>11}",
     ]
     for p in cal.summary_rows(0.05, current):
@@ -195,7 +195,7 @@ def calibrate(
         c = cal.chosen
         out.print(
             f"chosen threshold {c.threshold:g} ({target.rule}): accuracy {c.accuracy:.4f}, exit rate "
-            f"{c.exit_rate:.3f}, {c.gflops:.3f} GFLOPs/image ({100 * (1 - c.gflops / base):.0f}% fewer than the baseline)",
+            f"{c.exit_rate:.3f}, {c.gflops:.4g} GFLOPs/image ({100 * (1 - c.gflops / base):.0f}% fewer than the baseline)",
             markup=False,
             highlight=False,
         )

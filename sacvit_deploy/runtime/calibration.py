@@ -283,7 +283,7 @@ def choose(points: Sequence[CurvePoint], target: Target) -> CurvePoint:
         if not ok:
             cheapest = min(pts, key=lambda p: p.gflops)
             raise UnreachableTarget(
-                f"--target-gflops {target.value:g} is unreachable: the cheapest is {cheapest.gflops:.3f} "
+                f"--target-gflops {target.value:g} is unreachable: the cheapest is {cheapest.gflops:.4g} "
                 f"GFLOPs/image (threshold {cheapest.threshold:g}, exit rate {cheapest.exit_rate:.3f}); ask for at least that"
             )
         best_correct = max(p.n_correct for p in ok)

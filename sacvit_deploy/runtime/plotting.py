@@ -45,7 +45,8 @@ def _save(fig: Any, path: Path) -> Path:
 
 def plot_profile(report: dict[str, Any], path: Path) -> Path:
     """Left: end-to-end / ideal / baseline latency per batch size (median, p90 bar).
-    Right: median time per image, stacked by stage (stage 1, gate, stage 2), baseline beside it."""
+    Right: MEAN time per image, stacked by stage (stage 1, gate, stage 2), baseline beside it (means
+    add up where medians do not: at batch 1 the median stage-2 time is 0 when most images exit)."""
     batches = report["batches"]
     sizes = [b["batch"] for b in batches]
     fig = _figure(11, 4.2)
@@ -80,13 +81,13 @@ def plot_profile(report: dict[str, Any], path: Path) -> Path:
     xs = list(range(len(sizes)))
     bottom = [0.0] * len(sizes)
     for row, label in (("stage1", "stage 1"), ("gate", "gate + compaction"), ("stage2", "stage 2")):
-        per_image = [b["latency"][row]["median_ms"] / b["batch"] for b in batches]
+        per_image = [b["latency"][row]["mean_ms"] / b["batch"] for b in batches]
         right.bar([x - 0.2 for x in xs], per_image, width=0.4, bottom=bottom, label=label)
         bottom = [a + c for a, c in zip(bottom, per_image, strict=True)]
     if all("baseline" in b["latency"] for b in batches):
         right.bar(
             [x + 0.2 for x in xs],
-            [b["latency"]["baseline"]["median_ms"] / b["batch"] for b in batches],
+            [b["latency"]["baseline"]["mean_ms"] / b["batch"] for b in batches],
             width=0.4,
             color="0.6",
             label="baseline DeiT",
@@ -95,7 +96,7 @@ def plot_profile(report: dict[str, Any], path: Path) -> Path:
         xs, [f"{s}\n{100 * b['exit_rate']:.0f}% exit" for s, b in zip(sizes, batches, strict=True)]
     )
     right.set_xlabel("batch size")
-    right.set_ylabel("median ms per image")
+    right.set_ylabel("mean ms per image")
     right.set_title("stage breakdown (pipeline synced per stage)")
     right.legend(fontsize=8)
     env = report["environment"]

@@ -431,6 +431,7 @@ def batch_record(bp: BatchProfile, flops: FlopsReport, requested_exit_rate: floa
         "exit_rate": bp.exit_rate,
         "hard_per_batch": hard_fraction * bp.batch,
         "latency": rows,
+        "samples_ms": {name: [1e3 * v for v in values] for name, values in bp.samples.items()},
         "throughput_ips": throughput,
         "overhead": bp.overhead,
         "speedup": bp.speedup,
