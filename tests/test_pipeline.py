@@ -189,3 +189,17 @@ def test_silent_provider_fallback_is_detected(artifacts, monkeypatch):
     monkeypatch.setattr(ort, "InferenceSession", cpu_only_session)
     with pytest.raises(BackendError, match="fell back to CPUExecutionProvider"):
         runner.activate()
+
+
+def test_onnxruntime_sessions_do_not_spin_by_default(artifacts):
+    # Two sessions alternate in the pipeline: an idle one's busy-waiting workers would steal the cores.
+    _, folder = artifacts
+    m = Manifest.load(folder)
+    with make_runner(folder, m, "stage1", CHOICES["onnxruntime"]) as runner:
+        options = runner._session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        assert runner.describe()["spinning"] is False
+    with make_runner(folder, m, "stage1", CHOICES["onnxruntime"], spinning=True) as runner:
+        with pytest.raises(RuntimeError):  # ORT's default (spinning) is left alone
+            runner._session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+        assert runner.describe()["spinning"] is True

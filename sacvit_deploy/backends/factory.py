@@ -112,6 +112,7 @@ def make_runner(folder: Path, manifest: Manifest, role: str, choice: BackendChoi
             threads=options.get("threads"),
             fp16=bool(options.get("fp16", False)),
             cache_dir=options.get("cache_dir"),
+            spinning=bool(options.get("spinning", False)),
         )
     if choice.backend == "torch":
         from sacvit_deploy.backends.torch_backend import TorchRunner

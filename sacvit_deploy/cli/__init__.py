@@ -8,9 +8,11 @@ import typer
 
 from sacvit_deploy import __version__
 from sacvit_deploy.cli.build_engine import build_engine
+from sacvit_deploy.cli.calibrate import calibrate
 from sacvit_deploy.cli.check import check
 from sacvit_deploy.cli.export import export
 from sacvit_deploy.cli.infer import infer
+from sacvit_deploy.cli.profile import profile
 from sacvit_deploy.cli.triton import triton
 from sacvit_deploy.cli.variants import variants
 
@@ -44,6 +46,8 @@ app.command("check")(check)
 app.command("build-engine")(build_engine)
 app.command("infer")(infer)
 app.command("variants")(variants)
+app.command("profile")(profile)
+app.command("calibrate")(calibrate)
 app.command("triton")(triton)
 
 

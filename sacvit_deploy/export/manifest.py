@@ -118,6 +118,9 @@ class Manifest:
     exporter: dict[str, Any] = field(default_factory=dict)
     tensorrt: dict[str, Any] | None = None
     verification: dict[str, Any] | None = None
+    # Written by `sacvit-deploy calibrate --write`: how exit_threshold was chosen (target, rule,
+    # accuracy, GFLOPs, images). Optional: manifests without it (older ones) load as None.
+    calibration: dict[str, Any] | None = None
     source: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     package_version: str = __version__
@@ -153,6 +156,7 @@ class Manifest:
             "weights": self.weights.to_dict() if self.weights else None,
             "tensorrt": self.tensorrt,
             "verification": self.verification,
+            "calibration": self.calibration,
         }
 
     @classmethod
@@ -177,6 +181,7 @@ class Manifest:
                 exporter=dict(d.get("exporter") or {}),
                 tensorrt=d.get("tensorrt"),
                 verification=d.get("verification"),
+                calibration=d.get("calibration"),
                 source=dict(d.get("source") or {}),
                 created=str(d.get("created", "")),
                 package_version=str(d.get("package_version", "")),

@@ -1,0 +1,269 @@
+"""`sacvit-deploy profile`: where the time goes, per stage and batch size, and what early exit saves.
+
+Times stage 1, the gate + compaction, stage 2 and the pipeline end to end after warm-up, with the
+device synchronised; compares the end-to-end time with the "ideal" (stage 1 + stage 2 alone on the
+same hard samples, timed round-robin with it) and, with --baseline, with the single-stage DeiT on
+the same backend. Exactly what each row measures: :mod:`sacvit_deploy.runtime.profiling`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sacvit_deploy.cli._common import handle_errors, note, out
+from sacvit_deploy.cli.infer import BackendName, DeviceName
+from sacvit_deploy.errors import SacvitError
+from sacvit_deploy.runtime.jetson import Jetson
+
+RUN = "Runtime"
+WORK = "Workload"
+TIMING = "Timing"
+OUTPUT = "Output"
+MAX_POOL = 256  # real images kept in memory for the pool (beyond the largest batch)
+
+# Tests replace this with a factory of fakes (a Jetson whose commands and tegrastats are canned).
+JETSON_FACTORY = Jetson
+
+
+def parse_batch_sizes(text: str) -> list[int]:
+    sizes: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part.isdigit() or int(part) < 1:
+            raise SacvitError(
+                f"--batch-sizes {text!r}: give positive integers separated by commas, e.g. 1,8,32"
+            )
+        if int(part) not in sizes:
+            sizes.append(int(part))
+    return sizes
+
+
+def write_json(path: Path, data: dict) -> None:
+    try:
+        path.write_text(json.dumps(data, indent=2) + "\n")
+    except OSError as exc:
+        raise SacvitError(
+            f"{path}: cannot write the JSON report ({exc.strerror or exc}); pick a writable path"
+        ) from None
+
+
+def _pool(images: Path | None, synthetic: bool, cfg, largest: int, seed: int):  # -> (tensor, description)
+    import numpy as np
+    import torch
+
+    from sacvit_deploy.runtime.images import collect_images, iter_batches
+
+    if images is None:
+        g = torch.Generator().manual_seed(seed)
+        size = cfg.input_size
+        return torch.randn(largest, 3, size, size, generator=g), f"synthetic: N(0, 1) noise, seed {seed}"
+    if not images.is_dir():
+        raise SacvitError(f"--images {images}: not a folder; give a folder of images, or use --synthetic")
+    paths = collect_images([images])
+    limit = max(largest, MAX_POOL)
+    if len(paths) > limit:
+        note(f"--images: using the first {limit} of {len(paths)} images")
+        paths = paths[:limit]
+    arrays = []
+    for batch in iter_batches(paths, cfg, batch_size=32):
+        for failure in batch.failures:
+            note(f"[yellow]skipped[/] {failure}")
+        if batch.images.shape[0]:
+            arrays.append(batch.images)
+    if not arrays:
+        raise SacvitError(
+            f"--images {images}: none of the {len(paths)} images could be read; see the lines above"
+        )
+    pool = torch.from_numpy(np.concatenate(arrays))
+    loaded = pool.shape[0]
+    if loaded < largest:  # cycle the images to fill the largest batch
+        pool = pool.repeat((largest + loaded - 1) // loaded, 1, 1, 1)[:largest]
+    return pool, f"{images} ({loaded} images{', cycled to ' + str(largest) if loaded < largest else ''})"
+
+
+@handle_errors
+def profile(
+    artifacts: Annotated[
+        Path | None,
+        typer.Option(
+            help="Artifact folder (default: engines/ if it holds engines, else export/).", rich_help_panel=RUN
+        ),
+    ] = None,
+    backend: Annotated[
+        BackendName,
+        typer.Option(help="auto: TensorRT, then ONNX Runtime GPU, then CPU.", rich_help_panel=RUN),
+    ] = BackendName.auto,
+    device: Annotated[
+        DeviceName | None,
+        typer.Option(help="cpu or cuda (default: the backend's best).", rich_help_panel=RUN),
+    ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="CPU threads (ONNX Runtime intra-op; torch for --backend torch).", rich_help_panel=RUN
+        ),
+    ] = None,
+    batch_sizes: Annotated[
+        str, typer.Option(help="Batch sizes to time, comma-separated.", rich_help_panel=WORK)
+    ] = "1,8,32",
+    images: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder of real images, preprocessed per the manifest (cycled to fill the largest batch).",
+            rich_help_panel=WORK,
+        ),
+    ] = None,
+    synthetic: Annotated[
+        bool,
+        typer.Option(
+            "--synthetic",
+            help="Random normal images of the manifest's size (the default).",
+            rich_help_panel=WORK,
+        ),
+    ] = False,
+    threshold: Annotated[
+        float | None, typer.Option(help="Exit threshold (default: the manifest's).", rich_help_panel=WORK)
+    ] = None,
+    exit_rate: Annotated[
+        float | None,
+        typer.Option(
+            help="Instead of --threshold: the fraction of the images that must exit at stage 1 (threshold = that confidence quantile).",
+            rich_help_panel=WORK,
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic images.", rich_help_panel=WORK)] = 0,
+    warmup: Annotated[
+        int, typer.Option(min=0, help="Warm-up rounds per batch size.", rich_help_panel=TIMING)
+    ] = 5,
+    iters: Annotated[
+        int, typer.Option(min=1, help="Timed rounds per batch size.", rich_help_panel=TIMING)
+    ] = 20,
+    baseline: Annotated[
+        bool,
+        typer.Option(
+            "--baseline",
+            help="Also time baseline.onnx (export --baseline) and report the speedup.",
+            rich_help_panel=TIMING,
+        ),
+    ] = False,
+    json_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--json", help="Write every number and the environment to FILE.", rich_help_panel=OUTPUT
+        ),
+    ] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write a PNG: latency per batch size and the stage breakdown.", rich_help_panel=OUTPUT
+        ),
+    ] = None,
+) -> None:
+    """Time stage 1, gate, stage 2 and end to end per batch size; overhead, speedup, GFLOPs, power."""
+    import torch
+
+    from sacvit_deploy.model.flops import FlopsReport
+    from sacvit_deploy.runtime.loader import open_pipeline
+    from sacvit_deploy.runtime.plotting import plot_profile, require_matplotlib
+    from sacvit_deploy.runtime.profiling import (
+        ProfileSettings,
+        build_report,
+        environment,
+        format_report,
+        run_profile,
+    )
+
+    if plot is not None:
+        require_matplotlib()
+    if images is not None and synthetic:
+        raise SacvitError("--images and --synthetic exclude each other; give one")
+    if threshold is not None and exit_rate is not None:
+        raise SacvitError("--threshold and --exit-rate exclude each other; give one")
+    if exit_rate is not None and not 0.0 <= exit_rate <= 1.0:
+        raise SacvitError(f"--exit-rate {exit_rate:g}: give a fraction in [0, 1], e.g. 0.77")
+    sizes = parse_batch_sizes(batch_sizes)
+
+    opened = open_pipeline(
+        artifacts, backend=backend.value, device=device.value if device else None, threads=threads
+    )
+    manifest = opened.manifest
+    if threads and opened.choice.backend == "torch":
+        torch.set_num_threads(threads)
+    if baseline and opened.choice.backend == "onnxruntime" and "baseline" not in manifest.graphs:
+        raise SacvitError(
+            f"{opened.folder}: no baseline.onnx in the manifest, which --baseline times; re-export with "
+            f"`sacvit-deploy export CHECKPOINT --out {opened.folder} --baseline`"
+        )
+    base_runner = opened.baseline_runner(threads=threads) if baseline else None
+    note(f"backend: {opened.choice.describe()}")
+
+    jetson = JETSON_FACTORY()
+    jetson_info, jetson_note = jetson.probe()
+    note(jetson_note)
+    sampler = jetson if jetson_info is not None and jetson_info.tegrastats else None
+
+    pool, source = _pool(images, synthetic, manifest.preprocess, max(sizes), seed)
+    settings = ProfileSettings(
+        sizes,
+        warmup,
+        iters,
+        threshold,
+        exit_rate,
+        source,
+        extra={
+            "pool_size": int(pool.shape[0]),
+            "seed": seed if images is None else None,
+            "baseline": baseline,
+        },
+    )
+    runners = {"stage1": opened.pipeline.stage1, "stage2": opened.pipeline.stage2}
+    if base_runner is not None:
+        runners["baseline"] = base_runner
+    with opened.pipeline as pipe:
+        if base_runner is not None:
+            base_runner.activate()
+        try:
+            split, results = run_profile(pipe, pool, settings, base_runner, sampler, log=note)
+        finally:
+            if base_runner is not None:
+                base_runner.deactivate()
+
+    cfg = manifest.model
+    notes = []
+    if opened.choice.backend == "torch" and baseline:
+        notes.append(
+            "torch backend: the baseline is the DeiT built from the SAC-ViT weights, not baseline.onnx"
+        )
+    if jetson_info is None or sampler is None:
+        notes.append(jetson_note)
+    report = build_report(
+        results,
+        FlopsReport.of(cfg),
+        environment(
+            opened.choice, runners, pipe.device, threads, jetson_info.to_dict() if jetson_info else None
+        ),
+        {
+            "variant": cfg.variant,
+            "format": manifest.source_format,
+            "selection": cfg.selection,
+            "attention": cfg.attention,
+            "img_size": cfg.img_size,
+            "artifacts": str(opened.folder),
+            "manifest_threshold": manifest.exit_threshold,
+        },
+        settings.to_dict(),
+        split,
+        notes,
+    )
+    for line in format_report(report):
+        out.print(line, markup=False, highlight=False)
+    if json_file is not None:
+        write_json(json_file, report)
+        note(f"profile JSON: {json_file}")
+    if plot is not None:
+        plot_profile(report, plot)
+        note(f"plot: {plot}")
