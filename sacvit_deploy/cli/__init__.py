@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from sacvit_deploy import __version__
+from sacvit_deploy.cli.train import train
 from sacvit_deploy.cli.variants import variants
 
 app = typer.Typer(
@@ -35,6 +36,7 @@ def _root(
 
 
 app.command("variants")(variants)
+app.command("train")(train)
 
 
 def main() -> None:
