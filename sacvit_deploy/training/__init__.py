@@ -3,7 +3,9 @@
 from sacvit_deploy.training.data import (
     EvalTransform,
     ImageFolderDataset,
+    ImageFolderSplit,
     TrainTransform,
+    list_split,
     make_loader,
     scan_image_folder,
 )
@@ -22,11 +24,13 @@ __all__ = [
     "EvalResult",
     "EvalTransform",
     "ImageFolderDataset",
+    "ImageFolderSplit",
     "TrainOptions",
     "TrainResult",
     "TrainTransform",
     "distillation_loss",
     "evaluate",
+    "list_split",
     "lr_at",
     "make_loader",
     "param_groups",

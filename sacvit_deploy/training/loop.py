@@ -390,7 +390,8 @@ def train(
     if resumed is not None:
         model.load_state_dict(resumed["model"])
         optimizer.load_state_dict(resumed["optimizer"])
-        scaler.load_state_dict(resumed["scaler"])
+        if resumed["scaler"]:  # empty when the run was started without --amp
+            scaler.load_state_dict(resumed["scaler"])
         _set_rng_state(resumed["rng"])
         start_epoch, step, best = resumed["epoch"] + 1, resumed["step"], resumed["best_metric"]
         history = _read_log(log_path, upto_epoch=resumed["epoch"])
