@@ -13,6 +13,7 @@ from sacvit_deploy.cli.check import check
 from sacvit_deploy.cli.export import export
 from sacvit_deploy.cli.infer import infer
 from sacvit_deploy.cli.profile import profile
+from sacvit_deploy.cli.train import train
 from sacvit_deploy.cli.triton import triton
 from sacvit_deploy.cli.variants import variants
 
@@ -49,6 +50,7 @@ app.command("variants")(variants)
 app.command("profile")(profile)
 app.command("calibrate")(calibrate)
 app.command("triton")(triton)
+app.command("train")(train)
 
 
 def main() -> None:

@@ -1,0 +1,224 @@
+"""ImageFolder data and DeiT-style transforms for training, with PIL, numpy and torch only.
+
+Layout: ``DATA_DIR/train/<class>/*`` and ``DATA_DIR/val/<class>/*``; class names are the sorted
+folder names of ``train``. Augmentation randomness is drawn from a generator seeded by
+``(seed, epoch, sample index)``, so an epoch's batches are the same whatever the number of loader
+workers and whether the run was resumed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from sacvit_deploy.errors import SacvitError
+from sacvit_deploy.model.config import PreprocessConfig
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"})
+SPLITS = ("train", "val")
+_LAYOUT = "DATA_DIR/train/<class>/<image> and DATA_DIR/val/<class>/<image>"
+
+
+class DataError(SacvitError):
+    """A training data folder that does not have the expected layout."""
+
+
+def _open_rgb(path: Path) -> Image.Image:
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+# ---- the folder ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ImageFolderSplit:
+    """The images of one split: (path, class index) pairs, sorted by class then file name."""
+
+    root: Path
+    class_names: tuple[str, ...]
+    samples: tuple[tuple[Path, int], ...]
+
+
+def _is_image(p: Path) -> bool:
+    return p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+
+
+def _class_folders(split_dir: Path) -> list[Path]:
+    return sorted((p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")), key=str)
+
+
+def scan_image_folder(data_dir: str | Path) -> tuple[ImageFolderSplit, ImageFolderSplit]:
+    """Check the layout and list the images of the train and val splits."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DataError(f"{data_dir}: no such folder; pass a data folder laid out as {_LAYOUT}")
+    for split in SPLITS:
+        if not (data_dir / split).is_dir():
+            raise DataError(f"{data_dir}: has no '{split}' folder; expected the layout {_LAYOUT}")
+
+    train_dir = data_dir / "train"
+    folders = _class_folders(train_dir)
+    if not folders:
+        loose = any(_is_image(p) for p in train_dir.iterdir())
+        why = "images lie directly in it" if loose else "it has no class folders"
+        raise DataError(f"{train_dir}: {why}; put each class's images in its own folder, {_LAYOUT}")
+    class_names = tuple(p.name for p in folders)
+
+    val_dir = data_dir / "val"
+    val_names = tuple(p.name for p in _class_folders(val_dir))
+    if val_names != class_names:
+        missing = sorted(set(class_names) - set(val_names))
+        extra = sorted(set(val_names) - set(class_names))
+        parts = [f"missing {_short(missing)}"] if missing else []
+        parts += [f"extra {_short(extra)}"] if extra else []
+        raise DataError(
+            f"{val_dir}: its class folders differ from {train_dir}'s ({'; '.join(parts)}); "
+            "both splits need the same class folders"
+        )
+
+    train_split = list_split(train_dir, class_names, every_class=True)
+    val_split = list_split(val_dir, class_names)
+    return train_split, val_split
+
+
+def list_split(
+    split_dir: str | Path, class_names: tuple[str, ...], every_class: bool = False
+) -> ImageFolderSplit:
+    """The images of ``split_dir/<class>/*`` for the given classes (a missing class folder has none)."""
+    split_dir = Path(split_dir)
+    samples: list[tuple[Path, int]] = []
+    for label, name in enumerate(class_names):
+        folder = split_dir / name
+        files = (
+            sorted((p for p in folder.iterdir() if _is_image(p)), key=lambda p: p.name)
+            if folder.is_dir()
+            else []
+        )
+        if not files and every_class:
+            raise DataError(
+                f"{folder}: no images (extensions {', '.join(sorted(IMAGE_EXTENSIONS))}); "
+                "every class needs training images"
+            )
+        samples.extend((p, label) for p in files)
+    if not samples:
+        raise DataError(f"{split_dir}: no images in its class folders; expected the layout {_LAYOUT}")
+    return ImageFolderSplit(split_dir, class_names, tuple(samples))
+
+
+def _short(names: list[str], limit: int = 5) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+# ---- transforms -------------------------------------------------------------------------------------
+def to_normalized_tensor(img: Image.Image, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+    """RGB PIL image -> (3, H, W) float tensor, scaled to [0, 1], then normalised."""
+    # numpy, not torch: per-image torch ops are slow when torch's threads compete for the cores.
+    x = np.asarray(img, dtype=np.float32) * np.float32(1 / 255)
+    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+
+
+class EvalTransform:
+    """DeiT evaluation: shorter side to ``resize_size`` (bicubic), center crop, normalise."""
+
+    def __init__(self, pp: PreprocessConfig) -> None:
+        self.pp = pp
+
+    def __call__(self, img: Image.Image) -> Tensor:
+        w, h = img.size
+        r, c = self.pp.resize_size, self.pp.input_size
+        # torchvision's Resize(int): the shorter side becomes r, the longer keeps the aspect ratio.
+        nw, nh = (r, int(r * h / w)) if w <= h else (int(r * w / h), r)
+        img = img.resize((nw, nh), Image.Resampling.BICUBIC)
+        top, left = round((nh - c) / 2), round((nw - c) / 2)
+        img = img.crop((left, top, left + c, top + c))
+        return to_normalized_tensor(img, self.pp.mean, self.pp.std)
+
+
+class TrainTransform:
+    """DeiT training: RandomResizedCrop (bicubic), horizontal flip, normalise."""
+
+    def __init__(
+        self,
+        pp: PreprocessConfig,
+        scale: tuple[float, float] = (0.08, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        hflip: bool = True,
+    ) -> None:
+        self.pp, self.scale, self.ratio, self.hflip = pp, scale, ratio, hflip
+
+    def crop_box(self, width: int, height: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+        """torchvision's RandomResizedCrop.get_params: (left, top, w, h)."""
+        area = width * height
+        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        for _ in range(10):
+            target_area = area * rng.uniform(*self.scale)
+            aspect = math.exp(rng.uniform(*log_ratio))
+            w = round(math.sqrt(target_area * aspect))
+            h = round(math.sqrt(target_area / aspect))
+            if 0 < w <= width and 0 < h <= height:
+                return int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1)), w, h
+        # Fallback: the largest center crop with the aspect ratio clamped into range.
+        in_ratio = width / height
+        if in_ratio < self.ratio[0]:
+            w, h = width, round(width / self.ratio[0])
+        elif in_ratio > self.ratio[1]:
+            w, h = round(height * self.ratio[1]), height
+        else:
+            w, h = width, height
+        return (width - w) // 2, (height - h) // 2, w, h
+
+    def __call__(self, img: Image.Image, rng: np.random.Generator) -> Tensor:
+        left, top, w, h = self.crop_box(*img.size, rng)
+        size = self.pp.input_size
+        img = img.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + w, top + h))
+        if self.hflip and rng.random() < 0.5:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        return to_normalized_tensor(img, self.pp.mean, self.pp.std)
+
+
+# ---- datasets and loaders ---------------------------------------------------------------------------
+class ImageFolderDataset(Dataset):
+    """One split; ``set_epoch`` re-seeds the augmentation of every sample for that epoch."""
+
+    def __init__(
+        self, split: ImageFolderSplit, transform: TrainTransform | EvalTransform, seed: int = 0
+    ) -> None:
+        self.split, self.transform, self.seed, self.epoch = split, transform, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.split.samples)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        path, label = self.split.samples[index]
+        img = _open_rgb(path)
+        if isinstance(self.transform, TrainTransform):
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            return self.transform(img, rng), label
+        return self.transform(img), label
+
+
+def make_loader(
+    dataset: ImageFolderDataset, batch_size: int, train: bool, workers: int, pin_memory: bool = False
+) -> DataLoader:
+    """Train: shuffled (re-seeded per epoch via ``loader.generator``), last partial batch dropped."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train,
+        drop_last=train and len(dataset) > batch_size,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        generator=torch.Generator() if train else None,
+        persistent_workers=False,  # new workers per epoch see the dataset's current epoch
+    )
