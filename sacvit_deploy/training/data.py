@@ -20,19 +20,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from sacvit_deploy.errors import SacvitError
 from sacvit_deploy.model.config import PreprocessConfig
+from sacvit_deploy.runtime.images import IMAGE_EXTENSIONS, load_image, preprocess
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"})
 SPLITS = ("train", "val")
 _LAYOUT = "DATA_DIR/train/<class>/<image> and DATA_DIR/val/<class>/<image>"
 
 
 class DataError(SacvitError):
     """A training data folder that does not have the expected layout."""
-
-
-def _open_rgb(path: Path) -> Image.Image:
-    with Image.open(path) as im:
-        return im.convert("RGB")
 
 
 # ---- the folder ------------------------------------------------------------------------------------
@@ -132,14 +127,8 @@ class EvalTransform:
         self.pp = pp
 
     def __call__(self, img: Image.Image) -> Tensor:
-        w, h = img.size
-        r, c = self.pp.resize_size, self.pp.input_size
-        # torchvision's Resize(int): the shorter side becomes r, the longer keeps the aspect ratio.
-        nw, nh = (r, int(r * h / w)) if w <= h else (int(r * w / h), r)
-        img = img.resize((nw, nh), Image.Resampling.BICUBIC)
-        top, left = round((nh - c) / 2), round((nw - c) / 2)
-        img = img.crop((left, top, left + c, top + c))
-        return to_normalized_tensor(img, self.pp.mean, self.pp.std)
+        # The same preprocessing as export verification and inference, so validation numbers match.
+        return torch.from_numpy(preprocess(img, self.pp))
 
 
 class TrainTransform:
@@ -201,7 +190,7 @@ class ImageFolderDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         path, label = self.split.samples[index]
-        img = _open_rgb(path)
+        img = load_image(path)
         if isinstance(self.transform, TrainTransform):
             rng = np.random.default_rng([self.seed, self.epoch, index])
             return self.transform(img, rng), label
