@@ -119,6 +119,8 @@ def make_runner(folder: Path, manifest: Manifest, role: str, choice: BackendChoi
         from sacvit_deploy.export.graphs import graph_module, graph_specs
 
         model = _torch_model(folder, manifest)
+        if options.get("threads"):
+            torch.set_num_threads(int(options["threads"]))  # process-wide: torch has no per-module setting
         inputs, outputs = graph_specs(manifest.model, role)
         return TorchRunner(
             f"{role} (torch)", graph_module(model, role), inputs, outputs, device=choice.device

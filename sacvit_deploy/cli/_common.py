@@ -5,7 +5,9 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -46,3 +48,39 @@ def _escape(text: str) -> str:
 
 def note(message: str) -> None:
     err.print(message, highlight=False)
+
+
+# ---- options shared by the commands that run artifacts (infer, profile, calibrate) --------------------
+RUN = "Runtime"
+
+
+class BackendName(str, Enum):
+    auto = "auto"
+    tensorrt = "tensorrt"
+    onnxruntime = "onnxruntime"
+    torch = "torch"
+
+
+class DeviceName(str, Enum):
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+ArtifactsOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Artifact folder (default: engines/ if it holds engines, else export/).", rich_help_panel=RUN
+    ),
+]
+BackendOption = Annotated[
+    BackendName, typer.Option(help="auto: TensorRT, then ONNX Runtime GPU, then CPU.", rich_help_panel=RUN)
+]
+DeviceOption = Annotated[
+    DeviceName | None, typer.Option(help="cpu or cuda (default: the backend's best).", rich_help_panel=RUN)
+]
+ThreadsOption = Annotated[
+    int | None,
+    typer.Option(
+        min=1, help="CPU threads (ONNX Runtime intra-op; torch for --backend torch).", rich_help_panel=RUN
+    ),
+]

@@ -14,11 +14,19 @@ from typing import Annotated
 
 import typer
 
-from sacvit_deploy.cli._common import handle_errors, note, out
-from sacvit_deploy.cli.infer import BackendName, DeviceName
+from sacvit_deploy.cli._common import (
+    RUN,
+    ArtifactsOption,
+    BackendName,
+    BackendOption,
+    DeviceOption,
+    ThreadsOption,
+    handle_errors,
+    note,
+    out,
+)
 from sacvit_deploy.errors import SacvitError
 
-RUN = "Runtime"
 TARGET = "Target (give one)"
 OUTPUT = "Output"
 
@@ -54,24 +62,10 @@ def calibrate(
             show_default=False,
         ),
     ],
-    artifacts: Annotated[
-        Path | None,
-        typer.Option(
-            help="Artifact folder (default: engines/ if it holds engines, else export/).", rich_help_panel=RUN
-        ),
-    ] = None,
-    backend: Annotated[
-        BackendName,
-        typer.Option(help="auto: TensorRT, then ONNX Runtime GPU, then CPU.", rich_help_panel=RUN),
-    ] = BackendName.auto,
-    device: Annotated[
-        DeviceName | None,
-        typer.Option(help="cpu or cuda (default: the backend's best).", rich_help_panel=RUN),
-    ] = None,
-    threads: Annotated[
-        int | None,
-        typer.Option(min=1, help="CPU threads for ONNX Runtime (default: all cores).", rich_help_panel=RUN),
-    ] = None,
+    artifacts: ArtifactsOption = None,
+    backend: BackendOption = BackendName.auto,
+    device: DeviceOption = None,
+    threads: ThreadsOption = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.", rich_help_panel=RUN)] = 32,
     target_accuracy: Annotated[
         float | None,

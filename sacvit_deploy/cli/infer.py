@@ -11,24 +11,22 @@ from typing import Annotated
 
 import typer
 
-from sacvit_deploy.cli._common import err, fail, handle_errors, note
+from sacvit_deploy.cli._common import (
+    RUN,
+    ArtifactsOption,
+    BackendName,
+    BackendOption,
+    DeviceOption,
+    ThreadsOption,
+    err,
+    fail,
+    handle_errors,
+    note,
+)
 from sacvit_deploy.errors import SacvitError
 
-RUN = "Runtime"
 IO_PANEL = "Input / output"
 TRITON = "Triton server"
-
-
-class BackendName(str, Enum):
-    auto = "auto"
-    tensorrt = "tensorrt"
-    onnxruntime = "onnxruntime"
-    torch = "torch"
-
-
-class DeviceName(str, Enum):
-    cpu = "cpu"
-    cuda = "cuda"
 
 
 class OutputFormat(str, Enum):
@@ -46,28 +44,14 @@ def infer(
         list[str],
         typer.Argument(help="Image files, folders (recursive) or glob patterns.", show_default=False),
     ],
-    artifacts: Annotated[
-        Path | None,
-        typer.Option(
-            help="Artifact folder (default: engines/ if it holds engines, else export/).", rich_help_panel=RUN
-        ),
-    ] = None,
-    backend: Annotated[
-        BackendName,
-        typer.Option(help="auto: TensorRT, then ONNX Runtime GPU, then CPU.", rich_help_panel=RUN),
-    ] = BackendName.auto,
-    device: Annotated[
-        DeviceName | None,
-        typer.Option(help="cpu or cuda (default: the backend's best).", rich_help_panel=RUN),
-    ] = None,
+    artifacts: ArtifactsOption = None,
+    backend: BackendOption = BackendName.auto,
+    device: DeviceOption = None,
     threshold: Annotated[
         float | None, typer.Option(help="Exit threshold (default: the manifest's).", rich_help_panel=RUN)
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.", rich_help_panel=RUN)] = 32,
-    threads: Annotated[
-        int | None,
-        typer.Option(min=1, help="CPU threads for ONNX Runtime (default: all cores).", rich_help_panel=RUN),
-    ] = None,
+    threads: ThreadsOption = None,
     topk: Annotated[
         int, typer.Option(min=1, help="Classes reported per image.", rich_help_panel=IO_PANEL)
     ] = 1,

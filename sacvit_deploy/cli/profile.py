@@ -14,12 +14,19 @@ from typing import Annotated
 
 import typer
 
-from sacvit_deploy.cli._common import handle_errors, note, out
-from sacvit_deploy.cli.infer import BackendName, DeviceName
+from sacvit_deploy.cli._common import (
+    ArtifactsOption,
+    BackendName,
+    BackendOption,
+    DeviceOption,
+    ThreadsOption,
+    handle_errors,
+    note,
+    out,
+)
 from sacvit_deploy.errors import SacvitError
 from sacvit_deploy.runtime.jetson import Jetson
 
-RUN = "Runtime"
 WORK = "Workload"
 TIMING = "Timing"
 OUTPUT = "Output"
@@ -87,26 +94,10 @@ def _pool(images: Path | None, synthetic: bool, cfg, largest: int, seed: int):  
 
 @handle_errors
 def profile(
-    artifacts: Annotated[
-        Path | None,
-        typer.Option(
-            help="Artifact folder (default: engines/ if it holds engines, else export/).", rich_help_panel=RUN
-        ),
-    ] = None,
-    backend: Annotated[
-        BackendName,
-        typer.Option(help="auto: TensorRT, then ONNX Runtime GPU, then CPU.", rich_help_panel=RUN),
-    ] = BackendName.auto,
-    device: Annotated[
-        DeviceName | None,
-        typer.Option(help="cpu or cuda (default: the backend's best).", rich_help_panel=RUN),
-    ] = None,
-    threads: Annotated[
-        int | None,
-        typer.Option(
-            min=1, help="CPU threads (ONNX Runtime intra-op; torch for --backend torch).", rich_help_panel=RUN
-        ),
-    ] = None,
+    artifacts: ArtifactsOption = None,
+    backend: BackendOption = BackendName.auto,
+    device: DeviceOption = None,
+    threads: ThreadsOption = None,
     batch_sizes: Annotated[
         str, typer.Option(help="Batch sizes to time, comma-separated.", rich_help_panel=WORK)
     ] = "1,8,32",
@@ -164,7 +155,6 @@ def profile(
     ] = None,
 ) -> None:
     """Time stage 1, gate, stage 2 and end to end per batch size; overhead, speedup, GFLOPs, power."""
-    import torch
 
     from sacvit_deploy.model.flops import FlopsReport
     from sacvit_deploy.runtime.loader import open_pipeline
@@ -191,8 +181,6 @@ def profile(
         artifacts, backend=backend.value, device=device.value if device else None, threads=threads
     )
     manifest = opened.manifest
-    if threads and opened.choice.backend == "torch":
-        torch.set_num_threads(threads)
     if baseline and opened.choice.backend == "onnxruntime" and "baseline" not in manifest.graphs:
         raise SacvitError(
             f"{opened.folder}: no baseline.onnx in the manifest, which --baseline times; re-export with "
