@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Train the bundled demo model and write sacvit_deploy/data/demo/{demo.safetensors,REPORT.md,samples/}.
 
-    python scripts/train_demo_model.py [--data DIR] [--run DIR] [--epochs 15] [--workers 1] [--seed 0] [--threads 1]
+    python scripts/train_demo_model.py [--data DIR] [--run DIR] [--epochs 18] [--workers 1] [--seed 0] [--threads 1]
 
 1. Writes the digits data set (scripts/make_demo_data.py) into a temporary folder, or uses --data.
 2. Trains a small SAC-ViT with the project's own training API (``sacvit_deploy.training.train``).
@@ -224,7 +224,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, help="existing output of make_demo_data.py (default: generate)")
     parser.add_argument("--run", type=Path, help="training output folder (default: a temporary one)")
-    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--epochs", type=int, default=18)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
