@@ -385,6 +385,9 @@ def train(
     total_steps = steps_per_epoch * opts.epochs
     warmup_steps = round(opts.warmup_epochs * steps_per_epoch)
 
+    def lr_for(step: int) -> float:
+        return lr_at(step, total_steps, warmup_steps, opts.lr, opts.min_lr)
+
     start_epoch, step, best = 0, 0, -math.inf
     history: list[dict[str, Any]] = []
     if resumed is not None:
@@ -413,40 +416,21 @@ def train(
         select = epoch >= selection_warmup
         train_ds.set_epoch(epoch)
         train_loader.generator.manual_seed(_epoch_seed(opts.seed, epoch))
-        loss_sum = torch.zeros((), device=device)
-        seen = 0
-        with _progress(console) as progress:
-            task = progress.add_task(f"epoch {epoch + 1}/{opts.epochs}", total=steps_per_epoch, loss="")
-            for i, (x, y) in enumerate(train_loader):
-                if i >= steps_per_epoch:
-                    break
-                lr = lr_at(step, total_steps, warmup_steps, opts.lr, opts.min_lr)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                with torch.autocast(device.type, dtype=torch.float16, enabled=opts.amp):
-                    logits1, logits2 = model.forward_train(x, select_tokens=select)
-                loss, _, _ = distillation_loss(logits1.float(), logits2.float(), y)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if opts.clip_grad is not None:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), opts.clip_grad)
-                scaler.step(optimizer)
-                scaler.update()
-                step += 1
-                loss_sum += loss.detach() * y.shape[0]
-                seen += y.shape[0]
-                if i % 10 == 0 or i + 1 == steps_per_epoch:
-                    value = float(loss.detach())
-                    if not math.isfinite(value):
-                        raise TrainError(
-                            f"the loss became {value} at step {step}; lower --lr or set --clip-grad 1.0"
-                        )
-                    progress.update(task, completed=i + 1, loss=f"loss {value:.3f}")
-                else:
-                    progress.update(task, completed=i + 1)
-        train_loss = float(loss_sum) / max(1, seen)
+        train_loss, step = _train_epoch(
+            model,
+            train_loader,
+            optimizer,
+            scaler,
+            opts,
+            device,
+            select=select,
+            step=step,
+            steps=steps_per_epoch,
+            lr_for=lr_for,
+            progress=_progress(console),
+            label=f"epoch {epoch + 1}/{opts.epochs}",
+        )
+        lr = lr_for(step - 1)
 
         result = evaluate(model, val_loader, device, max_batches=opts.max_steps)
         m = result.metrics(cfg.exit_threshold)
@@ -501,6 +485,56 @@ def train(
             on_epoch_end(record)
 
     return TrainResult(model.cpu().eval(), cfg, out, opts.epochs, step, best, history)
+
+
+def _train_epoch(
+    model: SACViT,
+    loader: Any,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    opts: TrainOptions,
+    device: torch.device,
+    select: bool,
+    step: int,
+    steps: int,
+    lr_for: Callable[[int], float],
+    progress: Progress,
+    label: str,
+) -> tuple[float, int]:
+    """One epoch of at most ``steps`` optimizer steps; returns the mean loss and the new global step."""
+    loss_sum = torch.zeros((), device=device)
+    seen = 0
+    with progress:
+        task = progress.add_task(label, total=steps, loss="")
+        for i, (x, y) in enumerate(loader):
+            if i >= steps:
+                break
+            for group in optimizer.param_groups:
+                group["lr"] = lr_for(step)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=opts.amp):
+                logits1, logits2 = model.forward_train(x, select_tokens=select)
+            loss, _, _ = distillation_loss(logits1.float(), logits2.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if opts.clip_grad is not None:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), opts.clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
+            loss_sum += loss.detach() * y.shape[0]
+            seen += y.shape[0]
+            fields = {}
+            if i % 10 == 0 or i + 1 == steps:  # a sync on CUDA: not every step
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise TrainError(
+                        f"the loss became {value} at step {step}; lower --lr or set --clip-grad 1.0"
+                    )
+                fields["loss"] = f"loss {value:.3f}"
+            progress.update(task, completed=i + 1, **fields)
+    return float(loss_sum) / max(1, seen), step
 
 
 def _progress(console: Console) -> Progress:
