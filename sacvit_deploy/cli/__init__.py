@@ -10,6 +10,7 @@ from sacvit_deploy import __version__
 from sacvit_deploy.cli.build_engine import build_engine
 from sacvit_deploy.cli.calibrate import calibrate
 from sacvit_deploy.cli.check import check
+from sacvit_deploy.cli.demo import demo
 from sacvit_deploy.cli.export import export
 from sacvit_deploy.cli.infer import infer
 from sacvit_deploy.cli.profile import profile
@@ -42,6 +43,7 @@ def _root(
     """Deploy SAC-ViT / LF-ViT / CF-ViT early-exit vision transformers: export, build, infer, profile."""
 
 
+app.command("demo")(demo)
 app.command("export")(export)
 app.command("check")(check)
 app.command("build-engine")(build_engine)
