@@ -43,3 +43,21 @@ def test_demo_runs_end_to_end_and_names_both_stages(tmp_path):
     assert "correct (the true digit is in each file name)" in out
     assert "Next, with your own checkpoint" in out
     assert (tmp_path / "demo-export" / "manifest.json").is_file()  # --out keeps the export
+
+
+def test_export_errors_are_one_line_with_the_fix(tmp_path):
+    import torch
+
+    from sacvit_deploy.model import DeiT, make_config
+
+    deit = tmp_path / "deit.pth"
+    torch.save(DeiT(make_config("deit_tiny_224")).state_dict(), deit)
+    result = runner.invoke(app, ["export", str(deit), "--format", "lf-vit", "--out", str(tmp_path / "e")])
+    assert result.exit_code == 1
+    assert "pass --format deit" in result.output and "Traceback" not in result.output
+    result = runner.invoke(app, ["export", str(deit), "--format", "yolo"])
+    assert result.exit_code == 2  # typer rejects values outside the Enum
+    result = runner.invoke(app, ["export", str(tmp_path / "missing.pth")])
+    assert result.exit_code == 1 and "no such file" in result.output
+    result = runner.invoke(app, ["export", str(deit), "--batch", "zero"])
+    assert result.exit_code == 1 and "--batch 'zero'" in result.output

@@ -241,3 +241,22 @@ def test_manifest_records_sha256_of_what_is_on_disk(exported):
     for role, entry in data["graphs"].items():
         assert entry["sha256"] == sha256_file(folder / entry["file"]), role
     assert data["weights"]["sha256"] == sha256_file(folder / "model.safetensors")
+
+
+def test_graphs_over_the_protobuf_limit_keep_weights_beside_them(tmp_path, monkeypatch):
+    """Over 2 GB a graph's weights go to <graph>.onnx.data; simulated with a tiny limit."""
+    from sacvit_deploy.export import onnx_export
+
+    monkeypatch.setattr(onnx_export, "PROTOBUF_LIMIT", 10_000)
+    model = make_tiny()
+    result = do_export(model, tmp_path / "big")
+    entry = result.manifest.graphs["stage1"]
+    assert entry.external_data == "stage1.onnx.data" and (tmp_path / "big" / "stage1.onnx.data").is_file()
+    assert (tmp_path / "big" / "stage1.onnx").stat().st_size < 100_000  # structure only
+    assert external_data_files(tmp_path / "big" / "stage1.onnx") == {"stage1.onnx.data"}
+    m = Manifest.load(tmp_path / "big")
+    m.verify(tmp_path / "big")
+    with (tmp_path / "big" / "stage1.onnx.data").open("ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ArtifactError, match="stage1.onnx.data: sha256 mismatch"):
+        m.verify(tmp_path / "big")
