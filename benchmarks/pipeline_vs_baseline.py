@@ -17,16 +17,17 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sacvit_deploy.export.onnx_export import ExportOptions, export_artifacts
-from sacvit_deploy.model import FlopsReport, SACViT, make_config
+from _random_export import export_random_weights
+
+from sacvit_deploy.model import FlopsReport
 from sacvit_deploy.runtime.loader import open_pipeline
 from sacvit_deploy.runtime.pipeline import run_any_batch
 
@@ -67,13 +68,7 @@ def main() -> None:
     tmp = None
     folder = args.artifacts
     if folder is None:
-        tmp = tempfile.TemporaryDirectory()
-        folder = Path(tmp.name) / "export"
-        torch.manual_seed(0)
-        model = SACViT(make_config(args.variant, args.format)).eval()
-        t = time.perf_counter()
-        export_artifacts(model, folder, ExportOptions(baseline=True), args.format)
-        print(f"exported random-weight {args.variant} ({args.format}) in {time.perf_counter() - t:.1f} s")
+        tmp, folder = export_random_weights(args.variant, args.format)
 
     opened = open_pipeline(folder, backend=args.backend, device=args.device, threads=args.threads)
     cfg = opened.manifest.model

@@ -13,6 +13,7 @@ from sacvit_deploy.export.manifest import Manifest
 from sacvit_deploy.export.onnx_export import ExportOptions, export_artifacts
 from sacvit_deploy.runtime.loader import open_pipeline
 from sacvit_deploy.runtime.pipeline import EarlyExitPipeline, bucket_for, mixed_threshold
+from tests.backend_contract import check_runner_contract
 from tests.conftest import make_tiny
 
 CHOICES = {
@@ -39,44 +40,12 @@ def fixed_artifacts(tmp_path_factory):
 
 # ---- the contract every backend meets ----------------------------------------------------------------
 @pytest.mark.parametrize("backend", sorted(CHOICES))
-@torch.no_grad()
 def test_backend_contract(artifacts, backend):
     model, folder = artifacts
     m = Manifest.load(folder)
-    runner = make_runner(folder, m, "stage1", CHOICES[backend])
-    x = torch.randn(3, 3, 128, 128)
-    with pytest.raises(BackendError, match="not active"):
-        runner.infer({"image": x})
-    with runner:
-        assert runner.is_active
-        out = runner.infer({"image": x})
-        assert list(out) == [s.name for s in m.graphs["stage1"].outputs]
-        for spec in m.graphs["stage1"].outputs:
-            t = out[spec.name]
-            assert str(t.dtype).removeprefix("torch.") == spec.dtype
-            assert t.shape == tuple(3 if isinstance(d, str) else d for d in spec.shape)
-        ref = model.forward_stage1(x)
-        torch.testing.assert_close(out["logits"], ref.logits, atol=1e-4, rtol=1e-4)
-        assert torch.equal(out["target_index"].sort(1).values, ref.target_index.sort(1).values)
-        with pytest.raises(BackendError, match="expected float32"):
-            runner.infer({"image": x.double()})
-        with pytest.raises(
-            BackendError, match=r"has shape \(3, 3, 64, 64\), expected \(batch, 3, 128, 128\)"
-        ):
-            runner.infer({"image": torch.randn(3, 3, 64, 64)})
-        with pytest.raises(BackendError, match="feed has inputs"):
-            runner.infer({"pixels": x})
-    assert not runner.is_active
+    stage1 = make_runner(folder, m, "stage1", CHOICES[backend])
     stage2 = make_runner(folder, m, "stage2", CHOICES[backend])
-    with stage2, pytest.raises(BackendError, match="disagree on the batch size"):
-        stage2.infer(
-            {
-                "image": x,
-                "target_index": ref.target_index[:2],
-                "nontarget_tokens": ref.nontarget_tokens,
-                "target_features": ref.target_features,
-            }
-        )
+    check_runner_contract(stage1, stage2, m.graphs["stage1"].outputs, model)
 
 
 @pytest.mark.parametrize("backend", sorted(CHOICES))

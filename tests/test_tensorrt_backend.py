@@ -20,6 +20,7 @@ from sacvit_deploy.backends.tensorrt_backend import TensorRTRunner
 from sacvit_deploy.engine.gpu import GpuInfo
 from sacvit_deploy.export.manifest import Manifest
 from sacvit_deploy.runtime.pipeline import EarlyExitPipeline, mixed_threshold
+from tests.backend_contract import check_runner_contract
 from tests.fakes.fake_pycuda import install_fake_pycuda
 from tests.fakes.fixtures import build, install_fake_tensorrt, shared_export
 
@@ -54,49 +55,25 @@ def ort_outputs(export, role, feed):
 
 
 # ---- the contract every backend meets (as tests/test_pipeline.py::test_backend_contract) ----------------
-@torch.no_grad()
 def test_backend_contract(built, fake):
     model, _, engines = built
     m = Manifest.load(engines)
-    r = runner(engines, "stage1")
-    x = torch.randn(3, 3, 128, 128)
-    with pytest.raises(BackendError, match="not active"):
-        r.infer({"image": x})
-    with r:
-        assert r.is_active and r.max_batch == 4 and r.fixed_batch is None
-        out = r.infer({"image": x})
-        assert list(out) == [s.name for s in m.engines["stage1"].outputs]
-        for spec in m.engines["stage1"].outputs:
-            t = out[spec.name]
-            assert str(t.dtype).removeprefix("torch.") == spec.dtype
-            assert t.shape == tuple(3 if isinstance(d, str) else d for d in spec.shape)
-        ref = model.forward_stage1(x)
-        torch.testing.assert_close(out["logits"], ref.logits, atol=1e-4, rtol=1e-4)
-        assert torch.equal(out["target_index"].sort(1).values, ref.target_index.sort(1).values)
-        with pytest.raises(BackendError, match="expected float32"):
-            r.infer({"image": x.double()})
-        with pytest.raises(
-            BackendError, match=r"has shape \(3, 3, 64, 64\), expected \(batch, 3, 128, 128\)"
-        ):
-            r.infer({"image": torch.randn(3, 3, 64, 64)})
-        with pytest.raises(BackendError, match="feed has inputs"):
-            r.infer({"pixels": x})
+
+    def engine_specific(r):
+        assert r.max_batch == 4 and r.fixed_batch is None
         with pytest.raises(BackendError, match=r"batch 5 is outside the engine's profile \(1..4\)"):
             r.infer({"image": torch.randn(5, 3, 128, 128)})
         d = r.describe()
         assert d["backend"] == "tensorrt" and d["tensorrt"] == "10.3.0" and d["gpu"] == "Fake GPU"
         assert d["precision"] == "fp32"
-    assert not r.is_active
-    stage2 = runner(engines, "stage2")
-    with stage2, pytest.raises(BackendError, match="disagree on the batch size"):
-        stage2.infer(
-            {
-                "image": x,
-                "target_index": ref.target_index[:2],
-                "nontarget_tokens": ref.nontarget_tokens,
-                "target_features": ref.target_features,
-            }
-        )
+
+    check_runner_contract(
+        runner(engines, "stage1"),
+        runner(engines, "stage2"),
+        m.engines["stage1"].outputs,
+        model,
+        engine_specific,
+    )
 
 
 @torch.no_grad()

@@ -1,0 +1,27 @@
+"""Export random DeiT-sized weights with baseline.onnx into a temporary folder (for the benchmarks).
+
+Timing does not depend on the weights' values; the exit rate is fixed by choosing the threshold.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from sacvit_deploy.export.onnx_export import ExportOptions, export_artifacts
+from sacvit_deploy.model import SACViT, make_config
+
+
+def export_random_weights(variant: str, fmt: str) -> tuple[tempfile.TemporaryDirectory, Path]:
+    """-> (the temporary directory to clean up, the export folder inside it)."""
+    tmp = tempfile.TemporaryDirectory()
+    folder = Path(tmp.name) / "export"
+    torch.manual_seed(0)
+    model = SACViT(make_config(variant, fmt)).eval()
+    t = time.perf_counter()
+    export_artifacts(model, folder, ExportOptions(baseline=True), fmt)
+    print(f"exported random-weight {variant} ({fmt}) with baseline.onnx in {time.perf_counter() - t:.1f} s")
+    return tmp, folder
