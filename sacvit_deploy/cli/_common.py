@@ -84,3 +84,30 @@ ThreadsOption = Annotated[
         min=1, help="CPU threads (ONNX Runtime intra-op; torch for --backend torch).", rich_help_panel=RUN
     ),
 ]
+
+
+def parity_table(title: str, rows: list[dict[str, Any]], low: str = "[red]FAIL[/]") -> Any:  # -> rich Table
+    """The agreement table of export verification and of the build-engine parity check."""
+    from rich.table import Table
+
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{100 * v:.1f}%"
+
+    with_images = any("images" in r for r in rows)
+    table = Table(title=title)
+    columns = ["check", *(["images"] if with_images else []), "n", "max |Δ logit|", "top-1 agree"]
+    for col in [*columns, "exit agree", "selection agree", "result"]:
+        table.add_column(col, justify="left" if col in ("check", "images") else "right")
+    for r in rows:
+        verdict = ("[green]pass[/]" if r["passed"] else low) if r["gated"] else "info"
+        table.add_row(
+            r["check"],
+            *([r.get("images", "")] if with_images else []),
+            str(r["samples"]),
+            f"{r['max_abs_diff']:.2e}",
+            pct(r["top1_agreement"]),
+            pct(r["exit_agreement"]),
+            pct(r["selection_agreement"]),
+            verdict,
+        )
+    return table

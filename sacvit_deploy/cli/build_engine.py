@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from sacvit_deploy.cli._common import handle_errors, note, out
+from sacvit_deploy.cli._common import handle_errors, note, out, parity_table
 
 ENGINES = "Engines"
 PRECISION = "Precision"
@@ -48,28 +48,11 @@ def print_engines(result) -> None:  # result: BuildResult
 
 
 def print_parity(report: dict) -> None:
-    table = Table(
-        title=f"Parity: engines vs {report['reference']} on {report['images']} "
+    title = (
+        f"Parity: engines vs {report['reference']} on {report['images']} "
         f"(top-1 agreement must be >= {100 * report['min_top1_agreement']:.0f}%)"
     )
-    for col in ("check", "n", "max |Δ logit|", "top-1 agree", "exit agree", "selection agree", "result"):
-        table.add_column(col, justify="left" if col == "check" else "right")
-
-    def pct(v: float | None) -> str:
-        return "-" if v is None else f"{100 * v:.1f}%"
-
-    for r in report["rows"]:
-        verdict = ("[green]pass[/]" if r["passed"] else "[bold red]LOW[/]") if r["gated"] else "info"
-        table.add_row(
-            r["check"],
-            str(r["samples"]),
-            f"{r['max_abs_diff']:.2e}",
-            pct(r["top1_agreement"]),
-            pct(r["exit_agreement"]),
-            pct(r["selection_agreement"]),
-            verdict,
-        )
-    out.print(table)
+    out.print(parity_table(title, report["rows"], low="[bold red]LOW[/]"))
 
 
 @handle_errors

@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from sacvit_deploy.cli._common import err, handle_errors, note, out
+from sacvit_deploy.cli._common import err, handle_errors, note, out, parity_table
 from sacvit_deploy.errors import SacvitError
 
 
@@ -85,32 +84,8 @@ def verification_images(folder: Path | None, cfg, limit: int = 16):  # -> torch.
 
 
 def print_verification(report: dict) -> None:
-    table = Table(title=f"Verification: ONNX Runtime (CPU) vs PyTorch, fp32, tolerance {report['atol']:.0e}")
-    for col in (
-        "check",
-        "images",
-        "n",
-        "max |Δ logit|",
-        "top-1 agree",
-        "exit agree",
-        "selection agree",
-        "result",
-    ):
-        table.add_column(col, justify="left" if col in ("check", "images") else "right")
-    for r in report["rows"]:
-        pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
-        verdict = ("[green]pass[/]" if r["passed"] else "[red]FAIL[/]") if r["gated"] else "info"
-        table.add_row(
-            r["check"],
-            r["images"],
-            str(r["samples"]),
-            f"{r['max_abs_diff']:.2e}",
-            pct(r["top1_agreement"]),
-            pct(r["exit_agreement"]),
-            pct(r["selection_agreement"]),
-            verdict,
-        )
-    out.print(table)
+    title = f"Verification: ONNX Runtime (CPU) vs PyTorch, fp32, tolerance {report['atol']:.0e}"
+    out.print(parity_table(title, report["rows"]))
     out.print(f"onnx.checker: {', '.join(f'{k} {v}' for k, v in report['checker'].items())}")
     for version, roles in report.get("tensorrt", {}).items():
         verdicts = []
