@@ -111,3 +111,15 @@ def parity_table(title: str, rows: list[dict[str, Any]], low: str = "[red]FAIL[/
             verdict,
         )
     return table
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """A JSON report the user asked for (--json FILE); an unwritable path is a one-line error."""
+    import json
+
+    try:
+        path.write_text(json.dumps(data, indent=2) + "\n")
+    except OSError as exc:
+        raise SacvitError(
+            f"{path}: cannot write the JSON report ({exc.strerror or exc}); pick a writable path"
+        ) from None

@@ -7,15 +7,13 @@ error (missing folder, tampered graph, bad option).
 
 from __future__ import annotations
 
-import json
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from sacvit_deploy.cli._common import handle_errors, note, out
-from sacvit_deploy.errors import SacvitError
+from sacvit_deploy.cli._common import handle_errors, note, out, write_json
 from sacvit_deploy.export.manifest import Manifest
 from sacvit_deploy.export.trt_compat import check_folder_versions
 
@@ -95,7 +93,7 @@ def check(
                 }
             )
     if json_file is not None:
-        _write_json(json_file, {"folder": str(folder), "results": records})
+        write_json(json_file, {"folder": str(folder), "results": records})
     note(
         f"checked {len(manifest.graphs)} graph(s) on TensorRT {', '.join(versions)}; "
         "a static check: still compare every engine with ONNX Runtime"
@@ -106,12 +104,3 @@ def check(
 
 def _count(n: int, word: str) -> str:
     return f"{n} {word}{'s' if n != 1 else ''}"
-
-
-def _write_json(path: Path, data: dict) -> None:
-    try:
-        path.write_text(json.dumps(data, indent=2) + "\n")
-    except OSError as exc:
-        raise SacvitError(
-            f"{path}: cannot write the JSON report ({exc.strerror}); pick a writable path"
-        ) from None

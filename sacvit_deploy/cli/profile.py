@@ -8,7 +8,6 @@ the same backend. Exactly what each row measures: :mod:`sacvit_deploy.runtime.pr
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -23,6 +22,7 @@ from sacvit_deploy.cli._common import (
     handle_errors,
     note,
     out,
+    write_json,
 )
 from sacvit_deploy.errors import SacvitError
 from sacvit_deploy.runtime.jetson import Jetson
@@ -47,15 +47,6 @@ def parse_batch_sizes(text: str) -> list[int]:
         if int(part) not in sizes:
             sizes.append(int(part))
     return sizes
-
-
-def write_json(path: Path, data: dict) -> None:
-    try:
-        path.write_text(json.dumps(data, indent=2) + "\n")
-    except OSError as exc:
-        raise SacvitError(
-            f"{path}: cannot write the JSON report ({exc.strerror or exc}); pick a writable path"
-        ) from None
 
 
 def _pool(images: Path | None, synthetic: bool, cfg, largest: int, seed: int):  # -> (tensor, description)
