@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -16,13 +18,42 @@ from sacvit_deploy.errors import SacvitError
 
 # Results go to stdout, everything else (progress, notes, errors) to stderr, so pipes stay clean.
 # Piped output gets a wide fixed width so tables are never squeezed to 80 columns.
-out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 200)
+# emoji=False: ":smile:" in a file name prints as written.
+out = Console(soft_wrap=True, emoji=False, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, soft_wrap=True, emoji=False, width=None if sys.stderr.isatty() else 200)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def printable(value: object) -> str:
+    """``value`` as one line of visible text: control and format characters (ESC, newlines, CR,
+    backspace, bidi overrides, zero-width and C1 controls) become escapes such as ``\\x1b``, ``\\n``,
+    ``\\u202e``, so a file or class name cannot move the cursor, clear the screen or forge a row."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() or ch == " " else _escape_char(ch) for ch in text)
+
+
+def _escape_char(ch: str) -> str:
+    named = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+    if ch in named:
+        return named[ch]
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def safe(value: object) -> str:
+    """The one way a user- or artifact-supplied string (a path, a class name, an error message) goes
+    into console output: :func:`printable`, and Rich markup neutralised, so ``[red]`` in a file name
+    and ``'sacvit-deploy[triton]'`` in a message print as written."""
+    from rich.markup import escape
+
+    return escape(printable(value))
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print ``error: message`` (``message`` may hold markup; interpolate values through :func:`safe`)."""
     err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
     return typer.Exit(code)
 
@@ -35,23 +66,29 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except SacvitError as exc:
-            raise fail(_escape(str(exc))) from None
+            raise fail(safe(exc)) from None
 
     return wrapper  # type: ignore[return-value]
 
 
-def _escape(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)
-
-
 def note(message: str) -> None:
+    """A line on stderr (``message`` may hold markup; interpolate values through :func:`safe`)."""
     err.print(message, highlight=False)
 
 
 # ---- options shared by the commands that run artifacts (infer, profile, calibrate) --------------------
 RUN = "Runtime"
+# The largest batch a command accepts: 1024 images of 224 px are 0.6 GB of float32 input (profile keeps
+# a pool that size, infer decodes up to 3 batches ahead); beyond it a typo allocates tens of GB.
+MAX_BATCH = 1024
+
+
+def check_batch_size(value: int, option: str) -> int:
+    if not 1 <= value <= MAX_BATCH:
+        raise SacvitError(
+            f"{option} {value}: give a batch size from 1 to {MAX_BATCH} (larger batches do not run faster here)"
+        )
+    return value
 
 
 class BackendName(str, Enum):
@@ -123,3 +160,102 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
         raise SacvitError(
             f"{path}: cannot write the JSON report ({exc.strerror or exc}); pick a writable path"
         ) from None
+
+
+def check_output(
+    path: Path,
+    option: str,
+    inputs: Iterable[Path] = (),
+    artifacts: Path | str | None = None,
+) -> Path:
+    """Refuse, before any work, an output file that would destroy an input or cannot be written.
+
+    ``path`` must not resolve to (or be a hard link of) one of ``inputs``, must not lie in the
+    artifact folder being used (its manifest, graphs, engines), must not be a folder, and its folder
+    must exist and be writable.
+    """
+    shown = f"{option} {path}"
+    if path.is_dir():
+        raise SacvitError(f"{shown}: is a folder; give a file name, e.g. {path / 'results.out'}")
+    target = _resolved(path)
+    if artifacts is not None and not str(artifacts).startswith(("http://", "https://", "grpc://")):
+        folder = _resolved(Path(artifacts))
+        if target == folder or folder in target.parents:
+            raise SacvitError(
+                f"{shown}: is inside the artifact folder {artifacts}, which it would damage; write elsewhere"
+            )
+    for item in inputs:
+        if _same_file(path, target, Path(item)):
+            raise SacvitError(f"{shown}: is one of the inputs ({item}); writing it would destroy it")
+    parent = target.parent
+    if not parent.is_dir():
+        raise SacvitError(
+            f"{shown}: the folder {parent} does not exist; create it first or pick another path"
+        )
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            raise SacvitError(f"{shown}: not writable; pick another path or fix its permissions")
+    elif not os.access(parent, os.W_OK | os.X_OK):
+        raise SacvitError(
+            f"{shown}: cannot create files in {parent}; pick another path or fix its permissions"
+        )
+    return path
+
+
+def _resolved(path: Path) -> Path:
+    try:
+        return path.expanduser().resolve()
+    except (OSError, RuntimeError):  # a link loop: compare the plain absolute path
+        return Path(os.path.abspath(path))
+
+
+def _same_file(path: Path, target: Path, other: Path) -> bool:
+    if _resolved(other) == target:
+        return True
+    try:
+        return os.path.samefile(path, other)  # hard links too
+    except OSError:
+        return False
+
+
+def read_labels(path: Path, num_classes: int) -> tuple[str, ...]:
+    """One class name per line (blank lines ignored); the count must match the model's classes."""
+    try:
+        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise SacvitError(
+            f"{path}: cannot read the labels file ({reason}); pass a UTF-8 text file, one name per line"
+        ) from None
+    if len(names) != num_classes:
+        raise SacvitError(
+            f"{path}: {len(names)} labels for a model with {num_classes} classes; give one name per class"
+        )
+    return tuple(names)
+
+
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Ctrl-C and SIGTERM wait until the block ends (so a row is never half written), then raise
+    KeyboardInterrupt. Only in the main thread; elsewhere the block runs as is."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def hold(signum: int, frame: object) -> None:
+        caught.append(signum)
+
+    for sig in handlers:
+        signal.signal(sig, hold)
+    try:
+        yield
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    if caught:
+        raise KeyboardInterrupt

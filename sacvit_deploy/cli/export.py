@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from sacvit_deploy.cli._common import err, handle_errors, note, out, parity_table
+from sacvit_deploy.cli._common import err, handle_errors, note, out, parity_table, read_labels
 from sacvit_deploy.errors import SacvitError
 
 
@@ -41,21 +41,6 @@ def parse_batch(value: str) -> int | None:
     if n < 1:
         raise SacvitError(f"--batch {value!r}: use 'dynamic' or a positive integer")
     return n
-
-
-def read_labels(path: Path, num_classes: int) -> tuple[str, ...]:
-    """One class name per line (blank lines ignored); the count must match the model's classes."""
-    try:
-        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SacvitError(
-            f"{path}: cannot read the labels file ({exc}); pass a UTF-8 text file, one name per line"
-        ) from None
-    if len(names) != num_classes:
-        raise SacvitError(
-            f"{path}: {len(names)} labels for a model with {num_classes} classes; give one name per class"
-        )
-    return tuple(names)
 
 
 def verification_images(folder: Path | None, cfg, limit: int = 16):  # -> torch.Tensor

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from contextlib import closing
@@ -12,16 +13,23 @@ from typing import Annotated
 import typer
 
 from sacvit_deploy.cli._common import (
+    MAX_BATCH,
     RUN,
     ArtifactsOption,
     BackendName,
     BackendOption,
     DeviceOption,
     ThreadsOption,
+    check_batch_size,
+    check_output,
+    deferred_interrupts,
     err,
     fail,
     handle_errors,
     note,
+    printable,
+    read_labels,
+    safe,
 )
 from sacvit_deploy.errors import SacvitError
 
@@ -50,10 +58,15 @@ def infer(
     threshold: Annotated[
         float | None, typer.Option(help="Exit threshold (default: the manifest's).", rich_help_panel=RUN)
     ] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.", rich_help_panel=RUN)] = 32,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help=f"Images per batch (at most {MAX_BATCH}).", rich_help_panel=RUN)
+    ] = 32,
     threads: ThreadsOption = None,
     topk: Annotated[
-        int, typer.Option(min=1, help="Classes reported per image.", rich_help_panel=IO_PANEL)
+        int,
+        typer.Option(
+            min=1, help="Classes reported per image (capped at the class count).", rich_help_panel=IO_PANEL
+        ),
     ] = 1,
     fmt: Annotated[
         OutputFormat, typer.Option("--format", help="table (stdout), jsonl or csv.", rich_help_panel=IO_PANEL)
@@ -86,15 +99,19 @@ def infer(
     ] = "sacvit",
 ) -> None:
     """Classify images with the early-exit pipeline; stage 2 runs only for the samples that need it."""
-    import torch
-
-    from sacvit_deploy.cli.export import read_labels
-    from sacvit_deploy.runtime.images import collect_images, iter_batches
+    from sacvit_deploy.runtime.images import collect_images
     from sacvit_deploy.runtime.labels import default_class_names
-    from sacvit_deploy.runtime.loader import open_pipeline
-    from sacvit_deploy.runtime.results import Prediction, open_writer, to_predictions
+    from sacvit_deploy.runtime.loader import default_artifacts, open_pipeline
+    from sacvit_deploy.runtime.predict import predict_files
+    from sacvit_deploy.runtime.results import RowWriteError, open_writer
 
+    check_batch_size(batch_size, "--batch-size")
+    if threshold is not None and not math.isfinite(threshold):
+        raise SacvitError(f"--threshold {threshold}: give a finite number (0: everything exits at stage 1)")
     paths = collect_images(images)
+    if output is not None:
+        folder = None if triton else (artifacts if artifacts is not None else default_artifacts())
+        check_output(output, "--output", [*paths, *([labels] if labels else [])], folder)
     if triton:
         from sacvit_deploy.triton.client import open_triton
 
@@ -117,61 +134,70 @@ def infer(
         if labels
         else manifest.class_names or default_class_names(manifest.num_classes)
     )
-    note(f"backend: {opened.choice.describe()}")
+    if topk > manifest.num_classes:
+        note(f"--topk {topk}: the model has {manifest.num_classes} classes; reporting all of them")
+        topk = manifest.num_classes
+    note(f"backend: {safe(opened.choice.describe())}")
     note(
-        f"artifacts: {opened.folder}/ ({manifest.model.variant}, {manifest.source_format}), threshold {opened.pipeline.threshold:g}"
+        f"artifacts: {safe(opened.folder)}/ ({safe(manifest.model.variant)}, {safe(manifest.source_format)}), "
+        f"threshold {opened.pipeline.threshold:g}"
     )
 
-    order = {str(p): i for i, p in enumerate(paths)}
-    writer = open_writer(fmt.value, output, topk)
+    writer = open_writer(fmt.value, output, topk, clean=printable)
     done = failed = stage1 = 0
     infer_seconds = 0.0
     start = time.perf_counter()
     bar = _progress(progress and len(paths) > batch_size)
     task = bar.add_task("classifying", total=len(paths)) if bar else None
     interrupted = False
+    write_error: RowWriteError | None = None
     try:
         if bar:
             bar.start()
-        with (
-            opened.pipeline as pipe,
-            closing(iter_batches(paths, manifest.preprocess, batch_size, workers)) as batches,
-        ):
-            for batch in batches:
-                rows: list[Prediction] = []
-                for failure in batch.failures:
-                    note(f"[yellow]skipped[/] {failure}")
-                    rows.append(Prediction(source=str(failure.path), error=failure.reason))
-                failed += len(batch.failures)
-                if batch.images.shape[0]:
-                    t = time.perf_counter()
-                    result = pipe.run(torch.from_numpy(batch.images))
-                    infer_seconds += time.perf_counter() - t
-                    rows += to_predictions(result, [str(p) for p in batch.paths], topk, names)
-                    done += len(batch.paths)
-                    stage1 += int((result.stage == 1).sum())
-                rows.sort(key=lambda r: order[r.source])  # failures and successes back in input order
-                writer.write(rows)
-                if bar:
-                    bar.advance(task, len(batch.paths) + len(batch.failures))
+        with opened.pipeline as pipe:
+            batches = predict_files(
+                pipe, paths, manifest.preprocess, topk, names, batch_size, workers, threshold
+            )
+            with closing(batches):
+                for batch in batches:
+                    for row in batch.predictions:
+                        if row.error is not None:
+                            note(f"[yellow]skipped[/] {safe(row.source)}: {safe(row.error)}")
+                    with deferred_interrupts():  # a signal waits until the batch's rows are written
+                        writer.write(batch.predictions)
+                    done += batch.classified
+                    failed += batch.failed
+                    stage1 += batch.stage1
+                    infer_seconds += batch.seconds
+                    if bar:
+                        bar.advance(task, len(batch.predictions))
     except KeyboardInterrupt:
         interrupted = True
+    except RowWriteError as exc:
+        write_error = exc
     finally:
         if bar:
             bar.stop()
-        writer.close()
+        try:
+            writer.close()
+        except RowWriteError as exc:
+            write_error = write_error or exc
 
     wall = time.perf_counter() - start
     rate = f"{100 * stage1 / done:.1f}%" if done else "n/a"
     ips = f"{done / wall:.1f} images/s" if wall > 0 else ""
     pure = f" ({done / infer_seconds:.1f}/s in the pipeline)" if infer_seconds > 0 else ""
+    if write_error is not None:
+        note(f"[bold red]error:[/] {safe(write_error)}")
+    saved = f"; {writer.rows} rows in {safe(output)}" if output else ""
     note(
         f"{'interrupted: ' if interrupted else ''}{done} images classified, {failed} failed; "
-        f"exit rate {rate} (stage 1 answered {stage1}, stage 2 {done - stage1}); {ips}{pure}"
-        + (f"; results in {output}" if output else "")
+        f"exit rate {rate} (stage 1 answered {stage1}, stage 2 {done - stage1}); {ips}{pure}{saved}"
     )
     if interrupted:
         raise typer.Exit(130)
+    if write_error is not None:
+        raise typer.Exit(1)
     if failed:
         if not done:
             raise fail(f"none of the {failed} images could be read; see the lines above", EXIT_SOME_FAILED)

@@ -12,7 +12,7 @@ preprocessed exactly as the manifest says. ``run(tensor)`` takes an already prep
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import torch
 
 from sacvit_deploy.runtime.loader import OpenedPipeline, open_pipeline
 from sacvit_deploy.runtime.pipeline import PipelineOutput
+from sacvit_deploy.runtime.predict import PredictedBatch, predict_files
 from sacvit_deploy.runtime.results import Prediction, to_predictions
 
 
@@ -86,6 +87,30 @@ class Pipeline:
             sources = [_label(x, start + i) for i, x in enumerate(chunk)]
             preds += to_predictions(out, sources, topk, self.class_names)
         return preds
+
+    def predict_files(
+        self,
+        paths: Sequence[str | Path],
+        topk: int = 5,
+        batch_size: int = 32,
+        workers: int = 2,
+        threshold: float | None = None,
+        class_names: Sequence[str] | None = None,
+    ) -> Iterator[PredictedBatch]:
+        """Stream image files batch by batch (decoded ahead on ``workers`` threads); a file that
+        cannot be read is a Prediction with ``error``, and the run goes on."""
+        self._opened.pipeline.activate()
+        names = class_names if class_names is not None else self.class_names
+        yield from predict_files(
+            self._opened.pipeline,
+            paths,
+            self.manifest.preprocess,
+            topk,
+            names,
+            batch_size,
+            workers,
+            threshold,
+        )
 
 
 def _label(item: Any, index: int) -> str:

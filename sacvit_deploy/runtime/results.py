@@ -7,15 +7,19 @@ Failed images are rows too (with an ``error``), so the output accounts for every
 from __future__ import annotations
 
 import csv
+import io
 import json
+import math
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import torch
 
+from sacvit_deploy.errors import SacvitError
 from sacvit_deploy.runtime.pipeline import PipelineOutput
 
 
@@ -74,86 +78,198 @@ def to_predictions(
     return preds
 
 
-class ResultWriter:
-    """Base writer: ``write(predictions)`` per batch, ``close()`` at the end."""
+class RowWriteError(SacvitError):
+    """Writing results failed (disk full, closed pipe); the output holds ``saved`` whole rows."""
 
-    def __init__(self, stream: IO[str], topk: int) -> None:
+    def __init__(self, message: str, saved: int) -> None:
+        super().__init__(message)
+        self.saved = saved
+
+
+class ResultWriter:
+    """Base writer: ``write(predictions)`` per batch, ``close()`` at the end.
+
+    Subclasses turn predictions into whole lines (:meth:`lines`); the writer sends each line in one
+    write, so a file never holds half a row: on a write error it is cut back to its last complete row
+    and :class:`RowWriteError` says how many rows it keeps. ``clean`` is applied to every string a
+    row shows (paths, names, errors) when the output is a terminal; the CLI passes its escaping helper.
+    """
+
+    def __init__(
+        self,
+        stream: IO[str] | None,
+        topk: int,
+        path: Path | None = None,
+        clean: Callable[[str], str] | None = None,
+    ) -> None:
         self.stream = stream
         self.topk = topk
+        self.path = path
+        self.rows = 0  # whole rows written (header not counted)
+        self.clean = clean or (lambda text: text)
+        self._fd: int | None = None
+        self._good = 0  # byte offset just after the last complete line
+        self._failed: RowWriteError | None = None
+        if path is not None:
+            try:
+                self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+            except OSError as exc:
+                raise RowWriteError(
+                    f"{path}: cannot write the results ({exc.strerror or exc}); pick a writable --output",
+                    0,
+                ) from None
+        for line in self.header():
+            self._send(line, row=False)
 
-    def write(self, predictions: Sequence[Prediction]) -> None:
+    # ---- formatting (per format) ----------------------------------------------------------------
+    def header(self) -> list[str]:
+        return []
+
+    def lines(self, p: Prediction) -> str:
         raise NotImplementedError
 
+    # ---- output ---------------------------------------------------------------------------------
+    def write(self, predictions: Sequence[Prediction]) -> None:
+        for p in predictions:
+            self._send(self.lines(p), row=True)
+        if self.stream is not None:
+            self._guard(self.stream.flush)
+
+    def _send(self, text: str, row: bool) -> None:
+        if self._failed is not None:
+            raise self._failed
+        if self._fd is not None:
+            data = text.encode("utf-8")
+            view = memoryview(data)
+            try:
+                while view:
+                    view = view[os.write(self._fd, view) :]
+            except OSError as exc:
+                self._fail(exc)
+            self._good += len(data)
+        else:
+            assert self.stream is not None
+            self._guard(lambda: self.stream.write(text))  # type: ignore[union-attr]
+        if row:
+            self.rows += 1
+
+    def _guard(self, action: Callable[[], object]) -> None:
+        try:
+            action()
+        except OSError as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: OSError) -> None:
+        where = str(self.path) if self.path is not None else "standard output"
+        kept = ""
+        if self._fd is not None:
+            try:
+                os.ftruncate(self._fd, self._good)
+                kept = ", cut back to its last complete row"
+            except OSError:
+                kept = ", and could not be cut back to its last complete row"
+        self._failed = RowWriteError(
+            f"{where}: writing the results failed ({exc.strerror or exc}) after {self.rows} rows{kept}; "
+            "free space or pick another --output",
+            self.rows,
+        )
+        raise self._failed
+
     def close(self) -> None:
-        self.stream.flush()
-        if self.stream not in (sys.stdout, sys.stderr):
-            self.stream.close()
+        """Flush and close; never raises a second time for an error :meth:`write` already raised."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            try:
+                os.close(fd)
+            except OSError as exc:
+                if self._failed is None:
+                    self._fail(exc)
+        elif self.stream is not None and self._failed is None:
+            self._guard(self.stream.flush)
 
 
 class JsonlWriter(ResultWriter):
-    def write(self, predictions: Sequence[Prediction]) -> None:
-        for p in predictions:
-            self.stream.write(json.dumps(p.to_dict(), ensure_ascii=False) + "\n")
-        self.stream.flush()
+    def lines(self, p: Prediction) -> str:
+        # Non-finite numbers would be written as bare NaN (not JSON): null instead.
+        d = _finite(p.to_dict())
+        return (
+            json.dumps(d, ensure_ascii=self._fd is None and _is_terminal(self.stream), allow_nan=False) + "\n"
+        )
 
 
 class CsvWriter(ResultWriter):
-    def __init__(self, stream: IO[str], topk: int) -> None:
-        super().__init__(stream, topk)
-        self._csv = csv.writer(stream)
-        header = ["path", "stage", "confidence"]
-        for i in range(1, topk + 1):
-            header += [f"top{i}_class", f"top{i}_name", f"top{i}_probability"]
-        self._csv.writerow([*header, "error"])
-        stream.flush()
+    def header(self) -> list[str]:
+        names = ["path", "stage", "confidence"]
+        for i in range(1, self.topk + 1):
+            names += [f"top{i}_class", f"top{i}_name", f"top{i}_probability"]
+        return [self._csv_line([*names, "error"])]
 
-    def write(self, predictions: Sequence[Prediction]) -> None:
-        for p in predictions:
-            row: list[Any] = [p.source, p.stage or "", f"{p.confidence:.6f}" if p.error is None else ""]
-            for i in range(self.topk):
-                if i < len(p.classes):
-                    row += [p.classes[i], p.names[i] or "", f"{p.probabilities[i]:.6f}"]
-                else:
-                    row += ["", "", ""]
-            self._csv.writerow([*row, p.error or ""])
-        self.stream.flush()
+    def lines(self, p: Prediction) -> str:
+        row: list[Any] = [p.source, p.stage or "", f"{p.confidence:.6f}" if p.error is None else ""]
+        for i in range(self.topk):
+            if i < len(p.classes):
+                row += [p.classes[i], p.names[i] or "", f"{p.probabilities[i]:.6f}"]
+            else:
+                row += ["", "", ""]
+        return self._csv_line([*row, p.error or ""])
+
+    def _csv_line(self, row: list[Any]) -> str:
+        buf = io.StringIO()
+        terminal = self._fd is None and _is_terminal(self.stream)
+        csv.writer(buf).writerow([self.clean(str(v)) if terminal else v for v in row])
+        return buf.getvalue()
 
 
 class TableWriter(ResultWriter):
-    """Aligned text rows, printed as each batch finishes (a table that streams)."""
+    """Aligned text rows, printed as each batch finishes (a table that streams). Always for a human:
+    every shown string goes through ``clean``."""
 
-    def __init__(self, stream: IO[str], topk: int) -> None:
-        super().__init__(stream, topk)
-        self._header_done = False
+    def header(self) -> list[str]:
+        return [f"{'stage':>5}  {'conf':>6}  {'prob':>6}  {'prediction':<28}  path\n"]
 
-    def write(self, predictions: Sequence[Prediction]) -> None:
-        if not self._header_done:
-            self.stream.write(f"{'stage':>5}  {'conf':>6}  {'prob':>6}  {'prediction':<28}  path\n")
-            self._header_done = True
-        for p in predictions:
-            if p.error is not None:
-                self.stream.write(f"{'-':>5}  {'-':>6}  {'-':>6}  {'FAILED':<28}  {p.source}: {p.error}\n")
-                continue
-            label = p.label if len(p.label) <= 28 else p.label[:27] + "…"
-            extra = ""
-            if self.topk > 1 and len(p.classes) > 1:
-                rest = [
-                    f"{(n if n is not None else c)} {pr:.2f}"
-                    for c, n, pr in zip(p.classes[1:], p.names[1:], p.probabilities[1:], strict=True)
-                ]
-                extra = "  (" + ", ".join(rest) + ")"
-            self.stream.write(
-                f"{p.stage:>5}  {p.confidence:>6.3f}  {p.probabilities[0]:>6.3f}  {label:<28}  {p.source}{extra}\n"
-            )
-        self.stream.flush()
+    def lines(self, p: Prediction) -> str:
+        c = self.clean
+        if p.error is not None:
+            return f"{'-':>5}  {'-':>6}  {'-':>6}  {'FAILED':<28}  {c(p.source)}: {c(p.error)}\n"
+        label = c(p.label)
+        label = label if len(label) <= 28 else label[:27] + "…"
+        extra = ""
+        if self.topk > 1 and len(p.classes) > 1:
+            rest = [
+                f"{c(name) if name is not None else cls} {prob:.2f}"
+                for cls, name, prob in zip(p.classes[1:], p.names[1:], p.probabilities[1:], strict=True)
+            ]
+            extra = "  (" + ", ".join(rest) + ")"
+        return f"{p.stage:>5}  {p.confidence:>6.3f}  {p.probabilities[0]:>6.3f}  {label:<28}  {c(p.source)}{extra}\n"
 
 
 WRITERS = {"table": TableWriter, "jsonl": JsonlWriter, "csv": CsvWriter}
 
 
-def open_writer(fmt: str, output: Path | None, topk: int) -> ResultWriter:
-    stream: IO[str] = sys.stdout if output is None else output.open("w", encoding="utf-8", newline="")
-    return WRITERS[fmt](stream, topk)
+def open_writer(
+    fmt: str, output: Path | None, topk: int, clean: Callable[[str], str] | None = None
+) -> ResultWriter:
+    """A writer to ``output`` (a file, created or truncated) or, when None, to standard output."""
+    if output is None:
+        return WRITERS[fmt](sys.stdout, topk, None, clean)
+    return WRITERS[fmt](None, topk, output, clean)
+
+
+def _is_terminal(stream: IO[str] | None) -> bool:
+    try:
+        return stream is not None and stream.isatty()
+    except (ValueError, OSError):
+        return False
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def as_batch_tensor(images: Any) -> torch.Tensor:
