@@ -177,8 +177,8 @@ def test_failed_first_export_leaves_no_valid_looking_folder(tmp_path):
         raise VerificationError("parity failed")
 
     with pytest.raises(VerificationError):
-        export_artifacts(make_tiny(), tmp_path / "new", ExportOptions(), "sacvit", verify=failing)
-    assert list((tmp_path / "new").iterdir()) == []
+        export_artifacts(make_tiny(), tmp_path / "new" / "deeper", ExportOptions(), "sacvit", verify=failing)
+    assert list(tmp_path.iterdir()) == []  # the folders it created are gone, not left empty
 
 
 def test_parity_failure_is_reported(tmp_path):

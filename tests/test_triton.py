@@ -9,6 +9,7 @@ answers are compared with the local EarlyExitPipeline on the same inputs.
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import shutil
 import socket
@@ -20,6 +21,7 @@ import torch
 from typer.testing import CliRunner
 
 from sacvit_deploy.cli import app
+from sacvit_deploy.errors import SacvitError
 from sacvit_deploy.export.manifest import ArtifactError, ArtifactFile, Manifest
 from sacvit_deploy.export.onnx_export import ExportOptions, export_artifacts
 from sacvit_deploy.export.publish import publish, staging_folder
@@ -312,9 +314,21 @@ def test_publish_replaces_folders_and_drops_stale_entries(tmp_path):
     with staging_folder(out) as staging:
         (staging / "kept_model").mkdir()
         (staging / "kept_model" / "g").write_text("new")
-        publish(staging, out, Index(), {"old_model", "kept_model", "index.json"}, "index.json")
+        old = hashlib.sha256(b"old").hexdigest()
+        owned = {"old_model": {"old_model/f": old}, "kept_model": {"kept_model/f": old}, "index.json": None}
+        publish(staging, out, Index(), owned, "index.json")
     assert sorted(p.name for p in out.iterdir()) == ["index.json", "kept_model"]
     assert [p.name for p in (out / "kept_model").iterdir()] == ["g"]
+
+
+def test_publish_refuses_to_delete_a_folder_it_did_not_write(tmp_path):
+    out = tmp_path / "out"
+    (out / "photos").mkdir(parents=True)
+    (out / "photos" / "holiday.jpg").write_text("precious")
+
+    with staging_folder(out) as staging, pytest.raises(SacvitError, match="holiday.jpg, which this tool"):
+        publish(staging, out, None, {"photos": {"photos/model.onnx": "0" * 64}}, "index.json")
+    assert (out / "photos" / "holiday.jpg").read_text() == "precious"
 
 
 # ---- the BLS model ----------------------------------------------------------------------------------

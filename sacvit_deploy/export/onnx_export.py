@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import io
+import math
 import time
 import warnings
 from collections.abc import Callable
@@ -266,7 +267,7 @@ def export_artifacts(
     if options.batch is not None and options.batch < 1:
         raise ExportError(f"--batch {options.batch}: use 'dynamic' or a positive batch size")
     threshold = model.cfg.exit_threshold if options.threshold is None else float(options.threshold)
-    if not 0.0 <= threshold <= 1.0 + 1e-9 and threshold < 1.5:
+    if not math.isfinite(threshold) or (not 0.0 <= threshold <= 1.0 + 1e-9 and threshold < 1.5):
         raise ExportError(f"--threshold {threshold}: must be in [0, 1] (above 1 disables early exit)")
     out = Path(out)
     previous = prepare_output_folder(out)
@@ -284,7 +285,7 @@ def export_artifacts(
                 decompose_layernorms(module)
             example = _example_inputs(prepared, role, trace_batch)
             graphs[role] = export_graph(module, example, role, cfg, staging / f"{role}.onnx", opset, dynamic)
-            log(f"wrote {role}.onnx ({graphs[role].size / 2**20:.1f} MB, {time.perf_counter() - t:.1f} s)")
+            log(f"staged {role}.onnx ({graphs[role].size / 2**20:.1f} MB, {time.perf_counter() - t:.1f} s)")
         weights = None
         if options.weights:
             model_for_weights = SACViT(cfg)

@@ -450,8 +450,17 @@ def _validate_staged(staging: Path, index: RepositoryIndex) -> bool:
     return True
 
 
-def _owned(out: Path) -> set[str]:
+def _owned(out: Path) -> dict[str, str | dict[str, str] | None]:
+    """What a previous run wrote in ``out``: the index, and each model folder with the sha256 of every
+    file in it. Only folders named as this tool names them (NAME, NAME_stage1, NAME_stage2) count, so
+    an index listing a user's folder owns nothing by that entry."""
     try:
-        return RepositoryIndex.load(out).owned()
+        index = RepositoryIndex.load(out)
     except RepositoryError:
-        return set()
+        return {}
+    scheme = set(RepositoryOptions(name=index.name).model_names().values())
+    owned: dict[str, str | dict[str, str] | None] = {INDEX_NAME: None}
+    for model in index.models.values():
+        if model in scheme:
+            owned[model] = {rel: sha for rel, sha in index.files.items() if rel.startswith(f"{model}/")}
+    return owned
