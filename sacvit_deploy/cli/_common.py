@@ -202,6 +202,24 @@ def check_output(
     return path
 
 
+def check_manifest_writable(path: Path) -> None:
+    """``calibrate --write`` changes a manifest in place: refuse, before any work, one that is
+    read-only (or not ours to rewrite), rather than replacing it with a file of another mode/owner."""
+    if not path.is_file():
+        return  # the artifact folder's own check names the problem
+    st = path.stat()
+    if not os.access(path, os.W_OK):
+        raise SacvitError(
+            f"{path}: read-only; make it writable (chmod u+w) to store the threshold, or drop --write"
+        )
+    if hasattr(os, "geteuid") and st.st_uid != os.geteuid() and os.geteuid() != 0:
+        raise SacvitError(
+            f"{path}: owned by another user; rewriting it would change its owner; ask its owner to run --write"
+        )
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise SacvitError(f"{path.parent}: not writable (the manifest is replaced atomically); drop --write")
+
+
 def _resolved(path: Path) -> Path:
     try:
         return path.expanduser().resolve()

@@ -15,15 +15,20 @@ from typing import Annotated
 import typer
 
 from sacvit_deploy.cli._common import (
+    MAX_BATCH,
     RUN,
     ArtifactsOption,
     BackendName,
     BackendOption,
     DeviceOption,
     ThreadsOption,
+    check_batch_size,
+    check_manifest_writable,
+    check_output,
     handle_errors,
     note,
     out,
+    safe,
 )
 from sacvit_deploy.errors import SacvitError
 
@@ -66,7 +71,9 @@ def calibrate(
     backend: BackendOption = BackendName.auto,
     device: DeviceOption = None,
     threads: ThreadsOption = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per batch.", rich_help_panel=RUN)] = 32,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help=f"Images per batch (at most {MAX_BATCH}).", rich_help_panel=RUN)
+    ] = 32,
     target_accuracy: Annotated[
         float | None,
         typer.Option(
@@ -103,6 +110,7 @@ def calibrate(
 ) -> None:
     """Choose the exit threshold on labelled images: accuracy / GFLOPs / exit-rate target."""
     from sacvit_deploy import __version__
+    from sacvit_deploy.export.manifest import MANIFEST_NAME
     from sacvit_deploy.model.flops import FlopsReport
     from sacvit_deploy.runtime.calibration import (
         UnreachableTarget,
@@ -114,7 +122,7 @@ def calibrate(
     from sacvit_deploy.runtime.calibration import calibrate as sweep
     from sacvit_deploy.runtime.images import iter_batches
     from sacvit_deploy.runtime.labels import default_class_names
-    from sacvit_deploy.runtime.loader import open_pipeline
+    from sacvit_deploy.runtime.loader import default_artifacts, open_pipeline
     from sacvit_deploy.runtime.plotting import plot_calibration, require_matplotlib
 
     if plot is not None:
@@ -125,19 +133,29 @@ def calibrate(
             "--write needs a target to choose the threshold: add --target-accuracy, --target-gflops or --target-exit-rate"
         )
 
+    check_batch_size(batch_size, "--batch-size")
+    folder = artifacts if artifacts is not None else default_artifacts()
+    if write:
+        check_manifest_writable(folder / MANIFEST_NAME)
+    for option, path in (("--csv", csv_file), ("--plot", plot)):
+        if path is not None:
+            check_output(path, option, [], folder)
     opened = open_pipeline(
         artifacts, backend=backend.value, device=device.value if device else None, threads=threads
     )
     manifest = opened.manifest
     names = manifest.class_names or default_class_names(manifest.num_classes)
     labelled = find_labelled_images(images, manifest.num_classes, names)
-    note(f"backend: {opened.choice.describe()}")
-    note(f"labels: {labelled.describe()}")
+    for option, path in (("--csv", csv_file), ("--plot", plot)):
+        if path is not None:
+            check_output(path, option, labelled.paths, folder)
+    note(f"backend: {safe(opened.choice.describe())}")
+    note(f"labels: {safe(labelled.describe())}")
     if labelled.empty_folders:
-        note(f"[yellow]note[/] class folders without images: {', '.join(labelled.empty_folders)}")
+        note(f"[yellow]note[/] class folders without images: {safe(', '.join(labelled.empty_folders))}")
     if labelled.ignored_files:
         note(
-            f"[yellow]note[/] {labelled.ignored_files} images directly in {images} ignored (no class folder)"
+            f"[yellow]note[/] {labelled.ignored_files} images directly in {safe(images)} ignored (no class folder)"
         )
 
     failed = 0
@@ -146,7 +164,7 @@ def calibrate(
         nonlocal failed
         for batch in source:
             for failure in batch.failures:
-                note(f"[yellow]skipped[/] {failure}")
+                note(f"[yellow]skipped[/] {safe(failure)}")
             failed += len(batch.failures)
             yield batch
 
@@ -196,7 +214,7 @@ def calibrate(
 
     if csv_file is not None:
         write_csv(cal, csv_file)
-        note(f"curve CSV: {csv_file} ({len(cal.points)} thresholds)")
+        note(f"curve CSV: {safe(csv_file)} ({len(cal.points)} thresholds)")
     else:
         note("curve CSV: not written (give --csv FILE)")
     if plot is not None:
@@ -206,7 +224,7 @@ def calibrate(
             {"stage2_accuracy": cal.stage2_accuracy, "baseline_gflops": base},
             plot,
         )
-        note(f"plot: {plot}")
+        note(f"plot: {safe(plot)}")
     if unreachable is not None:
         raise unreachable
 
@@ -232,7 +250,7 @@ def calibrate(
                 f"{opened.folder}/manifest.json: cannot write it ({exc.strerror or exc}); check the folder's permissions"
             ) from None
         note(
-            f"manifest: {path}: exit_threshold {previous:g} -> {cal.chosen.threshold:g}, calibration record stored"
+            f"manifest: {safe(path)}: exit_threshold {previous:g} -> {cal.chosen.threshold:g}, calibration record stored"
         )
     elif target is not None:
         note(f"manifest: unchanged (add --write to store threshold {cal.chosen.threshold:g})")  # type: ignore[union-attr]

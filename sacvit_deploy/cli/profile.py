@@ -8,6 +8,7 @@ the same backend. Exactly what each row measures: :mod:`sacvit_deploy.runtime.pr
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -19,9 +20,13 @@ from sacvit_deploy.cli._common import (
     BackendOption,
     DeviceOption,
     ThreadsOption,
+    check_batch_size,
+    check_output,
     handle_errors,
     note,
     out,
+    printable,
+    safe,
     write_json,
 )
 from sacvit_deploy.errors import SacvitError
@@ -40,10 +45,12 @@ def parse_batch_sizes(text: str) -> list[int]:
     sizes: list[int] = []
     for part in text.split(","):
         part = part.strip()
-        if not part.isdigit() or int(part) < 1:
+        # isdigit() alone accepts "²" and other digits int() refuses: ASCII decimals only.
+        if not (part.isascii() and part.isdecimal()) or int(part) < 1:
             raise SacvitError(
                 f"--batch-sizes {text!r}: give positive integers separated by commas, e.g. 1,8,32"
             )
+        check_batch_size(int(part), "--batch-sizes")
         if int(part) not in sizes:
             sizes.append(int(part))
     return sizes
@@ -69,7 +76,7 @@ def _pool(images: Path | None, synthetic: bool, cfg, largest: int, seed: int):  
     arrays = []
     for batch in iter_batches(paths, cfg, batch_size=32):
         for failure in batch.failures:
-            note(f"[yellow]skipped[/] {failure}")
+            note(f"[yellow]skipped[/] {safe(failure)}")
         if batch.images.shape[0]:
             arrays.append(batch.images)
     if not arrays:
@@ -148,7 +155,7 @@ def profile(
     """Time stage 1, gate, stage 2 and end to end per batch size; overhead, speedup, GFLOPs, power."""
 
     from sacvit_deploy.model.flops import FlopsReport
-    from sacvit_deploy.runtime.loader import open_pipeline
+    from sacvit_deploy.runtime.loader import default_artifacts, open_pipeline
     from sacvit_deploy.runtime.plotting import plot_profile, require_matplotlib
     from sacvit_deploy.runtime.profiling import (
         ProfileSettings,
@@ -164,9 +171,15 @@ def profile(
         raise SacvitError("--images and --synthetic exclude each other; give one")
     if threshold is not None and exit_rate is not None:
         raise SacvitError("--threshold and --exit-rate exclude each other; give one")
+    if threshold is not None and not math.isfinite(threshold):
+        raise SacvitError(f"--threshold {threshold}: give a finite number (0: everything exits at stage 1)")
     if exit_rate is not None and not 0.0 <= exit_rate <= 1.0:
         raise SacvitError(f"--exit-rate {exit_rate:g}: give a fraction in [0, 1], e.g. 0.77")
     sizes = parse_batch_sizes(batch_sizes)
+    folder = artifacts if artifacts is not None else default_artifacts()
+    for option, path in (("--json", json_file), ("--plot", plot)):
+        if path is not None:
+            check_output(path, option, [], folder)
 
     opened = open_pipeline(
         artifacts, backend=backend.value, device=device.value if device else None, threads=threads
@@ -178,7 +191,7 @@ def profile(
             f"`sacvit-deploy export CHECKPOINT --out {opened.folder} --baseline`"
         )
     base_runner = opened.baseline_runner(threads=threads) if baseline else None
-    note(f"backend: {opened.choice.describe()}")
+    note(f"backend: {safe(opened.choice.describe())}")
 
     jetson = JETSON_FACTORY()
     jetson_info, jetson_note = jetson.probe()
@@ -239,10 +252,10 @@ def profile(
         notes,
     )
     for line in format_report(report):
-        out.print(line, markup=False, highlight=False)
+        out.print(printable(line), markup=False, highlight=False)
     if json_file is not None:
         write_json(json_file, report)
-        note(f"profile JSON: {json_file}")
+        note(f"profile JSON: {safe(json_file)}")
     if plot is not None:
         plot_profile(report, plot)
-        note(f"plot: {plot}")
+        note(f"plot: {safe(plot)}")

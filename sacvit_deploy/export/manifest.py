@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -201,7 +202,23 @@ class Manifest:
         folder = Path(folder)
         path = folder / MANIFEST_NAME
         tmp = folder / f".{MANIFEST_NAME}.partial"
+        try:
+            old = path.stat()
+        except FileNotFoundError:
+            old = None
+        if old is not None and not os.access(path, os.W_OK):
+            raise ArtifactError(f"{path}: read-only; make it writable (chmod u+w) to change it")
         tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        if old is not None:  # a rewritten manifest keeps its mode (and owner, where allowed)
+            os.chmod(tmp, stat.S_IMODE(old.st_mode))
+            if hasattr(os, "chown") and old.st_uid != os.stat(tmp).st_uid:
+                try:
+                    os.chown(tmp, old.st_uid, old.st_gid)
+                except PermissionError:
+                    tmp.unlink(missing_ok=True)
+                    raise ArtifactError(
+                        f"{path}: owned by another user; it cannot be rewritten keeping its owner"
+                    ) from None
         os.replace(tmp, path)
         return path
 
