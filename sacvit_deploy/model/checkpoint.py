@@ -34,6 +34,7 @@ from torch import Tensor
 
 from sacvit_deploy import __version__
 from sacvit_deploy.errors import CheckpointError, ConfigError
+from sacvit_deploy.fileinfo import not_a_regular_file
 from sacvit_deploy.model.config import FORMATS, VARIANTS, ModelConfig, make_config
 from sacvit_deploy.model.sacvit import DeiT, SACViT
 
@@ -115,10 +116,13 @@ def _strip_prefix(sd: dict[str, Tensor]) -> dict[str, Tensor]:
 def read_checkpoint(path: str | Path) -> RawCheckpoint:
     """Read tensors and metadata from a safetensors or weights-only torch file."""
     path = Path(path)
-    if not path.exists():
+    problem = not_a_regular_file(path)
+    if problem == "no such file":
         raise CheckpointError(f"{path}: no such file; check the checkpoint path")
-    if path.is_dir():
+    if problem == "is a folder":
         raise CheckpointError(f"{path}: is a folder; pass the checkpoint file inside it")
+    if problem is not None:
+        raise CheckpointError(f"{path}: {problem}; pass the checkpoint file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: empty file; the checkpoint is truncated or was never written")
 
@@ -140,8 +144,17 @@ def read_checkpoint(path: str | Path) -> RawCheckpoint:
                 raise CheckpointError(
                     f"{path}: sacvit-deploy checkpoint with an unreadable config ({exc})"
                 ) from None
+        _check_finite(path, sd)
         return RawCheckpoint(path, _strip_prefix(sd), metadata, cfg)
 
+    with path.open("rb") as f:
+        head = f.read(4)
+    if head[:4] != b"PK\x03\x04" and head[:1] != b"\x80":
+        # Neither torch.save's zip archive nor a legacy pickle (nor safetensors, tested above).
+        raise CheckpointError(
+            f"{path}: not a checkpoint (not a PyTorch or safetensors checkpoint file, which starts with "
+            "a zip, pickle or safetensors header); pass the .pth/.pt/.safetensors file that holds the model weights"
+        )
     obj = _torch_load_untrusted(path)
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state_dict or a checkpoint dict")
@@ -164,6 +177,7 @@ def read_checkpoint(path: str | Path) -> RawCheckpoint:
     tensors = {k: v for k, v in sd.items() if isinstance(v, Tensor)}
     if not tensors:
         raise CheckpointError(f"{path}: contains no tensors; pass the file that holds the model weights")
+    _check_finite(path, tensors)
     return RawCheckpoint(path, _strip_prefix(tensors), metadata, cfg)
 
 
@@ -301,6 +315,58 @@ def _mismatch_error(
         )
 
 
+def _check_config_against_tensors(
+    raw: RawCheckpoint,
+    sd: dict[str, Tensor],
+    cfg: ModelConfig,
+    skip: tuple[str, ...] = (),
+    from_file: bool = False,
+) -> None:
+    """Compare ``cfg``'s tensor shapes with the file's BEFORE any model is built: a config that
+    claims 62.5M classes or depth 10^6 is one line, not a 16 GB allocation. The cheap fields first,
+    then every tensor, against a model built on the meta device (shapes only, no memory)."""
+    head, cls = sd.get("head.weight"), sd.get("cls_token")
+    blocks = {int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))}
+    facts = [
+        (
+            "num_classes",
+            cfg.num_classes,
+            int(head.shape[0]) if isinstance(head, Tensor) and head.dim() == 2 else None,
+        ),
+        (
+            "embed_dim",
+            cfg.embed_dim,
+            int(cls.shape[-1]) if isinstance(cls, Tensor) and cls.dim() == 3 else None,
+        ),
+        ("depth", cfg.depth, len(blocks) if blocks else None),
+    ]
+    for name, claimed, found in facts if from_file else ():  # a --variant mismatch: the message below
+        if found is not None and claimed != found:
+            raise CheckpointError(
+                f"{raw.path}: the config says {name} {claimed} but the tensors have {found}; "
+                "the config does not belong to these weights (re-save the checkpoint)"
+            )
+    with torch.device("meta"):
+        expected = {k: v for k, v in SACViT(cfg).state_dict().items() if not k.startswith(skip)}
+    given = {k: v for k, v in sd.items() if not k.startswith(skip)}
+    if set(expected) != set(given) or any(
+        tuple(given[k].shape) != tuple(v.shape) for k, v in expected.items()
+    ):
+        _mismatch_error(raw, expected, given, cfg)
+
+
+def _check_finite(path: Path, sd: dict[str, Tensor]) -> None:
+    """A NaN or Inf weight is named here, not found later as a baffling parity failure."""
+    for name, t in sd.items():
+        if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
+            nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+            what = " and ".join(w for w, n in ((f"{nan} NaN", nan), (f"{inf} Inf", inf)) if n)
+            raise CheckpointError(
+                f"{path}: tensor {name} holds {what} values (of {t.numel()}); the checkpoint is corrupt or "
+                "training diverged; use an earlier checkpoint"
+            )
+
+
 def _load_into(model: torch.nn.Module, sd: dict[str, Tensor], raw: RawCheckpoint, cfg: ModelConfig) -> None:
     model_sd = model.state_dict()
     if set(model_sd) != set(sd) or any(tuple(sd[k].shape) != tuple(v.shape) for k, v in model_sd.items()):
@@ -362,10 +428,12 @@ def load_checkpoint(path: str | Path, fmt: str = "auto", variant: str | None = N
             raise CheckpointError(
                 f"{raw.path}: carries variant {cfg.variant}, not {variant}; drop --variant for sacvit checkpoints"
             )
+        _check_config_against_tensors(raw, raw.state_dict, cfg, from_file=True)
         model = SACViT(cfg)
         _load_into(model, raw.state_dict, raw, cfg)
     elif fmt == "deit":
         cfg = _config_for(raw, "deit", variant)
+        _check_config_against_tensors(raw, _check_deit(raw), cfg, skip=("pos_embed", "reuse_block."))
         model = SACViT(cfg)
         torch.manual_seed(0)  # the fresh reuse block is reproducible
         sd = deit_to_sacvit_state(raw, model)
@@ -375,6 +443,7 @@ def load_checkpoint(path: str | Path, fmt: str = "auto", variant: str | None = N
         )
     else:
         cfg = _config_for(raw, fmt, variant)
+        _check_config_against_tensors(raw, raw.state_dict, cfg)
         model = SACViT(cfg)
         _load_into(model, raw.state_dict, raw, cfg)
     return LoadedCheckpoint(model.eval(), cfg, fmt, raw.path, notes)

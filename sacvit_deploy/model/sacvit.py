@@ -55,7 +55,7 @@ class _Backbone(nn.Module):
         d = cfg.embed_dim
         self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, d)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
-        rates = torch.linspace(0, drop_path_rate, cfg.depth).tolist()
+        rates = torch.linspace(0, drop_path_rate, cfg.depth, device="cpu").tolist()  # cpu: also under meta
         self.blocks = nn.ModuleList(
             Block(d, cfg.num_heads, cfg.mlp_ratio, cfg.qkv_bias, cfg.norm_eps, drop_path=r) for r in rates
         )

@@ -1,0 +1,40 @@
+"""What a path that is not a plain file is, in words: link loops, broken links, FIFOs, devices.
+
+``open()`` on a FIFO blocks forever and a link loop reads as "no such file"; commands name these
+for what they are instead.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+
+def not_a_regular_file(path: Path | str) -> str | None:
+    """Why ``path`` is not a readable regular file (a phrase for "PATH: <phrase>"), or None if it is one."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return (
+            "a broken symbolic link (its target does not exist)" if os.path.islink(path) else "no such file"
+        )
+    except PermissionError:
+        return "permission denied; make it readable"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a symbolic link loop (the link points back to itself)"
+        return f"cannot be read ({exc.strerror or exc})"
+    mode = st.st_mode
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "is a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe), not a file; reading it would wait for a writer"
+    if stat.S_ISSOCK(mode):
+        return "a socket, not a file"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device, not a file"
+    return "not a regular file"
