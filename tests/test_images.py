@@ -553,7 +553,7 @@ class CountingLoader:
         self.delay = delay
         self.lock = threading.Lock()
 
-    def __call__(self, source):
+    def __call__(self, source, **options):
         with self.lock:
             self.calls += 1
         time.sleep(self.delay)

@@ -26,12 +26,13 @@ Conversion choices (timm's loader just calls ``Image.open(f).convert("RGB")``):
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import re
-import stat
+import threading
 from collections import deque
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
@@ -41,6 +42,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from sacvit_deploy.errors import ConfigError, SacvitError
+from sacvit_deploy.fileinfo import not_a_regular_file
 from sacvit_deploy.model.config import PreprocessConfig
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
@@ -77,12 +79,16 @@ class ImageLoadError(SacvitError):
 
 
 # ---- loading ------------------------------------------------------------------------------------
-def load_image(source: str | os.PathLike[str] | Image.Image | np.ndarray) -> Image.Image:
+def load_image(
+    source: str | os.PathLike[str] | Image.Image | np.ndarray, *, min_side: int | None = None
+) -> Image.Image:
     """Return ``source`` as an 8-bit RGB PIL image with its EXIF orientation applied.
 
     ``source`` is a path, a PIL image (left untouched; a converted copy is returned) or a numpy
     array of shape HxW, HxWx3 or HxWx4 holding uint8, uint16 or floats in [0, 1]. Animated or
     multi-page files give their first frame. Raises :class:`ImageLoadError` for anything unreadable.
+    ``min_side``: the shorter side the caller will resize to; a JPEG over :data:`DRAFT_PIXELS` may
+    then be decoded at a reduced scale (see :func:`_draft`).
     """
     if isinstance(source, Image.Image):
         name = getattr(source, "filename", "") or "<PIL image>"
@@ -90,29 +96,35 @@ def load_image(source: str | os.PathLike[str] | Image.Image | np.ndarray) -> Ima
     if isinstance(source, np.ndarray):
         return _from_array(source)
     if isinstance(source, (str, os.PathLike)):
-        return _load_file(Path(source))
+        return _load_file(Path(source), min_side)
     raise TypeError(f"load_image takes a path, a PIL image or a numpy array, not {type(source).__name__}")
 
 
-def _load_file(path: Path) -> Image.Image:
+def _load_file(path: Path, min_side: int | None = None) -> Image.Image:
+    problem = not_a_regular_file(path)
+    if problem == "no such file":
+        raise ImageLoadError(path, "file not found")
+    if problem == "is a folder":
+        raise ImageLoadError(path, "is a folder, not an image file")
+    if problem is not None:
+        raise ImageLoadError(path, problem)
     try:
         st = path.stat()
-    except FileNotFoundError:
-        raise ImageLoadError(path, "file not found") from None
-    except PermissionError:
-        raise ImageLoadError(path, "permission denied; make the file readable") from None
     except OSError as exc:
         raise ImageLoadError(path, f"cannot read the file ({exc.strerror or exc})") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise ImageLoadError(path, "is a folder, not an image file")
-    if not stat.S_ISREG(st.st_mode):
-        raise ImageLoadError(path, "not a regular file")
     if st.st_size == 0:
         raise ImageLoadError(path, "empty file (0 bytes)")
+    im: Image.Image | None = None
+    decoded: Image.Image | None = None
     try:
-        with Image.open(path) as im:
-            _check_pixels(path, im.size)
-            decoded = _decode(im, path)
+        im = Image.open(path)
+        _check_pixels(path, im.size)
+        _draft(im, min_side)
+        # One frame: Pillow closes the file after load(), so the opened image itself can be kept
+        # (no copy of a 168-Mpx image); multi-frame files keep their file open: copy the frame.
+        decoded = _decode(im, path, in_place=getattr(im, "n_frames", 1) == 1)
+    except ImageLoadError:
+        raise
     except FileNotFoundError:
         raise ImageLoadError(path, "file not found") from None
     except PermissionError:
@@ -127,16 +139,53 @@ def _load_file(path: Path) -> Image.Image:
         raise _pillow_bomb_error(path, exc) from None
     except OSError as exc:  # an I/O error while Pillow reads the header
         raise ImageLoadError(path, f"cannot read the file ({exc})") from None
-    return _to_rgb(decoded, path)
+    except MemoryError:
+        raise ImageLoadError(path, "out of memory while decoding it") from None
+    except Exception as exc:
+        # Pillow's header parsers raise ValueError (a PPM renamed .png: "invalid literal for int()";
+        # a PNG text-chunk bomb), SyntaxError, struct.error, IndexError...: all this file's problem.
+        raise ImageLoadError(path, f"corrupt or unsupported image ({type(exc).__name__}: {exc})") from None
+    finally:
+        if im is not None and decoded is not im:
+            im.close()
+    try:
+        return _to_rgb(decoded, path)
+    except ImageLoadError:
+        raise
+    except MemoryError:
+        raise ImageLoadError(path, "out of memory while converting it to RGB") from None
+    except Exception as exc:
+        raise ImageLoadError(path, f"cannot convert it to RGB ({type(exc).__name__}: {exc})") from None
 
 
-def _decode(im: Image.Image, name: Path | str) -> Image.Image:
+# JPEGs above this many pixels are decoded at a reduced scale (Pillow's draft: the DCT scaling of
+# libjpeg, 1/2, 1/4 or 1/8), keeping the shorter side at least DRAFT_MARGIN times what the resize
+# needs: a 24-Mpx photo costs a fraction of its full decode, and the antialiased resize that follows
+# hides the difference. Smaller images decode in full, exactly as timm/torchvision decode them.
+DRAFT_PIXELS = 16_000_000
+DRAFT_MARGIN = 4
+
+
+def _draft(im: Image.Image, min_side: int | None) -> None:
+    if min_side is None or im.format != "JPEG" or im.size[0] * im.size[1] <= DRAFT_PIXELS:
+        return
+    width, height = im.size
+    scale = min(width, height) / (DRAFT_MARGIN * min_side)
+    if scale >= 2:
+        im.draft("RGB", (max(1, int(width / scale)), max(1, int(height / scale))))
+
+
+def _decode(im: Image.Image, name: Path | str, in_place: bool = False) -> Image.Image:
     """Fully decode ``im`` (a truncated file fails here, not later) and apply EXIF orientation.
 
-    Returns a new image: the caller may close ``im`` afterwards.
+    Returns a new image (the caller may close ``im`` afterwards), or with ``in_place`` (a file this
+    module opened) ``im`` itself when it needs no rotation: no second copy of a big image.
     """
     try:
         im.load()
+        if in_place:
+            ImageOps.exif_transpose(im, in_place=True)  # without rotation, no copy
+            return im
         return ImageOps.exif_transpose(im)
     except MemoryError:
         raise
@@ -330,6 +379,8 @@ def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
             matches = _scan_folder(path)
         elif path.exists():
             matches = [path]
+        elif path.is_symlink():  # a loop or a broken link: say which, not "no such file"
+            raise SacvitError(f"{raw}: {not_a_regular_file(path)}")
         elif _GLOB_CHARS.search(raw):
             hits = sorted(
                 (Path(h) for h in glob.glob(os.path.expanduser(raw), recursive=True)), key=lambda p: p.parts
@@ -431,8 +482,35 @@ def _batches(
 
 
 def _load_into(path: Path, cfg: PreprocessConfig, out: np.ndarray) -> ImageLoadError | None:
+    """Decode and preprocess one file into ``out``; whatever goes wrong is this file's error."""
     try:
-        preprocess(load_image(path), cfg, out=out)
+        with _large_image_slot(path):
+            preprocess(load_image(path, min_side=cfg.resize_size), cfg, out=out)
     except ImageLoadError as exc:
         return exc if exc.path == path else ImageLoadError(path, exc.reason)
+    except MemoryError:
+        return ImageLoadError(path, "out of memory while decoding it")
+    except Exception as exc:  # never one file's problem ending the run
+        return ImageLoadError(path, f"cannot be decoded or preprocessed ({type(exc).__name__}: {exc})")
     return None
+
+
+# Decoded, a large image costs 3-8 bytes per pixel (1.3 GB for a 168-Mpx RGBA PNG): however many
+# decode workers run, only one image above LARGE_PIXELS is decoded at a time, so peak memory is one
+# large image plus the workers' small ones, not `--workers` large ones.
+LARGE_PIXELS = 16_000_000
+_LARGE_SLOT = threading.Lock()
+
+
+@contextlib.contextmanager
+def _large_image_slot(path: Path) -> Iterator[None]:
+    try:
+        with Image.open(path) as im:  # the header only
+            large = im.size[0] * im.size[1] > LARGE_PIXELS
+    except Exception:  # unreadable: the real load reports it
+        large = False
+    if not large:
+        yield
+        return
+    with _LARGE_SLOT:
+        yield
