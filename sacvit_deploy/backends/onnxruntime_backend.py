@@ -117,9 +117,8 @@ class OnnxRuntimeRunner(Runner):
         try:
             session = ort.InferenceSession(str(self.path), sess_options=opts, providers=self._provider_list())
         except Exception as exc:  # ORT raises its own exception types for bad files
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
             raise BackendError(
-                f"{self.path}: ONNX Runtime cannot load it ({first}); re-export the folder"
+                f"{self.path}: ONNX Runtime cannot load it ({ort_reason(exc)}); re-export the folder"
             ) from None
         active = session.get_providers()
         if wanted not in active:
@@ -132,6 +131,25 @@ class OnnxRuntimeRunner(Runner):
             raise BackendError(
                 f"{self.path}: graph inputs {sorted(declared)} differ from the manifest's {sorted(self.input_specs)}; re-export"
             )
+        produced = {o.name for o in session.get_outputs()}
+        if not set(self.output_specs) <= produced:
+            missing = sorted(set(self.output_specs) - produced)
+            raise BackendError(
+                f"{self.path}: the graph has no output {', '.join(missing)} that the manifest lists (another "
+                "model's graph?); re-export the folder"
+            )
+        for name, spec in self.input_specs.items():
+            real = declared[name].shape
+            fixed = [
+                (a, b)
+                for a, b in zip(real, spec.shape, strict=False)
+                if isinstance(a, int) and isinstance(b, int)
+            ]
+            if len(real) != len(spec.shape) or any(a != b for a, b in fixed):
+                raise BackendError(
+                    f"{self.path}: input {name} has shape {list(real)}, the manifest says {list(spec.shape)} "
+                    "(another model's graph?); re-export the folder"
+                )
         self._session = session
         self._binding = self.provider != "cpu"
 
@@ -139,7 +157,12 @@ class OnnxRuntimeRunner(Runner):
         if self._binding:
             return self._infer_bound(feed)
         arrays = {name: np.ascontiguousarray(feed[name].detach().cpu().numpy()) for name in self.input_specs}
-        results = self._session.run(list(self.output_specs), arrays)
+        try:
+            results = self._session.run(list(self.output_specs), arrays)
+        except Exception as exc:  # a graph that loads but cannot run these inputs
+            raise BackendError(
+                f"{self.path}: ONNX Runtime cannot run it ({ort_reason(exc)}); re-export the folder"
+            ) from None
         return {name: torch.from_numpy(arr) for name, arr in zip(self.output_specs, results, strict=True)}
 
     def _infer_bound(self, feed: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -169,6 +192,13 @@ class OnnxRuntimeRunner(Runner):
         d["threads"] = self.threads or os.cpu_count()
         d["spinning"] = self.spinning
         return d
+
+
+def ort_reason(exc: BaseException) -> str:
+    """ONNX Runtime's message on one line, its reason kept: ORT puts the cause at the end of long
+    messages ("Load model from X failed: ... : <reason>"), so a long one keeps its start and its end."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 600 else f"{text[:160]} … {text[-420:]}"
 
 
 def _np_dtype(dtype: torch.dtype) -> Any:

@@ -40,13 +40,27 @@ def external_data_files(path: Path) -> set[str]:
 
 
 def _all_tensors(graph):  # -> Iterator[onnx.TensorProto]
+    """Every tensor a runtime may read data for: dense and sparse initializers, tensor and sparse
+    tensor attributes (a Constant's ``value`` / ``sparse_value``), in subgraphs too. A sparse
+    tensor keeps its data in two dense tensors, ``values`` and ``indices``: both are checked."""
     yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield from _sparse_parts(sparse)
     for node in graph.node:
         for attr in node.attribute:
             if attr.HasField("t"):
                 yield attr.t
             yield from attr.tensors
+            if attr.HasField("sparse_tensor"):
+                yield from _sparse_parts(attr.sparse_tensor)
+            for sparse in attr.sparse_tensors:
+                yield from _sparse_parts(sparse)
             if attr.HasField("g"):
                 yield from _all_tensors(attr.g)
             for sub in attr.graphs:
                 yield from _all_tensors(sub)
+
+
+def _sparse_parts(sparse):  # onnx.SparseTensorProto -> its dense values and indices
+    yield sparse.values
+    yield sparse.indices
