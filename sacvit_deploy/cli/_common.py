@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleRenderable, RenderHook
+from rich.segment import Segment
 
 from sacvit_deploy.errors import SacvitError
 
@@ -21,6 +22,32 @@ from sacvit_deploy.errors import SacvitError
 # emoji=False: ":smile:" in a file name prints as written.
 out = Console(soft_wrap=True, emoji=False, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, soft_wrap=True, emoji=False, width=None if sys.stderr.isatty() else 200)
+
+
+class _VisibleText(RenderHook):
+    """A net under :func:`safe`: whatever a command prints, a control character inside the text
+    (ESC, CR, backspace, bidi overrides) is shown escaped; only Rich's own styling and line breaks
+    reach the terminal. (A newline inside a value is a line break here: values go through safe().)"""
+
+    def process_renderables(self, renderables: list[ConsoleRenderable]) -> list[ConsoleRenderable]:
+        return [_Visible(r) for r in renderables]
+
+
+class _Visible:
+    def __init__(self, renderable: ConsoleRenderable) -> None:
+        self.renderable = renderable
+
+    def __rich_console__(self, console: Console, options: Any) -> Iterator[Segment]:
+        for seg in console.render(self.renderable, options):
+            if seg.control or seg.text.isprintable():
+                yield seg
+            else:
+                text = "\n".join(printable(line) for line in seg.text.split("\n"))
+                yield Segment(text, seg.style)
+
+
+for _console in (out, err):
+    _console.push_render_hook(_VisibleText())
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from sacvit_deploy.cli._common import handle_errors, note, out, write_json
+from sacvit_deploy.cli._common import check_output, handle_errors, note, out, printable, write_json
 from sacvit_deploy.export.manifest import Manifest
 from sacvit_deploy.export.trt_compat import check_folder_versions
 
@@ -65,6 +65,8 @@ def check(
 ) -> None:
     """Check the exported graphs against TensorRT's ONNX parser (8.5, 8.6, 10, 11) without TensorRT."""
     versions = trt or [v.value for v in TrtVersion]
+    if json_file is not None:
+        check_output(json_file, "--json", [], folder)
     manifest = Manifest.load(folder)
     results = check_folder_versions(folder, versions)
     failed = False
@@ -73,7 +75,7 @@ def check(
         for role, problems in by_role.items():
             graph = manifest.graphs[role].file
             for p in problems:
-                out.print(p.line(graph), markup=False, highlight=False)
+                out.print(printable(p.line(graph)), markup=False, highlight=False)
             errors = sum(p.is_error for p in problems)
             warnings = len(problems) - errors
             if errors:
@@ -82,7 +84,7 @@ def check(
             else:
                 extra = f" ({_count(warnings, 'warning')})" if warnings else ""
                 verdict = f"{graph}: parses on TensorRT {version}{extra}"
-            out.print(verdict, markup=False, highlight=False)
+            out.print(printable(verdict), markup=False, highlight=False)
             records.append(
                 {
                     "graph": graph,

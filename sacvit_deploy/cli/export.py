@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from sacvit_deploy.cli._common import err, handle_errors, note, out, parity_table, read_labels
+from sacvit_deploy.cli._common import err, handle_errors, note, out, parity_table, read_labels, safe
 from sacvit_deploy.errors import SacvitError
 
 
@@ -62,7 +62,7 @@ def verification_images(folder: Path | None, cfg, limit: int = 16):  # -> torch.
         try:
             arrays.append(preprocess(load_image(p), cfg.preprocess))
         except ImageLoadError as exc:
-            note(f"[yellow]skipped[/] {exc}")
+            note(f"[yellow]skipped[/] {safe(exc)}")
     if not arrays:
         return None
     return torch.from_numpy(np.stack(arrays))
@@ -185,7 +185,7 @@ def export(
     options.resolved_opset()  # fail on bad options before the (slow) checkpoint load
     loaded = load_checkpoint(checkpoint, fmt.value, variant)
     for line in loaded.notes:
-        note(f"note: {line}")
+        note(f"note: {safe(line)}")
     model = loaded.model
     names = (
         read_labels(labels, model.cfg.num_classes)
@@ -197,7 +197,7 @@ def export(
         renamed.load_state_dict(model.state_dict())
         model = renamed.eval()
     note(
-        f"loaded {checkpoint} as {loaded.fmt} {model.cfg.variant} ({model.cfg.selection} selection, {model.cfg.attention} attention)"
+        f"loaded {safe(checkpoint)} as {loaded.fmt} {model.cfg.variant} ({model.cfg.selection} selection, {model.cfg.attention} attention)"
     )
 
     real = None
@@ -217,14 +217,15 @@ def export(
         loaded.fmt,
         source={"checkpoint": checkpoint.name, "format": loaded.fmt},
         verify=run_verification if verify else None,
-        log=lambda msg: note(msg),
+        log=lambda msg: note(safe(msg)),
     )
     if result.manifest.verification:
         print_verification(result.manifest.verification)
     else:
         note("[yellow]verification skipped (--no-verify)[/]")
     sizes = ", ".join(f"{name} {size / 2**20:.1f} MB" for name, size in result.files.items())
-    out.print(f"exported to {result.folder}/ in {result.seconds:.1f} s: {sizes}")
+    out.print(f"exported to {safe(result.folder)}/ in {result.seconds:.1f} s: {sizes}")
     note(
-        f"next: sacvit-deploy check {result.folder} --trt {target_trt.value}   |   sacvit-deploy infer IMAGES --artifacts {result.folder}"
+        f"next: sacvit-deploy check {safe(result.folder)} --trt {target_trt.value}   |   "
+        f"sacvit-deploy infer IMAGES --artifacts {safe(result.folder)}"
     )

@@ -15,12 +15,13 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from sacvit_deploy.cli._common import fail, handle_errors, note, out
+from sacvit_deploy.cli._common import fail, handle_errors, note, out, safe
 from sacvit_deploy.errors import SacvitError
 
 REPO = "Repository"
 SERVING = "Serving"
 EXIT_CHECK_FAILED = 2
+TRITON_EXTRA = "pip install 'sacvit-deploy[triton]'"
 
 
 class TritonBackend(str, Enum):
@@ -159,8 +160,8 @@ def triton(
         note("checked every config.pbtxt with Triton's ModelConfig schema and against the graphs")
     else:
         note(
-            "[yellow]not checked against Triton's config schema: pip install 'sacvit-deploy[triton]', "
-            f"then sacvit-deploy triton --check {out_dir}[/]"
+            f"[yellow]not checked against Triton's config schema: {safe(TRITON_EXTRA)}, "
+            f"then sacvit-deploy triton --check {safe(out_dir)}[/]"
         )
     models = result.index.models
     out.print(
