@@ -236,6 +236,12 @@ class Manifest:
             data = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ArtifactError(f"{path}: not valid JSON ({exc}); re-run `sacvit-deploy export`") from None
+        except RecursionError:
+            raise ArtifactError(
+                f"{path}: JSON nested too deeply to be a manifest; re-run `sacvit-deploy export`"
+            ) from None
+        except OSError as exc:
+            raise ArtifactError(f"{path}: cannot read it ({exc.strerror or exc})") from None
         return cls.from_dict(data, where=str(path))
 
     # ---- files ---------------------------------------------------------------------------------
