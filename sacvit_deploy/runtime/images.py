@@ -26,13 +26,12 @@ Conversion choices (timm's loader just calls ``Image.open(f).convert("RGB")``):
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import os
 import re
 import threading
 from collections import deque
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Generator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
@@ -482,10 +481,21 @@ def _batches(
 
 
 def _load_into(path: Path, cfg: PreprocessConfig, out: np.ndarray) -> ImageLoadError | None:
-    """Decode and preprocess one file into ``out``; whatever goes wrong is this file's error."""
+    """Decode and preprocess one file into ``out``; whatever goes wrong is this file's error.
+
+    An image over :data:`LARGE_PIXELS` is decoded on one dedicated thread, one at a time, however
+    many workers call this: its pixels (3-8 bytes each, 0.5-1.3 GB for 168 Mpx) then live in one
+    thread's malloc arena, reused image after image, instead of one arena per worker each keeping
+    the memory of the last big image it decoded.
+    """
+    if _is_large(path):
+        return _large_decoder().submit(_decode_into, path, cfg, out).result()
+    return _decode_into(path, cfg, out)
+
+
+def _decode_into(path: Path, cfg: PreprocessConfig, out: np.ndarray) -> ImageLoadError | None:
     try:
-        with _large_image_slot(path):
-            preprocess(load_image(path, min_side=cfg.resize_size), cfg, out=out)
+        preprocess(load_image(path, min_side=cfg.resize_size), cfg, out=out)
     except ImageLoadError as exc:
         return exc if exc.path == path else ImageLoadError(path, exc.reason)
     except MemoryError:
@@ -495,22 +505,24 @@ def _load_into(path: Path, cfg: PreprocessConfig, out: np.ndarray) -> ImageLoadE
     return None
 
 
-# Decoded, a large image costs 3-8 bytes per pixel (1.3 GB for a 168-Mpx RGBA PNG): however many
-# decode workers run, only one image above LARGE_PIXELS is decoded at a time, so peak memory is one
-# large image plus the workers' small ones, not `--workers` large ones.
 LARGE_PIXELS = 16_000_000
-_LARGE_SLOT = threading.Lock()
+_LARGE_LOCK = threading.Lock()
+_LARGE_POOL: ThreadPoolExecutor | None = None
 
 
-@contextlib.contextmanager
-def _large_image_slot(path: Path) -> Iterator[None]:
+def _large_decoder() -> ThreadPoolExecutor:
+    global _LARGE_POOL
+    with _LARGE_LOCK:
+        if _LARGE_POOL is None:
+            _LARGE_POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sacvit-large-image")
+        return _LARGE_POOL
+
+
+def _is_large(path: Path) -> bool:
+    if not_a_regular_file(path) is not None:  # a FIFO would block Image.open; the load names it
+        return False
     try:
         with Image.open(path) as im:  # the header only
-            large = im.size[0] * im.size[1] > LARGE_PIXELS
+            return im.size[0] * im.size[1] > LARGE_PIXELS
     except Exception:  # unreadable: the real load reports it
-        large = False
-    if not large:
-        yield
-        return
-    with _LARGE_SLOT:
-        yield
+        return False

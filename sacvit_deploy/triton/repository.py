@@ -370,6 +370,11 @@ def write_repository(
             version.mkdir(parents=True)
             model_file = tc.MODEL_FILES[options.backend]
             src = manifest.file_path(artifacts, entry)
+            if options.backend == "onnxruntime":
+                from sacvit_deploy.export.onnx_files import external_data_files
+
+                # Dense and sparse tensors: none may read data outside the model folder on the server.
+                external_data_files(src)
             size = copy_verified(src, version / model_file, entry.sha256)
             written[f"{names[role]}/{tc.VERSION}/{model_file}"] = (size, entry.sha256)
             if entry.external_data:  # beside model.onnx, under the name the graph refers to
