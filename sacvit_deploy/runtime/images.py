@@ -27,6 +27,7 @@ Conversion choices (timm's loader just calls ``Image.open(f).convert("RGB")``):
 from __future__ import annotations
 
 import glob
+import math
 import os
 import re
 import threading
@@ -276,7 +277,25 @@ def _from_array(a: np.ndarray) -> Image.Image:
 
 
 # ---- preprocessing ------------------------------------------------------------------------------
+# Beyond this a resize is a typo or a tampered manifest (the largest DeiT input is 384 px).
+MAX_RESIZE = 4096
+
+
 def _resample(cfg: PreprocessConfig) -> Image.Resampling:
+    """The resampling filter, after checking the preprocessing values every image would trip over."""
+    for name in ("resize_size", "input_size"):
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or not 1 <= value <= MAX_RESIZE:
+            raise ConfigError(
+                f"preprocess {name} {value!r}: must be an integer from 1 to {MAX_RESIZE}; fix the manifest "
+                "(model.preprocess) or re-export"
+            )
+    if len(cfg.mean) != 3 or len(cfg.std) != 3:
+        raise ConfigError(f"preprocess mean/std need 3 values (RGB), got {list(cfg.mean)} / {list(cfg.std)}")
+    if not all(math.isfinite(v) for v in cfg.mean) or not all(math.isfinite(v) and v > 0 for v in cfg.std):
+        raise ConfigError(
+            f"preprocess mean {list(cfg.mean)} / std {list(cfg.std)}: finite numbers, std above 0"
+        )
     if cfg.crop != "center":
         raise ConfigError(f"preprocess crop {cfg.crop!r} is not supported; use 'center'")
     try:
