@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 from make_demo_data import CANVAS, SPLITS, make_demo_data  # noqa: E402
 
-from sacvit_deploy import __version__  # noqa: E402
+from sacvit_deploy.core.version import __version__  # noqa: E402
 from sacvit_deploy.demo_assets import DEMO_DIR  # noqa: E402
 from sacvit_deploy.model import ModelConfig, PreprocessConfig, SACViT, load_checkpoint, save_checkpoint  # noqa: E402
 from sacvit_deploy.model.flops import FlopsReport  # noqa: E402

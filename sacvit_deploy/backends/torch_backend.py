@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from sacvit_deploy.backends.base import BackendError, Runner
-from sacvit_deploy.export.manifest import TensorSpec
+from sacvit_deploy.core.manifest import TensorSpec
 
 
 class TorchRunner(Runner):

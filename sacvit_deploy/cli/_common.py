@@ -12,7 +12,9 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
-from sacvit_deploy.errors import SacvitError
+from sacvit_deploy.core.errors import SacvitError
+from sacvit_deploy.core.formats import AUTO, FORMAT_NAMES, INIT_FORMATS, TRAIN_FORMATS
+from sacvit_deploy.core.trt_families import TRT_FAMILY_NAMES
 
 # Results go to stdout, everything else (progress, notes, errors) to stderr, so pipes stay clean.
 # Piped output gets a wide fixed width so tables are never squeezed to 80 columns.
@@ -123,3 +125,15 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
         raise SacvitError(
             f"{path}: cannot write the JSON report ({exc.strerror or exc}); pick a writable path"
         ) from None
+
+
+# ---- choices derived from the core tables ------------------------------------------------------------
+def _choice_enum(name: str, values: tuple[str, ...]) -> type[Enum]:
+    """A str Enum for typer whose members are ``values`` (member names made identifier-safe)."""
+    return Enum(name, {"v_" + v.replace(".", "_").replace("-", "_"): v for v in values}, type=str)
+
+
+TrtFamilyChoice = _choice_enum("TrtFamilyChoice", TRT_FAMILY_NAMES)
+CheckpointFormatChoice = _choice_enum("CheckpointFormatChoice", (AUTO, *FORMAT_NAMES))
+TrainFormatChoice = _choice_enum("TrainFormatChoice", TRAIN_FORMATS)
+InitFormatChoice = _choice_enum("InitFormatChoice", INIT_FORMATS)

@@ -2,30 +2,22 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from sacvit_deploy.cli._common import err, handle_errors, note, out, parity_table
-from sacvit_deploy.errors import SacvitError
-
-
-class CheckpointFormat(str, Enum):
-    auto = "auto"
-    sacvit = "sacvit"
-    lf_vit = "lf-vit"
-    cf_vit = "cf-vit"
-    deit = "deit"
-
-
-class TrtTarget(str, Enum):
-    trt85 = "8.5"
-    trt86 = "8.6"
-    trt10 = "10"
-    trt11 = "11"
-
+from sacvit_deploy.cli._common import (
+    CheckpointFormatChoice,
+    TrtFamilyChoice,
+    err,
+    handle_errors,
+    note,
+    out,
+    parity_table,
+)
+from sacvit_deploy.core.errors import SacvitError
+from sacvit_deploy.core.formats import AUTO
 
 EXPORT = "Export"
 VERIFY = "Verification"
@@ -104,13 +96,13 @@ def export(
         Path, typer.Argument(help="Checkpoint file (.pth, .pt, .safetensors).", show_default=False)
     ],
     fmt: Annotated[
-        CheckpointFormat,
+        CheckpointFormatChoice,
         typer.Option(
             "--format",
             help="Checkpoint format; auto tells sacvit and deit apart, and LF/CF-ViT by their flops key.",
             rich_help_panel=EXPORT,
         ),
-    ] = CheckpointFormat.auto,
+    ] = CheckpointFormatChoice(AUTO),
     variant: Annotated[
         str | None,
         typer.Option(
@@ -129,13 +121,13 @@ def export(
         typer.Option(help="ONNX opset (default 17, what TensorRT 8.5+ parse).", rich_help_panel=EXPORT),
     ] = None,
     target_trt: Annotated[
-        TrtTarget,
+        TrtFamilyChoice,
         typer.Option(
             "--target-trt",
             help="TensorRT version the graphs must parse on (8.5 decomposes LayerNorm).",
             rich_help_panel=EXPORT,
         ),
-    ] = TrtTarget.trt10,
+    ] = TrtFamilyChoice("10"),
     threshold: Annotated[
         float | None,
         typer.Option(

@@ -24,8 +24,8 @@ import torch
 
 from sacvit_deploy.backends.base import Runner
 from sacvit_deploy.backends.factory import BackendChoice, make_runner
-from sacvit_deploy.errors import SacvitError
-from sacvit_deploy.export.manifest import Manifest
+from sacvit_deploy.core.errors import SacvitError
+from sacvit_deploy.core.manifest import Manifest
 from sacvit_deploy.model.sacvit import DeiT, SACViT
 from sacvit_deploy.runtime.pipeline import EarlyExitPipeline, mixed_threshold, run_any_batch
 

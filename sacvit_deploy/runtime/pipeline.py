@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from sacvit_deploy.backends.base import Runner
-from sacvit_deploy.errors import SacvitError
+from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.model.sacvit import STAGE2_INPUTS
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)

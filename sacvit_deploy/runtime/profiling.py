@@ -37,9 +37,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from sacvit_deploy import __version__
 from sacvit_deploy.backends.base import Runner
-from sacvit_deploy.errors import SacvitError
+from sacvit_deploy.core.errors import SacvitError
+from sacvit_deploy.core.version import __version__
 from sacvit_deploy.model.flops import FlopsReport
 from sacvit_deploy.model.sacvit import STAGE2_INPUTS
 from sacvit_deploy.runtime.pipeline import EarlyExitPipeline, run_any_batch, run_batched

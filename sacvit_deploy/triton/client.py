@@ -24,8 +24,8 @@ from urllib.parse import urlsplit
 import numpy as np
 import torch
 
-from sacvit_deploy.errors import ConfigError, SacvitError
-from sacvit_deploy.export.manifest import Manifest
+from sacvit_deploy.core.errors import ConfigError, SacvitError
+from sacvit_deploy.core.manifest import Manifest
 from sacvit_deploy.model.config import ModelConfig
 from sacvit_deploy.runtime.pipeline import PipelineOutput
 from sacvit_deploy.triton import config as tc

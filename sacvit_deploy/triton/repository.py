@@ -17,7 +17,7 @@ Layout (``--name sacvit``)::
 
 Graph and engine files are copied, never linked (the repository is mounted into a container), after
 their sha256 is checked against the manifest; the copy is hashed as it is written. Everything is
-staged and published the way ``export`` publishes (:mod:`sacvit_deploy.export.publish`), the index
+staged and published the way ``export`` publishes (:mod:`sacvit_deploy.core.publish`), the index
 file last.
 """
 
@@ -36,10 +36,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from sacvit_deploy import __version__
-from sacvit_deploy.errors import SacvitError
-from sacvit_deploy.export import publish
-from sacvit_deploy.export.manifest import ArtifactFile, Manifest
+from sacvit_deploy.core import publish
+from sacvit_deploy.core.errors import SacvitError
+from sacvit_deploy.core.manifest import ArtifactFile, Manifest
+from sacvit_deploy.core.version import __version__
 from sacvit_deploy.runtime.labels import default_class_names
 from sacvit_deploy.triton import config as tc
 

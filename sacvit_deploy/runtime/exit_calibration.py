@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from sacvit_deploy.backends.base import Runner
-from sacvit_deploy.errors import SacvitError
+from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.model.flops import FlopsReport
 from sacvit_deploy.model.sacvit import STAGE2_INPUTS
 from sacvit_deploy.runtime.images import IMAGE_EXTENSIONS, _scan_folder

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sacvit_deploy import __version__
-from sacvit_deploy.errors import ConfigError, SacvitError
+from sacvit_deploy.core.errors import ConfigError, SacvitError
+from sacvit_deploy.core.version import __version__
 from sacvit_deploy.model.config import ModelConfig
 
 MANIFEST_NAME = "manifest.json"
