@@ -89,30 +89,46 @@ ThreadsOption = Annotated[
 
 
 def parity_table(title: str, rows: list[dict[str, Any]], low: str = "[red]FAIL[/]") -> Any:  # -> rich Table
-    """The agreement table of export verification and of the build-engine parity check."""
+    """The agreement table of every parity check (export verification, check --run, build-engine)."""
     from rich.table import Table
 
     def pct(v: float | None) -> str:
         return "-" if v is None else f"{100 * v:.1f}%"
 
-    with_images = any("images" in r for r in rows)
-    table = Table(title=title)
-    columns = ["check", *(["images"] if with_images else []), "n", "max |Δ logit|", "top-1 agree"]
-    for col in [*columns, "exit agree", "selection agree", "result"]:
-        table.add_column(col, justify="left" if col in ("check", "images") else "right")
+    table = Table(title=title, caption=PARITY_CAPTION)
+    columns = [
+        "check",
+        "images",
+        "n",
+        "max |Δ|",
+        "limit",
+        "top-1 agree",
+        "exit agree",
+        "selection agree",
+        "result",
+    ]
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("check", "images", "result") else "right")
     for r in rows:
-        verdict = ("[green]pass[/]" if r["passed"] else low) if r["gated"] else "info"
+        limit = r.get("limit")
         table.add_row(
             r["check"],
-            *([r.get("images", "")] if with_images else []),
+            r.get("images", ""),
             str(r["samples"]),
             f"{r['max_abs_diff']:.2e}",
+            "-" if limit is None else f"{limit:.1e}",
             pct(r["top1_agreement"]),
             pct(r["exit_agreement"]),
             pct(r["selection_agreement"]),
-            verdict,
+            "[green]pass[/]" if r["passed"] else f"{low} {_escape(r.get('reason', ''))}",
         )
     return table
+
+
+PARITY_CAPTION = (
+    "limit = atol + rtol * max|reference| per tensor; agreement counts samples not within a hair of "
+    "their decision (top-2 margin, |confidence - threshold|)"
+)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

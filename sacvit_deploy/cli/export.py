@@ -16,6 +16,7 @@ from sacvit_deploy.cli._common import (
     out,
     parity_table,
 )
+from sacvit_deploy.core.compare import Tolerance
 from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.core.formats import AUTO
 
@@ -76,7 +77,10 @@ def verification_images(folder: Path | None, cfg, limit: int = 16):  # -> torch.
 
 
 def print_verification(report: dict) -> None:
-    title = f"Verification: ONNX Runtime (CPU) vs PyTorch, fp32, tolerance {report['atol']:.0e}"
+    title = (
+        f"Verification: ONNX Runtime (CPU) vs PyTorch, fp32, atol {report['atol']:.0e} + "
+        f"rtol {report['rtol']:.0e} * max|reference|"
+    )
     out.print(parity_table(title, report["rows"]))
     out.print(f"onnx.checker: {', '.join(f'{k} {v}' for k, v in report['checker'].items())}")
     for version, roles in report.get("tensorrt", {}).items():
@@ -170,9 +174,17 @@ def export(
     atol: Annotated[
         float,
         typer.Option(
-            help="Max |logit difference| allowed between ONNX Runtime and PyTorch.", rich_help_panel=VERIFY
+            help="Absolute part of the parity limit: max|ONNX Runtime - PyTorch| <= atol + rtol * max|PyTorch|.",
+            rich_help_panel=VERIFY,
         ),
-    ] = 1e-4,
+    ] = Tolerance().atol,
+    rtol: Annotated[
+        float,
+        typer.Option(
+            help="Relative part of the parity limit, times the reference tensor's max |value|.",
+            rich_help_panel=VERIFY,
+        ),
+    ] = Tolerance().rtol,
 ) -> None:
     """Export a checkpoint to two verified ONNX graphs (stage 1 + exit gate, stage 2) and a manifest."""
     from sacvit_deploy.export.onnx_export import ExportOptions, export_artifacts
@@ -213,7 +225,7 @@ def export(
 
     def run_verification(folder, manifest):
         with err.status("verifying the graphs against PyTorch ..."):
-            report = verify_export(folder, manifest, model, real, atol=atol)
+            report = verify_export(folder, manifest, model, real, Tolerance(atol, rtol))
         report["tensorrt"] = tensorrt_parser_check(folder, manifest, target_trt.value)
         return report
 

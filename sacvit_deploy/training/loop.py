@@ -29,6 +29,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import Tensor
 
 from sacvit_deploy.core.errors import SacvitError
+from sacvit_deploy.core.exit_rule import exit_mask
 from sacvit_deploy.core.formats import INIT_FORMATS, TRAIN_FORMATS
 from sacvit_deploy.model.checkpoint import FORMAT_TAG, load_checkpoint, save_checkpoint
 from sacvit_deploy.model.config import FORMAT_PRESETS, ModelConfig, make_config
@@ -96,7 +97,7 @@ class EvalResult:
     confidence: Tensor
 
     def metrics(self, threshold: float) -> dict[str, float]:
-        exited = self.confidence >= threshold
+        exited = exit_mask(self.confidence, threshold)
         ok1, ok2 = self.pred1 == self.labels, self.pred2 == self.labels
         combined = torch.where(exited, ok1, ok2)
 
