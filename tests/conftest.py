@@ -48,3 +48,15 @@ def trained_scale(model, logit_std: float = 4.0, logit_max: float = 15.0, seed: 
             model.head.weight.mul_(f * 1.01)
             model.head.bias.mul_(f * 1.01)
     return model
+
+
+@pytest.fixture(scope="session")
+def exported_tiny(tmp_path_factory):
+    """One verified tiny SAC-ViT export per test session, for tests that only read it."""
+    from sacvit_deploy.export.onnx_export import ExportOptions, export_artifacts
+    from sacvit_deploy.export.verify import verify_export
+
+    model = make_tiny("sacvit")
+    folder = tmp_path_factory.mktemp("exported-tiny") / "export"
+    export_artifacts(model, folder, ExportOptions(), "sacvit", verify=lambda f, m: verify_export(f, m, model))
+    return folder

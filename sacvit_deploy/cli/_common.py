@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 
 from sacvit_deploy.core.errors import SacvitError
+from sacvit_deploy.core.extras import is_optional, missing_extra_message
 from sacvit_deploy.core.formats import AUTO, FORMAT_NAMES, INIT_FORMATS, TRAIN_FORMATS
 from sacvit_deploy.core.trt_families import TRT_FAMILY_NAMES
 
@@ -38,8 +39,18 @@ def handle_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except SacvitError as exc:
             raise fail(_escape(str(exc))) from None
+        except ModuleNotFoundError as exc:
+            if not is_optional(exc.name):
+                raise  # a missing core dependency is a broken install: keep the traceback
+            raise fail(
+                _escape(missing_extra_message(exc.name or "", f"`sacvit-deploy {_command_name(fn)}`"))
+            ) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _command_name(fn: Callable[..., Any]) -> str:
+    return fn.__name__.replace("_", "-")
 
 
 def _escape(text: str) -> str:

@@ -13,9 +13,7 @@ from typing import Annotated
 import typer
 
 from sacvit_deploy.cli._common import handle_errors, note, out, write_json
-from sacvit_deploy.core.manifest import Manifest
 from sacvit_deploy.core.trt_families import TRT_FAMILY_NAMES
-from sacvit_deploy.export.trt_compat import check_folder_versions
 
 
 class _BadTrt(typer.BadParameter):
@@ -55,6 +53,9 @@ def check(
     ] = None,
 ) -> None:
     """Check the exported graphs against TensorRT's ONNX parser (8.5, 8.6, 10, 11) without TensorRT."""
+    from sacvit_deploy.core.manifest import Manifest
+    from sacvit_deploy.export.trt_compat import check_folder_versions
+
     versions = trt or list(TRT_FAMILY_NAMES)
     manifest = Manifest.load(folder)
     results = check_folder_versions(folder, versions)

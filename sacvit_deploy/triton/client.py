@@ -328,7 +328,7 @@ def open_triton(
 
 def local_manifest(folder: Path, served: ServedModel) -> Manifest:
     """A local export/engines folder, or the repository, that must hold the graphs the server runs."""
-    from sacvit_deploy.triton.repository import INDEX_NAME, MODEL_JSON, RepositoryIndex
+    from sacvit_deploy.triton.index import INDEX_NAME, MODEL_JSON, RepositoryIndex
 
     if (folder / INDEX_NAME).is_file():
         index = RepositoryIndex.load(folder)
