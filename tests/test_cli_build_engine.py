@@ -36,7 +36,7 @@ def test_build_engine_end_to_end(export, tmp_path, monkeypatch):
     assert "built 3 engines into" in result.stdout and "stage1.engine" in result.stdout
     assert "Parity: engines vs ONNX Runtime (CPU)" in result.stdout and "pass" in result.stdout
     m = Manifest.load(out)
-    assert set(m.engines) == {"stage1", "stage2", "baseline"} and m.tensorrt["precision"] == "fp16"
+    assert set(m.engines) == {"stage1", "stage2", "baseline"} and m.tensorrt.precision == "fp16"
     assert m.engines["stage2"].info["profiles"]["image"]["max"][0] == 16
     assert ("FP16",) in fake.called("Config.set_flag")
 

@@ -133,7 +133,7 @@ def test_init_scale_still_passes(tmp_path):
     result = export_artifacts(
         model, folder, ExportOptions(), "lf-vit", verify=lambda f, m: verify_export(f, m, model)
     )
-    assert result.manifest.verification["passed"]
+    assert result.manifest.verification.passed
 
 
 # ---- the comparator on synthetic runners ---------------------------------------------------------------
@@ -299,7 +299,7 @@ def test_trained_scale_deit_small_lfvit_checkpoint_exports_with_defaults(tmp_pat
         app, ["export", str(ckpt), "--format", "lf-vit", "--out", str(tmp_path / "export")]
     )
     assert result.exit_code == 0, result.output
-    report = Manifest.load(tmp_path / "export").verification
+    report = Manifest.load(tmp_path / "export").verification.to_dict()
     assert report["passed"]
     worst = max(r["max_abs_diff"] for r in report["rows"])
     assert 0 < worst < min(r["limit"] for r in report["rows"] if r["limit"] is not None)

@@ -263,8 +263,9 @@ def test_calibrate_write_updates_the_manifest(workdir, tmp_path):
     assert "mapped by sorted order" in result.output
     after = Manifest.load(workdir / "export")
     after.verify(workdir / "export", "graphs")  # still loads and verifies
-    rec = after.calibration
-    assert rec is not None and after.exit_threshold == rec["threshold"] != before.exit_threshold
+    assert after.calibration is not None
+    rec = after.calibration.to_dict()
+    assert after.exit_threshold == rec["threshold"] != before.exit_threshold
     assert rec["target"] == {"kind": "exit_rate", "value": 0.5} and rec["exit_rate"] >= 0.5
     assert rec["images"] == 12 and rec["previous_threshold"] == before.exit_threshold
     assert rec["label_mapping"] == "sorted" and rec["unreadable_images"] == 1

@@ -45,7 +45,7 @@ def test_export_writes_graphs_manifest_and_passes_parity(exported):
     m = Manifest.load(folder)
     m.verify(folder)
     assert m.exit_threshold == model.cfg.exit_threshold and m.model == model.cfg
-    report = m.verification
+    report = m.verification.to_dict()
     assert report["passed"] and report["checker"] == {"stage1": "ok", "stage2": "ok", "baseline": "ok"}
     assert all(r["passed"] for r in report["rows"])
     stages = [r for r in report["rows"] if not r["check"].startswith("pipeline@")]
@@ -68,7 +68,7 @@ def test_export_writes_graphs_manifest_and_passes_parity(exported):
         "nontarget_tokens",
         "target_features",
     ]
-    assert m.exporter["opset"] == 17 and m.exporter["batch"] == "dynamic"
+    assert m.exporter.opset == 17 and m.exporter.details["batch"] == "dynamic"
 
 
 @torch.no_grad()
@@ -112,7 +112,7 @@ def test_target_trt_85_decomposes_layernorm(tmp_path):
     ops10 = {n.op_type for n in onnx.load(str(tmp_path / "e10" / "stage2.onnx")).graph.node}
     assert "LayerNormalization" not in ops85 and {"ReduceMean", "Sqrt"} <= ops85
     assert "LayerNormalization" in ops10
-    assert Manifest.load(tmp_path / "e85").exporter["layernorm"] == "decomposed"
+    assert Manifest.load(tmp_path / "e85").exporter.layernorm == "decomposed"
 
 
 def test_fixed_batch_export(tmp_path):

@@ -203,7 +203,7 @@ def test_an_engine_tensorrt_refuses_says_rebuild(built, fake, tmp_path):
     m = Manifest.load(engines)
     bad = tmp_path / "stage1.engine"
     bad.write_bytes(b"not an engine")
-    r = TensorRTRunner(bad, m.engines["stage1"], m.tensorrt, device="cpu")
+    r = TensorRTRunner(bad, m.engines["stage1"], m.tensorrt.to_dict(), device="cpu")
     with pytest.raises(BackendError, match="TensorRT 10.3.0 cannot load this engine .*; rebuild the engines"):
         r.activate()
 

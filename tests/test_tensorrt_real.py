@@ -50,7 +50,7 @@ def test_engines_build_and_pass_parity(engines, precision):
     assert not results[precision].warnings
     m = Manifest.load(root / precision)
     m.verify(root / precision, "engines")
-    parity = m.tensorrt["parity"]
+    parity = m.tensorrt.parity
     assert parity["passed"], parity
     stage1 = next(r for r in parity["rows"] if r["check"] == "stage1")
     assert stage1["max_abs_diff"] < (1e-3 if precision == "fp32" else 5e-2)

@@ -130,7 +130,12 @@ def make_runner(folder: Path, manifest: Manifest, role: str, choice: BackendChoi
 
         entry = _entry(manifest.engines, role, folder, "TensorRT engine")
         manifest.verify(folder, "engines", roles=(role,))
-        return TensorRTRunner(manifest.file_path(folder, entry), entry, manifest.tensorrt or {}, **options)
+        return TensorRTRunner(
+            manifest.file_path(folder, entry),
+            entry,
+            manifest.tensorrt.to_dict() if manifest.tensorrt else {},
+            **options,
+        )
     raise BackendError(f"unknown backend {choice.backend!r}")
 
 

@@ -102,6 +102,7 @@ def calibrate(
     ] = None,
 ) -> None:
     """Choose the exit threshold on labelled images: accuracy / GFLOPs / exit-rate target."""
+    from sacvit_deploy.core.manifest import ExitCalibration
     from sacvit_deploy.core.version import __version__
     from sacvit_deploy.model.flops import FlopsReport
     from sacvit_deploy.runtime.exit_calibration import (
@@ -224,7 +225,7 @@ def calibrate(
             package_version=__version__,
         )
         manifest.exit_threshold = cal.chosen.threshold
-        manifest.calibration = record
+        manifest.calibration = ExitCalibration.from_record(record)
         try:
             path = manifest.save(opened.folder)
         except OSError as exc:

@@ -239,7 +239,7 @@ def export(
         log=lambda msg: note(msg),
     )
     if result.manifest.verification:
-        print_verification(result.manifest.verification)
+        print_verification(result.manifest.verification.to_dict())
     else:
         note("[yellow]verification skipped (--no-verify)[/]")
     sizes = ", ".join(f"{name} {size / 2**20:.1f} MB" for name, size in result.files.items())

@@ -18,6 +18,19 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 SELECTIONS = ("window", "topk")
 ATTENTIONS = ("global", "cluster")
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+CROPS = ("center",)
+# Sanity bounds: far beyond any real ViT, close enough that a forged config cannot make export or
+# a runtime allocate gigabytes before a shape check (62.5M classes would be a 16 GB head).
+LIMITS = {
+    "img_size": 4096,
+    "patch_size": 64,
+    "in_chans": 16,
+    "num_classes": 100_000,
+    "embed_dim": 8192,
+    "depth": 128,
+    "num_heads": 128,
+}
 
 
 @dataclass(frozen=True)
@@ -30,6 +43,28 @@ class PreprocessConfig:
     crop: str = "center"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+
+    def validate(self, bad: Any) -> None:
+        _check_types(self, bad, "preprocess.")
+        if not 1 <= self.input_size <= LIMITS["img_size"]:
+            raise bad(f"preprocess.input_size {self.input_size} must be in 1..{LIMITS['img_size']}")
+        if not self.input_size <= self.resize_size <= 4 * self.input_size:
+            raise bad(
+                f"preprocess.resize_size {self.resize_size} must be in {self.input_size}..{4 * self.input_size} "
+                "(the crop is taken from the resized image)"
+            )
+        if self.interpolation not in INTERPOLATIONS:
+            raise bad(
+                f"preprocess.interpolation {self.interpolation!r}: use one of {', '.join(INTERPOLATIONS)}"
+            )
+        if self.crop not in CROPS:
+            raise bad(f"preprocess.crop {self.crop!r}: use one of {', '.join(CROPS)}")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if len(values) != 3 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+                raise bad(f"preprocess.{name} {list(values)} must be 3 finite numbers (one per RGB channel)")
+        if not all(v > 0 for v in self.std):
+            raise bad(f"preprocess.std {list(self.std)} must be positive (it divides the pixels)")
 
     @classmethod
     def for_resolution(cls, input_size: int) -> PreprocessConfig:
@@ -124,7 +159,18 @@ class ModelConfig:
     # ---- validation and (de)serialisation -------------------------------------------------------
     def validate(self) -> None:
         def bad(msg: str) -> ConfigError:
-            return ConfigError(f"invalid model config ({self.variant}): {msg}")
+            return ConfigError(f"invalid model config ({_show(self.variant)}): {msg}")
+
+        _check_types(self, bad)
+        for name, limit in LIMITS.items():
+            value = getattr(self, name)
+            if not 1 <= value <= limit:
+                raise bad(f"{name} {value} must be in 1..{limit}")
+        if not 0.0 < self.mlp_ratio <= 64 or not 0.0 < self.norm_eps < 1.0:
+            raise bad(f"mlp_ratio {self.mlp_ratio} / norm_eps {self.norm_eps} out of range")
+        if not (math.isfinite(self.exit_threshold) and self.exit_threshold >= 0.0):
+            raise bad(f"exit_threshold {self.exit_threshold} must be a finite number >= 0")
+        self.preprocess.validate(bad)
 
         if self.img_size % (2 * self.patch_size):
             raise bad(f"img_size {self.img_size} must be a multiple of 2*patch_size ({2 * self.patch_size})")
@@ -184,9 +230,38 @@ class ModelConfig:
                 pp["std"] = tuple(pp.get("std", IMAGENET_STD))
                 d["preprocess"] = PreprocessConfig(**pp)
             if "score_layers" in d:
-                d["score_layers"] = tuple(int(i) for i in d["score_layers"])
+                d["score_layers"] = tuple(d["score_layers"])
             if d.get("class_names") is not None:
-                d["class_names"] = tuple(str(c) for c in d["class_names"])
+                d["class_names"] = tuple(d["class_names"])
             return cls(**d)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"malformed model config: {exc}") from None
+
+
+def _show(value: Any) -> str:
+    text = repr(value) if not isinstance(value, str) else value
+    return text.encode("unicode_escape").decode("ascii")[:80]
+
+
+_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+
+
+def _check_types(obj: Any, bad: Any, prefix: str = "") -> None:
+    """Every scalar field has its declared type (JSON gives "10", 10.0 or true just as easily)."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        kind = str(f.type).split(" ")[0]
+        if kind not in _TYPES:
+            continue
+        ok = isinstance(value, _TYPES[kind]) and (kind == "bool" or not isinstance(value, bool))
+        if kind == "float" and ok and not math.isfinite(value):
+            raise bad(f"{prefix}{f.name} {value!r} must be a finite number")
+        if not ok:
+            raise bad(f"{prefix}{f.name} {_show(value)} must be of type {kind}")
+    if hasattr(obj, "score_layers") and not all(
+        isinstance(i, int) and not isinstance(i, bool) for i in obj.score_layers
+    ):
+        raise bad(f"score_layers {obj.score_layers} must be block indices (integers)")
+    names = getattr(obj, "class_names", None)
+    if names is not None and not all(isinstance(n, str) for n in names):
+        raise bad("class_names must be strings")

@@ -14,14 +14,17 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from sacvit_deploy.core.config import ModelConfig
 from sacvit_deploy.core.errors import ConfigError, SacvitError
+from sacvit_deploy.core.formats import FORMAT_NAMES
+from sacvit_deploy.core.trt_families import TRT_FAMILY_NAMES
 from sacvit_deploy.core.version import __version__
 
 MANIFEST_NAME = "manifest.json"
@@ -49,10 +52,19 @@ class TensorSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TensorSpec:
-        shape = tuple(d["shape"])
-        if d["dtype"] not in DTYPES or not all(isinstance(s, (int, str)) for s in shape):
-            raise ValueError(f"bad tensor spec {d!r}")
-        return cls(str(d["name"]), str(d["dtype"]), shape)
+        d = _obj(d, "tensor spec")
+        name = _get(d, "name", str, "tensor spec")
+        dtype = _get(d, "dtype", str, f"tensor {name!r}")
+        if dtype not in DTYPES:
+            raise ValueError(f"tensor {name!r}: dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+        shape = _get(d, "shape", list, f"tensor {name!r}")
+        if len(shape) > 8 or not all(
+            (isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= 1 << 31)
+            or (isinstance(x, str) and x)
+            for x in shape
+        ):
+            raise ValueError(f"tensor {name!r}: shape {shape!r} must be sizes >= 0 or dimension names")
+        return cls(name, dtype, tuple(shape))
 
     @property
     def is_dynamic(self) -> bool:
@@ -89,22 +101,189 @@ class ArtifactFile:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ArtifactFile:
-        return cls(
-            file=check_file_name(d["file"]),
-            sha256=str(d["sha256"]),
-            size=int(d["size"]),
-            inputs=[TensorSpec.from_dict(t) for t in d["inputs"]],
-            outputs=[TensorSpec.from_dict(t) for t in d["outputs"]],
-            external_data=check_file_name(d["external_data"]) if d.get("external_data") else None,
-            external_sha256=d.get("external_sha256"),
-            info=dict(d.get("info") or {}),
+        d = _obj(d, "file entry")
+        name = check_file_name(d.get("file"))
+        external = d.get("external_data")
+        entry = cls(
+            file=name,
+            sha256=_sha(d.get("sha256"), name),
+            size=_get(d, "size", int, name),
+            inputs=[TensorSpec.from_dict(t) for t in _get(d, "inputs", list, name)],
+            outputs=[TensorSpec.from_dict(t) for t in _get(d, "outputs", list, name)],
+            external_data=check_file_name(external) if external is not None else None,
+            external_sha256=_sha(d.get("external_sha256"), f"{name} external data")
+            if external is not None
+            else None,
+            info=_get(d, "info", dict, name, required=False) or {},
         )
+        if entry.size < 0:
+            raise ValueError(f"{name}: size {entry.size} must be >= 0")
+        for specs in (entry.inputs, entry.outputs):
+            names = [t.name for t in specs]
+            if len(set(names)) != len(names):
+                raise ValueError(f"{name}: tensor names repeat ({names})")
+        return entry
 
     def input(self, name: str) -> TensorSpec:
         for t in self.inputs:
             if t.name == name:
                 return t
         raise KeyError(name)
+
+
+@dataclass
+class Verification:
+    """What export verification found (export/manifest.json): checker results and parity rows."""
+
+    passed: bool
+    checker: dict[str, str] = field(default_factory=dict)  # role -> "ok"
+    atol: float = 0.0
+    rtol: float = 0.0
+    rows: list[dict[str, Any]] = field(default_factory=list)  # core.compare.ParityRow.to_dict()
+    tensorrt: dict[str, Any] = field(default_factory=dict)  # family -> role -> parser-check verdict
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Verification:
+        d = _obj(d, "verification")
+        return cls(
+            passed=_get(d, "passed", bool, "verification"),
+            checker=_get(d, "checker", dict, "verification", required=False) or {},
+            atol=_num(d, "atol", "verification", default=0.0),
+            rtol=_num(d, "rtol", "verification", default=0.0),
+            rows=[
+                _obj(r, "verification row")
+                for r in _get(d, "rows", list, "verification", required=False) or []
+            ],
+            tensorrt=_get(d, "tensorrt", dict, "verification", required=False) or {},
+        )
+
+
+@dataclass
+class ExitCalibration:
+    """How ``exit_threshold`` was chosen by ``sacvit-deploy calibrate --write``."""
+
+    threshold: float
+    target: dict[str, Any]  # {"kind": accuracy | gflops | exit_rate, "value": number}
+    accuracy: float
+    exit_rate: float
+    gflops_per_image: float
+    images: int
+    details: dict[str, Any] = field(default_factory=dict)  # rule, per-stage accuracies, folder, backend ...
+
+    _KEYS = ("threshold", "target", "accuracy", "exit_rate", "gflops_per_image", "images")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.details, **{k: getattr(self, k) for k in self._KEYS}}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> ExitCalibration:
+        d = _obj(d, "calibration")
+        where = "calibration"
+        target = _obj(d.get("target"), "calibration.target")
+        if target.get("kind") not in ("accuracy", "gflops", "exit_rate") or not _finite(target.get("value")):
+            raise ValueError(f"calibration.target {target!r}: kind accuracy|gflops|exit_rate and a number")
+        record = cls(
+            threshold=_num(d, "threshold", where),
+            target=target,
+            accuracy=_num(d, "accuracy", where),
+            exit_rate=_num(d, "exit_rate", where),
+            gflops_per_image=_num(d, "gflops_per_image", where),
+            images=_get(d, "images", int, where),
+            details={k: v for k, v in d.items() if k not in cls._KEYS},
+        )
+        if not (0 <= record.accuracy <= 1 and 0 <= record.exit_rate <= 1 and record.images >= 0):
+            raise ValueError("calibration: accuracy and exit_rate must be in [0, 1], images >= 0")
+        return record
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> ExitCalibration:
+        return cls.from_dict(record)
+
+
+@dataclass
+class TensorRTInfo:
+    """How the engines of engines/manifest.json were built: what the runtime checks before loading
+    them (version, GPU, compatibility), what the build recorded (``build``: flags, profiles,
+    workspace ...), the INT8 calibration caches and the parity report."""
+
+    version: str
+    precision: str
+    gpu: str | None = None
+    compute_capability: str | None = None
+    version_compatible: bool = False
+    hardware_compat: str | None = None
+    dla_core: int | None = None
+    calibration: dict[str, Any] | None = None  # INT8: {"caches": {role: {"file", "sha256", ...}}, ...}
+    parity: dict[str, Any] | None = None
+    build: dict[str, Any] = field(default_factory=dict)
+
+    _TYPED: ClassVar[dict[str, tuple[type, bool]]] = {
+        "version": (str, True),
+        "precision": (str, True),
+        "gpu": (str, False),
+        "compute_capability": (str, False),
+        "version_compatible": (bool, False),
+        "hardware_compat": (str, False),
+        "dla_core": (int, False),
+        "calibration": (dict, False),
+        "parity": (dict, False),
+    }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.build, **{k: getattr(self, k) for k in self._TYPED}}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> TensorRTInfo:
+        d = _obj(d, "tensorrt")
+        typed: dict[str, Any] = {}
+        for key, (kind, required) in cls._TYPED.items():
+            value = _get(d, key, kind, "tensorrt", required=required)
+            if value is not None or key in d:
+                typed[key] = value if value is not None else (False if kind is bool else None)
+        if typed.get("dla_core") is not None and typed["dla_core"] < 0:
+            raise ValueError(f"tensorrt.dla_core {typed['dla_core']} must be >= 0")
+        return cls(**typed, build={k: v for k, v in d.items() if k not in cls._TYPED})
+
+    def calibration_cache(self, role: str) -> dict[str, Any]:
+        """The INT8 calibration cache entry recorded for a role ({} when none)."""
+        caches = (self.calibration or {}).get("caches")
+        entry = caches.get(role) if isinstance(caches, dict) else None
+        return entry if isinstance(entry, dict) else {}
+
+
+@dataclass
+class ExporterInfo:
+    """How the graphs were exported: what build-engine checks against the installed TensorRT."""
+
+    opset: int
+    target_trt: str
+    layernorm: str  # native | decomposed
+    details: dict[str, Any] = field(default_factory=dict)  # batch, torch version, seconds ...
+
+    _KEYS = ("opset", "target_trt", "layernorm")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.details, **{k: getattr(self, k) for k in self._KEYS}}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> ExporterInfo:
+        d = _obj(d, "exporter")
+        info = cls(
+            opset=_get(d, "opset", int, "exporter"),
+            target_trt=_get(d, "target_trt", str, "exporter"),
+            layernorm=_get(d, "layernorm", str, "exporter"),
+            details={k: v for k, v in d.items() if k not in cls._KEYS},
+        )
+        if info.target_trt not in TRT_FAMILY_NAMES:
+            raise ValueError(f"exporter.target_trt {info.target_trt!r}: one of {', '.join(TRT_FAMILY_NAMES)}")
+        if info.layernorm not in ("native", "decomposed"):
+            raise ValueError(f"exporter.layernorm {info.layernorm!r}: native or decomposed")
+        if not 7 <= info.opset <= 30:
+            raise ValueError(f"exporter.opset {info.opset} is not an ONNX opset")
+        return info
 
 
 @dataclass
@@ -115,12 +294,12 @@ class Manifest:
     graphs: dict[str, ArtifactFile] = field(default_factory=dict)
     engines: dict[str, ArtifactFile] = field(default_factory=dict)
     weights: ArtifactFile | None = None  # model.safetensors, for the torch backend
-    exporter: dict[str, Any] = field(default_factory=dict)
-    tensorrt: dict[str, Any] | None = None
-    verification: dict[str, Any] | None = None
-    # Written by `sacvit-deploy calibrate --write`: how exit_threshold was chosen (target, rule,
-    # accuracy, GFLOPs, images). Optional: manifests without it (older ones) load as None.
-    calibration: dict[str, Any] | None = None
+    exporter: ExporterInfo | None = None
+    tensorrt: TensorRTInfo | None = None
+    verification: Verification | None = None
+    # Written by `sacvit-deploy calibrate --write`: how exit_threshold was chosen. Optional:
+    # manifests without it (older ones) load as None.
+    calibration: ExitCalibration | None = None
     source: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     package_version: str = __version__
@@ -150,51 +329,107 @@ class Manifest:
             "exit_threshold": self.exit_threshold,
             "num_classes": self.model.num_classes,
             "model": self.model.to_dict(),
-            "exporter": self.exporter,
+            "exporter": self.exporter.to_dict() if self.exporter else {},
             "graphs": {k: v.to_dict() for k, v in self.graphs.items()},
             "engines": {k: v.to_dict() for k, v in self.engines.items()},
             "weights": self.weights.to_dict() if self.weights else None,
-            "tensorrt": self.tensorrt,
-            "verification": self.verification,
-            "calibration": self.calibration,
+            "tensorrt": self.tensorrt.to_dict() if self.tensorrt else None,
+            "verification": self.verification.to_dict() if self.verification else None,
+            "calibration": self.calibration.to_dict() if self.calibration else None,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "manifest") -> Manifest:
+        """Validate every field (types, ranges, finite numbers, names, enum values) before use."""
         if not isinstance(d, dict) or d.get("schema") != SCHEMA:
             raise ArtifactError(f"{where}: not a sacvit-deploy manifest; re-run `sacvit-deploy export`")
         version = d.get("schema_version")
-        if not isinstance(version, int) or version > SCHEMA_VERSION:
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
             raise ArtifactError(
-                f"{where}: manifest schema {version} is newer than this sacvit-deploy understands "
-                f"({SCHEMA_VERSION}); upgrade sacvit-deploy"
+                f"{where}: schema_version {_short(version)} is not a schema version (an integer from 1); "
+                "the file is damaged or not written by sacvit-deploy: re-run `sacvit-deploy export`"
+            )
+        if version > SCHEMA_VERSION:
+            raise ArtifactError(
+                f"{where}: manifest schema_version {version} is newer than the {SCHEMA_VERSION} this "
+                "sacvit-deploy reads; upgrade sacvit-deploy"
             )
         try:
             model = ModelConfig.from_dict(d["model"])
+            fmt = _get(d, "source_format", str, "manifest")
+            if fmt not in FORMAT_NAMES:
+                raise ValueError(f"source_format {fmt!r} is not one of {', '.join(FORMAT_NAMES)}")
+            threshold = d.get("exit_threshold")
+            if not _finite(threshold) or threshold < 0:
+                raise ValueError(
+                    f"exit_threshold {_short(threshold)} must be a finite number >= 0 "
+                    "(0: everything exits, above 1: nothing does)"
+                )
+            num_classes = d.get("num_classes", model.num_classes)
+            if num_classes != model.num_classes or isinstance(num_classes, bool):
+                raise ValueError(
+                    f"num_classes {_short(num_classes)} disagrees with the model config's {model.num_classes}"
+                )
             m = cls(
                 model=model,
-                source_format=str(d["source_format"]),
-                exit_threshold=float(d["exit_threshold"]),
-                graphs={k: ArtifactFile.from_dict(v) for k, v in (d.get("graphs") or {}).items()},
-                engines={k: ArtifactFile.from_dict(v) for k, v in (d.get("engines") or {}).items()},
-                weights=ArtifactFile.from_dict(d["weights"]) if d.get("weights") else None,
-                exporter=dict(d.get("exporter") or {}),
-                tensorrt=d.get("tensorrt"),
-                verification=d.get("verification"),
-                calibration=d.get("calibration"),
-                source=dict(d.get("source") or {}),
+                source_format=fmt,
+                exit_threshold=float(threshold),
+                graphs=_entries(d, "graphs"),
+                engines=_entries(d, "engines"),
+                weights=ArtifactFile.from_dict(d["weights"]) if d.get("weights") is not None else None,
+                exporter=ExporterInfo.from_dict(d["exporter"]) if d.get("exporter") else None,
+                tensorrt=TensorRTInfo.from_dict(d["tensorrt"]) if d.get("tensorrt") is not None else None,
+                verification=Verification.from_dict(d["verification"])
+                if d.get("verification") is not None
+                else None,
+                calibration=ExitCalibration.from_dict(d["calibration"])
+                if d.get("calibration") is not None
+                else None,
+                source=_get(d, "source", dict, "manifest", required=False) or {},
                 created=str(d.get("created", "")),
                 package_version=str(d.get("package_version", "")),
             )
+            m.check_specs()
         except ArtifactError as exc:
             raise ArtifactError(f"{where}: {exc}") from None
-        except (KeyError, TypeError, ValueError, ConfigError) as exc:
+        except KeyError as exc:
             raise ArtifactError(
-                f"{where}: malformed manifest ({exc}); re-run `sacvit-deploy export`"
+                f"{where}: malformed manifest (no field {exc}); re-run `sacvit-deploy export`"
             ) from None
-        if m.num_classes != int(d.get("num_classes", m.num_classes)):
-            raise ArtifactError(f"{where}: num_classes disagrees with the model config; re-run export")
+        except (TypeError, ValueError, ConfigError) as exc:
+            raise ArtifactError(
+                f"{where}: invalid manifest: {_oneline(exc)}; re-run `sacvit-deploy export`"
+            ) from None
         return m
+
+    def check_specs(self) -> None:
+        """The graphs' and engines' tensor specs agree with the model config (class count first:
+        a 1000-class manifest on a 10-class graph would label digits 'tench' and 'goldfish')."""
+        cfg = self.model
+        for section in ("graphs", "engines"):
+            for role, entry in getattr(self, section).items():
+                names = {t.name: t for t in entry.outputs}
+                logits = names.get("logits")
+                if logits is None:
+                    raise ValueError(f"{section}.{role} ({entry.file}) has no 'logits' output")
+                if isinstance(logits.shape[-1], int) and logits.shape[-1] != cfg.num_classes:
+                    raise ValueError(
+                        f"{section}.{role} ({entry.file}) gives {logits.shape[-1]} logits but the model config "
+                        f"has {cfg.num_classes} classes"
+                    )
+                if role == "stage1" and "confidence" not in names:
+                    raise ValueError(
+                        f"{section}.stage1 ({entry.file}) has no 'confidence' output (the exit gate)"
+                    )
+                image = next((t for t in entry.inputs if t.name == "image"), None)
+                if image is None:
+                    raise ValueError(f"{section}.{role} ({entry.file}) has no 'image' input")
+                want = (cfg.in_chans, cfg.img_size, cfg.img_size)
+                got = tuple(image.shape[1:])
+                if got != want:
+                    raise ValueError(
+                        f"{section}.{role} ({entry.file}) takes images of shape {got}, the model config {want}"
+                    )
 
     def save(self, folder: str | Path) -> Path:
         """Write manifest.json atomically: readers see the old file or the whole new one."""
@@ -216,9 +451,19 @@ class Manifest:
                 f"{path}: missing; {folder} is not an artifact folder (run `sacvit-deploy export CKPT --out {folder}`)"
             )
         try:
-            data = json.loads(path.read_text())
+            if path.stat().st_size > MAX_MANIFEST_BYTES:
+                raise ArtifactError(
+                    f"{path}: {path.stat().st_size} bytes, far larger than any manifest; re-run `sacvit-deploy export`"
+                )
+            data = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ArtifactError(f"{path}: not valid JSON ({exc}); re-run `sacvit-deploy export`") from None
+        except RecursionError:
+            raise ArtifactError(
+                f"{path}: JSON nested too deep to be a manifest; re-run `sacvit-deploy export`"
+            ) from None
+        except OSError as exc:
+            raise ArtifactError(f"{path}: cannot read it ({exc.strerror or exc})") from None
         return cls.from_dict(data, where=str(path))
 
     # ---- files ---------------------------------------------------------------------------------
@@ -231,11 +476,11 @@ class Manifest:
             names.add(entry.file)
             if entry.external_data:
                 names.add(entry.external_data)
-        calibration = (self.tensorrt or {}).get("calibration") or {}
-        for cache in (calibration.get("caches") or {}).values():
-            name = cache.get("file") if isinstance(cache, dict) else None
-            if isinstance(name, str) and _SAFE_NAME.match(name):
-                names.add(name)
+        if self.tensorrt is not None:
+            for role in self.engines:
+                name = self.tensorrt.calibration_cache(role).get("file")
+                if isinstance(name, str) and _SAFE_NAME.match(name):
+                    names.add(name)
         return names
 
     def file_path(self, folder: str | Path, entry: ArtifactFile | str) -> Path:
@@ -259,6 +504,71 @@ class Manifest:
             verify_file(safe_child(Path(folder), entry.file), entry.sha256, role)
             if entry.external_data:
                 verify_file(safe_child(Path(folder), entry.external_data), entry.external_sha256 or "", role)
+
+
+MAX_MANIFEST_BYTES = 16 << 20
+
+
+def _short(value: Any) -> str:
+    return repr(value)[:60]
+
+
+def _oneline(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _obj(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} must be a JSON object, not {type(value).__name__}")
+    return value
+
+
+_JSON_TYPES = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    dict: "an object",
+    list: "a list",
+}
+
+
+def _get(d: dict[str, Any], key: str, kind: type, where: str, required: bool = True) -> Any:
+    """``d[key]`` checked to be of ``kind`` (ints are not bools); None when optional and absent."""
+    if key not in d or d[key] is None:
+        if required:
+            raise ValueError(f"{where}: field {key!r} is missing")
+        return None
+    value = d[key]
+    ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+    if not ok:
+        raise ValueError(f"{where}.{key} {_short(value)} must be {_JSON_TYPES.get(kind, kind.__name__)}")
+    return value
+
+
+def _num(d: dict[str, Any], key: str, where: str, default: float | None = None) -> float:
+    value = d.get(key, default)
+    if not _finite(value):
+        raise ValueError(f"{where}.{key} {_short(value)} must be a finite number")
+    return float(value)
+
+
+def _sha(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{64}", value):
+        raise ValueError(f"{what}: sha256 {_short(value)} is not 64 hex digits")
+    return value
+
+
+def _entries(d: dict[str, Any], section: str) -> dict[str, ArtifactFile]:
+    raw = _get(d, section, dict, "manifest", required=False) or {}
+    unknown = sorted(set(raw) - set(GRAPH_ROLES))
+    if unknown:
+        raise ValueError(f"{section}: unknown roles {unknown}; expected {', '.join(GRAPH_ROLES)}")
+    return {role: ArtifactFile.from_dict(v) for role, v in raw.items()}
 
 
 def _now() -> str:

@@ -37,7 +37,14 @@ from pathlib import Path
 from typing import Any
 
 from sacvit_deploy.core.errors import SacvitError
-from sacvit_deploy.core.manifest import ArtifactFile, Manifest, TensorSpec, safe_child, sha256_file
+from sacvit_deploy.core.manifest import (
+    ArtifactFile,
+    Manifest,
+    TensorRTInfo,
+    TensorSpec,
+    safe_child,
+    sha256_file,
+)
 from sacvit_deploy.core.publish import prepare_output_folder, publish, staging_folder
 from sacvit_deploy.core.version import __version__
 
@@ -379,11 +386,9 @@ def save_timing_cache(cache: Any, path: Path) -> None:
 
 def expected_hard_fraction(manifest: Manifest) -> tuple[float, str]:
     """The share of images expected to reach stage 2: measured at export if recorded, else LF-ViT's 23%."""
-    report = manifest.verification or {}
-    rate = report.get("exit_rate")
-    if rate is None:
-        rates = [r["exit_rate"] for r in report.get("rows", []) if isinstance(r, dict) and "exit_rate" in r]
-        rate = rates[0] if rates else None
+    rows = manifest.verification.rows if manifest.verification else []
+    rates = [r["exit_rate"] for r in rows if "exit_rate" in r]
+    rate = rates[0] if rates else None
     if isinstance(rate, (int, float)) and 0.0 <= rate <= 1.0:
         return 1.0 - float(rate), "the export's verification data"
     return HARD_FRACTION_DEFAULT, "LF-ViT's operating point (about 23% of images reach stage 2)"
@@ -421,13 +426,14 @@ def check_options(trt: Any, version: Any, options: BuildOptions, gpu: Any, manif
             f"--hardware-compat ampere+ must be built on an Ampere or newer GPU; {gpu.name} has compute "
             f"capability {gpu.compute_capability}"
         )
-    if manifest.exporter.get("layernorm") == "native" and not version.has_native_layernorm():
+    exporter = manifest.exporter
+    if exporter is not None and exporter.layernorm == "native" and not version.has_native_layernorm():
         raise EngineBuildError(
             f"the graphs use LayerNormalization, which the TensorRT {version} parser lacks; "
             "re-export with: sacvit-deploy export CKPT --target-trt 8.5"
         )
-    opset = manifest.exporter.get("opset")
-    if isinstance(opset, int) and opset > version.max_onnx_opset():
+    opset = exporter.opset if exporter is not None else None
+    if opset is not None and opset > version.max_onnx_opset():
         raise EngineBuildError(
             f"the graphs are opset {opset}, above TensorRT {version}'s {version.max_onnx_opset()}; "
             f"re-export with --opset {version.max_onnx_opset()}"
@@ -644,8 +650,8 @@ def build_engines(
             source_format=manifest.source_format,
             exit_threshold=manifest.exit_threshold,
             engines=entries,
-            exporter=dict(manifest.exporter),
-            tensorrt=tensorrt_info,
+            exporter=manifest.exporter,
+            tensorrt=TensorRTInfo.from_dict(tensorrt_info),
             source={
                 **manifest.source,
                 "export": str(export_dir),
@@ -653,7 +659,7 @@ def build_engines(
             },
         )
         report = _parity(export_dir, manifest, staging, engines_manifest, roles, images, device, options)
-        tensorrt_info["parity"] = report
+        engines_manifest.tensorrt.parity = report
         if not report["passed"]:
             worst = report["worst_top1_agreement"]
             message = (
@@ -666,7 +672,7 @@ def build_engines(
                 )
             warnings.append(message)
             log(f"[bold red]WARNING:[/] {message}; check the parity table before deploying")
-        tensorrt_info["build_seconds"] = round(time.perf_counter() - start, 2)
+        engines_manifest.tensorrt.build["build_seconds"] = round(time.perf_counter() - start, 2)
         publish(staging, out, engines_manifest, previous)
     files = {e.file: e.size for e in entries.values()}
     return BuildResult(out, engines_manifest, time.perf_counter() - start, files, warnings)
@@ -768,7 +774,7 @@ def _previous_calibration(
         old = Manifest.load(out)
     except SacvitError:
         return None
-    entry = (((old.tensorrt or {}).get("calibration") or {}).get("caches") or {}).get(role) or {}
+    entry = old.tensorrt.calibration_cache(role) if old.tensorrt else {}
     name = entry.get("file")
     if name not in previous or (entry.get("onnx_sha256"), entry.get("data_sha256"), entry.get("batch")) != (
         onnx_sha,
@@ -808,7 +814,7 @@ def _parity(
         role: TensorRTRunner(
             staging / entry.file,
             entry,
-            engines_manifest.tensorrt or {},
+            engines_manifest.tensorrt.to_dict(),
             device=device,
             buffers=options.buffers,
         )

@@ -30,7 +30,14 @@ from torch import Tensor, nn
 
 from sacvit_deploy.core import publish
 from sacvit_deploy.core.errors import SacvitError
-from sacvit_deploy.core.manifest import ArtifactFile, Manifest, TensorSpec, sha256_file
+from sacvit_deploy.core.manifest import (
+    ArtifactFile,
+    ExporterInfo,
+    Manifest,
+    TensorSpec,
+    Verification,
+    sha256_file,
+)
 from sacvit_deploy.core.trt_families import TRT_FAMILIES
 from sacvit_deploy.core.version import __version__
 from sacvit_deploy.model.checkpoint import save_checkpoint
@@ -291,21 +298,21 @@ def export_artifacts(
             exit_threshold=threshold,
             graphs=graphs,
             weights=weights,
-            exporter={
-                "exporter": "torch.onnx (TorchScript)",
-                "torch": torch.__version__,
-                "onnx": _version_of("onnx"),
-                "opset": opset,
-                "target_trt": options.target_trt,
-                "layernorm": "decomposed"
-                if TRT_FAMILIES[options.target_trt].decompose_layernorm
-                else "native",
-                "batch": "dynamic" if dynamic else options.batch,
-            },
+            exporter=ExporterInfo(
+                opset=opset,
+                target_trt=options.target_trt,
+                layernorm="decomposed" if TRT_FAMILIES[options.target_trt].decompose_layernorm else "native",
+                details={
+                    "exporter": "torch.onnx (TorchScript)",
+                    "torch": torch.__version__,
+                    "onnx": _version_of("onnx"),
+                    "batch": "dynamic" if dynamic else options.batch,
+                },
+            ),
             source=source or {},
         )
         if verify is not None:
-            manifest.verification = verify(staging, manifest)
+            manifest.verification = Verification.from_dict(verify(staging, manifest))
         publish.publish(staging, out, manifest, previous)
     files = {e.file: e.size for e in manifest.graphs.values()}
     if manifest.weights:

@@ -280,7 +280,7 @@ def write_repository(
     }
     if options.backend == "tensorrt":
         source["tensorrt"] = {
-            k: (manifest.tensorrt or {}).get(k) for k in ("version", "gpu", "compute_capability")
+            k: getattr(manifest.tensorrt, k, None) for k in ("version", "gpu", "compute_capability")
         }
     placement = tc.Placement(options.kind, options.instances, tuple(options.gpus))
     previous = publish.prepare_output_folder(out, RepositoryError, "triton", owned=_owned)
