@@ -303,3 +303,18 @@ def test_trained_scale_deit_small_lfvit_checkpoint_exports_with_defaults(tmp_pat
     assert report["passed"]
     worst = max(r["max_abs_diff"] for r in report["rows"])
     assert 0 < worst < min(r["limit"] for r in report["rows"] if r["limit"] is not None)
+
+
+def test_check_run_uses_the_comparator(exported_tiny, tmp_path):
+    """`check --run`: ONNX Runtime vs the folder's own weights; a graph bug exits 2."""
+    from typer.testing import CliRunner
+
+    from sacvit_deploy.cli import app
+
+    ok = CliRunner().invoke(app, ["check", str(exported_tiny), "--trt", "10", "--run"])
+    assert ok.exit_code == 0, ok.output
+    assert "ONNX Runtime (CPU) vs PyTorch (model.safetensors)" in ok.output and "FAIL" not in ok.output
+    copy = _copy(exported_tiny, tmp_path)
+    _tamper(copy, "stage2.onnx", lambda g: _swap_inputs(g, "nontarget_tokens", "target_features"))
+    bad = CliRunner().invoke(app, ["check", str(copy), "--trt", "10", "--run"])
+    assert bad.exit_code == 2 and "FAIL" in bad.output, bad.output

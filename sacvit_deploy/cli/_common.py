@@ -142,6 +142,31 @@ PARITY_CAPTION = (
 )
 
 
+def verification_images(folder: Path | None, cfg, limit: int = 16):  # -> torch.Tensor
+    """Real images for parity checks: the user's folder, else the samples bundled with the package."""
+    import numpy as np
+    import torch
+
+    from sacvit_deploy.runtime.images import (
+        ImageLoadError,
+        collect_images,
+        load_image,
+        preprocess,
+        sample_images,
+    )
+
+    paths = collect_images([folder])[:limit] if folder is not None else sample_images()[:limit]
+    arrays = []
+    for p in paths:
+        try:
+            arrays.append(preprocess(load_image(p), cfg.preprocess))
+        except ImageLoadError as exc:
+            note(f"[yellow]skipped[/] {exc}")
+    if not arrays:
+        return None
+    return torch.from_numpy(np.stack(arrays))
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """A JSON report the user asked for (--json FILE); an unwritable path is a one-line error."""
     import json

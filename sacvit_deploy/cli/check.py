@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from sacvit_deploy.cli._common import handle_errors, note, out, write_json
+from sacvit_deploy.cli._common import handle_errors, note, out, parity_table, verification_images, write_json
 from sacvit_deploy.core.trt_families import TRT_FAMILY_NAMES
 
 
@@ -51,6 +51,14 @@ def check(
     json_file: Annotated[
         Path | None, typer.Option("--json", help="Also write every problem to this JSON file.")
     ] = None,
+    run: Annotated[
+        bool,
+        typer.Option(
+            "--run/--no-run",
+            help="Also run the graphs: ONNX Runtime vs the folder's model.safetensors on random and real "
+            "images, through the same comparator as export (exit code 2 on a mismatch).",
+        ),
+    ] = False,
 ) -> None:
     """Check the exported graphs against TensorRT's ONNX parser (8.5, 8.6, 10, 11) without TensorRT."""
     from sacvit_deploy.core.manifest import Manifest
@@ -90,8 +98,23 @@ def check(
         f"checked {len(manifest.graphs)} graph(s) on TensorRT {', '.join(versions)}; "
         "a static check: still compare every engine with ONNX Runtime"
     )
+    if run:
+        failed = _run_parity(folder, manifest) or failed
     if failed:
         raise typer.Exit(2)
+
+
+def _run_parity(folder: Path, manifest) -> bool:
+    """Print the parity table of ONNX Runtime vs PyTorch; True when a row failed."""
+    from sacvit_deploy.export.verify import check_parity
+
+    report = check_parity(folder, manifest, verification_images(None, manifest.model))
+    title = (
+        f"ONNX Runtime (CPU) vs PyTorch (model.safetensors), atol {report['atol']:.0e} + "
+        f"rtol {report['rtol']:.0e} * max|reference|"
+    )
+    out.print(parity_table(title, report["rows"]))
+    return not report["passed"]
 
 
 def _count(n: int, word: str) -> str:

@@ -15,6 +15,7 @@ from sacvit_deploy.cli._common import (
     note,
     out,
     parity_table,
+    verification_images,
 )
 from sacvit_deploy.core.compare import Tolerance
 from sacvit_deploy.core.errors import SacvitError
@@ -49,31 +50,6 @@ def read_labels(path: Path, num_classes: int) -> tuple[str, ...]:
             f"{path}: {len(names)} labels for a model with {num_classes} classes; give one name per class"
         )
     return tuple(names)
-
-
-def verification_images(folder: Path | None, cfg, limit: int = 16):  # -> torch.Tensor
-    """Real images for parity checks: the user's folder, else the samples bundled with the package."""
-    import numpy as np
-    import torch
-
-    from sacvit_deploy.runtime.images import (
-        ImageLoadError,
-        collect_images,
-        load_image,
-        preprocess,
-        sample_images,
-    )
-
-    paths = collect_images([folder])[:limit] if folder is not None else sample_images()[:limit]
-    arrays = []
-    for p in paths:
-        try:
-            arrays.append(preprocess(load_image(p), cfg.preprocess))
-        except ImageLoadError as exc:
-            note(f"[yellow]skipped[/] {exc}")
-    if not arrays:
-        return None
-    return torch.from_numpy(np.stack(arrays))
 
 
 def print_verification(report: dict) -> None:

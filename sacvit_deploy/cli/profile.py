@@ -32,9 +32,6 @@ TIMING = "Timing"
 OUTPUT = "Output"
 MAX_POOL = 256  # real images kept in memory for the pool (beyond the largest batch)
 
-# Tests replace this with a factory of fakes (a Jetson whose commands and tegrastats are canned).
-JETSON_FACTORY = Jetson
-
 
 def parse_batch_sizes(text: str) -> list[int]:
     sizes: list[int] = []
@@ -180,7 +177,7 @@ def profile(
     base_runner = opened.baseline_runner(threads=threads) if baseline else None
     note(f"backend: {opened.choice.describe()}")
 
-    jetson = JETSON_FACTORY()
+    jetson = Jetson()
     jetson_info, jetson_note = jetson.probe()
     note(jetson_note)
     sampler = jetson if jetson_info is not None and jetson_info.tegrastats else None

@@ -113,3 +113,39 @@ def tensorrt_parser_check(folder: Path, manifest: Manifest, target: str) -> dict
             f"the exported graph will not parse on TensorRT {target}: {broken[0]['first_error']}"
         )
     return report
+
+
+def check_parity(
+    folder: Path, manifest: Manifest, real_images: torch.Tensor | None, tolerance: Tolerance | None = None
+) -> dict[str, Any]:
+    """``check --run``: ONNX Runtime on the folder's graphs vs the folder's own PyTorch weights
+    (model.safetensors), through the same comparator as export verification. Returns the report;
+    the caller decides what a failure means."""
+    if manifest.weights is None:
+        raise VerificationError(
+            f"{folder}: no model.safetensors in the manifest to compare with; re-export without --no-weights"
+        )
+    tolerance = tolerance or Tolerance()
+    ort = BackendChoice("onnxruntime", "cpu", "cpu", "check --run")
+    torch_cpu = BackendChoice("torch", "cpu", None, "check --run")
+    roles = list(manifest.graphs)
+    candidate = {role: make_runner(folder, manifest, role, ort) for role in roles}
+    reference = {role: make_runner(folder, manifest, role, torch_cpu) for role in roles}
+    cfg = manifest.model
+    g = torch.Generator().manual_seed(1234)
+    sets = {"random": torch.randn(RANDOM_BATCH, cfg.in_chans, cfg.img_size, cfg.img_size, generator=g)}
+    if real_images is not None and real_images.shape[0]:
+        sets["real"] = real_images
+    rows = compare_runners(
+        ("PyTorch", reference),
+        ("ONNX Runtime", candidate),
+        sets,
+        manifest.exit_threshold,
+        Criteria(tolerance),
+    )
+    return {
+        "atol": tolerance.atol,
+        "rtol": tolerance.rtol,
+        "rows": [r.to_dict() for r in rows],
+        "passed": all(r.passed for r in rows),
+    }
