@@ -121,7 +121,7 @@ def test_every_member_a_fake_version_drops_is_really_absent(version):
 
 
 def test_fake_pycuda_matches_the_real_pycuda():
-    package, driver = make_fake_pycuda()
+    _package, driver = make_fake_pycuda()
     real = real_surface("pycuda")
     assert missing(fake_surface(driver), real) == []
     # DeviceAllocation: exactly the real class (no size attribute: sizes are the caller's business)

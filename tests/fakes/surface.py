@@ -188,9 +188,9 @@ class Tracer:
         class TracedEnum(base):  # type: ignore[misc, valid-type]
             def __getattribute__(cls, name: str) -> Any:
                 value = super().__getattribute__(name)
-                if not name.startswith("_") and name in type.__getattribute__(cls, "_member_map_"):
-                    if tracer._outside(fake_file):
-                        tracer.used.add((owner, name))
+                members = type.__getattribute__(cls, "_member_map_")
+                if not name.startswith("_") and name in members and tracer._outside(fake_file):
+                    tracer.used.add((owner, name))
                 return value
 
         enum_cls.__class__ = TracedEnum
