@@ -26,8 +26,9 @@ runs beyond module initialisation.
 Two cross-checks, recorded in each file's ``crosscheck`` section:
 
 * strings: every name the import found is looked up among the NUL-terminated strings of
-  ``tensorrt.so``. The linker merges a string into the tail of a longer one ("INT8" is stored as the
-  end of "UINT8", "FP16" of "BF16"... where present), so plain ``strings`` output misses such names.
+  ``tensorrt.so``. The linker merges a string into the tail of a longer one ("INT8" is stored only as
+  the end of a longer string such as "UINT8"; likewise "INPUT", "DLA", "SOFTMAX"), so plain
+  ``strings`` output misses such names.
   A name counts as found when it is a whole string OR the tail (suffix) of one; the file lists the
   names found only by suffix matching and the names not found at all (those come from
   ``__init__.py`` or pybind11 itself, not from the extension's string table).
