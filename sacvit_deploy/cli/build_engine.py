@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from sacvit_deploy.cli._common import handle_errors, note, out, parity_table
@@ -21,6 +25,31 @@ class HardwareCompat(str, Enum):
     none = "none"
     ampere_plus = "ampere+"
     same_cc = "same-cc"
+
+
+_STYLES = {logging.WARNING: "[yellow]warning:[/] ", logging.ERROR: "[red]error:[/] "}
+
+
+class _NoteHandler(logging.Handler):
+    """The engine builder's log records as notes on stderr (its text escaped: it quotes TensorRT and files)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        prefix = _STYLES.get(record.levelno, "")
+        note(prefix + escape(record.getMessage()))
+
+
+@contextmanager
+def engine_notes() -> Iterator[None]:
+    """Print what ``sacvit_deploy.engine`` logs while a build runs."""
+    logger = logging.getLogger("sacvit_deploy.engine")
+    handler, level = _NoteHandler(logging.INFO), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def print_engines(result) -> None:  # result: BuildResult
@@ -170,7 +199,8 @@ def build_engine(
         baseline=baseline,
     )
     options.validate()  # option mistakes before TensorRT is even imported
-    result = build_engines(export_dir, out_dir, options, log=note)
+    with engine_notes():
+        result = build_engines(export_dir, out_dir, options)
     print_engines(result)
     parity = result.manifest.tensorrt.parity if result.manifest.tensorrt else None
     if parity and parity.get("rows"):
@@ -178,5 +208,5 @@ def build_engine(
     sizes = ", ".join(f"{name} {size / 2**20:.1f} MB" for name, size in result.files.items())
     out.print(f"built {len(result.files)} engines into {result.folder}/ in {result.seconds:.1f} s: {sizes}")
     for warning in result.warnings:
-        note(f"[bold yellow]warning:[/] {warning}")
+        note(f"[bold yellow]warning:[/] {escape(warning)}")
     note(f"next: sacvit-deploy infer IMAGES --artifacts {result.folder} --backend tensorrt")
