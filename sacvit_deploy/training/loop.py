@@ -636,7 +636,7 @@ def _train(
             net = _TrainForward(model)
             if world.distributed:
                 net = nn.parallel.DistributedDataParallel(
-                    net, device_ids=[device] if device.type == "cuda" else None, broadcast_buffers=False
+                    net, device_ids=[device] if device.type == "cuda" else None
                 )
             if want_frozen:
                 log(
