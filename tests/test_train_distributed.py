@@ -8,6 +8,7 @@ global batch agree to ~1e-5 in the weights after a few AdamW steps (summation or
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -56,6 +57,18 @@ def write_folder(root: Path, n_train: int = 12, n_val: int = 3, seed: int = 0) -
 
 def quiet() -> Console:
     return Console(file=io.StringIO(), width=200)
+
+
+@contextlib.contextmanager
+def one_thread():
+    """In-process runs on one thread, as torchrun gives each process (OMP_NUM_THREADS=1): on 2 busy
+    cores torch's default 2 threads make a tiny epoch 10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def free_port() -> int:
@@ -313,11 +326,11 @@ def runs(tmp_path_factory) -> dict:
         if record["epoch"] == 0:
             epoch0.update(torch.load(tmp / "full1" / "last.pt", weights_only=True))
 
-    r["full1"] = train(options(base_spec(data, tmp / "full1")), console=quiet(), on_epoch_end=keep_epoch0)
-    r["full1_epoch0"] = epoch0
-
     shutil.copytree(tmp / "cut2", tmp / "res1")
-    r["res1"] = train(options(base_spec(data, tmp / "res1", resume=True)), console=quiet())
+    with one_thread():
+        r["full1"] = train(options(base_spec(data, tmp / "full1")), console=quiet(), on_epoch_end=keep_epoch0)
+        r["res1"] = train(options(base_spec(data, tmp / "res1", resume=True)), console=quiet())
+    r["full1_epoch0"] = epoch0
 
     # Through the real torchrun and the CLI, 2 processes.
     shutil.copytree(tmp / "cut2", tmp / "res2")
@@ -405,9 +418,11 @@ def test_fine_tune_new_head_frozen_backbone_and_selection_warning(tmp_path):
     torch.manual_seed(5)
     source = SACViT(tiny_config(num_classes=10))
     init = save_checkpoint(source, tmp_path / "init.safetensors")
-    spec = base_spec(data, tmp_path / "ft", model_config=None, epochs=2, batch_size=6, max_steps=1)
+    # bf16 autocast on the CPU, Mixup/CutMix and layer-wise decay ride along (no parity claim for them).
+    spec = base_spec(data, tmp_path / "ft", epochs=2, batch_size=6, max_steps=1, amp=True, amp_dtype="bf16")
+    spec.update(mixup=0.8, cutmix=1.0, layer_decay=0.65)
     spec.pop("selection_warmup_epochs")
-    opts = options({**spec, "model_config": tiny_config().to_dict()})
+    opts = options(spec)
     opts.model_config, opts.init, opts.init_format, opts.freeze_epochs, opts.num_classes = (
         None,
         init,
@@ -417,11 +432,12 @@ def test_fine_tune_new_head_frozen_backbone_and_selection_warning(tmp_path):
     )
     after: list[dict] = []
     console = quiet()
-    train(
-        opts,
-        console=console,
-        on_epoch_end=lambda r: after.append(torch.load(opts.out_dir / "last.pt")["model"]),
-    )
+    with one_thread():
+        train(
+            opts,
+            console=console,
+            on_epoch_end=lambda r: after.append(torch.load(opts.out_dir / "last.pt")["model"]),
+        )
     text = console.file.getvalue()
     assert "head re-initialised" in text and "backbone frozen" in text
     assert "warning: token selection would start at epoch 3, after the last epoch (2)" in text
