@@ -2,8 +2,11 @@
 
 The multi-process runs are real: separate Python processes with the environment torchrun sets
 (env:// rendezvous over TCP on localhost), and one run through the real ``torchrun`` and the CLI.
-Tolerances (measured on 2 busy CPU cores, see docs/training.md): 2 processes vs 1 with the same
-global batch agree to ~1e-5 in the weights after a few AdamW steps (summation order only).
+Tolerances (measured on 2 busy CPU cores, see docs/training.md): with the same global batch, 2
+processes (x 2 accumulation steps) and 1 process agree to 4.2e-5 in the weights after 3 AdamW steps
+at lr 1e-3 and to 5e-7 (relative) in the loss; the weights' tolerance is 2e-4, a fifth of one step.
+Float summation order is the only difference: AdamW's division by sqrt(v) + eps magnifies it for
+gradients that nearly cancel.
 """
 
 from __future__ import annotations
@@ -37,8 +40,8 @@ from sacvit_deploy.training.recipe import param_groups
 
 TESTS = Path(__file__).resolve().parent
 COLOURS = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
-# Weights after the same steps on 1 and on 2 processes: float summation order differs, nothing else.
-PARITY_ATOL = 1e-4
+# Weights after the same steps on 1 and on 2 processes (lr 1e-3): float summation order differs, nothing else.
+PARITY_ATOL = 2e-4
 LOSS_RTOL = 1e-5
 
 
