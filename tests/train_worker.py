@@ -26,7 +26,10 @@ def main(path: str) -> int:
     spec = json.loads(Path(path).read_text())
     stop_after = spec.pop("stop_after_epoch", None)
     result_path = spec.pop("result", None)
-    spec["model_config"] = ModelConfig.from_dict(spec["model_config"])
+    if spec.get("model_config"):
+        spec["model_config"] = ModelConfig.from_dict(spec["model_config"])
+    if spec.get("init"):
+        spec["init"] = Path(spec["init"])
     for key in ("data_dir", "out_dir"):
         spec[key] = Path(spec[key])
     records: list[dict] = []
