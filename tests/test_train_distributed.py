@@ -31,7 +31,7 @@ from typer.testing import CliRunner
 
 from sacvit_deploy.cli import app
 from sacvit_deploy.core.errors import SacvitError
-from sacvit_deploy.model import SACViT, load_checkpoint, save_checkpoint, tiny_config
+from sacvit_deploy.model import ModelConfig, SACViT, load_checkpoint, save_checkpoint, tiny_config
 from sacvit_deploy.training import GlobalBatchSampler, ModelEma, TrainOptions, eval_shard, train
 from sacvit_deploy.training.augment import OPS, MixupCutmix, RandAugment, RandomErasing
 from sacvit_deploy.training.data import default_workers
@@ -104,11 +104,11 @@ def base_spec(data: Path, out: Path, **changes) -> dict:
 
 
 def options(spec: dict) -> TrainOptions:
-    from sacvit_deploy.model import ModelConfig
-
     kw = dict(spec)
-    kw["model_config"] = ModelConfig.from_dict(kw["model_config"])
-    kw["data_dir"], kw["out_dir"] = Path(kw["data_dir"]), Path(kw["out_dir"])
+    kw["model_config"] = ModelConfig.from_dict(kw["model_config"]) if kw.get("model_config") else None
+    for key in ("data_dir", "out_dir", "init"):
+        if kw.get(key):
+            kw[key] = Path(kw[key])
     return TrainOptions(**kw)
 
 
@@ -229,7 +229,8 @@ def test_world_checks_devices_and_batch_split(monkeypatch, tmp_path):
         with pytest.raises(SacvitError, match="no CUDA"):
             resolve_device("cuda", None, w)
     # A global batch that does not split over the processes is refused before anyone waits.
-    monkeypatch.setattr(os, "environ", {**os.environ, **TORCHRUN_ENV})
+    for key, value in TORCHRUN_ENV.items():
+        monkeypatch.setenv(key, value)
     spec = base_spec(tmp_path, tmp_path / "run", batch_size=7, accum_steps=2)
     with pytest.raises(
         SacvitError, match=r"global batch and must be a multiple of 2 process\(es\) x --accum-steps 2"
@@ -424,15 +425,9 @@ def test_fine_tune_new_head_frozen_backbone_and_selection_warning(tmp_path):
     # bf16 autocast on the CPU, Mixup/CutMix and layer-wise decay ride along (no parity claim for them).
     spec = base_spec(data, tmp_path / "ft", epochs=2, batch_size=6, max_steps=1, amp=True, amp_dtype="bf16")
     spec.update(mixup=0.8, cutmix=1.0, layer_decay=0.65)
-    spec.pop("selection_warmup_epochs")
+    spec.pop("selection_warmup_epochs")  # default: round(0.77 * 2) = 2, i.e. never: must warn
+    spec.update(model_config=None, init=str(init), init_format="sacvit", freeze_epochs=1, num_classes=3)
     opts = options(spec)
-    opts.model_config, opts.init, opts.init_format, opts.freeze_epochs, opts.num_classes = (
-        None,
-        init,
-        "sacvit",
-        1,
-        3,
-    )
     after: list[dict] = []
     console = quiet()
     with one_thread():

@@ -248,7 +248,9 @@ def train(
     out_dir: Annotated[
         Path,
         typer.Option(
-            "--out", help="Output folder: last.pt, best.safetensors, log.jsonl.", rich_help_panel=_RUN
+            "--out",
+            help="Output folder: last.pt, best.safetensors, best_ema.safetensors, log.jsonl (rank 0 writes).",
+            rich_help_panel=_RUN,
         ),
     ] = Path("runs/sacvit"),
     resume: Annotated[
