@@ -833,7 +833,7 @@ def _train_epoch(
                     raise TrainError(
                         f"the loss became {value} at step {step}; lower --lr or set --clip-grad 1.0"
                     )
-                fields["loss"] = f"loss {value / world.size:.3f}"  # the global batch's mean
+                fields["loss"] = f"loss {value * accum / world.size:.3f}"  # this micro-batch step, per sample
             progress.update(task, completed=i + 1, **fields)
     totals = dist_.all_reduce_sum(torch.stack([loss_sum, seen]), world)
     return float(totals[0]) / max(1.0, float(totals[1])), step
