@@ -597,7 +597,9 @@ def test_int8_from_10_12_stays_weakly_typed_and_says_so(export, tmp_path, monkey
             export, tmp_path / "e", int8=True, calib_images=tmp_path / "calib", opt_batch=2, baseline=False
         )
     assert "BuilderFlag.INT8 is deprecated since TensorRT 10.12" in {str(w.message) for w in deprecations}
-    assert ("INT8",) in fake.called("Config.set_flag") and not result.manifest.tensorrt.build["strongly_typed"]
+    assert ("INT8",) in fake.called("Config.set_flag") and not result.manifest.tensorrt.build[
+        "strongly_typed"
+    ]
     assert any("deprecates weak typing" in r.getMessage() for r in caplog.records)
 
 
