@@ -11,6 +11,8 @@ import json
 import onnx
 import pytest
 
+from sacvit_deploy.backends.trt_version import TrtVersion, engine_compatibility_problem
+from sacvit_deploy.core.manifest import Manifest, Verification, sha256_file
 from sacvit_deploy.engine.build import (
     BuildOptions,
     EngineBuildError,
@@ -18,8 +20,6 @@ from sacvit_deploy.engine.build import (
     network_flags,
     stage2_opt_batch,
 )
-from sacvit_deploy.engine.trt_version import TrtVersion, engine_compatibility_problem
-from sacvit_deploy.export.manifest import Manifest, sha256_file
 from tests.fakes.fake_tensorrt import fake_plan_header, make_fake_tensorrt
 from tests.fakes.fixtures import build, install_fake_tensorrt, shared_export, tiny_export
 from tests.fakes.pictures import make_images
@@ -93,8 +93,8 @@ def test_fp32_build_calls_per_version(export, tmp_path, monkeypatch, version):
     for role, plan in zip(("stage1", "stage2", "baseline"), plans, strict=True):
         assert (out / f"{role}.engine").read_bytes() == bytes(plan)
         assert onnx_of(bytes(plan)).SerializeToString() == (export / f"{role}.onnx").read_bytes()
-    assert result.manifest.tensorrt["version"] == version
-    assert result.manifest.tensorrt["network_flags"] == list(expected_network_flags)
+    assert result.manifest.tensorrt.version == version
+    assert result.manifest.tensorrt.build["network_flags"] == list(expected_network_flags)
 
 
 def test_engines_manifest_contents(export, tmp_path, monkeypatch):
@@ -115,7 +115,7 @@ def test_engines_manifest_contents(export, tmp_path, monkeypatch):
         assert entry.inputs == source.graphs[role].inputs and entry.outputs == source.graphs[role].outputs
         assert entry.info["precision"] == "fp16" and entry.info["onnx_sha256"] == source.graphs[role].sha256
         assert entry.info["profiles"]["image"]["max"] == [32, 3, 128, 128]
-    trt = m.tensorrt
+    trt = m.tensorrt.to_dict()
     assert trt["gpu"] == "Fake GPU" and trt["compute_capability"] == "8.6" and trt["precision"] == "fp16"
     assert trt["workspace_bytes"] == 2 << 30 and trt["flags"] == ["FP16", "OBEY_PRECISION_CONSTRAINTS"]
     assert trt["version_compatible"] is False and trt["hardware_compat"] == "none" and trt["dla_core"] is None
@@ -152,7 +152,7 @@ def test_fp16_up_to_10_uses_the_flag_and_pins_the_fp32_islands(export, tmp_path,
     info = result.manifest.engines["stage1"].info
     assert info["fp32_layers"] == len(stage1_pinned)
     assert info["fp32_islands"] == {"gate": 2, "layernorm": 9, "softmax": 4, "token-score": 36}
-    assert "OBEY_PRECISION_CONSTRAINTS" in result.manifest.tensorrt["fp16_path"]
+    assert "OBEY_PRECISION_CONSTRAINTS" in result.manifest.tensorrt.build["fp16_path"]
 
 
 def test_fp16_on_trt11_rewrites_the_onnx_and_builds_strongly_typed(export, tmp_path, monkeypatch):
@@ -179,7 +179,7 @@ def test_fp16_on_trt11_rewrites_the_onnx_and_builds_strongly_typed(export, tmp_p
     info = result.manifest.engines["stage1"].info
     assert info["fp16_onnx"]["fp32_islands"] == {"gate": 2, "layernorm": 9, "softmax": 4, "token-score": 36}
     assert "fp32_layers" not in info
-    trt = result.manifest.tensorrt
+    trt = result.manifest.tensorrt.to_dict()
     assert trt["strongly_typed"] and "STRONGLY_TYPED" in trt["fp16_path"]
     assert trt["platform_has_fast_fp16"] is None  # no such query on 11.x
     assert trt["parity"]["passed"]  # the float16 graph itself ran in the fake engine
@@ -214,17 +214,17 @@ def test_int8_calibrates_each_engine_and_reuses_the_cache(export, tmp_path, monk
         "nontarget_tokens",
         "target_features",
     ]
-    caches = result.manifest.tensorrt["calibration"]["caches"]
+    caches = result.manifest.tensorrt.calibration["caches"]
     for role in ("stage1", "stage2"):
         assert (out / f"{role}.calib").is_file() and caches[role]["sha256"] == sha256_file(
             out / f"{role}.calib"
         )
         assert not caches[role]["reused"]
-    assert result.manifest.tensorrt["precision"] == "int8+fp16"
+    assert result.manifest.tensorrt.precision == "int8+fp16"
 
     # same graphs, same images: the second build reads the caches instead of calibrating
     again = build(export, out, int8=True, fp16=True, calib_images=calib, baseline=False)
-    assert all(c["reused"] for c in again.manifest.tensorrt["calibration"]["caches"].values())
+    assert all(c["reused"] for c in again.manifest.tensorrt.calibration["caches"].values())
     assert [b["calibration"]["from_cache"] for b in fake.state.builds[2:]] == [True, True]
     assert sorted(p.name for p in out.iterdir()) == [
         "manifest.json",
@@ -236,7 +236,7 @@ def test_int8_calibrates_each_engine_and_reuses_the_cache(export, tmp_path, monk
     # other images: calibrated again
     make_images(tmp_path / "other", count=9, size=(150, 170))
     third = build(export, out, int8=True, calib_images=tmp_path / "other", baseline=False)
-    assert not any(c["reused"] for c in third.manifest.tensorrt["calibration"]["caches"].values())
+    assert not any(c["reused"] for c in third.manifest.tensorrt.calibration["caches"].values())
 
 
 def test_int8_errors(export, tmp_path, monkeypatch):
@@ -272,7 +272,7 @@ def test_stage2_opt_batch_follows_the_hard_fraction(export, tmp_path):
     assert stage2_opt_batch(BuildOptions(opt_batch=32), 0.23) == 8
     assert stage2_opt_batch(BuildOptions(opt_batch=1), 0.23) == 1
     assert stage2_opt_batch(BuildOptions(opt_batch=8, stage2_opt_batch=5), 0.23) == 5
-    m.verification = {"exit_rate": 0.6}
+    m.verification = Verification(passed=True, rows=[{"check": "pipeline", "exit_rate": 0.6}])
     fraction, source = expected_hard_fraction(m)
     assert fraction == pytest.approx(0.4) and "verification" in source
     assert stage2_opt_batch(BuildOptions(opt_batch=8), fraction) == 4
@@ -290,7 +290,7 @@ def test_version_and_hardware_compatible_build(export, tmp_path, monkeypatch):
     )
     assert ("VERSION_COMPATIBLE",) in fake.called("Config.set_flag")
     assert fake.called("Config.hardware_compatibility_level") == [("SAME_COMPUTE_CAPABILITY",)] * 2
-    trt = result.manifest.tensorrt
+    trt = result.manifest.tensorrt.to_dict()
     assert trt["version_compatible"] is True and trt["hardware_compat"] == "same-cc"
     assert (
         fake_plan_header((tmp_path / "engines" / "stage1.engine").read_bytes())["hardware"]
@@ -320,7 +320,7 @@ def test_unsupported_options_on_the_installed_version(
 
 
 def test_ampere_plus_needs_an_ampere_gpu(export, tmp_path, monkeypatch):
-    from sacvit_deploy.engine.gpu import GpuInfo
+    from sacvit_deploy.backends.gpu import GpuInfo
 
     install_fake_tensorrt(monkeypatch, tmp_path, "10.3.0", gpu=GpuInfo("Tesla T4", "7.5"))
     with pytest.raises(
@@ -336,13 +336,14 @@ def test_layernorm_graphs_need_trt86_and_the_decomposed_export_builds_on_85(
     with pytest.raises(EngineBuildError, match="re-export with: sacvit-deploy export CKPT --target-trt 8.5"):
         build(export, tmp_path / "a")
     result = build(export85, tmp_path / "b", fp16=True)
-    assert result.manifest.tensorrt["parity"]["passed"]
+    assert result.manifest.tensorrt.parity["passed"]
     assert fake.called("Builder.create_network")[0] == (("EXPLICIT_BATCH",),)
     # decomposed LayerNorm: its ReduceMean/Sub/Mul/.../Add nodes are pinned to FP32 by name
     assert result.manifest.engines["stage1"].info["fp32_islands"]["layernorm"] == 9 * 9
 
 
-def test_dla(export, tmp_path, monkeypatch):
+def test_dla(export, tmp_path, monkeypatch, caplog):
+    caplog.set_level("INFO", "sacvit_deploy.engine")
     fake = install_fake_tensorrt(monkeypatch, tmp_path, "10.3.0")
     with pytest.raises(EngineBuildError, match="this device has no DLA \\(builder.num_DLA_cores is 0\\)"):
         build(export, tmp_path / "e", fp16=True, dla_core=0)
@@ -351,23 +352,50 @@ def test_dla(export, tmp_path, monkeypatch):
     fake.state.dla_cores = 2
     with pytest.raises(EngineBuildError, match="--dla-core 2: this device has 2 DLA core\\(s\\), 0..1"):
         build(export, tmp_path / "e", fp16=True, dla_core=2)
-    result = build(export, tmp_path / "e", fp16=True, dla_core=1, baseline=False)
+    result = build(export, tmp_path / "e", fp16=True, dla_core=1, baseline=False, opt_batch=4)
     assert fake.called("Config.default_device_type") == [("DLA",)] * 2
     assert fake.called("Config.DLA_core") == [(1,)] * 2
     assert ("GPU_FALLBACK",) in fake.called("Config.set_flag")
-    assert result.manifest.tensorrt["dla_core"] == 1
+    assert result.manifest.tensorrt.dla_core == 1
+    # DLA runs no dynamic dimension: static profiles at each engine's opt batch (stage 2: ceil(0.23*4) = 1),
+    # else every layer would silently fall back to the GPU
+    profiles = [p[0] for p in fake.called("Config.add_optimization_profile")]
+    assert profiles[0]["image"] == ((4, 3, 128, 128),) * 3 and profiles[1]["image"] == ((1, 3, 128, 128),) * 3
+    assert not any("fall back to GPU" in msg for _, msg in fake.state.logged)
+    for role, header in zip(("stage1", "stage2"), fake.state.builds, strict=True):
+        counted = result.manifest.engines[role].info["dla_layers"]
+        assert counted["dla"] == header["dla_layers"] > 0 and counted["layers"] > counted["dla"]
+    assert any("layers can run on DLA core 1" in r.getMessage() for r in caplog.records)
+    # the runtime pads to the static batch and splits larger ones
+    from sacvit_deploy.backends.factory import BackendChoice, make_runner
+
+    folder = tmp_path / "e"
+    choice = BackendChoice("tensorrt", "cuda", None, "test")
+    with make_runner(folder, Manifest.load(folder), "stage1", choice) as r:
+        assert r.fixed_batch == 4 and r.max_batch == 4
+    from sacvit_deploy.runtime.pipeline import EarlyExitPipeline
+
+    with EarlyExitPipeline(
+        make_runner(folder, Manifest.load(folder), "stage1", choice),
+        make_runner(folder, Manifest.load(folder), "stage2", choice),
+        0.5,
+    ) as pipe:
+        import torch
+
+        assert pipe.run(torch.randn(6, 3, 128, 128), 1.01).logits.shape == (6, 10)
+    assert {e["shapes"]["image"][0] for e in fake.state.executions} <= {1, 4}
 
 
 # ---- parser errors, parity failures, folders --------------------------------------------------------
 @pytest.mark.parametrize("version", ["8.6.1", "10.3.0"])
-def test_every_parser_error_is_reported_with_its_node(export, tmp_path, monkeypatch, version):
+def test_every_parser_error_is_reported_with_its_node(export, tmp_path, monkeypatch, caplog, version):
     fake = install_fake_tensorrt(monkeypatch, tmp_path, version)
     fake.state.fail_nodes = {"/blocks.0/attn/Softmax", "/head/Gemm"}
-    lines = []
     from sacvit_deploy.engine.build import BuildOptions, build_engines
 
     with pytest.raises(EngineBuildError) as info:
-        build_engines(export, tmp_path / "engines", BuildOptions(), log=lines.append)
+        build_engines(export, tmp_path / "engines", BuildOptions())
+    lines = [r.getMessage() for r in caplog.records if r.name == "sacvit_deploy.engine.build"]
     message = str(info.value)
     assert (
         "stage1.onnx: TensorRT" in message
@@ -389,10 +417,10 @@ def test_low_parity_warns_and_strict_writes_nothing(export, tmp_path, monkeypatc
 
     fake.state.perturb = scramble
     result = build(export, tmp_path / "engines", fp16=True, baseline=False)
-    parity = result.manifest.tensorrt["parity"]
+    parity = result.manifest.tensorrt.parity
     assert not parity["passed"] and parity["worst_top1_agreement"] < 0.99
     assert any("top-1 class of only" in w for w in result.warnings)
-    assert Manifest.load(tmp_path / "engines").tensorrt["parity"]["passed"] is False
+    assert Manifest.load(tmp_path / "engines").tensorrt.parity["passed"] is False
     with pytest.raises(EngineBuildError, match="--strict: nothing was written"):
         build(export, tmp_path / "strict", fp16=True, strict=True)
     assert not (tmp_path / "strict").exists()  # the folder it created is removed again, not left empty
@@ -440,13 +468,56 @@ def test_version_queries_and_network_flags():
 
 def test_engine_compatibility_rules():
     built = {"version": "10.3.0", "compute_capability": "8.7", "gpu": "Orin"}
-    assert engine_compatibility_problem(built, TrtVersion(10, 3, 1), "8.7") is None
-    assert "this machine has TensorRT 10.4.0" in engine_compatibility_problem(built, TrtVersion(10, 4), "8.7")
+    assert engine_compatibility_problem(built, TrtVersion(10, 3, 0), "8.7") is None
+    # an ordinary engine needs the exact release: a patch mismatch is refused (8.x: "expecting library
+    # version 8.5.1.7 got 8.5.3.1"), before TensorRT's own cryptic deserialize failure
+    assert "this machine has TensorRT 10.3.1" in engine_compatibility_problem(
+        built, TrtVersion(10, 3, 1), "8.7"
+    )
+    assert "this machine has TensorRT 8.5.3" in engine_compatibility_problem(
+        {"version": "8.5.1"}, TrtVersion(8, 5, 3), None
+    )
     assert "compute capability 8.7 (Orin)" in engine_compatibility_problem(built, TrtVersion(10, 3), "8.9")
     compatible = {**built, "version_compatible": True, "hardware_compat": "ampere+"}
     assert engine_compatibility_problem(compatible, TrtVersion(10, 8), "8.9") is None
     assert "cannot load" in engine_compatibility_problem(compatible, TrtVersion(10, 2), "8.9")
     assert "Ampere and later" in engine_compatibility_problem(compatible, TrtVersion(10, 3), "7.5")
+    # across majors only 8 -> 10 and 10 -> 11 (Support Matrix)
+    v86 = {"version": "8.6.1", "version_compatible": True}
+    assert engine_compatibility_problem(v86, TrtVersion(10, 3), None) is None
+    assert "only from 8 to 10 and from 10 to 11" in engine_compatibility_problem(v86, TrtVersion(11, 1), None)
+    assert (
+        engine_compatibility_problem({**compatible, "compute_capability": None}, TrtVersion(11, 4), None)
+        is None
+    )
+    assert "only from 8 to 10" in engine_compatibility_problem(
+        {"version": "11.1.0", "version_compatible": True}, TrtVersion(12, 0), None
+    )
+
+
+def test_the_fake_runtime_loads_what_the_support_matrix_says(tmp_path):
+    """The fake's own deserialize rule (written from the Support Matrix, not from trt_version.py)."""
+    from tests.fakes.fake_tensorrt import MAGIC
+
+    def plan(version, flags=()):
+        header = json.dumps(
+            {"version": version, "flags": list(flags), "inputs": [], "outputs": [], "profiles": []}
+        )
+        return MAGIC + len(header).to_bytes(4, "little") + header.encode()
+
+    def loads(runtime_version, plan_bytes, host_code=True):
+        fake = make_fake_tensorrt(runtime_version)
+        runtime = fake.Runtime(fake.Logger())
+        if hasattr(runtime, "engine_host_code_allowed"):
+            runtime.engine_host_code_allowed = host_code
+        return runtime.deserialize_cuda_engine(plan_bytes) is not None
+
+    assert loads("10.3.0", plan("10.3.0")) and not loads("10.3.1", plan("10.3.0"))
+    assert not loads("8.5.3", plan("8.5.1"))
+    vc = ("VERSION_COMPATIBLE",)
+    assert loads("10.9.0", plan("10.3.0", vc)) and not loads("10.2.0", plan("10.3.0", vc))
+    assert loads("10.3.0", plan("8.6.1", vc)) and loads("11.1.0", plan("10.3.0", vc))
+    assert not loads("11.1.0", plan("8.6.1", vc)) and not loads("10.9.0", plan("10.3.0", vc), host_code=False)
 
 
 # ---- the fake itself: removed APIs are absent, bad profiles fail the build ------------------------
@@ -490,7 +561,7 @@ def test_a_profile_missing_a_dynamic_input_fails_the_build(export, tmp_path, mon
     )
 
     fake = install_fake_tensorrt(monkeypatch, tmp_path, "10.3.0")
-    logger = make_logger(fake, lambda _msg: None)
+    logger = make_logger(fake)
     builder = fake.Builder(logger)
     network, _ = network_from_onnx(
         fake, builder, logger, (export / "stage2.onnx").read_bytes(), export / "stage2.onnx", 0
@@ -504,3 +575,67 @@ def test_a_profile_missing_a_dynamic_input_fails_the_build(export, tmp_path, mon
         builder.create_optimization_profile().set_shape(
             "image", (4, 3, 128, 128), (2, 3, 128, 128), (8, 3, 128, 128)
         )
+
+
+# ---- TensorRT 10.12+: weak typing deprecated ---------------------------------------------------------
+def test_fp16_from_10_12_builds_strongly_typed_without_deprecated_calls(export, tmp_path, monkeypatch):
+    fake = install_fake_tensorrt(monkeypatch, tmp_path, "10.16.1")
+    plans = capture_plans(fake)
+    result = build(export, tmp_path / "engines", fp16=True, baseline=False)
+    assert fake.state.deprecated == []  # no BuilderFlag.FP16, no layer precision, no set_output_type
+    assert fake.called("Builder.create_network") == [(("STRONGLY_TYPED",),)] * 2
+    assert fake.called("Config.set_flag") == [] and fake.called("ILayer.precision") == []
+    assert onnx.TensorProto.FLOAT16 in {t.data_type for t in onnx_of(bytes(plans[0])).graph.initializer}
+    assert result.manifest.tensorrt.build["strongly_typed"] and result.manifest.tensorrt.parity["passed"]
+
+
+def test_int8_from_10_12_stays_weakly_typed_and_says_so(export, tmp_path, monkeypatch, caplog):
+    fake = install_fake_tensorrt(monkeypatch, tmp_path, "10.16.1")
+    make_images(tmp_path / "calib", count=4)
+    with pytest.warns(DeprecationWarning) as deprecations:  # the weakly typed INT8 path (expected)
+        result = build(
+            export, tmp_path / "e", int8=True, calib_images=tmp_path / "calib", opt_batch=2, baseline=False
+        )
+    assert "BuilderFlag.INT8 is deprecated since TensorRT 10.12" in {str(w.message) for w in deprecations}
+    assert ("INT8",) in fake.called("Config.set_flag") and not result.manifest.tensorrt.build[
+        "strongly_typed"
+    ]
+    assert any("deprecates weak typing" in r.getMessage() for r in caplog.records)
+
+
+# ---- return values TensorRT reports failures with -----------------------------------------------------
+def test_a_refused_optimization_profile_is_an_error(export, tmp_path, monkeypatch):
+    fake = install_fake_tensorrt(monkeypatch, tmp_path, "10.3.0")
+    fake.state.reject_profiles = True
+    with pytest.raises(EngineBuildError, match="TensorRT refused the optimization profile image batch 1..32"):
+        build(export, tmp_path / "e")
+    make_images(tmp_path / "calib", count=4)
+    from sacvit_deploy.engine.build import config_for, make_logger, profile_shapes
+
+    builder = fake.Builder(make_logger(fake))
+    shapes = profile_shapes(Manifest.load(export).graphs["stage1"].inputs, 1, 2, 4)
+    fake.state.reject_profiles = False
+    calibrator = fake.IInt8EntropyCalibrator2()
+    original = fake.IBuilderConfig.set_calibration_profile
+    fake.IBuilderConfig.set_calibration_profile = lambda self, profile: False
+    try:
+        with pytest.raises(EngineBuildError, match="refused the INT8 calibration profile"):
+            config_for(fake, TrtVersion(10, 3), builder, BuildOptions(int8=True), shapes, None, calibrator, 2)
+    finally:
+        fake.IBuilderConfig.set_calibration_profile = original
+
+
+# ---- the opset ceiling is our policy, not TensorRT's refusal ---------------------------------------------
+def test_opset_above_the_documented_one_warns_and_strict_refuses(export, tmp_path, monkeypatch):
+    from sacvit_deploy.engine.build import check_options
+    from tests.fakes.fixtures import FAKE_GPU
+
+    fake = make_fake_tensorrt("10.3.0")
+    manifest = Manifest.load(export)
+    manifest.exporter.opset = 21
+    warnings = check_options(fake, TrtVersion(10, 3), BuildOptions(), FAKE_GPU, manifest)
+    assert (
+        len(warnings) == 1 and "sacvit-deploy's policy" in warnings[0] and "TensorRT will try" in warnings[0]
+    )
+    with pytest.raises(EngineBuildError, match="opset 21, above 20.*--strict refuses it"):
+        check_options(fake, TrtVersion(10, 3), BuildOptions(strict=True), FAKE_GPU, manifest)

@@ -83,7 +83,7 @@ def _edit_manifest(folder: Path, edit: Callable[[dict], None]) -> None:
 
 
 def _rehash(folder: Path, role: str) -> None:
-    from sacvit_deploy.export.manifest import sha256_file
+    from sacvit_deploy.core.manifest import sha256_file
 
     def edit(d):
         entry = d["graphs"][role]

@@ -1,8 +1,9 @@
 """The TensorRT runner against the fake TensorRT: compatibility checks, buffers, the backend contract.
 
 The fake's engines run the ONNX graphs with ONNX Runtime, reading and writing the addresses the
-runner gives ``set_tensor_address`` (host memory here: ``device="cpu"``), so the buffer handling is
-exercised for real. pycuda is faked the same way (tests/fakes/fake_pycuda.py).
+runner gives ``set_tensor_address``: device memory from the fake pycuda (host memory, with exactly
+the real pycuda classes' members, tests/fakes/fake_pycuda.py), so the buffer handling is exercised
+for real, through the production ``buffers="pycuda"`` path.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ import torch
 
 from sacvit_deploy.backends.base import BackendError
 from sacvit_deploy.backends.factory import BackendChoice, choose_backend, make_runner
+from sacvit_deploy.backends.gpu import GpuInfo
 from sacvit_deploy.backends.tensorrt_backend import TensorRTRunner
-from sacvit_deploy.engine.gpu import GpuInfo
-from sacvit_deploy.export.manifest import Manifest
+from sacvit_deploy.core.manifest import Manifest
 from sacvit_deploy.runtime.pipeline import EarlyExitPipeline, mixed_threshold
 from tests.backend_contract import check_runner_contract
-from tests.fakes.fake_pycuda import install_fake_pycuda
+from tests.fakes.fake_pycuda import install_fake_pycuda, is_freed
 from tests.fakes.fixtures import build, install_fake_tensorrt, shared_export
 
 TRT = BackendChoice("tensorrt", "cuda", None, "test")
@@ -44,7 +45,6 @@ def fake(monkeypatch, tmp_path):
 
 
 def runner(folder, role, **options):
-    options.setdefault("device", "cpu")
     return make_runner(folder, Manifest.load(folder), role, TRT, **options)
 
 
@@ -97,7 +97,7 @@ def test_factory_picks_tensorrt_for_an_engines_folder(built, fake):
     assert choose_backend(m, "tensorrt").backend == "tensorrt"
     with pytest.raises(BackendError, match="TensorRT runs on the GPU only"):
         choose_backend(m, "tensorrt", "cpu")
-    r = make_runner(engines, m, "stage1", TRT, device="cpu", threads=2)  # ORT-only options are ignored
+    r = make_runner(engines, m, "stage1", TRT, threads=2)  # ORT-only options are ignored
     assert isinstance(r, TensorRTRunner)
 
 
@@ -107,6 +107,7 @@ def test_output_buffers_grow_only_and_results_are_fresh_tensors(built, fake):
     _, export, engines = built
     addresses = []
     results = []
+    driver = sys.modules["pycuda.driver"]
     with runner(engines, "stage1") as r:
         for batch in (2, 1, 2, 4, 3):
             x = torch.randn(batch, 3, 128, 128)
@@ -116,10 +117,11 @@ def test_output_buffers_grow_only_and_results_are_fresh_tensors(built, fake):
             expected = ort_outputs(export, "stage1", {"image": x})
             for name, value in expected.items():
                 np.testing.assert_allclose(out[name].numpy(), value, atol=1e-6)
-        capacity = r._io._storage["logits"].numel()
+        capacity = r._io._allocations["logits"][1]
     # the same buffer for the same or a smaller batch; it grew once, for batch 4, and stayed
     assert addresses[0] == addresses[1] == addresses[2] and addresses[3] == addresses[4]
-    assert capacity == 4 * 10
+    assert capacity == 4 * 10 * 4  # bytes: 4 x 10 float32 logits
+    assert sum(is_freed(a) for a in driver.allocations) == len(driver.allocations)
     # earlier results are not views of the reused buffers
     x0, out0 = results[0]
     np.testing.assert_allclose(
@@ -129,9 +131,18 @@ def test_output_buffers_grow_only_and_results_are_fresh_tensors(built, fake):
 
 @torch.no_grad()
 def test_pycuda_buffers(built, fake, monkeypatch):
+    """Twice in a row (the second call reuses the allocations: the real DeviceAllocation has no size)."""
+    from tests.fakes.surface import real_surface
+
     _, export, engines = built
     driver = install_fake_pycuda(monkeypatch)
-    with runner(engines, "stage2", device="cuda") as r:
+    allocation = driver.mem_alloc(8)
+    members = {
+        n for n in dir(allocation) if not n.startswith("_") or n in ("__int__", "__index__", "__long__")
+    }
+    assert members == real_surface("pycuda")["DeviceAllocation"]  # exactly the real class's members
+    driver.allocations.clear()
+    with runner(engines, "stage2") as r:
         assert r.buffers == "pycuda"  # "auto": torch has no CUDA here, pycuda is "installed"
         assert r.device == torch.device("cpu")  # the currency stays torch CPU tensors
         assert len(driver.contexts) == 1  # the primary context is current while active
@@ -152,7 +163,7 @@ def test_pycuda_buffers(built, fake, monkeypatch):
         # one allocation per tensor, reused for the smaller batch
         assert len(driver.allocations) == 5
         assert fake.state.executions[-1]["stream"] != 0
-    assert driver.contexts == [] and all(a.freed for a in driver.allocations)
+    assert driver.contexts == [] and all(is_freed(a) for a in driver.allocations)
     assert {kind for kind, _ in driver.copies} == {"htod", "dtoh"}
 
 
@@ -163,7 +174,7 @@ def test_pycuda_missing_is_a_clear_error(built, fake, monkeypatch):
     with pytest.raises(
         BackendError, match=r"buffers='pycuda' needs pycuda: pip install 'sacvit-deploy\[pycuda\]'"
     ):
-        runner(engines, "stage1", device="cuda", buffers="pycuda").activate()
+        runner(engines, "stage1", buffers="pycuda").activate()
 
 
 # ---- compatibility checks: rebuild, clearly -----------------------------------------------------------
@@ -172,10 +183,21 @@ def test_engine_from_another_tensorrt_version_says_rebuild(built, monkeypatch, t
     install_fake_tensorrt(monkeypatch, tmp_path, "10.8.0")
     with pytest.raises(
         BackendError,
-        match=r"built with TensorRT 10.3.0, but this machine has TensorRT 10.8.0; rebuild the engines on this "
+        match=r"built with TensorRT 10.3.0, but this machine has TensorRT 10.8.0 \(an engine loads only on the "
+        r"exact release that built it, unless built --version-compatible\); rebuild the engines on this "
         r"device: sacvit-deploy build-engine",
     ):
         runner(engines, "stage1").activate()
+
+
+def test_a_patch_release_apart_says_rebuild_before_tensorrt_fails(built, monkeypatch, tmp_path):
+    _, _, engines = built
+    fake = install_fake_tensorrt(monkeypatch, tmp_path, "10.3.1")
+    with pytest.raises(
+        BackendError, match=r"built with TensorRT 10.3.0, but this machine has TensorRT 10.3.1"
+    ):
+        runner(engines, "stage1").activate()
+    assert not fake.called("Runtime.deserialize_cuda_engine")  # said before TensorRT's own failure
 
 
 def test_engine_for_another_gpu_says_rebuild(built, monkeypatch, tmp_path):
@@ -203,7 +225,7 @@ def test_an_engine_tensorrt_refuses_says_rebuild(built, fake, tmp_path):
     m = Manifest.load(engines)
     bad = tmp_path / "stage1.engine"
     bad.write_bytes(b"not an engine")
-    r = TensorRTRunner(bad, m.engines["stage1"], m.tensorrt, device="cpu")
+    r = TensorRTRunner(bad, m.engines["stage1"], m.tensorrt.to_dict())
     with pytest.raises(BackendError, match="TensorRT 10.3.0 cannot load this engine .*; rebuild the engines"):
         r.activate()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
 import math
@@ -12,11 +11,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from rich.console import Console
 from typer.testing import CliRunner
 
 from sacvit_deploy.cli import app
-from sacvit_deploy.errors import SacvitError
+from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.model import SACViT, load_checkpoint, save_checkpoint, tiny_config
 from sacvit_deploy.training import (
     EvalTransform,
@@ -70,8 +68,9 @@ def options(data_dir: Path, out: Path, **changes) -> TrainOptions:
     return TrainOptions(**{**base, **changes})
 
 
-def quiet() -> Console:
-    return Console(file=io.StringIO(), width=200)
+def quiet():
+    """A log sink that keeps the lines (the library reports through a callable, not a console)."""
+    return [].append
 
 
 # ---- data ------------------------------------------------------------------------------------------
@@ -202,7 +201,7 @@ def test_lr_schedule_warms_up_linearly_then_cosine():
 # ---- runs ------------------------------------------------------------------------------------------
 def test_training_writes_loadable_checkpoints_and_log(data_dir, tmp_path):
     out = tmp_path / "run"
-    result = train(options(data_dir, out, threshold=0.6), console=quiet())
+    result = train(options(data_dir, out, threshold=0.6), log=quiet())
     assert result.steps == 2 * 4 and len(result.history) == 2
     assert [r["token_selection"] for r in result.history] == [False, True]
 
@@ -231,15 +230,16 @@ def _stop_after_first_epoch(record: dict) -> None:
 
 
 def test_resume_continues_and_matches_an_uninterrupted_run(data_dir, tmp_path):
-    full = train(options(data_dir, tmp_path / "full", drop_path=0.1), console=quiet())
+    full = train(options(data_dir, tmp_path / "full", drop_path=0.1), log=quiet())
 
     opts = options(data_dir, tmp_path / "cut", drop_path=0.1)
     with pytest.raises(_Interrupt):
-        train(opts, console=quiet(), on_epoch_end=_stop_after_first_epoch)
+        train(opts, log=quiet(), on_epoch_end=_stop_after_first_epoch)
     assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["epoch"] == 0
-    console = quiet()
-    resumed = train(options(data_dir, tmp_path / "cut", drop_path=0.1, resume=True), console=console)
-    assert "resuming" in console.file.getvalue() and "at epoch 2/2, step 4" in console.file.getvalue()
+    lines: list[str] = []
+    resumed = train(options(data_dir, tmp_path / "cut", drop_path=0.1, resume=True), log=lines.append)
+    text = "\n".join(lines)
+    assert "resuming" in text and "at epoch 2/2, step 4" in text
 
     assert resumed.steps == full.steps == 8
     assert [r["lr"] for r in resumed.history] == [r["lr"] for r in full.history]
@@ -251,13 +251,13 @@ def test_resume_continues_and_matches_an_uninterrupted_run(data_dir, tmp_path):
 
 def test_resume_refusals(data_dir, tmp_path):
     with pytest.raises(SacvitError, match="no checkpoint to resume"):
-        train(options(data_dir, tmp_path / "none", resume=True), console=quiet())
+        train(options(data_dir, tmp_path / "none", resume=True), log=quiet())
     out = tmp_path / "run"
-    train(options(data_dir, out, epochs=1, max_steps=1), console=quiet())
+    train(options(data_dir, out, epochs=1, max_steps=1), log=quiet())
     with pytest.raises(SacvitError, match="a run is already there; pass --resume"):
-        train(options(data_dir, out, epochs=1), console=quiet())
+        train(options(data_dir, out, epochs=1), log=quiet())
     with pytest.raises(SacvitError, match=r"another model config \(exit_threshold 0.5 vs 0.9"):
-        train(options(data_dir, out, epochs=2, threshold=0.9, resume=True), console=quiet())
+        train(options(data_dir, out, epochs=2, threshold=0.9, resume=True), log=quiet())
 
 
 def test_init_copies_weights_and_reinitialises_a_head_of_another_size(data_dir, tmp_path):
@@ -274,16 +274,16 @@ def test_init_copies_weights_and_reinitialises_a_head_of_another_size(data_dir, 
     assert torch.equal(target.head.weight, fresh_head)
     assert any("head re-initialised" in line for line in lines)
     # Through train(): the sacvit init brings its architecture, the data its classes.
-    result = train(opts, console=quiet())
+    result = train(opts, log=quiet())
     assert result.cfg.num_classes == 3 and result.cfg.variant == "tiny_test"
 
 
 def test_device_and_amp_refusals(data_dir, tmp_path):
     with pytest.raises(SacvitError, match="--amp needs --device cuda"):
-        train(options(data_dir, tmp_path / "a", amp=True), console=quiet())
+        train(options(data_dir, tmp_path / "a", amp=True), log=quiet())
     if not torch.cuda.is_available():
         with pytest.raises(SacvitError, match="--device cuda: .*no CUDA"):
-            train(options(data_dir, tmp_path / "b", device="cuda"), console=quiet())
+            train(options(data_dir, tmp_path / "b", device="cuda"), log=quiet())
 
 
 # ---- CLI -------------------------------------------------------------------------------------------

@@ -15,8 +15,10 @@ Buffers:
 * ``buffers="pycuda"``: device memory from pycuda, for machines without a CUDA build of torch (common
   on Jetson). The runner's currency is then torch CPU tensors: inputs are copied to the device,
   outputs back;
-* ``buffers="auto"`` (default): torch when it has CUDA, else pycuda when installed;
-* ``device="cpu"`` (tests only): host memory stands in for device memory, for a fake TensorRT.
+* ``buffers="auto"`` (default): torch when it has CUDA, else pycuda when it imports.
+
+pycuda's ``DeviceAllocation`` has no size (only ``__int__``, ``__index__``, ``as_buffer``, ``free``),
+so the runner keeps each allocation's size itself.
 
 Every tensor whose address TensorRT holds stays referenced until the stream is synchronized. Output
 buffers are grow-only and reused across calls (same address for the same or a smaller batch); what
@@ -34,7 +36,7 @@ import numpy as np
 import torch
 
 from sacvit_deploy.backends.base import DTYPE_NAMES, TORCH_DTYPES, BackendError, Runner
-from sacvit_deploy.export.manifest import ArtifactFile
+from sacvit_deploy.core.manifest import ArtifactFile
 
 # TensorRT DataType member name -> the manifest's dtype name.
 TRT_DTYPES = {
@@ -49,18 +51,16 @@ BUFFERS = ("auto", "torch", "pycuda")
 
 
 def resolve_buffers(buffers: str) -> str:
-    """``auto`` -> ``torch`` when torch has CUDA, else ``pycuda`` when it is installed, else ``torch``."""
+    """``auto`` -> ``torch`` when torch has CUDA, else ``pycuda`` when it imports, else ``torch``."""
     if buffers != "auto":
         return buffers
     if torch.cuda.is_available():
         return "torch"
-    import importlib.util
-
     try:
-        has_pycuda = importlib.util.find_spec("pycuda") is not None
-    except ValueError:  # already imported without a spec (a test double)
-        has_pycuda = True
-    return "pycuda" if has_pycuda else "torch"
+        import pycuda.driver  # noqa: F401
+    except ImportError:
+        return "torch"  # _TorchBuffers then says what to install
+    return "pycuda"
 
 
 class TensorRTRunner(Runner):
@@ -71,7 +71,6 @@ class TensorRTRunner(Runner):
         path: str | Path,
         entry: ArtifactFile,
         tensorrt: Mapping[str, Any],
-        device: str = "cuda",
         buffers: str = "auto",
         device_id: int = 0,
         **_other_backends: Any,  # options meant for other backends (threads, fp16, cache_dir) are ignored
@@ -79,14 +78,11 @@ class TensorRTRunner(Runner):
         super().__init__(Path(path).name, entry.inputs, entry.outputs)
         if buffers not in BUFFERS:
             raise BackendError(f"unknown TensorRT buffers {buffers!r}; use one of {', '.join(BUFFERS)}")
-        if device not in ("cuda", "cpu"):
-            raise BackendError(f"unknown TensorRT device {device!r}; TensorRT runs on cuda")
         self.path = Path(path)
         self.entry = entry
         self.build_info = dict(tensorrt)
         self.buffers = resolve_buffers(buffers)
         self.device_id = device_id
-        self._host_memory = device == "cpu"  # tests: host memory posing as device memory
         self._trt: Any = None
         self._runtime: Any = None
         self._engine: Any = None
@@ -99,7 +95,7 @@ class TensorRTRunner(Runner):
     # ---- properties ------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        if self._host_memory or self.buffers == "pycuda":
+        if self.buffers == "pycuda":
             return torch.device("cpu")
         return torch.device("cuda", self.device_id)
 
@@ -112,6 +108,17 @@ class TensorRTRunner(Runner):
         return min(shapes[2][0] for shapes in profiles.values())
 
     @property
+    def fixed_batch(self) -> int | None:
+        """A static profile (min = max, as DLA engines are built) is a fixed batch: the pipeline pads to it."""
+        profiles = self._profiles or _profiles_from_info(self.entry.info)
+        batches = {(s[0][0], s[2][0]) for s in profiles.values()}
+        if len(batches) == 1:
+            low, high = batches.pop()
+            if low == high:
+                return low
+        return super().fixed_batch
+
+    @property
     def min_batch(self) -> int:
         profiles = self._profiles or _profiles_from_info(self.entry.info)
         return max((shapes[0][0] for shapes in profiles.values()), default=1)
@@ -122,15 +129,15 @@ class TensorRTRunner(Runner):
             tensorrt=self._version or self.build_info.get("version"),
             precision=self.entry.info.get("precision") or self.build_info.get("precision"),
             gpu=self._gpu.name if self._gpu else self.build_info.get("gpu"),
-            buffers="host (test)" if self._host_memory else self.buffers,
+            buffers=self.buffers,
             max_batch=self.max_batch,
         )
         return d
 
     # ---- lifecycle -------------------------------------------------------------------------------
     def _activate(self) -> None:
-        from sacvit_deploy.engine import gpu as gpu_module
-        from sacvit_deploy.engine.trt_version import (
+        from sacvit_deploy.backends import gpu as gpu_module
+        from sacvit_deploy.backends.trt_version import (
             engine_compatibility_problem,
             import_tensorrt,
             installed_version,
@@ -243,23 +250,23 @@ def _profiles_from_info(info: Mapping[str, Any]) -> dict[str, tuple[tuple[int, .
 
 
 class _TorchBuffers:
-    """torch tensors as TensorRT buffers: CUDA tensors on a stream of the runner's own, or host memory (tests)."""
+    """torch CUDA tensors as TensorRT buffers, on a stream of the runner's own."""
 
     def __init__(self, device: torch.device) -> None:
-        if device.type == "cuda" and not torch.cuda.is_available():
+        if not torch.cuda.is_available():
             raise BackendError(
                 "buffers='torch' needs a CUDA build of torch; install one, or pycuda for buffers='pycuda' "
                 "(pip install 'sacvit-deploy[pycuda]')"
             )
         self.device = device
-        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.stream = torch.cuda.Stream(device)
         self._storage: dict[str, torch.Tensor] = {}  # grow-only, flat
         self._views: dict[str, torch.Tensor] = {}
         self._held: list[torch.Tensor] = []  # inputs whose addresses TensorRT holds
 
     @property
     def stream_handle(self) -> int:
-        return int(self.stream.cuda_stream) if self.stream is not None else 0
+        return int(self.stream.cuda_stream)
 
     def input(self, name: str, tensor: torch.Tensor) -> int:
         t = tensor.to(self.device, non_blocking=True).contiguous()
@@ -276,13 +283,11 @@ class _TorchBuffers:
         return int(storage.data_ptr())
 
     def before_execute(self) -> None:
-        if self.stream is not None:
-            # The inputs were written on the caller's stream; the last call's clones read the outputs there.
-            self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        # The inputs were written on the caller's stream; the last call's clones read the outputs there.
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
 
     def finish(self, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
-        if self.stream is not None:
-            self.stream.synchronize()
+        self.stream.synchronize()
         # Clones on the caller's stream: the buffers are reused by the next call.
         return {name: self._views[name].clone() for name in shapes}
 
@@ -291,8 +296,7 @@ class _TorchBuffers:
         self._views.clear()
 
     def close(self) -> None:
-        if self.stream is not None:
-            self.stream.synchronize()
+        self.stream.synchronize()
         self.release()
         self._storage.clear()
 
@@ -313,7 +317,7 @@ class _PycudaBuffers:
         self.context = cuda.Device(device_id).retain_primary_context()
         self.context.push()
         self.stream = cuda.Stream()
-        self._allocations: dict[str, Any] = {}
+        self._allocations: dict[str, tuple[Any, int]] = {}  # name -> (DeviceAllocation, its size)
         self._pending: dict[str, tuple[Any, np.dtype]] = {}
         self._held: list[np.ndarray] = []  # host arrays being copied asynchronously
 
@@ -322,13 +326,14 @@ class _PycudaBuffers:
         return int(self.stream.handle)
 
     def _allocation(self, name: str, nbytes: int) -> Any:
-        current = self._allocations.get(name)
-        if current is None or current.nbytes < nbytes:
+        current, size = self._allocations.get(name, (None, 0))
+        if current is None or size < nbytes:
             if current is not None:
                 self.stream.synchronize()
                 current.free()
-            current = self.cuda.mem_alloc(max(nbytes, 1))
-            self._allocations[name] = current
+            size = max(nbytes, 1)
+            current = self.cuda.mem_alloc(size)
+            self._allocations[name] = (current, size)
         return current
 
     def input(self, name: str, tensor: torch.Tensor) -> int:
@@ -363,7 +368,7 @@ class _PycudaBuffers:
 
     def close(self) -> None:
         self.stream.synchronize()
-        for allocation in self._allocations.values():
+        for allocation, _size in self._allocations.values():
             allocation.free()
         self._allocations.clear()
         self.release()

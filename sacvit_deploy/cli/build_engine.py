@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from sacvit_deploy.cli._common import handle_errors, note, out, parity_table
@@ -23,11 +27,36 @@ class HardwareCompat(str, Enum):
     same_cc = "same-cc"
 
 
+_STYLES = {logging.WARNING: "[yellow]warning:[/] ", logging.ERROR: "[red]error:[/] "}
+
+
+class _NoteHandler(logging.Handler):
+    """The engine builder's log records as notes on stderr (its text escaped: it quotes TensorRT and files)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        prefix = _STYLES.get(record.levelno, "")
+        note(prefix + escape(record.getMessage()))
+
+
+@contextmanager
+def engine_notes() -> Iterator[None]:
+    """Print what ``sacvit_deploy.engine`` logs while a build runs."""
+    logger = logging.getLogger("sacvit_deploy.engine")
+    handler, level = _NoteHandler(logging.INFO), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 def print_engines(result) -> None:  # result: BuildResult
-    trt = result.manifest.tensorrt or {}
+    trt = result.manifest.tensorrt
     table = Table(
-        title=f"TensorRT {trt.get('version')} engines on {trt.get('gpu')} (compute capability "
-        f"{trt.get('compute_capability')}), {trt.get('precision')}"
+        title=f"TensorRT {trt.version} engines on {trt.gpu} (compute capability "
+        f"{trt.compute_capability}), {trt.precision}"
     )
     for col in ("engine", "size (MB)", "batch min/opt/max", "FP32 islands", "build (s)"):
         table.add_column(col, justify="left" if col == "engine" else "right")
@@ -170,13 +199,14 @@ def build_engine(
         baseline=baseline,
     )
     options.validate()  # option mistakes before TensorRT is even imported
-    result = build_engines(export_dir, out_dir, options, log=note)
+    with engine_notes():
+        result = build_engines(export_dir, out_dir, options)
     print_engines(result)
-    parity = (result.manifest.tensorrt or {}).get("parity")
+    parity = result.manifest.tensorrt.parity if result.manifest.tensorrt else None
     if parity and parity.get("rows"):
         print_parity(parity)
     sizes = ", ".join(f"{name} {size / 2**20:.1f} MB" for name, size in result.files.items())
     out.print(f"built {len(result.files)} engines into {result.folder}/ in {result.seconds:.1f} s: {sizes}")
     for warning in result.warnings:
-        note(f"[bold yellow]warning:[/] {warning}")
+        note(f"[bold yellow]warning:[/] {escape(warning)}")
     note(f"next: sacvit-deploy infer IMAGES --artifacts {result.folder} --backend tensorrt")

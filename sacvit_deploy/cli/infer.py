@@ -31,7 +31,7 @@ from sacvit_deploy.cli._common import (
     read_labels,
     safe,
 )
-from sacvit_deploy.errors import SacvitError
+from sacvit_deploy.core.errors import SacvitError
 
 IO_PANEL = "Input / output"
 TRITON = "Triton server"

@@ -5,8 +5,9 @@ Small steps that compose (Polygraphy-style), each usable on its own:
 * :func:`onnx_for_build`: the ONNX bytes to parse (float16 rewrite on TensorRT 11 with ``--fp16``);
 * :func:`network_from_onnx`: builder network + ONNX parser; every parser error is reported with the
   node's index, name and operator;
-* :func:`constrain_fp32_layers`: on TensorRT <= 10 with FP16/INT8, LayerNorm, Softmax, the exit gate
-  and the token-score path are pinned to float32 (``layer.precision``, ``set_output_type``);
+* :func:`constrain_fp32_layers`: on weakly typed networks (TensorRT < 10.12, or INT8 up to 10.x)
+  with FP16/INT8, LayerNorm, Softmax, the exit gate and the token-score path are pinned to float32
+  (``layer.precision``, ``set_output_type``);
 * :func:`config_for`: flags, workspace, optimization profile, timing cache, calibrator, DLA,
   version/hardware compatibility;
 * :func:`build_serialized`: the plan bytes, written as a standard ``.engine`` file (nothing glued on:
@@ -16,10 +17,17 @@ Small steps that compose (Polygraphy-style), each usable on its own:
 
 Precision, per TensorRT version (version questions are answered in ``trt_version.py``):
 
-* <= 10.x, ``--fp16``: ``BuilderFlag.FP16`` + ``OBEY_PRECISION_CONSTRAINTS`` and the FP32 islands;
-* 11.x, ``--fp16``: every network is strongly typed and the FP16 flag is gone, so the ONNX graph is
+* < 10.12, ``--fp16``: ``BuilderFlag.FP16`` + ``OBEY_PRECISION_CONSTRAINTS`` and the FP32 islands;
+* 10.12+ and 11.x, ``--fp16``: weak typing is deprecated (10.12) or gone (11.0), so the ONNX graph is
   rewritten to float16 with the same islands kept float32 (``fp16.py``) and built ``STRONGLY_TYPED``;
-* ``--int8``: an entropy calibrator on <= 10.x; TensorRT 11 needs Q/DQ nodes (not supported yet).
+* ``--int8``: an entropy calibrator on <= 10.x (weakly typed, so deprecated from 10.12); TensorRT 11
+  needs Q/DQ nodes (not supported yet).
+
+DLA (``--dla-core``): the DLA runs no dynamic dimension, so each engine gets a static profile
+(min = opt = max, at its opt batch); the runtime pads smaller batches and splits larger ones. The
+number of layers the builder config says can run on the DLA (``can_run_on_DLA``) is recorded.
+
+Messages go to the ``logging`` logger of this module (plain text); the CLI prints them.
 
 FP16 is never silently dropped: when the builder reports no fast FP16 (<= 10.x) the engine is still
 built FP16 with a warning, and ``--strict`` makes that an error.
@@ -28,26 +36,32 @@ built FP16 with a warning, and ``--strict`` makes that an error.
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import math
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sacvit_deploy import __version__
-from sacvit_deploy.errors import SacvitError
-from sacvit_deploy.export.manifest import ArtifactFile, Manifest, TensorSpec, safe_child, sha256_file
-from sacvit_deploy.export.publish import prepare_output_folder, publish, staging_folder
+from sacvit_deploy.core.errors import SacvitError
+from sacvit_deploy.core.manifest import (
+    ArtifactFile,
+    Manifest,
+    TensorRTInfo,
+    TensorSpec,
+    safe_child,
+    sha256_file,
+)
+from sacvit_deploy.core.publish import prepare_output_folder, publish, staging_folder
+from sacvit_deploy.core.version import __version__
 
 ROLES = ("stage1", "stage2", "baseline")
 HARD_FRACTION_DEFAULT = 0.23  # LF-ViT's operating point: about 23% of ImageNet reaches stage 2
 ISLAND_LAYER_TYPES = ("NORMALIZATION", "SOFTMAX", "REDUCE", "TOPK")
 ENGINE_SUFFIX = ".engine"
 MAX_CALIBRATION_IMAGES = 1024  # preprocessed in memory: about 0.6 MB each at 224 px
-# Where engines run during the parity check and calibration: "cuda" (tests use "cpu" with a fake TensorRT).
-RUNNER_DEVICE = "cuda"
+_log = logging.getLogger(__name__)
 
 
 class EngineBuildError(SacvitError):
@@ -71,7 +85,6 @@ class BuildOptions:
     strict: bool = False
     baseline: bool | None = None  # None: build it when the export has one
     parity_images: int = 32
-    device: str | None = None  # None: RUNNER_DEVICE
     buffers: str = "auto"  # device buffers for calibration and the parity check: auto | torch | pycuda
 
     @property
@@ -81,7 +94,7 @@ class BuildOptions:
         return "fp16" if self.fp16 else "fp32"
 
     def validate(self) -> None:
-        from sacvit_deploy.engine.trt_version import HARDWARE_COMPAT
+        from sacvit_deploy.backends.trt_version import HARDWARE_COMPAT
 
         if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
             raise EngineBuildError(
@@ -128,8 +141,8 @@ class BuildResult:
 
 
 # ---- small steps ------------------------------------------------------------------------------------
-def make_logger(trt: Any, log: Callable[[str], None]) -> Any:
-    """A TensorRT logger that keeps errors (for our messages) and passes each warning on to ``log`` once."""
+def make_logger(trt: Any) -> Any:
+    """A TensorRT logger that keeps errors (for our messages) and logs each warning once."""
     severity = trt.ILogger.Severity
     errors = {severity.ERROR, severity.INTERNAL_ERROR}
 
@@ -145,26 +158,22 @@ def make_logger(trt: Any, log: Callable[[str], None]) -> Any:
                 self.errors.append(text)
             elif level == severity.WARNING and text not in self.seen:
                 self.seen.add(text)
-                log(f"[yellow]TensorRT:[/] {_escape(text)}")
+                _log.warning("TensorRT: %s", text)
 
     return Logger()
 
 
-def _escape(text: str) -> str:
-    """Text from TensorRT or files, safe inside the Rich-markup notes the CLI prints."""
-    from rich.markup import escape
+def network_flags(trt: Any, version: Any, strongly_typed: bool | None = None) -> tuple[int, list[str]]:
+    """The creation flags: EXPLICIT_BATCH below 10; STRONGLY_TYPED when the build is strongly typed
+    (11.x always; 10.12+ unless calibrated INT8: :meth:`TrtVersion.builds_strongly_typed`)."""
+    from sacvit_deploy.backends.trt_version import enum_member
 
-    return escape(text)
-
-
-def network_flags(trt: Any, version: Any) -> tuple[int, list[str]]:
-    """The creation flags: EXPLICIT_BATCH below 10; STRONGLY_TYPED on 11 (where it is the only mode)."""
-    from sacvit_deploy.engine.trt_version import enum_member
-
+    if strongly_typed is None:
+        strongly_typed = version.builds_strongly_typed()
     names = []
     if version.needs_explicit_batch_flag():
         names.append("EXPLICIT_BATCH")
-    if version.strongly_typed_only() and version.has_strongly_typed_flag():
+    if strongly_typed and version.has_strongly_typed_flag():
         names.append("STRONGLY_TYPED")
     bits = 0
     for name in names:
@@ -215,7 +224,6 @@ def network_from_onnx(
     onnx_bytes: bytes,
     path: Path,
     flags: int,
-    log: Callable[[str], None] = lambda _msg: None,
 ) -> tuple[Any, Any]:
     """Parse ``onnx_bytes`` into a new network; every parser error is logged, the first one raised."""
     network = builder.create_network(flags)
@@ -232,7 +240,7 @@ def network_from_onnx(
         nodes = []
     errors = [describe_parser_error(parser.get_error(i), nodes) for i in range(parser.num_errors)]
     for line in errors:
-        log(f"[red]parser:[/] {_escape(path.name)}: {_escape(line)}")
+        _log.error("parser: %s: %s", path.name, line)
     first = errors[0] if errors else "; ".join(logger.errors[-1:]) or "no detail"
     more = f" (and {len(errors) - 1} more, listed above)" if len(errors) > 1 else ""
     raise EngineBuildError(
@@ -291,9 +299,18 @@ def config_for(
     timing_cache: Any = None,
     calibrator: Any = None,
     calibration_batch: int | None = None,
+    strongly_typed: bool | None = None,
 ) -> tuple[Any, list[str]]:
-    """A builder config for one engine; returns it and the names of the flags set."""
-    from sacvit_deploy.engine.trt_version import HARDWARE_COMPAT, enum_member
+    """A builder config for one engine; returns it and the names of the flags set.
+
+    Precision flags only on weakly typed builds (``strongly_typed`` False; default: what the version
+    and options call for). Failures TensorRT reports by return value (an invalid optimization or
+    calibration profile) raise :class:`EngineBuildError`.
+    """
+    from sacvit_deploy.backends.trt_version import HARDWARE_COMPAT, enum_member
+
+    if strongly_typed is None:
+        strongly_typed = version.builds_strongly_typed(options.int8)
 
     config = builder.create_builder_config()
     flags: list[str] = []
@@ -305,7 +322,7 @@ def config_for(
     config.set_memory_pool_limit(
         enum_member(trt, "MemoryPoolType", "WORKSPACE"), int(options.workspace_gib * (1 << 30))
     )
-    if version.has_precision_flags():
+    if version.has_precision_flags() and not strongly_typed:
         if options.fp16:
             flag("FP16")
         if options.int8:
@@ -329,7 +346,11 @@ def config_for(
     profile = builder.create_optimization_profile()
     for name, (low, opt, high) in shapes.items():
         profile.set_shape(name, low, opt, high)
-    config.add_optimization_profile(profile)
+    if config.add_optimization_profile(profile) < 0:
+        raise EngineBuildError(
+            f"TensorRT refused the optimization profile {_describe_shapes(shapes)} (see TensorRT's message "
+            "above); check --min-batch/--opt-batch/--max-batch"
+        )
     if timing_cache is not None and not config.set_timing_cache(timing_cache, False):
         raise EngineBuildError(
             "the timing cache is from another GPU or TensorRT; delete the --timing-cache file and rebuild"
@@ -340,8 +361,22 @@ def config_for(
         for name, (_, opt, _) in shapes.items():
             fixed = (int(calibration_batch or opt[0]), *opt[1:])
             calibration.set_shape(name, fixed, fixed, fixed)
-        config.set_calibration_profile(calibration)
+        if not config.set_calibration_profile(calibration):
+            raise EngineBuildError(
+                f"TensorRT refused the INT8 calibration profile (batch {calibration_batch}); "
+                "try another --opt-batch"
+            )
     return config, flags
+
+
+def _describe_shapes(shapes: Shapes) -> str:
+    return ", ".join(f"{name} batch {low[0]}..{high[0]}" for name, (low, _opt, high) in shapes.items())
+
+
+def dla_layer_count(network: Any, config: Any) -> dict[str, int]:
+    """How many of the network's layers the config says can run on the DLA (the rest fall back to the GPU)."""
+    layers = [network.get_layer(i) for i in range(network.num_layers)]
+    return {"dla": sum(bool(config.can_run_on_DLA(layer)) for layer in layers), "layers": len(layers)}
 
 
 def build_serialized(builder: Any, network: Any, config: Any, logger: Any, what: str) -> bytes:
@@ -355,17 +390,17 @@ def build_serialized(builder: Any, network: Any, config: Any, logger: Any, what:
     return bytes(plan)
 
 
-def load_timing_cache(config: Any, path: Path | None, log: Callable[[str], None]) -> Any:
+def load_timing_cache(config: Any, path: Path | None) -> Any:
     """A timing cache from ``path`` when it exists (else empty), shared by every build of this run."""
     data = b""
     if path is not None and path.is_file():
         data = path.read_bytes()
     cache = config.create_timing_cache(data)
     if cache is None:
-        log(f"[yellow]note:[/] {path}: not a timing cache of this TensorRT; starting a new one")
+        _log.warning("%s: not a timing cache of this TensorRT; starting a new one", path)
         cache = config.create_timing_cache(b"")
     elif data:
-        log(f"timing cache: reusing {path} ({len(data) / 1024:.0f} KiB)")
+        _log.info("timing cache: reusing %s (%.0f KiB)", path, len(data) / 1024)
     return cache
 
 
@@ -379,11 +414,9 @@ def save_timing_cache(cache: Any, path: Path) -> None:
 
 def expected_hard_fraction(manifest: Manifest) -> tuple[float, str]:
     """The share of images expected to reach stage 2: measured at export if recorded, else LF-ViT's 23%."""
-    report = manifest.verification or {}
-    rate = report.get("exit_rate")
-    if rate is None:
-        rates = [r["exit_rate"] for r in report.get("rows", []) if isinstance(r, dict) and "exit_rate" in r]
-        rate = rates[0] if rates else None
+    rows = manifest.verification.rows if manifest.verification else []
+    rates = [r["exit_rate"] for r in rows if "exit_rate" in r]
+    rate = rates[0] if rates else None
     if isinstance(rate, (int, float)) and 0.0 <= rate <= 1.0:
         return 1.0 - float(rate), "the export's verification data"
     return HARD_FRACTION_DEFAULT, "LF-ViT's operating point (about 23% of images reach stage 2)"
@@ -397,9 +430,13 @@ def stage2_opt_batch(options: BuildOptions, hard_fraction: float) -> int:
 
 
 # ---- checks before building -----------------------------------------------------------------------
-def check_options(trt: Any, version: Any, options: BuildOptions, gpu: Any, manifest: Manifest) -> None:
-    """Options the installed TensorRT (or this GPU, or the export) cannot honour: one clear error each."""
-    from sacvit_deploy.engine.trt_version import HARDWARE_COMPAT
+def check_options(trt: Any, version: Any, options: BuildOptions, gpu: Any, manifest: Manifest) -> list[str]:
+    """Options the installed TensorRT (or this GPU, or the export) cannot honour: one clear error each.
+
+    Returns warnings: what this project's policy advises against but TensorRT may still do.
+    """
+    warnings: list[str] = []
+    from sacvit_deploy.backends.trt_version import HARDWARE_COMPAT
 
     if options.int8 and not version.has_int8_calibrator():
         raise EngineBuildError(
@@ -421,17 +458,24 @@ def check_options(trt: Any, version: Any, options: BuildOptions, gpu: Any, manif
             f"--hardware-compat ampere+ must be built on an Ampere or newer GPU; {gpu.name} has compute "
             f"capability {gpu.compute_capability}"
         )
-    if manifest.exporter.get("layernorm") == "native" and not version.has_native_layernorm():
+    exporter = manifest.exporter
+    if exporter is not None and exporter.layernorm == "native" and not version.has_native_layernorm():
         raise EngineBuildError(
             f"the graphs use LayerNormalization, which the TensorRT {version} parser lacks; "
             "re-export with: sacvit-deploy export CKPT --target-trt 8.5"
         )
-    opset = manifest.exporter.get("opset")
-    if isinstance(opset, int) and opset > version.max_onnx_opset():
-        raise EngineBuildError(
-            f"the graphs are opset {opset}, above TensorRT {version}'s {version.max_onnx_opset()}; "
-            f"re-export with --opset {version.max_onnx_opset()}"
+    opset = exporter.opset if exporter is not None else None
+    if opset is not None and opset > version.max_onnx_opset():
+        # The parser itself does not refuse newer opsets (it warns and tries); the ceiling is our policy.
+        message = (
+            f"the graphs are opset {opset}, above {version.max_onnx_opset()}, the highest opset TensorRT "
+            f"{version}'s ONNX parser documents; sacvit-deploy's policy is to export at most that "
+            f"(re-export with --opset {version.max_onnx_opset()}); TensorRT will try anyway"
         )
+        if options.strict:
+            raise EngineBuildError(f"{message}; --strict refuses it")
+        warnings.append(message)
+    return warnings
 
 
 def _cc(text: str) -> tuple[int, ...]:
@@ -460,11 +504,14 @@ def build_engines(
     export_dir: str | Path,
     out: str | Path,
     options: BuildOptions,
-    log: Callable[[str], None] = lambda _msg: None,
 ) -> BuildResult:
-    """Build the engines of ``export_dir`` into ``out`` with a manifest, after a parity check."""
-    from sacvit_deploy.engine import gpu as gpu_module
-    from sacvit_deploy.engine.trt_version import import_tensorrt, installed_version
+    """Build the engines of ``export_dir`` into ``out`` with a manifest, after a parity check.
+
+    Progress and warnings are logged (``logging``, this module's logger); the warnings are also in
+    the result.
+    """
+    from sacvit_deploy.backends import gpu as gpu_module
+    from sacvit_deploy.backends.trt_version import import_tensorrt, installed_version
 
     start = time.perf_counter()
     options.validate()
@@ -481,16 +528,18 @@ def build_engines(
             f"--timing-cache {options.timing_cache}: keep the timing cache outside the engines folder (--out {out})"
         )
     roles = _roles(manifest, export_dir, options.baseline)
-    device = options.device or RUNNER_DEVICE
     from sacvit_deploy.backends.tensorrt_backend import resolve_buffers
 
-    options = replace(options, buffers="torch" if device == "cpu" else resolve_buffers(options.buffers))
+    options = replace(options, buffers=resolve_buffers(options.buffers))
 
     trt = import_tensorrt()
     version = installed_version(trt)
     gpu = gpu_module.detect_gpu(0)
-    check_options(trt, version, options, gpu, manifest)
-    logger = make_logger(trt, log)
+    warnings: list[str] = []
+    for message in check_options(trt, version, options, gpu, manifest):
+        warnings.append(message)
+        _log.warning(message)
+    logger = make_logger(trt)
     builder = trt.Builder(logger)
     if builder is None:
         raise EngineBuildError(f"TensorRT could not create a builder ({'; '.join(logger.errors[-2:])})")
@@ -505,7 +554,6 @@ def build_engines(
             raise EngineBuildError(
                 f"--dla-core {options.dla_core}: this device has {cores} DLA core(s), 0..{cores - 1}"
             )
-    warnings: list[str] = []
     fast_fp16 = None
     if options.fp16 and version.has_fast_fp16_query():
         fast_fp16 = bool(builder.platform_has_fast_fp16)
@@ -514,31 +562,36 @@ def build_engines(
             if options.strict:
                 raise EngineBuildError(f"{message}; --strict refuses it (build without --fp16)")
             warnings.append(message)
-            log(f"[bold yellow]warning:[/] {message}")
+            _log.warning(message)
     if options.fp16 and version.known_fp16_issue():
-        log(f"[yellow]note:[/] {version.known_fp16_issue()}")
+        _log.warning(version.known_fp16_issue())
+    strongly_typed = version.builds_strongly_typed(options.int8)
+    if options.int8 and version.weak_typing_deprecated():
+        _log.warning(
+            "TensorRT %s deprecates weak typing: calibrated INT8 still builds weakly typed (BuilderFlag.INT8 "
+            "and an entropy calibrator); TensorRT 11 needs INT8 as Q/DQ nodes in the graph",
+            version,
+        )
     hard_fraction, hard_source = expected_hard_fraction(manifest)
     opt2 = stage2_opt_batch(options, hard_fraction)
     previous = prepare_output_folder(out, EngineBuildError, "build")
 
     # Images first: a bad --calib-images folder fails before minutes of building.
-    from sacvit_deploy.engine.calibrator import load_images
+    from sacvit_deploy.engine.int8_calibrator import load_images
 
     images, image_source = load_images(
         options.calib_images,
         manifest.preprocess,
         MAX_CALIBRATION_IMAGES if options.int8 else options.parity_images,
-        log,
     )
-    strongly_typed = version.strongly_typed_only()
     reduced = options.fp16 or options.int8
-    flags_bits, net_flag_names = network_flags(trt, version)
+    flags_bits, net_flag_names = network_flags(trt, version, strongly_typed)
     calibration: dict[str, Any] | None = None
     entries: dict[str, ArtifactFile] = {}
     flag_names: list[str] = []
     with staging_folder(out) as staging:
         timing_config = builder.create_builder_config()
-        timing_cache = load_timing_cache(timing_config, options.timing_cache, log)
+        timing_cache = load_timing_cache(timing_config, options.timing_cache)
         reference: dict[str, Any] = {}
         if options.int8:
             reference = _active_reference(export_dir, manifest)
@@ -551,27 +604,34 @@ def build_engines(
                 onnx_bytes, islands, fp16_summary = onnx_for_build(
                     graph_path, strongly_typed, options.fp16, reduced
                 )
-                network, _parser = network_from_onnx(
-                    trt, builder, logger, onnx_bytes, graph_path, flags_bits, log
-                )
+                network, _parser = network_from_onnx(trt, builder, logger, onnx_bytes, graph_path, flags_bits)
                 pinned: list[str] = []
                 if reduced and not strongly_typed and islands is not None:
                     pinned = constrain_fp32_layers(trt, network, islands.tensors)
-                low, opt, high = (
-                    options.min_batch,
-                    (opt2 if role == "stage2" else options.opt_batch),
-                    options.max_batch,
+                opt = opt2 if role == "stage2" else options.opt_batch
+                # DLA runs no dynamic dimension: min = opt = max (else every layer silently falls back to the GPU)
+                low, high = (
+                    (opt, opt) if options.dla_core is not None else (options.min_batch, options.max_batch)
                 )
                 shapes = profile_shapes(graph.inputs, low, opt, high)
                 calibrator, calib_batch = None, None
                 if options.int8:
                     calibrator, calib_batch, cache_info = _calibrator_for(
-                        trt, role, graph, images, reference, out, staging, previous, device, options
+                        trt, role, graph, images, reference, out, staging, previous, options
                     )
                     calibration["caches"][role] = cache_info
                 config, flag_names = config_for(
-                    trt, version, builder, options, shapes, timing_cache, calibrator, calib_batch
+                    trt,
+                    version,
+                    builder,
+                    options,
+                    shapes,
+                    timing_cache,
+                    calibrator,
+                    calib_batch,
+                    strongly_typed,
                 )
+                dla = dla_layer_count(network, config) if options.dla_core is not None else None
                 plan = build_serialized(builder, network, config, logger, f"{role}.onnx")
                 path = staging / f"{role}{ENGINE_SUFFIX}"
                 path.write_bytes(plan)
@@ -595,6 +655,12 @@ def build_engines(
                         info["fp32_layers"] = len(pinned)
                 if fp16_summary:
                     info["fp16_onnx"] = fp16_summary
+                if dla is not None:
+                    info["dla_layers"] = dla
+                    _log.info(
+                        "%s: %d of %d layers can run on DLA core %d (static batch %d); the rest run on the GPU",
+                        role, dla["dla"], dla["layers"], options.dla_core, opt,
+                    )  # fmt: skip
                 entries[role] = ArtifactFile(
                     file=path.name,
                     sha256=sha256_file(path),
@@ -603,14 +669,16 @@ def build_engines(
                     outputs=list(graph.outputs),
                     info=info,
                 )
-                log(f"built {path.name} ({len(plan) / 2**20:.1f} MB, {options.precision}, {seconds:.1f} s)")
+                _log.info(
+                    "built %s (%.1f MB, %s, %.1f s)", path.name, len(plan) / 2**20, options.precision, seconds
+                )
                 del network, _parser, config, calibrator
         finally:
             for runner in reference.values():
                 runner.deactivate()
         if options.timing_cache is not None:
             save_timing_cache(timing_cache, options.timing_cache)
-            log(f"timing cache saved to {options.timing_cache}")
+            _log.info("timing cache saved to %s", options.timing_cache)
         if calibration is not None:
             calibration["images_sha256"] = _images_sha(images)
 
@@ -644,16 +712,16 @@ def build_engines(
             source_format=manifest.source_format,
             exit_threshold=manifest.exit_threshold,
             engines=entries,
-            exporter=dict(manifest.exporter),
-            tensorrt=tensorrt_info,
+            exporter=manifest.exporter,
+            tensorrt=TensorRTInfo.from_dict(tensorrt_info),
             source={
                 **manifest.source,
                 "export": str(export_dir),
                 "graphs": {role: manifest.graphs[role].sha256 for role in roles},
             },
         )
-        report = _parity(export_dir, manifest, staging, engines_manifest, roles, images, device, options)
-        tensorrt_info["parity"] = report
+        report = _parity(export_dir, manifest, staging, engines_manifest, roles, images, options)
+        engines_manifest.tensorrt.parity = report
         if not report["passed"]:
             worst = report["worst_top1_agreement"]
             message = (
@@ -665,8 +733,8 @@ def build_engines(
                     f"{message}; --strict: nothing was written (try FP32, or another TensorRT)"
                 )
             warnings.append(message)
-            log(f"[bold red]WARNING:[/] {message}; check the parity table before deploying")
-        tensorrt_info["build_seconds"] = round(time.perf_counter() - start, 2)
+            _log.warning("%s; check the parity table before deploying", message)
+        engines_manifest.tensorrt.build["build_seconds"] = round(time.perf_counter() - start, 2)
         publish(staging, out, engines_manifest, previous)
     files = {e.file: e.size for e in entries.values()}
     return BuildResult(out, engines_manifest, time.perf_counter() - start, files, warnings)
@@ -681,7 +749,7 @@ def _fp16_path(options: BuildOptions, strongly_typed: bool) -> str | None:
 
 
 def _checked_graph(export_dir: Path, manifest: Manifest, role: str) -> Path:
-    from sacvit_deploy.export.onnx_files import external_data_files
+    from sacvit_deploy.core.onnx_files import external_data_files
 
     manifest.verify(export_dir, "graphs", roles=(role,))
     path = manifest.file_path(export_dir, manifest.graphs[role])
@@ -690,7 +758,7 @@ def _checked_graph(export_dir: Path, manifest: Manifest, role: str) -> Path:
 
 
 def _images_sha(images: Any) -> str:
-    from sacvit_deploy.engine.calibrator import fingerprint
+    from sacvit_deploy.engine.int8_calibrator import fingerprint
 
     return fingerprint([images])
 
@@ -719,14 +787,13 @@ def _calibrator_for(
     out: Path,
     staging: Path,
     previous: set[str],
-    device: str,
     options: BuildOptions,
 ) -> tuple[Any, int, dict[str, Any]]:
     """The calibrator of one engine, its batch size, and the cache entry for the manifest."""
     import numpy as np
     import torch
 
-    from sacvit_deploy.engine.calibrator import (
+    from sacvit_deploy.engine.int8_calibrator import (
         CALIBRATION_SUFFIX,
         calibration_batches,
         fingerprint,
@@ -748,7 +815,7 @@ def _calibrator_for(
     if cache_in is not None:
         # TensorRT does not write back a cache it read: keep it in the new folder ourselves.
         (staging / name).write_bytes(cache_in)
-    calibrator = make_entropy_calibrator(trt, batches, staging / name, cache_in, options.buffers, device)
+    calibrator = make_entropy_calibrator(trt, batches, staging / name, cache_in, options.buffers)
     entry = {
         "file": name,
         "sha256": None,
@@ -768,7 +835,7 @@ def _previous_calibration(
         old = Manifest.load(out)
     except SacvitError:
         return None
-    entry = (((old.tensorrt or {}).get("calibration") or {}).get("caches") or {}).get(role) or {}
+    entry = old.tensorrt.calibration_cache(role) if old.tensorrt else {}
     name = entry.get("file")
     if name not in previous or (entry.get("onnx_sha256"), entry.get("data_sha256"), entry.get("batch")) != (
         onnx_sha,
@@ -791,7 +858,6 @@ def _parity(
     engines_manifest: Manifest,
     roles: list[str],
     images: Any,
-    device: str,
     options: BuildOptions,
 ) -> dict[str, Any]:
     import torch
@@ -808,8 +874,7 @@ def _parity(
         role: TensorRTRunner(
             staging / entry.file,
             entry,
-            engines_manifest.tensorrt or {},
-            device=device,
+            engines_manifest.tensorrt.to_dict(),
             buffers=options.buffers,
         )
         for role, entry in engines_manifest.engines.items()

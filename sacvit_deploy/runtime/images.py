@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from sacvit_deploy.errors import ConfigError, SacvitError
+from sacvit_deploy.core.errors import ConfigError, SacvitError
 from sacvit_deploy.fileinfo import not_a_regular_file
 from sacvit_deploy.model.config import PreprocessConfig
 

@@ -19,7 +19,7 @@ from typing import IO, Any
 
 import torch
 
-from sacvit_deploy.errors import SacvitError
+from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.runtime.pipeline import PipelineOutput
 
 

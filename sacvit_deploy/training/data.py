@@ -9,6 +9,7 @@ workers and whether the run was resumed.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,11 +17,13 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
-from sacvit_deploy.errors import SacvitError
+from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.model.config import PreprocessConfig
 from sacvit_deploy.runtime.images import IMAGE_EXTENSIONS, load_image, preprocess
+from sacvit_deploy.training.augment import RandAugment, RandomErasing
+from sacvit_deploy.training.sampler import GlobalBatchSampler, eval_shard
 
 SPLITS = ("train", "val")
 _LAYOUT = "DATA_DIR/train/<class>/<image> and DATA_DIR/val/<class>/<image>"
@@ -132,7 +135,7 @@ class EvalTransform:
 
 
 class TrainTransform:
-    """DeiT training: RandomResizedCrop (bicubic), horizontal flip, normalise."""
+    """DeiT training: RandomResizedCrop (bicubic), horizontal flip, [RandAugment], normalise, [erasing]."""
 
     def __init__(
         self,
@@ -140,8 +143,11 @@ class TrainTransform:
         scale: tuple[float, float] = (0.08, 1.0),
         ratio: tuple[float, float] = (3 / 4, 4 / 3),
         hflip: bool = True,
+        rand_augment: RandAugment | None = None,
+        erasing: RandomErasing | None = None,
     ) -> None:
         self.pp, self.scale, self.ratio, self.hflip = pp, scale, ratio, hflip
+        self.rand_augment, self.erasing = rand_augment, erasing
 
     def crop_box(self, width: int, height: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
         """torchvision's RandomResizedCrop.get_params: (left, top, w, h)."""
@@ -170,7 +176,10 @@ class TrainTransform:
         img = img.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + w, top + h))
         if self.hflip and rng.random() < 0.5:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        return to_normalized_tensor(img, self.pp.mean, self.pp.std)
+        if self.rand_augment is not None:
+            img = self.rand_augment(img, rng)
+        x = to_normalized_tensor(img, self.pp.mean, self.pp.std)
+        return self.erasing(x, rng) if self.erasing is not None else x
 
 
 # ---- datasets and loaders ---------------------------------------------------------------------------
@@ -188,12 +197,14 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.split.samples)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+    def __getitem__(self, draw: int) -> tuple[Tensor, int]:
+        # A draw >= len is a repeated-augmentation copy (GlobalBatchSampler): same image, own seed.
+        copy, index = divmod(draw, len(self.split.samples))
         path, label = self.split.samples[index]
         img = load_image(path)
         if isinstance(self.transform, TrainTransform):
-            rng = np.random.default_rng([self.seed, self.epoch, index])
-            return self.transform(img, rng), label
+            key = [self.seed, self.epoch, index] + ([copy] if copy else [])
+            return self.transform(img, np.random.default_rng(key)), label
         return self.transform(img), label
 
 
@@ -211,3 +222,38 @@ def make_loader(
         generator=torch.Generator() if train else None,
         persistent_workers=False,  # new workers per epoch see the dataset's current epoch
     )
+
+
+def make_train_loader(
+    dataset: ImageFolderDataset, sampler: GlobalBatchSampler, workers: int, pin_memory: bool = False
+) -> DataLoader:
+    """This process's micro-batches of the epoch (``sampler.set_epoch`` and ``dataset.set_epoch`` first)."""
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=False,  # new workers per epoch see the dataset's current epoch
+    )
+
+
+def make_eval_loader(
+    dataset: ImageFolderDataset,
+    batch_size: int,
+    workers: int,
+    world: int = 1,
+    rank: int = 0,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """This process's contiguous block of the split (rank order = the split's order), in order."""
+    shard = Subset(dataset, list(eval_shard(len(dataset), world, rank)))
+    return DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=pin_memory)
+
+
+def default_workers(processes_on_this_machine: int = 1) -> int:
+    """Loader processes per training process: the CPUs this process may use, shared, minus the trainer."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(0, min(8, cpus // max(1, processes_on_this_machine) - 1))

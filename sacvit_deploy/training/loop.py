@@ -1,50 +1,73 @@
 """End-to-end training of a two-stage model (SPEC "Training"): loss, schedule, evaluation, checkpoints.
 
-One run writes, in its output folder:
+One process, or several started by ``torchrun`` (DistributedDataParallel, see ``distributed.py``).
+One run writes, in its output folder (process 0 alone writes):
 
 * ``last.pt``: a resumable checkpoint in this project's weights-only torch format (config, weights,
-  optimizer, AMP scaler, epoch, step, best metric, RNG state), replaced atomically every epoch;
+  optimizer, AMP scaler, EMA, epoch, step, best metrics), replaced atomically every epoch; it resumes
+  on any number of processes;
 * ``best.safetensors``: the weights with the best validation accuracy of the combined early-exit
   prediction at the config's exit threshold (``save_checkpoint``, loads with ``load_checkpoint``);
-* ``log.jsonl``: one JSON line of metrics per epoch.
+* ``best_ema.safetensors`` (with an EMA): the same for the EMA weights, evaluated every epoch;
+* ``log.jsonl``: one JSON line of metrics per epoch, reduced over every process.
+
+``--batch-size`` is the global batch of one optimizer step (all processes, all accumulation steps):
+the same number means the same training, whatever the number of processes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import math
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from torch import Tensor
+from torch import Tensor, nn
 
-from sacvit_deploy.errors import SacvitError
+from sacvit_deploy.core.errors import SacvitError
+from sacvit_deploy.core.exit_rule import exit_mask
+from sacvit_deploy.core.formats import INIT_FORMATS, TRAIN_FORMATS
 from sacvit_deploy.model.checkpoint import FORMAT_TAG, load_checkpoint, save_checkpoint
 from sacvit_deploy.model.config import FORMAT_PRESETS, ModelConfig, make_config
 from sacvit_deploy.model.sacvit import SACViT
+from sacvit_deploy.training import distributed as dist_
+from sacvit_deploy.training.augment import MixupCutmix, RandAugment, RandomErasing
 from sacvit_deploy.training.data import (
     EvalTransform,
     ImageFolderDataset,
     TrainTransform,
-    make_loader,
+    default_workers,
+    make_eval_loader,
+    make_train_loader,
     scan_image_folder,
 )
+from sacvit_deploy.training.distributed import World, resolve_device
+from sacvit_deploy.training.recipe import (
+    RECIPES,
+    ModelEma,
+    param_groups,
+    recipe_value,
+    set_backbone_frozen,
+)
+from sacvit_deploy.training.sampler import GlobalBatchSampler
+
+_log = logging.getLogger(__name__)
 
 DEFAULT_VARIANT = "deit_small_224"
-TRAIN_FORMATS = ("sacvit", "lf-vit", "cf-vit")
-INIT_FORMATS = ("deit", "lf-vit", "cf-vit", "sacvit")
+AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 # LF-ViT switches token selection on at epoch 230 of 300.
 SELECTION_WARMUP_FRACTION = 230 / 300
+_MIX_STREAM = 0x313
 
 
 class TrainError(SacvitError):
@@ -53,7 +76,10 @@ class TrainError(SacvitError):
 
 @dataclass
 class TrainOptions:
-    """Everything a training run is given (the CLI's options, one to one)."""
+    """Everything a training run is given (the CLI's options, one to one).
+
+    Recipe fields left at None take the ``recipe`` preset's value (recipe.RECIPE_FIELDS).
+    """
 
     data_dir: Path
     out_dir: Path = Path("runs/sacvit")
@@ -62,8 +88,11 @@ class TrainOptions:
     model_config: ModelConfig | None = None  # a full config instead of variant + format
     init: Path | None = None
     init_format: str = "deit"
+    num_classes: int | None = None  # a check: must equal the number of class folders
+    freeze_epochs: int = 0  # train only the head and reuse block for this many epochs
     epochs: int = 300
-    batch_size: int = 128
+    batch_size: int = 128  # global: all processes and accumulation steps together
+    accum_steps: int = 1
     lr: float = 5e-4
     min_lr: float = 1e-5
     weight_decay: float = 0.05
@@ -71,20 +100,74 @@ class TrainOptions:
     selection_warmup_epochs: int | None = None  # default: round(0.77 * epochs), like LF-ViT
     threshold: float | None = None  # default: the config's exit threshold
     clip_grad: float | None = None
-    drop_path: float = 0.0
+    recipe: str = "ours"
+    drop_path: float | None = None
+    smoothing: float | None = None
+    mixup: float | None = None
+    cutmix: float | None = None
+    rand_augment: str | None = None  # e.g. rand-m9-mstd0.5-inc1; "none" switches it off
+    reprob: float | None = None
+    repeated_aug: int | None = None
+    ema_decay: float | None = None  # 0 switches the EMA off
+    layer_decay: float | None = None
     device: str = "auto"
     amp: bool = False
-    workers: int = 4
+    amp_dtype: str = "fp16"
+    dist_backend: str = "auto"
+    dist_timeout_s: float = 1800.0
+    workers: int | None = None  # default: from the CPUs this process may use
     resume: bool = False
     seed: int = 0
     hflip: bool = True
     rrc_scale: float = 0.08
-    max_steps: int | None = None  # per epoch, train and val batches alike: for smoke tests
+    max_steps: int | None = None  # per epoch, optimizer steps and val batches: for smoke tests
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["model_config"] = self.model_config.to_dict() if self.model_config else None
         return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The recipe values a run uses, after presets and explicit options."""
+
+    drop_path: float
+    smoothing: float
+    mixup: float
+    cutmix: float
+    rand_augment: str | None
+    reprob: float
+    repeated_aug: int
+    ema_decay: float | None
+    layer_decay: float | None
+
+    @classmethod
+    def of(cls, opts: TrainOptions) -> Recipe:
+        if opts.recipe not in RECIPES:
+            raise TrainError(f"--recipe {opts.recipe!r}: choose one of {', '.join(RECIPES)}")
+        v = {
+            f.name: recipe_value(opts.recipe, f.name, getattr(opts, f.name)) for f in dataclasses.fields(cls)
+        }
+        if v["rand_augment"] in ("none", ""):
+            v["rand_augment"] = None
+        if v["ema_decay"] == 0:
+            v["ema_decay"] = None
+        return cls(**v)
+
+    def summary(self) -> str:
+        parts = [
+            f"drop path {self.drop_path:g}",
+            f"smoothing {self.smoothing:g}",
+            f"mixup {self.mixup:g}",
+            f"cutmix {self.cutmix:g}",
+            f"RandAugment {self.rand_augment or 'off'}",
+            f"erasing {self.reprob:g}",
+            f"repeated aug x{self.repeated_aug}",
+            f"EMA {self.ema_decay:g}" if self.ema_decay else "EMA off",
+            f"layer decay {self.layer_decay:g}" if self.layer_decay else "plain weight decay",
+        ]
+        return ", ".join(parts)
 
 
 @dataclass
@@ -97,7 +180,7 @@ class EvalResult:
     confidence: Tensor
 
     def metrics(self, threshold: float) -> dict[str, float]:
-        exited = self.confidence >= threshold
+        exited = exit_mask(self.confidence, threshold)
         ok1, ok2 = self.pred1 == self.labels, self.pred2 == self.labels
         combined = torch.where(exited, ok1, ok2)
 
@@ -115,6 +198,12 @@ class EvalResult:
             "samples": int(self.labels.numel()),
         }
 
+    @staticmethod
+    def concat(parts: list[EvalResult]) -> EvalResult:
+        return EvalResult(
+            *(torch.cat([getattr(p, k) for p in parts]) for k in ("labels", "pred1", "pred2", "confidence"))
+        )
+
 
 @dataclass
 class TrainResult:
@@ -125,10 +214,16 @@ class TrainResult:
     steps: int
     best_metric: float
     history: list[dict[str, Any]] = field(default_factory=list)
+    ema_model: SACViT | None = None
+    world_size: int = 1
 
     @property
     def best_path(self) -> Path:
         return self.out_dir / "best.safetensors"
+
+    @property
+    def best_ema_path(self) -> Path:
+        return self.out_dir / "best_ema.safetensors"
 
     @property
     def last_path(self) -> Path:
@@ -136,29 +231,26 @@ class TrainResult:
 
 
 # ---- pieces ----------------------------------------------------------------------------------------
-def distillation_loss(logits1: Tensor, logits2: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """CE(logits2, y) + KL(softmax(logits2).detach() || softmax(logits1)), 1:1, batchmean."""
-    ce = F.cross_entropy(logits2, labels)
+def per_sample_loss(logits1: Tensor, logits2: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per sample: CE(logits2, targets) + KL(softmax(logits2).detach() || softmax(logits1)).
+
+    ``targets`` are class indices (B,) or soft targets (B, C) (label smoothing, Mixup / CutMix).
+    """
+    logp2 = F.log_softmax(logits2, dim=-1)
+    if targets.ndim == 1:
+        ce = -logp2.gather(1, targets.long().unsqueeze(1)).squeeze(1)
+    else:
+        ce = -(targets * logp2).sum(dim=-1)
     kl = F.kl_div(
-        F.log_softmax(logits1.float(), dim=-1),
-        F.softmax(logits2.detach().float(), dim=-1),
-        reduction="batchmean",
-    )
+        F.log_softmax(logits1.float(), dim=-1), F.softmax(logits2.detach().float(), dim=-1), reduction="none"
+    ).sum(dim=-1)
     return ce + kl, ce, kl
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: no weight decay on biases, norms (every 1-d tensor), cls_token, pos_embed_list.*."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        skip = p.ndim <= 1 or name == "cls_token" or name.startswith("pos_embed_list.")
-        (no_decay if skip else decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+def distillation_loss(logits1: Tensor, logits2: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """CE(logits2, y) + KL(softmax(logits2).detach() || softmax(logits1)), 1:1, batchmean."""
+    loss, ce, kl = per_sample_loss(logits1, logits2, labels)
+    return loss.mean(), ce.mean(), kl.mean()
 
 
 def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float, min_lr: float) -> float:
@@ -170,13 +262,12 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float, min_lr
 
 
 @torch.no_grad()
-def evaluate(
-    model: SACViT, loader: Any, device: torch.device | str = "cpu", max_batches: int | None = None
-) -> EvalResult:
-    """Both stages on every sample, as deployed (token selection on)."""
+def _predict(model: SACViT, loader: Any, device: torch.device | str, max_batches: int | None) -> EvalResult:
     was_training = model.training
     model.eval()
-    labels, pred1, pred2, conf = [], [], [], []
+    # Start from empty tensors: a process with an empty shard still has something to gather.
+    labels, pred1, pred2 = ([torch.zeros(0, dtype=torch.long)] for _ in range(3))
+    conf = [torch.zeros(0)]
     for i, (x, y) in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
@@ -186,28 +277,25 @@ def evaluate(
         conf.append(p1.amax(dim=-1).cpu())
         pred1.append(p1.argmax(dim=-1).cpu())
         pred2.append(logits2.argmax(dim=-1).cpu())
-        labels.append(y)
+        labels.append(torch.as_tensor(y, dtype=torch.long))
     model.train(was_training)
-    if not labels:
-        raise TrainError("the validation split gave no batches; check DATA_DIR/val")
     return EvalResult(torch.cat(labels), torch.cat(pred1), torch.cat(pred2), torch.cat(conf))
 
 
-def resolve_device(device: str, amp: bool) -> torch.device:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise TrainError(f"--device {device!r}: use cpu, cuda, cuda:N or auto")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainError(
-            f"--device {device}: this torch build or machine has no CUDA; pass --device cpu "
-            "or install a CUDA build of torch"
-        )
-    if amp and not device.startswith("cuda"):
-        raise TrainError(
-            "--amp needs --device cuda (float16 autocast); drop --amp to train in float32 on CPU"
-        )
-    return torch.device(device)
+def evaluate(
+    model: SACViT,
+    loader: Any,
+    device: torch.device | str = "cpu",
+    max_batches: int | None = None,
+    world: World | None = None,
+) -> EvalResult:
+    """Both stages on every sample, as deployed (token selection on); shards gathered in rank order."""
+    result = _predict(model, loader, device, max_batches)
+    if world is not None and world.distributed:
+        result = EvalResult.concat(dist_.all_gather_objects(result, world))
+    if not result.labels.numel():
+        raise TrainError("the validation split gave no batches; check DATA_DIR/val")
+    return result
 
 
 # ---- model config and init --------------------------------------------------------------------------
@@ -260,19 +348,6 @@ def load_init_weights(model: SACViT, opts: TrainOptions, log: Callable[[str], No
 
 
 # ---- resumable checkpoint ---------------------------------------------------------------------------
-def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def save_resumable(path: Path, payload: dict[str, Any]) -> None:
     """torch.save to a temporary file, then os.replace: a crash never leaves a half-written last.pt."""
     tmp = path.with_name(path.name + ".partial")
@@ -301,30 +376,46 @@ def load_resumable(path: Path, cfg: ModelConfig) -> dict[str, Any]:
 
 
 # ---- the loop --------------------------------------------------------------------------------------
-def _epoch_seed(seed: int, epoch: int) -> int:
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+def _epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
 
 
-def _check_options(opts: TrainOptions) -> int:
+def _check_options(opts: TrainOptions, recipe: Recipe) -> int:
     """Validate numeric options; returns the number of selection warm-up epochs."""
     checks = [
         (opts.epochs >= 1, "--epochs must be at least 1"),
         (opts.batch_size >= 1, "--batch-size must be at least 1"),
+        (opts.accum_steps >= 1, "--accum-steps must be at least 1"),
         (opts.lr > 0, "--lr must be positive"),
         (0 <= opts.min_lr <= opts.lr, "--min-lr must be between 0 and --lr"),
         (opts.weight_decay >= 0, "--weight-decay must not be negative"),
         (opts.warmup_epochs >= 0, "--warmup-epochs must not be negative"),
         (0 < opts.rrc_scale <= 1, "--rrc-scale must be in (0, 1]"),
-        (opts.workers >= 0, "--workers must not be negative"),
+        (opts.workers is None or opts.workers >= 0, "--workers must not be negative"),
         (opts.max_steps is None or opts.max_steps >= 1, "--max-steps must be at least 1"),
         (opts.clip_grad is None or opts.clip_grad > 0, "--clip-grad must be positive"),
-        (0 <= opts.drop_path < 1, "--drop-path must be in [0, 1)"),
+        (0 <= recipe.drop_path < 1, "--drop-path must be in [0, 1)"),
+        (0 <= recipe.smoothing < 1, "--smoothing must be in [0, 1)"),
+        (recipe.mixup >= 0 and recipe.cutmix >= 0, "--mixup and --cutmix (Beta alphas) must not be negative"),
+        (0 <= recipe.reprob <= 1, "--reprob must be in [0, 1]"),
+        (recipe.repeated_aug >= 1, "--repeated-aug must be at least 1 (1 = off)"),
+        (recipe.ema_decay is None or 0 < recipe.ema_decay < 1, "--ema-decay must be in (0, 1); 0 = off"),
+        (recipe.layer_decay is None or 0 < recipe.layer_decay <= 1, "--layer-decay must be in (0, 1]"),
         (opts.threshold is None or opts.threshold >= 0, "--threshold must not be negative"),
         (opts.init_format in INIT_FORMATS, f"--init-format must be one of {', '.join(INIT_FORMATS)}"),
+        (opts.amp_dtype in AMP_DTYPES, f"--amp-dtype must be one of {', '.join(AMP_DTYPES)}"),
+        (opts.num_classes is None or opts.num_classes >= 1, "--num-classes must be at least 1"),
+        (0 <= opts.freeze_epochs <= opts.epochs, "--freeze-epochs must be between 0 and --epochs"),
+        (opts.freeze_epochs == 0 or opts.init is not None, "--freeze-epochs needs --init weights to freeze"),
     ]
     for ok, msg in checks:
         if not ok:
             raise TrainError(msg)
+    if recipe.rand_augment:
+        try:
+            RandAugment.from_string(recipe.rand_augment)
+        except ValueError as exc:
+            raise TrainError(f"--rand-augment {exc}") from None
     sel = opts.selection_warmup_epochs
     if sel is None:
         sel = round(SELECTION_WARMUP_FRACTION * opts.epochs)
@@ -337,21 +428,103 @@ def _fmt_pct(x: float) -> str:
     return "  n/a" if math.isnan(x) else f"{100 * x:5.1f}%"
 
 
+class _TrainForward(nn.Module):
+    """forward() = forward_train(), so DistributedDataParallel sees (and syncs) the training pass."""
+
+    def __init__(self, model: SACViT) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor, select_tokens: bool) -> tuple[Tensor, Tensor]:
+        return self.model.forward_train(x, select_tokens=select_tokens)
+
+
+class EpochProgress(Protocol):
+    """What the training loop reports each step to (the CLI passes a Rich progress bar)."""
+
+    def __enter__(self) -> Any: ...
+    def __exit__(self, *exc: object) -> Any: ...
+    def add_task(self, description: str, total: int, **fields: Any) -> Any: ...
+    def update(self, task: Any, **fields: Any) -> None: ...
+
+
+class _NoProgress:
+    def __enter__(self) -> _NoProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def add_task(self, description: str, total: int, **fields: Any) -> int:
+        return 0
+
+    def update(self, task: Any, **fields: Any) -> None:
+        return None
+
+
 def train(
     opts: TrainOptions,
-    console: Console | None = None,
+    log: Callable[[str], None] | None = None,
+    progress: Callable[[], EpochProgress] | None = None,
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
 ) -> TrainResult:
-    """Train (or resume) a two-stage model on an ImageFolder; see the module docstring for outputs."""
-    console = console or Console(stderr=True, soft_wrap=True)
+    """Train (or resume) a two-stage model on an ImageFolder; see the module docstring for outputs.
 
-    def log(msg: str) -> None:
-        console.print(msg, highlight=False, markup=False)
+    ``log`` receives one line per event (default: this module's logger at INFO); ``progress``
+    makes a per-epoch progress reporter (default: none). Under torchrun every process calls this;
+    process 0 logs and writes, the others stay quiet.
+    """
+    recipe = Recipe.of(opts)
+    selection_warmup = _check_options(opts, recipe)
+    world = dist_.world_from_env()
+    per_step = world.size * opts.accum_steps
+    if opts.batch_size % per_step:
+        fit = max(per_step, round(opts.batch_size / per_step) * per_step)
+        raise TrainError(
+            f"--batch-size {opts.batch_size} is the global batch and must be a multiple of {world.size} "
+            f"process(es) x --accum-steps {opts.accum_steps}; e.g. --batch-size {fit}"
+        )
+    device = resolve_device(opts.device, opts.amp_dtype if opts.amp else None, world)
+    world = dist_.init_world(device, world, opts.dist_backend, opts.dist_timeout_s)
+    if not world.is_main:
+        log, progress = (lambda _msg: None), None
+    try:
+        return _train(opts, recipe, selection_warmup, world, device, log or _log.info, progress, on_epoch_end)
+    finally:
+        dist_.shutdown(world)
 
-    selection_warmup = _check_options(opts)
-    device = resolve_device(opts.device, opts.amp)
-    train_split, val_split = scan_image_folder(opts.data_dir)
+
+def _train(
+    opts: TrainOptions,
+    recipe: Recipe,
+    selection_warmup: int,
+    world: World,
+    device: torch.device,
+    log: Callable[[str], None],
+    make_progress: Callable[[], EpochProgress] | None,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None,
+) -> TrainResult:
+    error = None
+    try:
+        train_split, val_split = scan_image_folder(opts.data_dir)
+    except SacvitError as exc:
+        error, train_split, val_split = str(exc), None, None
+    dist_.agree(error, world, TrainError)
+    assert train_split is not None and val_split is not None
     class_names = train_split.class_names
+    seen = dist_.all_gather_objects((class_names, len(train_split.samples), len(val_split.samples)), world)
+    for rank, (names, n_train, n_val) in enumerate(seen):
+        if (names, n_train, n_val) != seen[0]:
+            raise TrainError(
+                f"{opts.data_dir}: rank {rank} sees {len(names)} classes, {n_train} train / {n_val} val "
+                f"images, rank 0 {len(seen[0][0])}, {seen[0][1]} / {seen[0][2]}; every machine needs the same data"
+            )
+    if opts.num_classes is not None and opts.num_classes != len(class_names):
+        shown = ", ".join(class_names[:5]) + (", ..." if len(class_names) > 5 else "")
+        raise TrainError(
+            f"--num-classes {opts.num_classes}, but {opts.data_dir}/train has {len(class_names)} class "
+            f"folders ({shown}); the class names come from the folders: drop --num-classes or fix the data"
+        )
 
     init_cfg = None
     if opts.init is not None and opts.init_format == "sacvit" and not opts.model_config:
@@ -360,46 +533,96 @@ def train(
 
     out = Path(opts.out_dir)
     last_path, best_path, log_path = out / "last.pt", out / "best.safetensors", out / "log.jsonl"
-    if not opts.resume and last_path.exists():
-        raise TrainError(
-            f"{last_path}: a run is already there; pass --resume to continue it or another --out"
-        )
-    resumed = load_resumable(last_path, cfg) if opts.resume else None
+    best_ema_path = out / "best_ema.safetensors"
+    resumed, error = None, None
+    if world.is_main:  # only process 0 reads and writes the run folder; it need not be shared
+        try:
+            if not opts.resume and last_path.exists():
+                raise TrainError(
+                    f"{last_path}: a run is already there; pass --resume to continue it or another --out"
+                )
+            resumed = load_resumable(last_path, cfg) if opts.resume else None
+        except SacvitError as exc:
+            error = str(exc)
+    dist_.agree(error, world, TrainError)
+    resumed = dist_.broadcast_object(resumed, world)
 
     torch.manual_seed(opts.seed)
-    model = SACViT(cfg, drop_path_rate=opts.drop_path)
+    model = SACViT(cfg, drop_path_rate=recipe.drop_path)
     if resumed is None and opts.init is not None:
         load_init_weights(model, opts, log)
     model.to(device)
-    optimizer = torch.optim.AdamW(param_groups(model, opts.weight_decay), lr=opts.lr, betas=(0.9, 0.999))
-    scaler = torch.amp.GradScaler(device.type, enabled=opts.amp)
-
-    train_ds = ImageFolderDataset(
-        train_split, TrainTransform(cfg.preprocess, scale=(opts.rrc_scale, 1.0), hflip=opts.hflip), opts.seed
+    optimizer = torch.optim.AdamW(
+        param_groups(model, opts.weight_decay, recipe.layer_decay), lr=opts.lr, betas=(0.9, 0.999)
     )
-    val_ds = ImageFolderDataset(val_split, EvalTransform(cfg.preprocess))
+    amp_dtype = AMP_DTYPES[opts.amp_dtype]
+    scaler = torch.amp.GradScaler(device.type, enabled=opts.amp and amp_dtype == torch.float16)
+    ema = ModelEma(model, recipe.ema_decay) if recipe.ema_decay else None
+
+    pp = cfg.preprocess
+    fill = tuple(round(255 * m) for m in pp.mean)
+    transform = TrainTransform(
+        pp,
+        scale=(opts.rrc_scale, 1.0),
+        hflip=opts.hflip,
+        rand_augment=RandAugment.from_string(recipe.rand_augment, fill) if recipe.rand_augment else None,
+        erasing=RandomErasing(recipe.reprob) if recipe.reprob > 0 else None,
+    )
+    mixer = MixupCutmix(len(class_names), recipe.mixup, recipe.cutmix, prob=1.0, smoothing=recipe.smoothing)
+    train_ds = ImageFolderDataset(train_split, transform, opts.seed)
+    val_ds = ImageFolderDataset(val_split, EvalTransform(pp))
+    workers = default_workers(world.local_size) if opts.workers is None else opts.workers
     pin = device.type == "cuda"
-    train_loader = make_loader(train_ds, opts.batch_size, True, opts.workers, pin)
-    val_loader = make_loader(val_ds, opts.batch_size, False, opts.workers, pin)
-    steps_per_epoch = len(train_loader) if opts.max_steps is None else min(len(train_loader), opts.max_steps)
+    sampler = GlobalBatchSampler(
+        len(train_ds),
+        opts.batch_size,
+        world.size,
+        world.rank,
+        opts.seed,
+        opts.accum_steps,
+        recipe.repeated_aug,
+    )
+    micro_batch = opts.batch_size // (world.size * opts.accum_steps)
+    train_loader = make_train_loader(train_ds, sampler, workers, pin)
+    val_loader = make_eval_loader(val_ds, max(1, micro_batch), workers, world.size, world.rank, pin)
+    steps_per_epoch = sampler.steps if opts.max_steps is None else min(sampler.steps, opts.max_steps)
     total_steps = steps_per_epoch * opts.epochs
     warmup_steps = round(opts.warmup_epochs * steps_per_epoch)
 
     def lr_for(step: int) -> float:
         return lr_at(step, total_steps, warmup_steps, opts.lr, opts.min_lr)
 
-    start_epoch, step, best = 0, 0, -math.inf
+    start_epoch, step, best, best_ema = 0, 0, -math.inf, -math.inf
     history: list[dict[str, Any]] = []
     if resumed is not None:
         model.load_state_dict(resumed["model"])
         optimizer.load_state_dict(resumed["optimizer"])
-        if resumed["scaler"]:  # empty when the run was started without --amp
+        if resumed["scaler"] and scaler.is_enabled():  # empty when the run was started without fp16 AMP
             scaler.load_state_dict(resumed["scaler"])
-        _set_rng_state(resumed["rng"])
+        if ema is not None:
+            if resumed.get("ema") is None:
+                log(
+                    f"{last_path}: has no EMA (the run started without one); the EMA starts from these weights"
+                )
+                ema = ModelEma(model, ema.decay)
+            else:
+                ema.load_state_dict(resumed["ema"])
         start_epoch, step, best = resumed["epoch"] + 1, resumed["step"], resumed["best_metric"]
-        history = _read_log(log_path, upto_epoch=resumed["epoch"])
-        log(f"resuming {last_path} at epoch {start_epoch + 1}/{opts.epochs}, step {step}")
-    else:
+        best_ema = resumed.get("best_ema_metric", -math.inf)
+        saved_opts = resumed.get("train_options", {})
+        was = saved_opts.get("world_size", 1)
+        if world.is_main:
+            history = _read_log(log_path, upto_epoch=resumed["epoch"])
+        log(
+            f"resuming {last_path} at epoch {start_epoch + 1}/{opts.epochs}, step {step} "
+            f"(written by {was} process(es), continuing on {world.size})"
+        )
+        if saved_opts.get("batch_size", opts.batch_size) != opts.batch_size:
+            log(
+                f"warning: --batch-size {opts.batch_size} differs from the checkpoint's "
+                f"{saved_opts['batch_size']}: the data order and the learning-rate schedule change"
+            )
+    elif world.is_main:
         out.mkdir(parents=True, exist_ok=True)
         log_path.write_text("")
 
@@ -409,39 +632,68 @@ def train(
         f"{len(class_names)} classes, {len(train_ds)} train / {len(val_ds)} val images, "
         f"{steps_per_epoch} steps/epoch on {device}; token selection from epoch {selection_warmup + 1}"
     )
+    log(
+        f"{world.size} process(es){f' ({world.backend})' if world.distributed else ''}, global batch "
+        f"{opts.batch_size} = {world.size} x {opts.accum_steps} accumulation x {micro_batch}, "
+        f"{workers} loader worker(s) per process; recipe {opts.recipe}: {recipe.summary()}"
+    )
+    if selection_warmup >= opts.epochs:
+        log(
+            f"warning: token selection would start at epoch {selection_warmup + 1}, after the last epoch "
+            f"({opts.epochs}): stage 2 never trains on the selected tokens it runs on once exported; pass "
+            f"--selection-warmup-epochs {max(0, opts.epochs - 1)} or more --epochs"
+        )
 
+    frozen: bool | None = None
+    net: nn.Module = _TrainForward(model)
     model.train()
     for epoch in range(start_epoch, opts.epochs):
         t0 = time.perf_counter()
         select = epoch >= selection_warmup
+        want_frozen = epoch < opts.freeze_epochs
+        if want_frozen != frozen:
+            # DDP registers the parameters that need gradients when it is built: rebuild on a change.
+            set_backbone_frozen(model, want_frozen)
+            net = _TrainForward(model)
+            if world.distributed:
+                net = nn.parallel.DistributedDataParallel(
+                    net, device_ids=[device] if device.type == "cuda" else None
+                )
+            if want_frozen:
+                log(
+                    f"epoch {epoch + 1}: backbone frozen (head and reuse block train) until epoch {opts.freeze_epochs}"
+                )
+            frozen = want_frozen
         train_ds.set_epoch(epoch)
-        train_loader.generator.manual_seed(_epoch_seed(opts.seed, epoch))
+        sampler.set_epoch(epoch)
+        torch.manual_seed(_epoch_seed(opts.seed, epoch, world.rank))  # drop path: resumable per epoch
         train_loss, step = _train_epoch(
+            net,
             model,
+            ema,
             train_loader,
+            sampler,
             optimizer,
             scaler,
+            mixer if (recipe.mixup or recipe.cutmix or recipe.smoothing) else None,
             opts,
+            world,
             device,
+            amp_dtype,
             select=select,
             step=step,
             steps=steps_per_epoch,
             lr_for=lr_for,
-            progress=_progress(console),
+            progress=make_progress() if make_progress is not None else _NoProgress(),
             label=f"epoch {epoch + 1}/{opts.epochs}",
+            epoch=epoch,
         )
         lr = lr_for(step - 1)
 
-        result = evaluate(model, val_loader, device, max_batches=opts.max_steps)
-        m = result.metrics(cfg.exit_threshold)
+        m = evaluate(model, val_loader, device, opts.max_steps, world).metrics(cfg.exit_threshold)
         improved = m["acc_early_exit"] > best
         if improved:
             best = m["acc_early_exit"]
-            save_checkpoint(
-                model,
-                best_path,
-                metadata={"epoch": str(epoch), "val_acc_early_exit": f"{best:.6f}"},
-            )
         record = {
             "epoch": epoch,
             "step": step,
@@ -454,100 +706,158 @@ def train(
             "val_exit_rate": m["exit_rate"],
             "threshold": cfg.exit_threshold,
             "best": improved,
-            "time_s": round(time.perf_counter() - t0, 3),
+            "world_size": world.size,
         }
-        # Log first: a crash before the checkpoint leaves a line that resuming drops and rewrites.
-        with log_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        ema_improved = False
+        if ema is not None:
+            me = evaluate(ema.module, val_loader, device, opts.max_steps, world).metrics(cfg.exit_threshold)
+            ema_improved = me["acc_early_exit"] > best_ema
+            best_ema = max(best_ema, me["acc_early_exit"])
+            record.update(
+                ema_val_acc_stage1=me["acc_stage1"],
+                ema_val_acc_stage2=me["acc_stage2"],
+                ema_val_acc_early_exit=me["acc_early_exit"],
+                ema_best=ema_improved,
+            )
+        record["time_s"] = round(time.perf_counter() - t0, 3)
+        if world.is_main:
+            if improved:
+                save_checkpoint(
+                    model, best_path, metadata={"epoch": str(epoch), "val_acc_early_exit": f"{best:.6f}"}
+                )
+            if ema_improved:
+                save_checkpoint(
+                    ema.module,
+                    best_ema_path,
+                    metadata={
+                        "epoch": str(epoch),
+                        "val_acc_early_exit": f"{best_ema:.6f}",
+                        "ema_decay": str(ema.decay),
+                    },
+                )
+            # Log first: a crash before the checkpoint leaves a line that resuming drops and rewrites.
+            with log_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            save_resumable(
+                last_path,
+                {
+                    "format": FORMAT_TAG,
+                    "config": cfg.to_dict(),
+                    "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                    "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "ema": ema.state_dict() if ema is not None else None,
+                    "epoch": epoch,
+                    "step": step,
+                    "best_metric": best,
+                    "best_ema_metric": best_ema,
+                    "train_options": {**opts.to_dict(), "world_size": world.size},
+                },
+            )
         history.append(record)
-        save_resumable(
-            last_path,
-            {
-                "format": FORMAT_TAG,
-                "config": cfg.to_dict(),
-                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(),
-                "epoch": epoch,
-                "step": step,
-                "best_metric": best,
-                "rng": _rng_state(),
-                "train_options": opts.to_dict(),
-            },
-        )
+        ema_note = f"  EMA {_fmt_pct(record['ema_val_acc_early_exit'])}" if ema is not None else ""
         log(
             f"epoch {epoch + 1}/{opts.epochs}  loss {train_loss:.4f}  val acc stage 1 "
             f"{_fmt_pct(m['acc_stage1'])}  stage 2 {_fmt_pct(m['acc_stage2'])}  early exit "
             f"{_fmt_pct(m['acc_early_exit'])} @ {cfg.exit_threshold:g} (exit rate {_fmt_pct(m['exit_rate'])})"
-            f"  {record['time_s']:.1f}s{'  * best' if improved else ''}"
+            f"{ema_note}  {record['time_s']:.1f}s{'  * best' if improved else ''}"
         )
         if on_epoch_end is not None:
             on_epoch_end(record)
 
-    return TrainResult(model.cpu().eval(), cfg, out, opts.epochs, step, best, history)
+    set_backbone_frozen(model, False)
+    return TrainResult(
+        model.cpu().eval(),
+        cfg,
+        out,
+        opts.epochs,
+        step,
+        best,
+        history,
+        ema.module.cpu().eval() if ema is not None else None,
+        world.size,
+    )
 
 
 def _train_epoch(
+    net: nn.Module,
     model: SACViT,
+    ema: ModelEma | None,
     loader: Any,
+    sampler: GlobalBatchSampler,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
+    mixer: MixupCutmix | None,
     opts: TrainOptions,
+    world: World,
     device: torch.device,
+    amp_dtype: torch.dtype,
     select: bool,
     step: int,
     steps: int,
     lr_for: Callable[[int], float],
-    progress: Progress,
+    progress: EpochProgress,
     label: str,
+    epoch: int,
 ) -> tuple[float, int]:
-    """One epoch of at most ``steps`` optimizer steps; returns the mean loss and the new global step."""
-    loss_sum = torch.zeros((), device=device)
-    seen = 0
+    """One epoch of at most ``steps`` optimizer steps; returns the mean loss (all processes) and the step.
+
+    Each process's loss is a sum over its samples times world / global batch: DDP's gradient average
+    then gives the mean over the global batch, as one process would compute it, even for a short
+    last batch or a zero-weight filler.
+    """
+    accum = opts.accum_steps
+    weights = [s.weighted for s in sampler.shards()]
+    scale = world.size / opts.batch_size
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    seen = torch.zeros((), device=device, dtype=torch.float64)
+    optimizer.zero_grad(set_to_none=True)
     with progress:
         task = progress.add_task(label, total=steps, loss="")
-        for i, (x, y) in enumerate(loader):
+        for j, (x, y) in enumerate(loader):
+            i, micro = divmod(j, accum)
             if i >= steps:
                 break
-            for group in optimizer.param_groups:
-                group["lr"] = lr_for(step)
+            if micro == 0:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_for(step) * group.get("lr_scale", 1.0)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=opts.amp):
-                logits1, logits2 = model.forward_train(x, select_tokens=select)
-            loss, _, _ = distillation_loss(logits1.float(), logits2.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            targets: Tensor = y
+            if mixer is not None:
+                x, targets = mixer(x, y, np.random.default_rng([opts.seed, epoch, j, _MIX_STREAM]))
+            weight = (torch.arange(y.shape[0], device=device) < weights[j]).to(torch.float32)
+            last_micro = micro == accum - 1
+            sync = contextlib.nullcontext() if last_micro or not world.distributed else net.no_sync()
+            with sync:
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=opts.amp):
+                    logits1, logits2 = net(x, select)
+                per_sample, _, _ = per_sample_loss(logits1.float(), logits2.float(), targets)
+                loss = (per_sample * weight).sum() * scale
+                scaler.scale(loss).backward()
+            loss_sum += (per_sample.detach() * weight).sum().double()
+            seen += weight.sum().double()
+            if not last_micro:
+                continue
             if opts.clip_grad is not None:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), opts.clip_grad)
             scaler.step(optimizer)
             scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update(model)
             step += 1
-            loss_sum += loss.detach() * y.shape[0]
-            seen += y.shape[0]
             fields = {}
-            if i % 10 == 0 or i + 1 == steps:  # a sync on CUDA: not every step
-                value = float(loss.detach())
+            if i % 10 == 0 or i + 1 == steps:  # a sync (and, distributed, a collective): not every step
+                value = float(dist_.all_reduce_sum(loss.detach().float().clone(), world))
                 if not math.isfinite(value):
                     raise TrainError(
                         f"the loss became {value} at step {step}; lower --lr or set --clip-grad 1.0"
                     )
-                fields["loss"] = f"loss {value:.3f}"
+                fields["loss"] = f"loss {value * accum / world.size:.3f}"  # this micro-batch step, per sample
             progress.update(task, completed=i + 1, **fields)
-    return float(loss_sum) / max(1, seen), step
-
-
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[loss]}"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-        disable=not console.is_terminal,  # logs and pipes get the per-epoch lines only
-    )
+    totals = dist_.all_reduce_sum(torch.stack([loss_sum, seen]), world)
+    return float(totals[0]) / max(1.0, float(totals[1])), step
 
 
 def _read_log(path: Path, upto_epoch: int) -> list[dict[str, Any]]:

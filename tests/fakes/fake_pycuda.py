@@ -3,6 +3,11 @@
 ``install_fake_pycuda(monkeypatch)`` puts ``pycuda`` and ``pycuda.driver`` in ``sys.modules`` and
 returns the driver module; ``driver.allocations`` lists every allocation (live or freed), and
 ``driver.copies`` every host<->device copy.
+
+Its classes have exactly the members of pycuda's (tests/test_trt_conformance.py holds them against
+src/wrapper/wrap_cudadrv.cpp): a ``DeviceAllocation`` has ``__int__``, ``__index__``, ``__long__``,
+``as_buffer`` and ``free``, and no size. Copies are bounds-checked against the allocation that holds
+the address, as the real driver would fault; :func:`is_freed` tells tests whether one was freed.
 """
 
 from __future__ import annotations
@@ -20,51 +25,67 @@ def make_fake_pycuda() -> tuple[types.ModuleType, types.ModuleType]:
     driver.allocations = []
     driver.copies = []
     driver.contexts = []
+    primary: dict[int, Any] = {}
 
     class DeviceAllocation:
         def __init__(self, nbytes: int) -> None:
-            if not isinstance(nbytes, int) or nbytes <= 0:
-                raise ValueError(f"mem_alloc: a positive int size, got {nbytes!r}")
             self._buffer = ctypes.create_string_buffer(nbytes)
-            self.nbytes = nbytes
-            self.freed = False
+            self._size = nbytes
+            self._freed = False
             driver.allocations.append(self)
 
         def __int__(self) -> int:
-            if self.freed:
+            if self._freed:
                 raise RuntimeError("use of a freed device allocation")
             return ctypes.addressof(self._buffer)
 
+        __index__ = __long__ = __int__
+
+        def as_buffer(self, size: int, offset: int = 0) -> memoryview:
+            return memoryview(self._buffer)[offset : offset + size]
+
         def free(self) -> None:
-            self.freed = True
+            self._freed = True
+
+    def mem_alloc(nbytes: int) -> DeviceAllocation:
+        if not isinstance(nbytes, int) or nbytes <= 0:
+            raise ValueError(f"mem_alloc: a positive int size, got {nbytes!r}")
+        return DeviceAllocation(nbytes)
+
+    def _room(dest: Any) -> int:
+        """Bytes from ``dest`` (an allocation or an address) to the end of the live allocation holding it."""
+        address = int(dest)
+        for a in driver.allocations:
+            start = ctypes.addressof(a._buffer)
+            if not a._freed and start <= address < start + a._size:
+                return start + a._size - address
+        raise RuntimeError(f"address {address:#x} is not in a live device allocation")
 
     class Stream:
         def __init__(self) -> None:
             self._handle = ctypes.create_string_buffer(8)
-            self.synchronized = 0
+            self._synchronized = 0
 
         @property
         def handle(self) -> int:
             return ctypes.addressof(self._handle)
 
         def synchronize(self) -> None:
-            self.synchronized += 1
+            self._synchronized += 1
 
     class Context:
         def push(self) -> None:
             driver.contexts.append(self)
 
-        def pop(self) -> None:
-            assert driver.contexts and driver.contexts[-1] is self, "popping a context that is not current"
-            driver.contexts.pop()
-
         @staticmethod
-        def pop_current() -> None:
+        def pop() -> None:  # static in pycuda: pops whatever context is current
+            if not driver.contexts:
+                raise RuntimeError("cuCtxPopCurrent failed: no current context")
             driver.contexts.pop()
 
     class Device:
         def __init__(self, index: int) -> None:
-            self.index = index
+            self._index = index
 
         def name(self) -> str:
             return "Fake GPU"
@@ -76,18 +97,21 @@ def make_fake_pycuda() -> tuple[types.ModuleType, types.ModuleType]:
             return 8 << 30
 
         def retain_primary_context(self) -> Context:
-            return Context()
+            # One primary context per device, however often it is retained (as in CUDA).
+            return primary.setdefault(self._index, Context())
 
     def memcpy_htod_async(dest: Any, src: np.ndarray, stream: Stream | None = None) -> None:
         src = np.ascontiguousarray(src)
-        if src.nbytes > dest.nbytes:
-            raise ValueError(f"htod copy of {src.nbytes} bytes into a {dest.nbytes}-byte allocation")
+        if src.nbytes > _room(dest):
+            raise ValueError(f"htod copy of {src.nbytes} bytes into {_room(dest)} bytes of device memory")
         ctypes.memmove(int(dest), src.ctypes.data, src.nbytes)
         driver.copies.append(("htod", src.nbytes))
 
     def memcpy_dtoh_async(dest: np.ndarray, src: Any, stream: Stream | None = None) -> None:
         if not dest.flags.c_contiguous:
             raise ValueError("dtoh destination must be contiguous")
+        if dest.nbytes > _room(src):
+            raise ValueError(f"dtoh copy of {dest.nbytes} bytes from {_room(src)} bytes of device memory")
         ctypes.memmove(dest.ctypes.data, int(src), dest.nbytes)
         driver.copies.append(("dtoh", dest.nbytes))
 
@@ -100,7 +124,7 @@ def make_fake_pycuda() -> tuple[types.ModuleType, types.ModuleType]:
     driver.Stream = Stream
     driver.Context = Context
     driver.DeviceAllocation = DeviceAllocation
-    driver.mem_alloc = DeviceAllocation
+    driver.mem_alloc = mem_alloc
     driver.memcpy_htod_async = memcpy_htod_async
     driver.memcpy_dtoh_async = memcpy_dtoh_async
     package = types.ModuleType("pycuda")
@@ -114,3 +138,7 @@ def install_fake_pycuda(monkeypatch: Any) -> types.ModuleType:
     monkeypatch.setitem(sys.modules, "pycuda", package)
     monkeypatch.setitem(sys.modules, "pycuda.driver", driver)
     return driver
+
+
+def is_freed(allocation: Any) -> bool:
+    return allocation._freed

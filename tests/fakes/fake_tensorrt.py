@@ -37,6 +37,7 @@ import hashlib
 import json
 import struct
 import types
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,6 +84,10 @@ _LAYER_TYPES = {
 }
 
 
+# Layer types the fake's DLA cannot run (the real DLA's list is longer and version-dependent).
+_NO_DLA = {"TOPK", "GATHER", "SHAPE", "CAST", "SELECT", "FILL", "REDUCE"}
+
+
 @dataclass
 class FakeState:
     fast_fp16: bool = True
@@ -93,6 +98,8 @@ class FakeState:
     executions: list[dict[str, Any]] = field(default_factory=list)
     builds: list[dict[str, Any]] = field(default_factory=list)
     logged: list[tuple[str, str]] = field(default_factory=list)
+    deprecated: list[str] = field(default_factory=list)  # deprecated API used (10.12+)
+    reject_profiles: bool = False  # add_optimization_profile returns -1, set_calibration_profile False
 
 
 def _version_tuple(version: str) -> tuple[int, int, int]:
@@ -142,10 +149,12 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
     if major >= 10:
         flags.remove("STRICT_TYPES")
         flags += ["ERROR_ON_TIMING_CACHE_MISS", "BF16", "DISABLE_COMPILATION_CACHE", "STRIP_PLAN"]
-        flags += ["REFIT_IDENTICAL", "WEIGHT_STREAMING", "INT4", "REFIT_INDIVIDUAL", "STRICT_NANS"]
-        flags += ["MONITOR_MEMORY", "FP4", "EDITABLE_TIMING_CACHE"]
+        flags += ["REFIT_IDENTICAL", "WEIGHT_STREAMING", "INT4", "REFIT_INDIVIDUAL"]
+    if vt >= (10, 16, 0):  # added after 10.3 (the release in between that added them is not recorded)
+        flags += ["STRICT_NANS", "MONITOR_MEMORY", "FP4", "EDITABLE_TIMING_CACHE"]
     if major >= 11:
-        for gone in ("FP16", "INT8", "FP8", "BF16", "INT4", "FP4", "DIRECT_IO"):
+        # Weak typing is gone: the precision flags and REJECT_EMPTY_ALGORITHMS. DIRECT_IO stays (11.4).
+        for gone in ("FP16", "INT8", "FP8", "BF16", "INT4", "FP4", "REJECT_EMPTY_ALGORITHMS"):
             flags.remove(gone)
         flags.remove("OBEY_PRECISION_CONSTRAINTS")
         flags.remove("PREFER_PRECISION_CONSTRAINTS")
@@ -153,12 +162,9 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
 
     net_flags = ["EXPLICIT_BATCH", "EXPLICIT_PRECISION"]
     if major >= 10:
-        net_flags = [
-            "EXPLICIT_BATCH",
-            "STRONGLY_TYPED",
-            "PREFER_JIT_PYTHON_PLUGINS",
-            "PREFER_AOT_PYTHON_PLUGINS",
-        ]
+        net_flags = ["EXPLICIT_BATCH", "STRONGLY_TYPED"]
+    if vt >= (10, 16, 0):  # added after 10.3
+        net_flags += ["PREFER_JIT_PYTHON_PLUGINS", "PREFER_AOT_PYTHON_PLUGINS"]
     if major >= 11:
         net_flags = ["STRONGLY_TYPED", "PREFER_JIT_PYTHON_PLUGINS", "PREFER_AOT_PYTHON_PLUGINS"]
     m.NetworkDefinitionCreationFlag = make_enum("NetworkDefinitionCreationFlag", net_flags)
@@ -175,9 +181,9 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
     m.DeviceType = make_enum("DeviceType", ["GPU", "DLA"])
     m.TensorIOMode = make_enum("TensorIOMode", ["NONE", "INPUT", "OUTPUT"])
     m.ProfilingVerbosity = make_enum("ProfilingVerbosity", ["LAYER_NAMES_ONLY", "NONE", "DETAILED"])
-    dtypes = ["FLOAT", "HALF", "INT8", "INT32", "BOOL", "UINT8"] + (
-        ["FP8", "BF16", "INT64", "INT4"] if major >= 10 else []
-    )
+    dtypes = ["FLOAT", "HALF", "INT8", "INT32", "BOOL", "UINT8"]
+    dtypes += ["FP8"] if vt >= (8, 6, 0) else []
+    dtypes += ["BF16", "INT64", "INT4"] if major >= 10 else []
     m.DataType = make_enum("DataType", dtypes, offset=2)
     m.float32, m.float16, m.int8, m.int32, m.bool, m.uint8 = (
         m.DataType.FLOAT,
@@ -260,6 +266,12 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
         setattr(ILogger, sev.name, sev)
     m.ILogger, m.Logger = ILogger, Logger
 
+    def deprecated(what: str) -> None:
+        """10.12 deprecated weak typing; the 10.16 bindings warn on its per-layer calls."""
+        if vt >= (10, 12, 0):
+            m.state.deprecated.append(what)
+            warnings.warn(f"{what} is deprecated since TensorRT 10.12", DeprecationWarning, stacklevel=3)
+
     def log(logger: Any, severity: Any, msg: str) -> None:
         m.state.logged.append((severity.name, msg))
         logger.log(severity, msg)
@@ -272,14 +284,14 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
 
     class ITimingCache:
         def __init__(self, keys: list[str]) -> None:
-            self.keys = list(keys)
+            self._keys = list(keys)
 
         def serialize(self) -> IHostMemory:
             record("TimingCache.serialize")
-            return IHostMemory(TIMING_MAGIC + json.dumps(self.keys).encode())
+            return IHostMemory(TIMING_MAGIC + json.dumps(self._keys).encode())
 
         def combine(self, other: ITimingCache, ignore_mismatch: bool) -> bool:
-            self.keys += [k for k in other.keys if k not in self.keys]
+            self._keys += [k for k in other._keys if k not in self._keys]
             return True
 
     m.IHostMemory, m.ITimingCache = IHostMemory, ITimingCache
@@ -308,76 +320,83 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
         def get_output(self, index: int) -> Any:
             return self._outputs[index]
 
-        @property
-        def precision(self) -> Any:
-            return self._precision if self._precision is not None else m.DataType.FLOAT
+        if major <= 10:  # weak typing (per-layer precision) is gone in 11.x
 
-        @precision.setter
-        def precision(self, dtype: Any) -> None:
-            check_type(dtype, m.DataType, "ILayer.precision")
-            record("ILayer.precision", self.name, dtype.name)
-            if self._network.strongly_typed:
-                self._network.errors.append(f"{self.name}: setPrecision on a strongly typed network")
-            self._precision = dtype
+            @property
+            def precision(self) -> Any:
+                return self._precision if self._precision is not None else m.DataType.FLOAT
 
-        @property
-        def precision_is_set(self) -> bool:
-            return self._precision is not None
+            @precision.setter
+            def precision(self, dtype: Any) -> None:
+                check_type(dtype, m.DataType, "ILayer.precision")
+                record("ILayer.precision", self.name, dtype.name)
+                deprecated("ILayer.precision")
+                if self._network._strongly_typed:
+                    self._network._errors.append(f"{self.name}: setPrecision on a strongly typed network")
+                self._precision = dtype
 
-        def set_output_type(self, index: int, dtype: Any) -> None:
-            check_type(dtype, m.DataType, "ILayer.set_output_type")
-            if not 0 <= index < len(self._outputs):
-                raise IndexError(f"{self.name}: output {index} out of range")
-            record("ILayer.set_output_type", self.name, index, dtype.name)
-            if self._network.strongly_typed:
-                self._network.errors.append(f"{self.name}: setOutputType on a strongly typed network")
-            if self._outputs[index].dtype not in (m.DataType.FLOAT, m.DataType.HALF):
-                self._network.errors.append(
-                    f"{self.name}: output {index} is {self._outputs[index].dtype.name}, cannot be made {dtype.name}"
-                )
-            self._output_types[index] = dtype
+            @property
+            def precision_is_set(self) -> bool:
+                return self._precision is not None
+
+            def set_output_type(self, index: int, dtype: Any) -> None:
+                check_type(dtype, m.DataType, "ILayer.set_output_type")
+                if not 0 <= index < len(self._outputs):
+                    raise IndexError(f"{self.name}: output {index} out of range")
+                record("ILayer.set_output_type", self.name, index, dtype.name)
+                deprecated("ILayer.set_output_type")
+                if self._network._strongly_typed:
+                    self._network._errors.append(f"{self.name}: setOutputType on a strongly typed network")
+                if self._outputs[index].dtype not in (m.DataType.FLOAT, m.DataType.HALF):
+                    self._network._errors.append(
+                        f"{self.name}: output {index} is {self._outputs[index].dtype.name}, cannot be made {dtype.name}"
+                    )
+                self._output_types[index] = dtype
 
         def get_output_type(self, index: int) -> Any:
             return self._output_types.get(index, self._outputs[index].dtype)
 
     class INetworkDefinition:
         def __init__(self, flags: int) -> None:
-            self.flags = flags
-            self.strongly_typed = major >= 11 or (
+            self._flags = flags
+            self._strongly_typed = major >= 11 or (
                 major >= 10 and bool(flags & (1 << int(m.NetworkDefinitionCreationFlag.STRONGLY_TYPED)))
             )
-            self.explicit_batch = major >= 10 or bool(
+            self._explicit_batch = major >= 10 or bool(
                 flags & (1 << int(m.NetworkDefinitionCreationFlag.EXPLICIT_BATCH))
             )
-            self.layers: list[ILayer] = []
-            self.inputs: list[ITensor] = []
-            self.outputs: list[ITensor] = []
-            self.onnx_bytes: bytes | None = None
-            self.errors: list[str] = []
+            self._layers: list[ILayer] = []
+            self._inputs: list[ITensor] = []
+            self._outputs: list[ITensor] = []
+            self._onnx_bytes: bytes | None = None
+            self._errors: list[str] = []
             self.name = "network"
 
-        num_layers = property(lambda self: len(self.layers))
-        num_inputs = property(lambda self: len(self.inputs))
-        num_outputs = property(lambda self: len(self.outputs))
+        num_layers = property(lambda self: len(self._layers))
+        num_inputs = property(lambda self: len(self._inputs))
+        num_outputs = property(lambda self: len(self._outputs))
 
         def get_layer(self, index: int) -> ILayer:
-            return self.layers[index]
+            return self._layers[index]
 
         def get_input(self, index: int) -> ITensor:
-            return self.inputs[index]
+            return self._inputs[index]
 
         def get_output(self, index: int) -> ITensor:
-            return self.outputs[index]
+            return self._outputs[index]
 
         def __len__(self) -> int:
-            return len(self.layers)
+            return len(self._layers)
 
         def __getitem__(self, index: int) -> ILayer:
-            return self.layers[index]
+            return self._layers[index]
 
-        def get_flag(self, flag: Any) -> bool:
-            check_type(flag, m.NetworkDefinitionCreationFlag, "INetworkDefinition.get_flag")
-            return bool(self.flags & (1 << int(flag)))
+        if major >= 10:
+            flags = property(lambda self: self._flags)
+
+            def get_flag(self, flag: Any) -> bool:
+                check_type(flag, m.NetworkDefinitionCreationFlag, "INetworkDefinition.get_flag")
+                return bool(self._flags & (1 << int(flag)))
 
     m.INetworkDefinition, m.ILayer, m.ITensor = INetworkDefinition, ILayer, ITensor
 
@@ -443,18 +462,18 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
             check_type(network, INetworkDefinition, "OnnxParser(network)")
             check_type(logger, ILogger, "OnnxParser(logger)")
             record("OnnxParser")
-            self.network, self.logger = network, logger
-            self.errors: list[ParserError] = []
+            self._network, self._logger = network, logger
+            self._errors: list[ParserError] = []
 
         @property
         def num_errors(self) -> int:
-            return len(self.errors)
+            return len(self._errors)
 
         def get_error(self, index: int) -> ParserError:
-            return self.errors[index]
+            return self._errors[index]
 
         def clear_errors(self) -> None:
-            self.errors = []
+            self._errors = []
 
         def parse_from_file(self, path: str) -> bool:
             with open(path, "rb") as f:
@@ -470,13 +489,16 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
             except Exception as exc:
                 self._fail(m.ErrorCode.MODEL_DESERIALIZE_FAILED, f"failed to parse the ONNX model: {exc}")
                 return False
-            if not self.network.explicit_batch:
+            if not self._network._explicit_batch:
                 self._fail(m.ErrorCode.INVALID_GRAPH, "Network must have explicit batch dimension")
                 return False
             opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), default=0)
-            if opset > max_opset:
-                self._fail(m.ErrorCode.UNSUPPORTED_GRAPH, f"opset {opset} is above this parser's {max_opset}")
-                return False
+            if opset > max_opset:  # the real parser warns and tries (it does not refuse newer opsets)
+                log(
+                    self._logger,
+                    Severity.WARNING,
+                    f"ModelImporter: this parser supports opsets up to {max_opset}; the model is opset {opset}",
+                )
             for i, node in enumerate(proto.graph.node):
                 if node.op_type in unsupported_ops or node.name in m.state.fail_nodes:
                     self._fail(
@@ -486,20 +508,20 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
                         node.name,
                         node.op_type,
                     )
-            if self.errors:
+            if self._errors:
                 return False
             self._populate(proto, data)
             return True
 
         def _fail(self, code: Any, desc: str, node: int = -1, name: str = "", op: str = "") -> None:
-            self.errors.append(ParserError(code, desc, node, name, op))
-            log(self.logger, Severity.ERROR, f"[onnx parser] {desc}")
+            self._errors.append(ParserError(code, desc, node, name, op))
+            log(self._logger, Severity.ERROR, f"[onnx parser] {desc}")
 
         def _populate(self, proto: Any, data: bytes) -> None:
             import onnx
 
-            net = self.network
-            net.onnx_bytes = data
+            net = self._network
+            net._onnx_bytes = data
             net.name = proto.graph.name
             inferred = onnx.shape_inference.infer_shapes(proto)
             types_ = {
@@ -513,7 +535,7 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
             for v in proto.graph.input:
                 t = value_tensor(v)
                 t.is_network_input = True
-                net.inputs.append(t)
+                net._inputs.append(t)
                 tensors[v.name] = t
 
             def tensor(name: str) -> ITensor:
@@ -528,17 +550,17 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
                 if node.op_type == "ArgMax":  # the real importer: TopK (values, int32 indices) + a squeeze
                     values = ITensor(f"{node.name}_values", ins[0].dtype, ())
                     indices = ITensor(f"{node.name}_indices", m.DataType.INT32, ())
-                    net.layers.append(ILayer(net, node.name, m.LayerType.TOPK, ins, [values, indices]))
-                    net.layers.append(
+                    net._layers.append(ILayer(net, node.name, m.LayerType.TOPK, ins, [values, indices]))
+                    net._layers.append(
                         ILayer(net, f"{node.name}_squeeze", m.LayerType.SHUFFLE, [indices], outs)
                     )
                     continue
-                net.layers.append(ILayer(net, node.name, kind, ins, outs))
+                net._layers.append(ILayer(net, node.name, kind, ins, outs))
             for v in proto.graph.output:
                 t = tensor(v.name)
                 t.shape = value_tensor(v).shape
                 t.is_network_output = True
-                net.outputs.append(t)
+                net._outputs.append(t)
 
     m.OnnxParser, m.ParserError = OnnxParser, ParserError
 
@@ -567,7 +589,7 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
 
     class IOptimizationProfile:
         def __init__(self) -> None:
-            self.shapes: dict[str, tuple[tuple[int, ...], ...]] = {}
+            self._shapes: dict[str, tuple[tuple[int, ...], ...]] = {}
 
         def set_shape(self, name: str, min: Any, opt: Any, max: Any) -> None:
             lo, mid, hi = (dims(s, f"set_shape({name})") for s in (min, opt, max))
@@ -576,21 +598,21 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
                 raise ValueError(f"set_shape({name}): ranks differ")
             if not all(0 < a <= b <= c for a, b, c in zip(lo, mid, hi, strict=True)):
                 raise ValueError(f"set_shape({name}): need 0 < min <= opt <= max, got {lo}, {mid}, {hi}")
-            self.shapes[name] = (lo, mid, hi)
+            self._shapes[name] = (lo, mid, hi)
 
         def get_shape(self, name: str) -> list[tuple[int, ...]]:
-            return list(self.shapes[name])
+            return list(self._shapes[name])
 
     m.IOptimizationProfile = IOptimizationProfile
 
     class IBuilderConfig:
         def __init__(self) -> None:
             self._flags: set[Any] = set()
-            self.pools: dict[Any, int] = {}
-            self.profiles: list[IOptimizationProfile] = []
-            self.timing_cache: ITimingCache | None = None
+            self._pools: dict[Any, int] = {}
+            self._profiles: list[IOptimizationProfile] = []
+            self._timing_cache: ITimingCache | None = None
             self._calibrator = None
-            self.calibration_profile = None
+            self._calibration_profile = None
             self._device = m.DeviceType.GPU
             self._dla_core = -1
             self._hardware = m.HardwareCompatibilityLevel.NONE if vt >= (8, 6, 0) else None
@@ -599,6 +621,8 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
         def set_flag(self, flag: Any) -> None:
             check_type(flag, m.BuilderFlag, "IBuilderConfig.set_flag")
             record("Config.set_flag", flag.name)
+            if flag.name in ("FP16", "INT8", "OBEY_PRECISION_CONSTRAINTS", "PREFER_PRECISION_CONSTRAINTS"):
+                deprecated(f"BuilderFlag.{flag.name}")
             self._flags.add(flag)
 
         def clear_flag(self, flag: Any) -> None:
@@ -618,21 +642,23 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
             if not isinstance(limit, int) or limit <= 0:
                 raise TypeError(f"set_memory_pool_limit: limit must be a positive int, got {limit!r}")
             record("Config.set_memory_pool_limit", pool.name, limit)
-            self.pools[pool] = limit
+            self._pools[pool] = limit
 
         def get_memory_pool_limit(self, pool: Any) -> int:
             check_type(pool, m.MemoryPoolType, "IBuilderConfig.get_memory_pool_limit")
-            return self.pools.get(pool, 8 << 30)
+            return self._pools.get(pool, 8 << 30)
 
         def add_optimization_profile(self, profile: IOptimizationProfile) -> int:
             check_type(profile, IOptimizationProfile, "add_optimization_profile")
-            record("Config.add_optimization_profile", dict(profile.shapes))
-            self.profiles.append(profile)
-            return len(self.profiles) - 1
+            record("Config.add_optimization_profile", dict(profile._shapes))
+            if m.state.reject_profiles:
+                return -1  # the real API's failure value (an invalid profile)
+            self._profiles.append(profile)
+            return len(self._profiles) - 1
 
         @property
         def num_optimization_profiles(self) -> int:
-            return len(self.profiles)
+            return len(self._profiles)
 
         def create_timing_cache(self, serialized: Any) -> ITimingCache | None:
             data = bytes(serialized)
@@ -648,11 +674,11 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
             if not isinstance(ignore_mismatch, bool):
                 raise TypeError("set_timing_cache: ignore_mismatch must be a bool")
             record("Config.set_timing_cache", id(cache), ignore_mismatch)
-            self.timing_cache = cache
+            self._timing_cache = cache
             return True
 
         def get_timing_cache(self) -> ITimingCache | None:
-            return self.timing_cache
+            return self._timing_cache
 
         @property
         def default_device_type(self) -> Any:
@@ -674,6 +700,10 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
                 raise TypeError("DLA_core must be an int")
             record("Config.DLA_core", value)
             self._dla_core = value
+
+        def can_run_on_DLA(self, layer: Any) -> bool:
+            check_type(layer, ILayer, "can_run_on_DLA")
+            return layer.type.name not in _NO_DLA
 
         if vt >= (8, 6, 0):
 
@@ -703,8 +733,10 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
 
             def set_calibration_profile(self, profile: IOptimizationProfile) -> bool:
                 check_type(profile, IOptimizationProfile, "set_calibration_profile")
-                record("Config.set_calibration_profile", dict(profile.shapes))
-                self.calibration_profile = profile
+                record("Config.set_calibration_profile", dict(profile._shapes))
+                if m.state.reject_profiles:
+                    return False
+                self._calibration_profile = profile
                 return True
 
     m.IBuilderConfig = IBuilderConfig
@@ -714,7 +746,7 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
         def __init__(self, logger: Any) -> None:
             check_type(logger, ILogger, "Builder(logger)")
             record("Builder")
-            self.logger = logger
+            self._logger = logger
 
         def create_network(self, flags: int = 0) -> INetworkDefinition:
             if not isinstance(flags, int) or isinstance(flags, enum.Enum):
@@ -722,7 +754,7 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
             names = [f.name for f in m.NetworkDefinitionCreationFlag if flags & (1 << int(f))]
             record("Builder.create_network", tuple(names))
             if major >= 10 and "EXPLICIT_BATCH" in names:
-                log(self.logger, Severity.WARNING, "kEXPLICIT_BATCH is deprecated and has no effect")
+                log(self._logger, Severity.WARNING, "kEXPLICIT_BATCH is deprecated and has no effect")
             return INetworkDefinition(flags)
 
         def create_builder_config(self) -> IBuilderConfig:
@@ -751,11 +783,11 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
             check_type(network, INetworkDefinition, "build_serialized_network(network)")
             check_type(config, IBuilderConfig, "build_serialized_network(config)")
             record("Builder.build_serialized_network", network.name)
-            problems = list(network.errors)
+            problems = list(network._errors)
             flag_names = {f.name for f in config._flags}
-            if network.onnx_bytes is None:
+            if network._onnx_bytes is None:
                 problems.append("empty network")
-            if network.strongly_typed and flag_names & {"FP16", "INT8", "BF16", "FP8"}:
+            if network._strongly_typed and flag_names & {"FP16", "INT8", "BF16", "FP8"}:
                 problems.append("precision flags are not allowed on a strongly typed network")
             problems += _check_profiles(network, config)
             if config._device == m.DeviceType.DLA:
@@ -763,8 +795,23 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
                     problems.append(f"DLA core {config._dla_core} does not exist ({m.state.dla_cores} cores)")
                 if "GPU_FALLBACK" not in flag_names:
                     problems.append("TopK cannot run on DLA and GPU fallback is off")
-                if not network.strongly_typed and not flag_names & {"FP16", "INT8"}:
+                if not network._strongly_typed and not flag_names & {"FP16", "INT8"}:
                     problems.append("DLA needs FP16 or INT8")
+            dla_layers = 0
+            if config._device == m.DeviceType.DLA:
+                dynamic = any(
+                    len({s for s in shapes}) > 1 for p in config._profiles for shapes in p._shapes.values()
+                )
+                if (
+                    dynamic
+                ):  # DLA needs min = opt = max; with GPU fallback everything silently runs on the GPU
+                    log(
+                        self._logger,
+                        Severity.WARNING,
+                        "DLA does not support dynamic shapes: layers fall back to GPU",
+                    )
+                else:
+                    dla_layers = sum(config.can_run_on_DLA(layer) for layer in network._layers)
             calibration = None
             if "INT8" in flag_names:
                 if config._calibrator is None:
@@ -773,56 +820,58 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
                     calibration = _calibrate(network, config)
             if problems or m.state.build_returns_none:
                 for p in problems:
-                    log(self.logger, Severity.ERROR, p)
+                    log(self._logger, Severity.ERROR, p)
                 return None
-            key = hashlib.sha256(network.onnx_bytes + repr(sorted(flag_names)).encode()).hexdigest()[:16]
+            key = hashlib.sha256(network._onnx_bytes + repr(sorted(flag_names)).encode()).hexdigest()[:16]
             hit = None
-            if config.timing_cache is not None:
-                hit = key in config.timing_cache.keys
+            if config._timing_cache is not None:
+                hit = key in config._timing_cache._keys
                 if not hit:
-                    config.timing_cache.keys.append(key)
+                    config._timing_cache._keys.append(key)
             header = {
                 "version": version,
                 "flags": sorted(flag_names),
-                "strongly_typed": network.strongly_typed,
-                "inputs": [[t.name, t.dtype.name, list(t.shape)] for t in network.inputs],
-                "outputs": [[t.name, t.dtype.name, list(t.shape)] for t in network.outputs],
+                "strongly_typed": network._strongly_typed,
+                "inputs": [[t.name, t.dtype.name, list(t.shape)] for t in network._inputs],
+                "outputs": [[t.name, t.dtype.name, list(t.shape)] for t in network._outputs],
                 "profiles": [
-                    {n: [list(s) for s in shapes] for n, shapes in p.shapes.items()} for p in config.profiles
+                    {n: [list(s) for s in shapes] for n, shapes in p._shapes.items()}
+                    for p in config._profiles
                 ],
                 "hardware": config._hardware.name if config._hardware is not None else None,
                 "dla_core": config._dla_core if config._device == m.DeviceType.DLA else None,
+                "dla_layers": dla_layers,
                 "fp32_layers": sorted(
-                    layer.name for layer in network.layers if layer._precision == m.DataType.FLOAT
+                    layer.name for layer in network._layers if layer._precision == m.DataType.FLOAT
                 ),
                 "calibration": calibration,
             }
             m.state.builds.append(
-                {**header, "timing_cache_hit": hit, "pools": {p.name: v for p, v in config.pools.items()}}
+                {**header, "timing_cache_hit": hit, "pools": {p.name: v for p, v in config._pools.items()}}
             )
             blob = json.dumps(header).encode()
-            return IHostMemory(MAGIC + struct.pack("<I", len(blob)) + blob + network.onnx_bytes)
+            return IHostMemory(MAGIC + struct.pack("<I", len(blob)) + blob + network._onnx_bytes)
 
     def _check_profiles(network: INetworkDefinition, config: IBuilderConfig) -> list[str]:
         problems = []
-        dynamic = [t for t in network.inputs if -1 in t.shape]
-        if dynamic and not config.profiles:
+        dynamic = [t for t in network._inputs if -1 in t.shape]
+        if dynamic and not config._profiles:
             problems.append(
                 "Network has dynamic or shape inputs, but no optimization profile has been defined"
             )
-        for k, profile in enumerate(config.profiles):
-            for t in network.inputs:
-                if t.name not in profile.shapes:
+        for k, profile in enumerate(config._profiles):
+            for t in network._inputs:
+                if t.name not in profile._shapes:
                     if -1 in t.shape:
                         problems.append(f"profile {k}: no shape for dynamic input {t.name}")
                     continue
-                for shape in profile.shapes[t.name]:
+                for shape in profile._shapes[t.name]:
                     if len(shape) != len(t.shape) or any(
                         d not in (-1, s) for d, s in zip(t.shape, shape, strict=False)
                     ):
                         problems.append(f"profile {k}: {t.name} shape {shape} does not fit {t.shape}")
-            for name in profile.shapes:
-                if name not in {t.name for t in network.inputs}:
+            for name in profile._shapes:
+                if name not in {t.name for t in network._inputs}:
                     problems.append(f"profile {k}: {name} is not a network input")
         return problems
 
@@ -834,9 +883,9 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
             if not bytes(cached).startswith(CALIB_MAGIC):
                 raise ValueError("calibration cache is not a fake TensorRT cache")
             return {"from_cache": True, **json.loads(bytes(cached)[len(CALIB_MAGIC) :])}
-        profile = config.calibration_profile or (config.profiles[0] if config.profiles else None)
+        profile = config._calibration_profile or (config._profiles[0] if config._profiles else None)
         batch = calib.get_batch_size()
-        names = [t.name for t in network.inputs]
+        names = [t.name for t in network._inputs]
         batches = 0
         while True:
             ptrs = calib.get_batch(names)
@@ -844,8 +893,8 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
                 break
             if len(ptrs) != len(names) or not all(isinstance(p, int) and p for p in ptrs):
                 raise ValueError(f"get_batch must return one device pointer per input {names}, got {ptrs!r}")
-            for t, ptr in zip(network.inputs, ptrs, strict=True):
-                shape = profile.shapes[t.name][1] if profile is not None else t.shape
+            for t, ptr in zip(network._inputs, ptrs, strict=True):
+                shape = profile._shapes[t.name][1] if profile is not None else t.shape
                 if shape[0] != batch:
                     raise ValueError(f"calibration batch {batch} differs from the profile's opt {shape}")
                 data = _read(ptr, shape, np_types[t.dtype])
@@ -862,24 +911,24 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
     # ---- runtime --------------------------------------------------------------------------------------
     class ICudaEngine:
         def __init__(self, header: dict[str, Any], onnx_bytes: bytes) -> None:
-            self.header, self.onnx_bytes = header, onnx_bytes
-            self.io = [(n, "INPUT", d, tuple(s)) for n, d, s in header["inputs"]] + [
+            self._header, self._onnx_bytes = header, onnx_bytes
+            self._io = [(n, "INPUT", d, tuple(s)) for n, d, s in header["inputs"]] + [
                 (n, "OUTPUT", d, tuple(s)) for n, d, s in header["outputs"]
             ]
             self.name = "fake-engine"
             self.num_layers = 1
 
-        num_io_tensors = property(lambda self: len(self.io))
-        num_optimization_profiles = property(lambda self: max(1, len(self.header["profiles"])))
+        num_io_tensors = property(lambda self: len(self._io))
+        num_optimization_profiles = property(lambda self: max(1, len(self._header["profiles"])))
 
         def _find(self, name: str) -> tuple[str, str, str, tuple[int, ...]]:
-            for item in self.io:
+            for item in self._io:
                 if item[0] == name:
                     return item
             raise KeyError(name)
 
         def get_tensor_name(self, index: int) -> str:
-            return self.io[index][0]
+            return self._io[index][0]
 
         def get_tensor_mode(self, name: str) -> Any:
             return getattr(m.TensorIOMode, self._find(name)[1])
@@ -891,7 +940,7 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
             return self._find(name)[3]
 
         def get_tensor_profile_shape(self, name: str, profile_index: int) -> list[tuple[int, ...]]:
-            shapes = self.header["profiles"][profile_index][name]
+            shapes = self._header["profiles"][profile_index][name]
             return [tuple(s) for s in shapes]
 
         def create_execution_context(self) -> IExecutionContext:
@@ -899,14 +948,14 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
             return IExecutionContext(self)
 
         def serialize(self) -> IHostMemory:
-            blob = json.dumps(self.header).encode()
-            return IHostMemory(MAGIC + struct.pack("<I", len(blob)) + blob + self.onnx_bytes)
+            blob = json.dumps(self._header).encode()
+            return IHostMemory(MAGIC + struct.pack("<I", len(blob)) + blob + self._onnx_bytes)
 
     class IExecutionContext:
         def __init__(self, engine: ICudaEngine) -> None:
             self.engine = engine
-            self.shapes: dict[str, tuple[int, ...]] = {}
-            self.addresses: dict[str, int] = {}
+            self._shapes: dict[str, tuple[int, ...]] = {}
+            self._addresses: dict[str, int] = {}
 
         def set_input_shape(self, name: str, shape: Any) -> bool:
             shape = dims(tuple(shape), "set_input_shape")
@@ -919,14 +968,14 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
                 and all(a <= s <= b for a, s, b in zip(lo, shape, hi, strict=True))
             )
             if ok:
-                self.shapes[name] = shape
+                self._shapes[name] = shape
             return ok
 
         def get_tensor_shape(self, name: str) -> tuple[int, ...]:
             _, mode, _, declared = self.engine._find(name)
             if mode == "INPUT":
-                return self.shapes.get(name, declared)
-            batch = next(iter(self.shapes.values()))[0] if self.shapes else -1
+                return self._shapes.get(name, declared)
+            batch = next(iter(self._shapes.values()))[0] if self._shapes else -1
             return tuple(batch if d == -1 else d for d in declared)
 
         def set_tensor_address(self, name: str, address: int) -> bool:
@@ -934,28 +983,28 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
                 raise TypeError(f"set_tensor_address({name}): a non-null int address, got {address!r}")
             self.engine._find(name)
             record("Context.set_tensor_address", name, address)
-            self.addresses[name] = address
+            self._addresses[name] = address
             return True
 
         def execute_async_v3(self, stream_handle: int) -> bool:
             if not isinstance(stream_handle, int):
                 raise TypeError(f"execute_async_v3: the stream handle is an int, got {stream_handle!r}")
             record("Context.execute_async_v3", stream_handle)
-            inputs = [item for item in self.engine.io if item[1] == "INPUT"]
-            outputs = [item for item in self.engine.io if item[1] == "OUTPUT"]
-            if any(name not in self.shapes for name, *_ in inputs):
+            inputs = [item for item in self.engine._io if item[1] == "INPUT"]
+            outputs = [item for item in self.engine._io if item[1] == "OUTPUT"]
+            if any(name not in self._shapes for name, *_ in inputs):
                 return False
-            if any(name not in self.addresses for name, *_ in self.engine.io):
+            if any(name not in self._addresses for name, *_ in self.engine._io):
                 return False
             feed = {
-                name: _read(self.addresses[name], self.shapes[name], np_types[getattr(m.DataType, dt)])
+                name: _read(self._addresses[name], self._shapes[name], np_types[getattr(m.DataType, dt)])
                 for name, _, dt, _ in inputs
             }
-            session = _session(self.engine.onnx_bytes)
+            session = _session(self.engine._onnx_bytes)
             results = session.run([name for name, *_ in outputs], feed)
-            fp16_flag = "FP16" in self.engine.header["flags"]
+            fp16_flag = "FP16" in self.engine._header["flags"]
             m.state.executions.append(
-                {"addresses": dict(self.addresses), "shapes": dict(self.shapes), "stream": stream_handle}
+                {"addresses": dict(self._addresses), "shapes": dict(self._shapes), "stream": stream_handle}
             )
             for (name, _, dt, _), value in zip(outputs, results, strict=True):
                 want = np_types[getattr(m.DataType, dt)]
@@ -969,14 +1018,14 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
                     raise AssertionError(
                         f"{name}: engine output {value.shape} vs {self.get_tensor_shape(name)}"
                     )
-                ctypes.memmove(self.addresses[name], value.ctypes.data, value.nbytes)
+                ctypes.memmove(self._addresses[name], value.ctypes.data, value.nbytes)
             return True
 
     class Runtime:
         def __init__(self, logger: Any) -> None:
             check_type(logger, ILogger, "Runtime(logger)")
             record("Runtime")
-            self.logger = logger
+            self._logger = logger
             if vt >= (8, 6, 0):
                 self.engine_host_code_allowed = False
 
@@ -984,7 +1033,7 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
             data = bytes(serialized)
             record("Runtime.deserialize_cuda_engine", len(data))
             if not data.startswith(MAGIC):
-                log(self.logger, Severity.ERROR, "IRuntime::deserializeCudaEngine: magic tag does not match")
+                log(self._logger, Severity.ERROR, "IRuntime::deserializeCudaEngine: magic tag does not match")
                 return None
             (size,) = struct.unpack("<I", data[len(MAGIC) : len(MAGIC) + 4])
             start = len(MAGIC) + 4
@@ -992,12 +1041,14 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
             built = _version_tuple(header["version"])
             compatible = "VERSION_COMPATIBLE" in header["flags"]
             if compatible:
-                ok = vt[:2] >= built[:2] and getattr(self, "engine_host_code_allowed", False)
+                # Support matrix: forward within a major, and across majors 8 -> 10 and 10 -> 11 only.
+                majors_ok = built[0] == vt[0] or (built[0], vt[0]) in ((8, 10), (10, 11))
+                ok = vt >= built and majors_ok and getattr(self, "engine_host_code_allowed", False)
             else:
-                ok = vt[:2] == built[:2]
+                ok = vt == built  # the exact release, patch included
             if not ok:
                 log(
-                    self.logger,
+                    self._logger,
                     Severity.ERROR,
                     f"The engine plan file is not compatible with this version of TensorRT, expecting library "
                     f"version {version} got {header['version']}",

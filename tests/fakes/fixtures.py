@@ -1,4 +1,9 @@
-"""Helpers for the TensorRT tests: a tiny export, the fake TensorRT installed, engines built with it."""
+"""Helpers for the TensorRT tests: a tiny export, the fake TensorRT installed, engines built with it.
+
+Host memory stands in for device memory through the fake pycuda (tests/fakes/fake_pycuda.py): with
+torch on the CPU, ``buffers="auto"`` picks pycuda, the production path of torch-free machines, so
+the production code needs no test switch.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from sacvit_deploy.engine import build as build_module
-from sacvit_deploy.engine import gpu as gpu_module
+from sacvit_deploy.backends import gpu as gpu_module
 from sacvit_deploy.engine.build import BuildOptions, BuildResult, build_engines
 from sacvit_deploy.export.onnx_export import ExportOptions, export_artifacts
 from tests.conftest import make_tiny
+from tests.fakes.fake_pycuda import install_fake_pycuda
 from tests.fakes.fake_tensorrt import make_fake_tensorrt
 
 FAKE_GPU = gpu_module.GpuInfo("Fake GPU", "8.6", 0, 8 << 30)
@@ -42,14 +47,15 @@ def shared_export(
 def install_fake_tensorrt(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, version: str = "10.3.0", gpu: Any = FAKE_GPU
 ) -> Any:
-    """Put a fake ``tensorrt`` in sys.modules, a fake GPU in detect_gpu, host memory as device memory."""
+    """Put a fake ``tensorrt`` and a fake ``pycuda`` (host memory as device memory) in sys.modules,
+    and a fake GPU in detect_gpu."""
     fake = make_fake_tensorrt(version)
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    install_fake_pycuda(monkeypatch)
     monkeypatch.setattr(gpu_module, "detect_gpu", lambda index=0: gpu)
-    monkeypatch.setattr(build_module, "RUNNER_DEVICE", "cpu")
     return fake
 
 
 def build(export: Path, out: Path, **options: Any) -> BuildResult:
     options.setdefault("parity_images", 4)
-    return build_engines(export, out, BuildOptions(**options), log=lambda _msg: None)
+    return build_engines(export, out, BuildOptions(**options))

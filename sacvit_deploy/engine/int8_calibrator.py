@@ -10,16 +10,18 @@ engines folder; a later build reuses it only when the graph and the images are t
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from sacvit_deploy.errors import SacvitError
+from sacvit_deploy.core.errors import SacvitError
 
 DEFAULT_PARITY_IMAGES = 32
 CALIBRATION_SUFFIX = ".calib"
+_log = logging.getLogger(__name__)
 
 
 class ImagesError(SacvitError):
@@ -30,11 +32,10 @@ def load_images(
     folder: Path | None,
     preprocess_cfg: Any,
     limit: int | None = None,
-    log: Callable[[str], None] = lambda _msg: None,
 ) -> tuple[np.ndarray, str]:
     """Preprocessed images (N, 3, R, R) float32 from ``folder``, or the bundled samples; and where from.
 
-    Unreadable files are skipped with a note. Raises :class:`ImagesError` when none loads.
+    Unreadable files are skipped (logged as warnings). Raises :class:`ImagesError` when none loads.
     """
     try:
         from sacvit_deploy.runtime import images as image_io
@@ -53,9 +54,7 @@ def load_images(
     arrays = []
     for batch in image_io.iter_batches(paths, preprocess_cfg, batch_size=16, workers=2):
         for failure in batch.failures:
-            from rich.markup import escape
-
-            log(f"[yellow]skipped[/] {escape(str(failure))}")
+            _log.warning("skipped %s", failure)
         if len(batch.paths):
             arrays.append(np.asarray(batch.images, dtype=np.float32))
     if not arrays:
@@ -84,9 +83,8 @@ def calibration_batches(feeds: dict[str, np.ndarray], batch_size: int) -> list[d
 class _DeviceFeed:
     """Device copies of one calibration batch, kept alive until the next batch (TensorRT holds the pointers)."""
 
-    def __init__(self, buffers: str, device: str) -> None:
+    def __init__(self, buffers: str) -> None:
         self.buffers = buffers
-        self.device = device
         self._held: list[Any] = []
         self._context: Any = None
 
@@ -109,9 +107,8 @@ class _DeviceFeed:
             return pointers
         import torch
 
-        tensors = [torch.from_numpy(arrays[name]).to(self.device) for name in names]
-        if self.device == "cuda":
-            torch.cuda.synchronize()
+        tensors = [torch.from_numpy(arrays[name]).to("cuda") for name in names]
+        torch.cuda.synchronize()
         self._held = tensors
         return [int(t.data_ptr()) for t in tensors]
 
@@ -134,7 +131,6 @@ def make_entropy_calibrator(
     cache_out: Path,
     cache_in: bytes | None = None,
     buffers: str = "torch",
-    device: str = "cuda",
 ) -> Any:
     """An ``IInt8EntropyCalibrator2`` feeding ``batches``; the cache is written to ``cache_out``.
 
@@ -146,7 +142,7 @@ def make_entropy_calibrator(
             trt.IInt8EntropyCalibrator2.__init__(self)  # pybind11 needs the base initialised explicitly
             self.batches = batches
             self.index = 0
-            self.feed = _DeviceFeed(buffers, device)
+            self.feed = _DeviceFeed(buffers)
             self.cache_out = cache_out
             self.cache_in = cache_in
             self.batch_size = next(iter(batches[0].values())).shape[0] if batches else 1

@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Protocol
 
-from sacvit_deploy.errors import SacvitError
-from sacvit_deploy.export.manifest import MANIFEST_NAME, Manifest, sha256_file
+from sacvit_deploy.core.errors import SacvitError
+from sacvit_deploy.core.manifest import MANIFEST_NAME, Manifest, sha256_file
 
 STAGING_PREFIX = ".staging-"
 
@@ -51,14 +51,11 @@ def previous_artifacts(out: Path) -> dict[str, str | None]:
         owned[entry.file] = entry.sha256
         if entry.external_data:
             owned[entry.external_data] = entry.external_sha256
-    calibration = (old.tensorrt or {}).get("calibration") or {}
-    for cache in (calibration.get("caches") or {}).values():
-        if (
-            isinstance(cache, dict)
-            and isinstance(cache.get("file"), str)
-            and isinstance(cache.get("sha256"), str)
-        ):
-            owned[cache["file"]] = cache["sha256"]
+    if old.tensorrt is not None:
+        for role in old.engines:
+            cache = old.tensorrt.calibration_cache(role)
+            if isinstance(cache.get("file"), str) and isinstance(cache.get("sha256"), str):
+                owned[cache["file"]] = cache["sha256"]
     return {
         name: sha
         for name, sha in owned.items()

@@ -4,22 +4,33 @@ The rest of the code asks questions (``has_precision_flags()``, ``strongly_typed
 comparing version numbers, and looks enum members up by NAME (:func:`enum_member`): their integer
 values moved between releases.
 
-=========================  =========  =========  ==========  =========
-feature                    8.5        8.6        10.x        11.x
-=========================  =========  =========  ==========  =========
-name-based runtime API     yes        yes        yes         yes
-EXPLICIT_BATCH flag        required   required   deprecated  removed
-STRONGLY_TYPED flag        -          -          yes         always on
-BuilderFlag.FP16 / INT8    yes        yes        yes         removed
-precision constraints      yes        yes        yes         removed
-INT8 entropy calibrator    yes        yes        yes         removed
-platform_has_fast_fp16     yes        yes        yes         removed
-LayerNormalization (ONNX)  no         yes        yes         yes
-version-compatible         -          yes        yes         yes
-hardware-compat ampere+    -          yes        yes         yes
-hardware-compat same-cc    -          -          10.9+       yes
-max ONNX opset             17         17         20 (24 from 10.15)  24
-=========================  =========  =========  ==========  =========
+=========================  =========  =========  ==========  ==========  =========
+feature                    8.5        8.6        10.0-10.11  10.12-10.x  11.x
+=========================  =========  =========  ==========  ==========  =========
+name-based runtime API     yes        yes        yes         yes         yes
+EXPLICIT_BATCH flag        required   required   deprecated  deprecated  removed
+STRONGLY_TYPED flag        -          -          yes         used        always on
+BuilderFlag.FP16 / INT8    yes        yes        yes         deprecated  removed
+precision constraints      yes        yes        yes         deprecated  removed
+INT8 entropy calibrator    yes        yes        deprecated  deprecated  removed
+platform_has_fast_fp16     yes        yes        yes (10.5-  deprecated  removed
+                                                 deprecated)
+LayerNormalization (ONNX)  no         yes        yes         yes         yes
+version-compatible         -          yes        yes         yes         yes
+hardware-compat ampere+    -          yes        yes         yes         yes
+hardware-compat same-cc    -          -          10.9+       yes         yes
+max ONNX opset (policy)    17         17         20 (24 from 10.15)      24
+=========================  =========  =========  ==========  ==========  =========
+
+"used": from 10.12, where weak typing (the precision flags, per-layer precision) is deprecated,
+``--fp16`` builds like 11.x: the float16 ONNX rewrite, built STRONGLY_TYPED. ``--int8`` (calibrated,
+implicit quantization) still needs the weakly typed path there, until INT8 comes as Q/DQ nodes.
+
+Engine loading (the Support Matrix): an ordinary engine loads only on the exact TensorRT release
+that built it (8.x refuses even a patch mismatch: "expecting library version 8.5.1.7 got
+8.5.3.1"); a version-compatible engine (8.6+) loads on the same or a later release of the same
+major, and across majors only 8.6 -> 10.x and 10.x -> 11.x (a TensorRT 8 engine cannot run with a
+TensorRT 11 runtime).
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sacvit_deploy.backends.base import BackendError
+from sacvit_deploy.core.trt_families import family_of, max_opset
 
 MIN_SUPPORTED = (8, 5)
 INSTALL_HINT = (
@@ -84,6 +96,15 @@ class TrtVersion:
         """11.x: every network is strongly typed; precision lives in the ONNX graph."""
         return self.major >= 11
 
+    def weak_typing_deprecated(self) -> bool:
+        """10.12 deprecated BuilderFlag.FP16/INT8, the precision-constraint flags and layer precision."""
+        return self.at_least(10, 12)
+
+    def builds_strongly_typed(self, int8: bool = False) -> bool:
+        """Whether build-engine makes a STRONGLY_TYPED network: always on 11.x; on 10.12+ unless the
+        build is calibrated INT8 (implicit quantization needs the deprecated weakly typed path)."""
+        return self.strongly_typed_only() or (self.weak_typing_deprecated() and not int8)
+
     # ---- precision ---------------------------------------------------------------------------------
     def has_precision_flags(self) -> bool:
         """BuilderFlag.FP16 / INT8 and the precision-constraint flags (removed in 11.0)."""
@@ -98,19 +119,10 @@ class TrtVersion:
 
     def has_native_layernorm(self) -> bool:
         """The ONNX parser reads LayerNormalization from 8.6 (export with --target-trt 8.5 below)."""
-        return self.at_least(8, 6)
+        return family_of(self.major, self.minor).native_layernorm
 
     def max_onnx_opset(self) -> int:
-        from sacvit_deploy.export.trt_support import support
-
-        if self.major == 10 and self.minor >= 15:
-            return 24  # 10.15 raised the parser's limit; the "10" family row is 10.0's
-        family = (
-            "8.5"
-            if self.major < 10 and self.minor < 6
-            else ("8.6" if self.major < 10 else str(min(self.major, 11)))
-        )
-        return support(family).max_opset
+        return max_opset(self.major, self.minor)
 
     # ---- portability -------------------------------------------------------------------------------
     def has_version_compatible(self) -> bool:
@@ -171,21 +183,23 @@ def engine_compatibility_problem(
 ) -> str | None:
     """Why an engine built as ``recorded`` (the manifest's ``tensorrt`` section) cannot run here, or None.
 
-    Without version compatibility, TensorRT loads only engines from its own release (major.minor
-    must match); version-compatible engines (8.6+) load on the same or a later runtime. Without
-    hardware compatibility, the GPU's compute capability must match.
+    Without version compatibility, TensorRT loads only engines from its own release (major, minor
+    and patch must match). Version-compatible engines (8.6+) load on the same or a later release of
+    the same major, and across majors only from 8 to 10 and from 10 to 11 (the Support Matrix).
+    Without hardware compatibility, the GPU's compute capability must match.
     """
     built_text = recorded.get("version")
     if built_text:
         built = TrtVersion.parse(str(built_text))
         if recorded.get("version_compatible"):
-            if (running.major, running.minor) < (built.major, built.minor):
-                return (
-                    f"built version-compatible with TensorRT {built}, which a TensorRT {running} runtime "
-                    "cannot load (it needs the same or a later release)"
-                )
-        elif (built.major, built.minor) != (running.major, running.minor):
-            return f"built with TensorRT {built}, but this machine has TensorRT {running}"
+            problem = version_compatible_problem(built, running)
+            if problem:
+                return problem
+        elif built != running:
+            return (
+                f"built with TensorRT {built}, but this machine has TensorRT {running} (an engine loads only "
+                "on the exact release that built it, unless built --version-compatible)"
+            )
     built_cc = recorded.get("compute_capability")
     level = recorded.get("hardware_compat") or "none"
     if built_cc and running_cc and level == "none" and str(built_cc) != str(running_cc):
@@ -195,6 +209,25 @@ def engine_compatibility_problem(
         return f"built hardware-compatible for Ampere and later, but this GPU has compute capability {running_cc}"
     if level == "same-cc" and built_cc and running_cc and str(built_cc) != str(running_cc):
         return f"built for compute capability {built_cc} (same-cc), but this GPU has {running_cc}"
+    return None
+
+
+# Version-compatible engines across majors: built with -> loadable by (the Support Matrix).
+CROSS_MAJOR_COMPATIBLE = {(8, 10), (10, 11)}
+
+
+def version_compatible_problem(built: TrtVersion, running: TrtVersion) -> str | None:
+    """Why a version-compatible engine built with ``built`` cannot run on ``running``, or None."""
+    if running < built:
+        return (
+            f"built version-compatible with TensorRT {built}, which a TensorRT {running} runtime cannot load "
+            "(it needs the same or a later release)"
+        )
+    if built.major != running.major and (built.major, running.major) not in CROSS_MAJOR_COMPATIBLE:
+        return (
+            f"built version-compatible with TensorRT {built}, which a TensorRT {running} runtime cannot load "
+            "(across majors, version compatibility holds only from 8 to 10 and from 10 to 11)"
+        )
     return None
 
 
