@@ -217,7 +217,7 @@ def _cases() -> list[Case]:
             "data loss",
             output_manifest,
             1,
-            "inside the artifact folder",
+            "a file of the artifact folder",
             "manifest.json",
         )
     )
@@ -225,7 +225,11 @@ def _cases() -> list[Case]:
     def output_graph(d, b):
         return infer(good(d), "--output", "export/stage2.onnx", "--format", "csv")
 
-    add(Case("output-is-a-graph", "data loss", output_graph, 1, "inside the artifact folder", "stage2.onnx"))
+    add(
+        Case(
+            "output-is-a-graph", "data loss", output_graph, 1, "a file of the artifact folder", "stage2.onnx"
+        )
+    )
 
     def output_labels(d, b):
         (d / "labels.txt").write_text("\n".join(str(i) for i in range(10)))
@@ -279,7 +283,7 @@ def _cases() -> list[Case]:
             "data loss",
             profile_json_manifest,
             1,
-            "inside the artifact folder",
+            "a file of the artifact folder",
             "manifest.json",
         )
     )
@@ -293,7 +297,7 @@ def _cases() -> list[Case]:
             "data loss",
             check_json_graph,
             1,
-            "inside the artifact folder",
+            "a file of the artifact folder",
             "stage1.onnx",
         )
     )

@@ -25,6 +25,7 @@ LAYERS = {
     "training": 4,
     "triton": 5,
     "cli": 6,
+    "__main__": 7,  # python -m sacvit_deploy and the console script: the entry above the CLI
 }
 # The package root is a facade above everything (``from sacvit_deploy import Pipeline``, imported lazily).
 FACADE = "sacvit_deploy"

@@ -261,9 +261,9 @@ def check_output(
     target = _resolved(path)
     if artifacts is not None and not str(artifacts).startswith(("http://", "https://", "grpc://")):
         folder = _resolved(Path(artifacts))
-        if target == folder or folder in target.parents:
+        if target == folder or (folder in target.parents and _is_artifact(folder, target)):
             raise SacvitError(
-                f"{shown}: is inside the artifact folder {artifacts}, which it would damage; write elsewhere"
+                f"{shown}: is a file of the artifact folder {artifacts}, which it would damage; write elsewhere"
             )
     for item in inputs:
         if _same_file(path, target, Path(item)):
@@ -299,6 +299,22 @@ def check_manifest_writable(path: Path) -> None:
         )
     if not os.access(path.parent, os.W_OK | os.X_OK):
         raise SacvitError(f"{path.parent}: not writable (the manifest is replaced atomically); drop --write")
+
+
+def _is_artifact(folder: Path, target: Path) -> bool:
+    """A file the artifact folder holds or may hold: its manifest, anything the manifest lists, a
+    name of this tool's artifact scheme (graphs, engines, weights, caches), anything in a subfolder."""
+    from sacvit_deploy.core.manifest import MANIFEST_NAME, Manifest
+    from sacvit_deploy.core.publish import ARTIFACT_NAME
+
+    if target.parent != folder:
+        return True
+    if target.name == MANIFEST_NAME or ARTIFACT_NAME.match(target.name):
+        return True
+    try:
+        return target.name in Manifest.load(folder).owned_files()
+    except SacvitError:
+        return False
 
 
 def _resolved(path: Path) -> Path:

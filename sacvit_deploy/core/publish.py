@@ -32,7 +32,7 @@ class FolderIndex(Protocol):
 
 # What an export or engine folder may hold: the names this tool gives its artifacts. A manifest that
 # lists anything else (``thesis.tex`` as "external data") owns nothing by that entry.
-_ARTIFACT_NAME = re.compile(
+ARTIFACT_NAME = re.compile(
     r"^(?:[a-z0-9_]+\.onnx(?:\.data)?|[a-z0-9_]+\.engine|[a-z0-9_]+\.calib|model\.safetensors)$"
 )
 
@@ -59,7 +59,7 @@ def previous_artifacts(out: Path) -> dict[str, str | None]:
     return {
         name: sha
         for name, sha in owned.items()
-        if name == MANIFEST_NAME or (_ARTIFACT_NAME.match(name) and isinstance(sha, str))
+        if name == MANIFEST_NAME or (ARTIFACT_NAME.match(name) and isinstance(sha, str))
     }
 
 

@@ -33,9 +33,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sacvit_deploy.core.errors import CheckpointError, ConfigError
+from sacvit_deploy.core.fileinfo import not_a_regular_file
 from sacvit_deploy.core.formats import AUTO, CHECKPOINT_FORMATS
 from sacvit_deploy.core.version import __version__
-from sacvit_deploy.fileinfo import not_a_regular_file
 from sacvit_deploy.model.config import FORMATS, VARIANTS, ModelConfig, make_config
 from sacvit_deploy.model.sacvit import DeiT, SACViT
 
