@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 from contextlib import closing
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -25,9 +26,18 @@ from sacvit_deploy.cli._common import (
     note,
     out,
 )
+from sacvit_deploy.cli._progress import progress_bar
 from sacvit_deploy.errors import SacvitError
 
 TARGET = "Target (give one)"
+
+
+class FolderLabels(str, Enum):
+    names = "names"
+    index = "index"
+    sorted = "sorted"
+
+
 OUTPUT = "Output"
 
 
@@ -62,6 +72,13 @@ def calibrate(
             show_default=False,
         ),
     ],
+    folder_labels: Annotated[
+        FolderLabels,
+        typer.Option(
+            help="What a folder name means: names = one of the model's class names; index = a class index "
+            "(folder 3 = class 3); sorted = the i-th folder in sorted order is class i.",
+        ),
+    ] = FolderLabels.names,
     artifacts: ArtifactsOption = None,
     backend: BackendOption = BackendName.auto,
     device: DeviceOption = None,
@@ -130,7 +147,7 @@ def calibrate(
     )
     manifest = opened.manifest
     names = manifest.class_names or default_class_names(manifest.num_classes)
-    labelled = find_labelled_images(images, manifest.num_classes, names)
+    labelled = find_labelled_images(images, manifest.num_classes, names, folder_labels.value)
     note(f"backend: {opened.choice.describe()}")
     note(f"labels: {labelled.describe()}")
     if labelled.empty_folders:
@@ -142,20 +159,23 @@ def calibrate(
 
     failed = 0
 
-    def batches(source):
+    def batches(source, advance):
         nonlocal failed
         for batch in source:
             for failure in batch.failures:
                 note(f"[yellow]skipped[/] {failure}")
             failed += len(batch.failures)
             yield batch
+            advance(len(batch.paths) + len(batch.failures))
 
     with (
+        progress_bar() as bar,
         opened.pipeline as pipe,
         closing(iter_batches(labelled.paths, manifest.preprocess, batch_size)) as source,
     ):
+        advance = bar.task("both stages on every image", total=len(labelled.paths))
         pred = predict_both_stages(
-            pipe.stage1, pipe.stage2, images_and_labels(labelled, batches(source)), pipe.buckets
+            pipe.stage1, pipe.stage2, images_and_labels(labelled, batches(source, advance)), pipe.buckets
         )
 
     flops = FlopsReport.of(manifest.model)
