@@ -15,7 +15,7 @@ import typer
 
 from sacvit_deploy.cli._common import handle_errors, note, out, write_json
 from sacvit_deploy.export.manifest import Manifest
-from sacvit_deploy.export.trt_compat import check_folder_versions
+from sacvit_deploy.export.trt_compat import check_folder_versions, group_problems
 
 
 class TrtVersion(str, Enum):
@@ -72,8 +72,8 @@ def check(
     for version, by_role in results.items():
         for role, problems in by_role.items():
             graph = manifest.graphs[role].file
-            for p in problems:
-                out.print(p.line(graph), markup=False, highlight=False)
+            for group in group_problems(problems):  # one line per distinct problem, with a node count
+                out.print(group.line(graph), markup=False, highlight=False)
             errors = sum(p.is_error for p in problems)
             warnings = len(problems) - errors
             if errors:
@@ -97,6 +97,7 @@ def check(
     note(
         f"checked {len(manifest.graphs)} graph(s) on TensorRT {', '.join(versions)}; "
         "a static check: still compare every engine with ONNX Runtime"
+        + ("; every problem per node: --json FILE" if json_file is None else "")
     )
     if failed:
         raise typer.Exit(2)
