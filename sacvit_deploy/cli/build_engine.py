@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from sacvit_deploy.cli._common import handle_errors, note, out, parity_table
+from sacvit_deploy.cli._progress import spinner
 
 ENGINES = "Engines"
 PRECISION = "Precision"
@@ -170,7 +171,8 @@ def build_engine(
         baseline=baseline,
     )
     options.validate()  # option mistakes before TensorRT is even imported
-    result = build_engines(export_dir, out_dir, options, log=note)
+    with spinner("building TensorRT engines"):
+        result = build_engines(export_dir, out_dir, options, log=note)
     print_engines(result)
     parity = (result.manifest.tensorrt or {}).get("parity")
     if parity and parity.get("rows"):

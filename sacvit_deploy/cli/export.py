@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from sacvit_deploy.cli._common import err, handle_errors, note, out, parity_table
+from sacvit_deploy.cli._common import handle_errors, note, out, parity_table
+from sacvit_deploy.cli._progress import spinner
 from sacvit_deploy.errors import SacvitError
 
 
@@ -83,7 +84,7 @@ def verification_images(folder: Path | None, cfg, limit: int = 16):  # -> torch.
     return torch.from_numpy(np.stack(arrays))
 
 
-def print_verification(report: dict) -> None:
+def print_verification(report: dict, target_trt: str, folder: Path) -> None:
     title = f"Verification: ONNX Runtime (CPU) vs PyTorch, fp32, tolerance {report['atol']:.0e}"
     out.print(parity_table(title, report["rows"]))
     out.print(f"onnx.checker: {', '.join(f'{k} {v}' for k, v in report['checker'].items())}")
@@ -96,6 +97,12 @@ def print_verification(report: dict) -> None:
             else:
                 verdicts.append(f"{role} will NOT parse ({r['errors']} errors)")
         out.print(f"TensorRT {version} parser check: {', '.join(verdicts)}")
+        if not all(r["parses"] for r in roles.values()):
+            how = " (JetPack 5: LayerNorm decomposed)" if version == "8.5" else ""
+            note(
+                f"  expected for an export made for TensorRT {target_trt}: for {version}, export with "
+                f"--target-trt {version}{how}; `sacvit-deploy check {folder} --trt {version}` lists why"
+            )
 
 
 @handle_errors
@@ -220,22 +227,22 @@ def export(
         real = verification_images(verify_images, model.cfg)
 
     def run_verification(folder, manifest):
-        with err.status("verifying the graphs against PyTorch ..."):
-            report = verify_export(folder, manifest, model, real, atol=atol)
+        report = verify_export(folder, manifest, model, real, atol=atol)
         report["tensorrt"] = tensorrt_parser_check(folder, manifest, target_trt.value)
         return report
 
-    result = export_artifacts(
-        model,
-        out_dir,
-        options,
-        loaded.fmt,
-        source={"checkpoint": checkpoint.name, "format": loaded.fmt},
-        verify=run_verification if verify else None,
-        log=lambda msg: note(msg),
-    )
+    with spinner("exporting" + (" and verifying against PyTorch" if verify else "")):
+        result = export_artifacts(
+            model,
+            out_dir,
+            options,
+            loaded.fmt,
+            source={"checkpoint": checkpoint.name, "format": loaded.fmt},
+            verify=run_verification if verify else None,
+            log=lambda msg: note(msg),
+        )
     if result.manifest.verification:
-        print_verification(result.manifest.verification)
+        print_verification(result.manifest.verification, target_trt.value, result.folder)
     else:
         note("[yellow]verification skipped (--no-verify)[/]")
     sizes = ", ".join(f"{name} {size / 2**20:.1f} MB" for name, size in result.files.items())
