@@ -28,6 +28,7 @@ from sacvit_deploy.cli._common import (
 )
 from sacvit_deploy.cli._progress import progress_bar
 from sacvit_deploy.errors import SacvitError
+from sacvit_deploy.model.flops import format_gflops
 
 TARGET = "Target (give one)"
 
@@ -191,9 +192,9 @@ def calibrate(
         f"calibration on {pred.n} images ({len(labelled.folders)} class folders"
         + (f", {failed} unreadable skipped" if failed else "")
         + "), stage 1 and stage 2 run on every image",
-        f"reference: stage 1 only: accuracy {cal.stage1_accuracy:.4f} at {flops.stage1:.4g} GFLOPs/image; "
-        f"stage 2 for every image: accuracy {cal.stage2_accuracy:.4f} at {flops.expected(0.0):.4g} GFLOPs/image; "
-        f"baseline DeiT: {base:.4g} GFLOPs/image",
+        f"reference: stage 1 only: accuracy {cal.stage1_accuracy:.4f} at {format_gflops(flops.stage1)} GFLOPs/image; "
+        f"stage 2 for every image: accuracy {cal.stage2_accuracy:.4f} at {format_gflops(flops.expected(0.0))} GFLOPs/image; "
+        f"baseline DeiT: {format_gflops(base)} GFLOPs/image",
         f"  {'threshold':>9} {'accuracy':>9} {'exit rate':>9} {'GFLOPs/image':>12} {'vs baseline':>11}",
     ]
     for p in cal.summary_rows(0.05, current):
@@ -209,7 +210,7 @@ def calibrate(
         c = cal.chosen
         out.print(
             f"chosen threshold {c.threshold:g} ({target.rule}): accuracy {c.accuracy:.4f}, exit rate "
-            f"{c.exit_rate:.3f}, {c.gflops:.4g} GFLOPs/image ({100 * (1 - c.gflops / base):.0f}% fewer than the baseline)",
+            f"{c.exit_rate:.3f}, {format_gflops(c.gflops)} GFLOPs/image ({100 * (1 - c.gflops / base):.0f}% fewer than the baseline)",
             markup=False,
             highlight=False,
         )

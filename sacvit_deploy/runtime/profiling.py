@@ -48,7 +48,7 @@ import torch
 from sacvit_deploy import __version__
 from sacvit_deploy.backends.base import Runner
 from sacvit_deploy.errors import SacvitError
-from sacvit_deploy.model.flops import FlopsReport
+from sacvit_deploy.model.flops import FlopsReport, format_gflops
 from sacvit_deploy.model.sacvit import STAGE2_INPUTS
 from sacvit_deploy.runtime.pipeline import EarlyExitPipeline, run_any_batch, run_batched
 
@@ -572,14 +572,15 @@ def format_report(report: dict[str, Any]) -> list[str]:
                 f"({b['throughput_ips']['end_to_end']:.1f} vs {b['throughput_ips']['baseline']:.1f} images/s)"
             )
         g = b["gflops_per_image"]
+        gf = format_gflops
         exp = (
-            f", {g['expected']:.3f} expected at exit rate {th['requested_exit_rate']:g}"
+            f", {gf(g['expected'])} expected at exit rate {th['requested_exit_rate']:g}"
             if g["expected"]
             else ""
         )
         lines.append(
-            f"  GFLOPs/image: {g['measured']:.3f} measured ({fl['stage1']:.3f} + {1 - b['exit_rate']:.3f} x "
-            f"{fl['stage2']:.3f}){exp}; baseline {g['baseline']:.3f} ({100 * g['saving']:.0f}% fewer)"
+            f"  GFLOPs/image: {gf(g['measured'])} measured ({gf(fl['stage1'])} + {1 - b['exit_rate']:.3f} x "
+            f"{gf(fl['stage2'])}){exp}; baseline {gf(g['baseline'])} ({100 * g['saving']:.0f}% fewer)"
         )
         if b["power"]:
             lines.append("  power: " + _power_text(b["power"]))
@@ -596,7 +597,7 @@ def format_report(report: dict[str, Any]) -> list[str]:
             f"  {b['batch']:>5} {b['latency']['end_to_end']['median_ms']:>10.3f} "
             f"{b['latency']['ideal']['median_ms']:>10.3f} {100 * b['overhead']:>+8.1f}% "
             f"{b['throughput_ips']['end_to_end']:>10.1f} {base_text:>10} {speedup_text:>8} "
-            f"{100 * b['exit_rate']:>8.1f}% {b['gflops_per_image']['measured']:>7.3f}"
+            f"{100 * b['exit_rate']:>8.1f}% {format_gflops(b['gflops_per_image']['measured']):>7}"
         )
     return lines
 
