@@ -144,7 +144,7 @@ def demo(
         f"  sacvit-deploy check {f} --trt 8.6,10,11        # will your TensorRT parse the graphs?\n"
         f"  sacvit-deploy export {m} --target-trt 8.5 --out {_q(out_dir / 'export85')}   # for TensorRT 8.5 (JetPack 5)\n"
         f"  sacvit-deploy infer {_q(images)}/ --artifacts {f} --topk 3\n"
-        f"  sacvit-deploy profile --artifacts {f} --batch-sizes 1,8,32 --exit-rate 0.5 --baseline\n"
+        f"  sacvit-deploy profile --artifacts {f} --batch-sizes 1,8 --exit-rate 0.5 --baseline\n"
         f"  sacvit-deploy calibrate --images {_q(labelled)}/ --artifacts {f} --target-exit-rate 0.5\n"
         "[bold]Then with your own checkpoint[/] (LF-ViT / CF-ViT .pth, timm DeiT, or one trained with "
         "`sacvit-deploy train`): the README's workflow, and on the GPU `sacvit-deploy build-engine --fp16`.",
