@@ -180,7 +180,7 @@ def main() -> None:
     )
     print(
         "(medians of round-robin timings; throughput = batch / median latency; 'overhead' = end to end over "
-        "stage 1 + stage 2 alone; background load on this machine is in the load average above)"
+        "stage 1 + stage 2 back to back, paired per round; background load on this machine is in the load average above)"
     )
     if args.json:
         args.json.write_text(
