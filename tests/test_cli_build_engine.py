@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sacvit_deploy.cli import app
-from sacvit_deploy.export.manifest import Manifest
+from sacvit_deploy.core.manifest import Manifest
 from tests.fakes.fixtures import install_fake_tensorrt, shared_export
 
 runner = CliRunner()

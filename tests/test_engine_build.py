@@ -11,6 +11,8 @@ import json
 import onnx
 import pytest
 
+from sacvit_deploy.backends.trt_version import TrtVersion, engine_compatibility_problem
+from sacvit_deploy.core.manifest import Manifest, sha256_file
 from sacvit_deploy.engine.build import (
     BuildOptions,
     EngineBuildError,
@@ -18,8 +20,6 @@ from sacvit_deploy.engine.build import (
     network_flags,
     stage2_opt_batch,
 )
-from sacvit_deploy.engine.trt_version import TrtVersion, engine_compatibility_problem
-from sacvit_deploy.export.manifest import Manifest, sha256_file
 from tests.fakes.fake_tensorrt import fake_plan_header, make_fake_tensorrt
 from tests.fakes.fixtures import build, install_fake_tensorrt, shared_export, tiny_export
 from tests.fakes.pictures import make_images
@@ -320,7 +320,7 @@ def test_unsupported_options_on_the_installed_version(
 
 
 def test_ampere_plus_needs_an_ampere_gpu(export, tmp_path, monkeypatch):
-    from sacvit_deploy.engine.gpu import GpuInfo
+    from sacvit_deploy.backends.gpu import GpuInfo
 
     install_fake_tensorrt(monkeypatch, tmp_path, "10.3.0", gpu=GpuInfo("Tesla T4", "7.5"))
     with pytest.raises(

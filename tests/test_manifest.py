@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from sacvit_deploy.export.manifest import (
+from sacvit_deploy.core.manifest import (
     ArtifactError,
     ArtifactFile,
     Manifest,

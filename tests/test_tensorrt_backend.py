@@ -16,9 +16,9 @@ import torch
 
 from sacvit_deploy.backends.base import BackendError
 from sacvit_deploy.backends.factory import BackendChoice, choose_backend, make_runner
+from sacvit_deploy.backends.gpu import GpuInfo
 from sacvit_deploy.backends.tensorrt_backend import TensorRTRunner
-from sacvit_deploy.engine.gpu import GpuInfo
-from sacvit_deploy.export.manifest import Manifest
+from sacvit_deploy.core.manifest import Manifest
 from sacvit_deploy.runtime.pipeline import EarlyExitPipeline, mixed_threshold
 from tests.backend_contract import check_runner_contract
 from tests.fakes.fake_pycuda import install_fake_pycuda

@@ -20,9 +20,9 @@ import torch
 from typer.testing import CliRunner
 
 from sacvit_deploy.cli import app
-from sacvit_deploy.export.manifest import ArtifactError, ArtifactFile, Manifest
+from sacvit_deploy.core.manifest import ArtifactError, ArtifactFile, Manifest
+from sacvit_deploy.core.publish import publish, staging_folder
 from sacvit_deploy.export.onnx_export import ExportOptions, export_artifacts
-from sacvit_deploy.export.publish import publish, staging_folder
 from sacvit_deploy.runtime.images import sample_images
 from sacvit_deploy.runtime.loader import open_pipeline
 from sacvit_deploy.runtime.pipeline import mixed_threshold

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from sacvit_deploy.backends.base import TORCH_DTYPES, BackendError, Runner
-from sacvit_deploy.export.manifest import TensorSpec
+from sacvit_deploy.core.manifest import TensorSpec
 
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],

@@ -19,7 +19,7 @@ from typing import Annotated
 import typer
 
 from sacvit_deploy.cli._common import handle_errors, out
-from sacvit_deploy.errors import SacvitError
+from sacvit_deploy.core.errors import SacvitError
 
 DEFAULT_FOLDER = Path("sacvit-demo")
 # The demo's profile: enough rounds that the medians of a 10 ms model are stable on a busy CPU.

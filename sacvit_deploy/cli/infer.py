@@ -22,7 +22,7 @@ from sacvit_deploy.cli._common import (
     note,
 )
 from sacvit_deploy.cli._progress import progress_bar
-from sacvit_deploy.errors import SacvitError
+from sacvit_deploy.core.errors import SacvitError
 
 IO_PANEL = "Input / output"
 TRITON = "Triton server"

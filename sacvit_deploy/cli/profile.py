@@ -25,7 +25,7 @@ from sacvit_deploy.cli._common import (
     write_json,
 )
 from sacvit_deploy.cli._progress import progress_bar
-from sacvit_deploy.errors import SacvitError
+from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.runtime.jetson import Jetson
 
 WORK = "Workload"

@@ -16,7 +16,7 @@ import typer
 from rich.table import Table
 
 from sacvit_deploy.cli._common import fail, handle_errors, note, out
-from sacvit_deploy.errors import SacvitError
+from sacvit_deploy.core.errors import SacvitError
 
 REPO = "Repository"
 SERVING = "Serving"

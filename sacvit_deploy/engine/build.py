@@ -36,10 +36,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sacvit_deploy import __version__
-from sacvit_deploy.errors import SacvitError
-from sacvit_deploy.export.manifest import ArtifactFile, Manifest, TensorSpec, safe_child, sha256_file
-from sacvit_deploy.export.publish import prepare_output_folder, publish, staging_folder
+from sacvit_deploy.core.errors import SacvitError
+from sacvit_deploy.core.manifest import ArtifactFile, Manifest, TensorSpec, safe_child, sha256_file
+from sacvit_deploy.core.publish import prepare_output_folder, publish, staging_folder
+from sacvit_deploy.core.version import __version__
 
 ROLES = ("stage1", "stage2", "baseline")
 HARD_FRACTION_DEFAULT = 0.23  # LF-ViT's operating point: about 23% of ImageNet reaches stage 2
@@ -81,7 +81,7 @@ class BuildOptions:
         return "fp16" if self.fp16 else "fp32"
 
     def validate(self) -> None:
-        from sacvit_deploy.engine.trt_version import HARDWARE_COMPAT
+        from sacvit_deploy.backends.trt_version import HARDWARE_COMPAT
 
         if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
             raise EngineBuildError(
@@ -159,7 +159,7 @@ def _escape(text: str) -> str:
 
 def network_flags(trt: Any, version: Any) -> tuple[int, list[str]]:
     """The creation flags: EXPLICIT_BATCH below 10; STRONGLY_TYPED on 11 (where it is the only mode)."""
-    from sacvit_deploy.engine.trt_version import enum_member
+    from sacvit_deploy.backends.trt_version import enum_member
 
     names = []
     if version.needs_explicit_batch_flag():
@@ -293,7 +293,7 @@ def config_for(
     calibration_batch: int | None = None,
 ) -> tuple[Any, list[str]]:
     """A builder config for one engine; returns it and the names of the flags set."""
-    from sacvit_deploy.engine.trt_version import HARDWARE_COMPAT, enum_member
+    from sacvit_deploy.backends.trt_version import HARDWARE_COMPAT, enum_member
 
     config = builder.create_builder_config()
     flags: list[str] = []
@@ -399,7 +399,7 @@ def stage2_opt_batch(options: BuildOptions, hard_fraction: float) -> int:
 # ---- checks before building -----------------------------------------------------------------------
 def check_options(trt: Any, version: Any, options: BuildOptions, gpu: Any, manifest: Manifest) -> None:
     """Options the installed TensorRT (or this GPU, or the export) cannot honour: one clear error each."""
-    from sacvit_deploy.engine.trt_version import HARDWARE_COMPAT
+    from sacvit_deploy.backends.trt_version import HARDWARE_COMPAT
 
     if options.int8 and not version.has_int8_calibrator():
         raise EngineBuildError(
@@ -463,8 +463,8 @@ def build_engines(
     log: Callable[[str], None] = lambda _msg: None,
 ) -> BuildResult:
     """Build the engines of ``export_dir`` into ``out`` with a manifest, after a parity check."""
-    from sacvit_deploy.engine import gpu as gpu_module
-    from sacvit_deploy.engine.trt_version import import_tensorrt, installed_version
+    from sacvit_deploy.backends import gpu as gpu_module
+    from sacvit_deploy.backends.trt_version import import_tensorrt, installed_version
 
     start = time.perf_counter()
     options.validate()
@@ -522,7 +522,7 @@ def build_engines(
     previous = prepare_output_folder(out, EngineBuildError, "build")
 
     # Images first: a bad --calib-images folder fails before minutes of building.
-    from sacvit_deploy.engine.calibrator import load_images
+    from sacvit_deploy.engine.int8_calibrator import load_images
 
     images, image_source = load_images(
         options.calib_images,
@@ -681,7 +681,7 @@ def _fp16_path(options: BuildOptions, strongly_typed: bool) -> str | None:
 
 
 def _checked_graph(export_dir: Path, manifest: Manifest, role: str) -> Path:
-    from sacvit_deploy.export.onnx_files import external_data_files
+    from sacvit_deploy.core.onnx_files import external_data_files
 
     manifest.verify(export_dir, "graphs", roles=(role,))
     path = manifest.file_path(export_dir, manifest.graphs[role])
@@ -690,7 +690,7 @@ def _checked_graph(export_dir: Path, manifest: Manifest, role: str) -> Path:
 
 
 def _images_sha(images: Any) -> str:
-    from sacvit_deploy.engine.calibrator import fingerprint
+    from sacvit_deploy.engine.int8_calibrator import fingerprint
 
     return fingerprint([images])
 
@@ -726,7 +726,7 @@ def _calibrator_for(
     import numpy as np
     import torch
 
-    from sacvit_deploy.engine.calibrator import (
+    from sacvit_deploy.engine.int8_calibrator import (
         CALIBRATION_SUFFIX,
         calibration_batches,
         fingerprint,

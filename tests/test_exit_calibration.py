@@ -13,11 +13,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from sacvit_deploy.cli import app
-from sacvit_deploy.errors import SacvitError
-from sacvit_deploy.export.manifest import Manifest
+from sacvit_deploy.core.errors import SacvitError
+from sacvit_deploy.core.manifest import Manifest
 from sacvit_deploy.export.onnx_export import ExportOptions, export_artifacts
 from sacvit_deploy.model.flops import FlopsReport
-from sacvit_deploy.runtime.calibration import (
+from sacvit_deploy.runtime.exit_calibration import (
     Predictions,
     Target,
     UnreachableTarget,

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sacvit_deploy import __version__
-from sacvit_deploy.errors import ConfigError, SacvitError
-from sacvit_deploy.model.config import ModelConfig
+from sacvit_deploy.core.config import ModelConfig
+from sacvit_deploy.core.errors import ConfigError, SacvitError
+from sacvit_deploy.core.version import __version__
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA = "sacvit-deploy/manifest"
