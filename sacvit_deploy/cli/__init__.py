@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from sacvit_deploy.cli._common import register_app
 from sacvit_deploy.cli.build_engine import build_engine
 from sacvit_deploy.cli.calibrate import calibrate
 from sacvit_deploy.cli.check import check
@@ -53,6 +54,7 @@ app.command("profile")(profile)
 app.command("calibrate")(calibrate)
 app.command("triton")(triton)
 app.command("train")(train)
+register_app(app)  # lets the demo run its steps as command lines
 
 
 def main() -> None:

@@ -25,6 +25,24 @@ err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() els
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+_APP: list[typer.Typer] = []  # the root app, registered by cli/__init__.py
+
+
+def register_app(app: typer.Typer) -> None:
+    _APP[:] = [app]
+
+
+def run_command(argv: list[str]) -> int:
+    """Run one ``sacvit-deploy`` command line in this process (the demo's steps) and return its exit
+    code: the line the user sees is the line that runs, parsed by the real CLI, and commands never
+    import each other."""
+    try:
+        _APP[0](args=argv, prog_name="sacvit-deploy")  # standalone: always ends in SystemExit
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return 0
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
     err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
     return typer.Exit(code)

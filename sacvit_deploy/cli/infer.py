@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from contextlib import closing
 from enum import Enum
@@ -18,11 +17,11 @@ from sacvit_deploy.cli._common import (
     BackendOption,
     DeviceOption,
     ThreadsOption,
-    err,
     fail,
     handle_errors,
     note,
 )
+from sacvit_deploy.cli._progress import progress_bar
 from sacvit_deploy.core.errors import SacvitError
 
 IO_PANEL = "Input / output"
@@ -122,21 +121,25 @@ def infer(
         f"artifacts: {opened.folder}/ ({manifest.model.variant}, {manifest.source_format}), threshold {opened.pipeline.threshold:g}"
     )
 
+    if fmt == OutputFormat.table:
+        note(
+            "columns: stage = the stage that answered; conf = stage 1's confidence (its max softmax), "
+            f"the image exits at stage 1 when conf >= {opened.pipeline.threshold:g}; prob = the probability "
+            "of the prediction, from the stage that answered"
+        )
     order = {str(p): i for i, p in enumerate(paths)}
     writer = open_writer(fmt.value, output, topk)
     done = failed = stage1 = 0
     infer_seconds = 0.0
     start = time.perf_counter()
-    bar = _progress(progress and len(paths) > batch_size)
-    task = bar.add_task("classifying", total=len(paths)) if bar else None
     interrupted = False
     try:
-        if bar:
-            bar.start()
         with (
+            progress_bar(progress and len(paths) > batch_size) as bar,
             opened.pipeline as pipe,
             closing(iter_batches(paths, manifest.preprocess, batch_size, workers)) as batches,
         ):
+            advance = bar.task("classifying", total=len(paths))
             for batch in batches:
                 rows: list[Prediction] = []
                 for failure in batch.failures:
@@ -152,13 +155,10 @@ def infer(
                     stage1 += int((result.stage == 1).sum())
                 rows.sort(key=lambda r: order[r.source])  # failures and successes back in input order
                 writer.write(rows)
-                if bar:
-                    bar.advance(task, len(batch.paths) + len(batch.failures))
+                advance(len(batch.paths) + len(batch.failures))
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        if bar:
-            bar.stop()
         writer.close()
 
     wall = time.perf_counter() - start
@@ -176,18 +176,3 @@ def infer(
         if not done:
             raise fail(f"none of the {failed} images could be read; see the lines above", EXIT_SOME_FAILED)
         raise typer.Exit(EXIT_SOME_FAILED)
-
-
-def _progress(enabled: bool):  # -> rich.progress.Progress | None
-    if not enabled or not sys.stderr.isatty():
-        return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-    )

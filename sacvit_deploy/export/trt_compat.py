@@ -33,6 +33,16 @@ _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 # INT64 constants are data (index tables) that 8.x casts down element by element.
 _SHAPE_CONSTANT_MAX = 8
 _DTYPE_NAME = {v: k for k, v in TensorProto.DataType.items()}
+# Integer types whose every value INT32 holds: casting them to INT64 loses nothing on 8.x.
+_FITS_INT32 = {
+    TensorProto.INT64,  # a no-op cast
+    TensorProto.INT32,
+    TensorProto.INT16,
+    TensorProto.INT8,
+    TensorProto.UINT16,
+    TensorProto.UINT8,
+    TensorProto.BOOL,
+}
 
 
 @dataclass(frozen=True)
@@ -57,6 +67,34 @@ class Problem:
         """``stage1.onnx: error [rule] node 'X' (Op): message — fix: ...``"""
         where = f" node '{self.node}' ({self.op})" if self.node or self.op else ""
         return f"{graph}: {self.severity} [{self.rule}]{where}: {self.message} — fix: {self.fix}"
+
+
+@dataclass(frozen=True)
+class ProblemGroup:
+    """The same finding on several nodes (e.g. every LayerNormalization): reported once, counted."""
+
+    first: Problem
+    nodes: tuple[str, ...]
+
+    @property
+    def is_error(self) -> bool:
+        return self.first.is_error
+
+    def line(self, graph: str) -> str:
+        """``stage1.onnx: error [rule] 25 nodes (Op), e.g. 'X': message — fix: ...``"""
+        if len(self.nodes) <= 1:
+            return self.first.line(graph)
+        p = self.first
+        where = f" {len(self.nodes)} nodes ({p.op}), e.g. '{self.nodes[0]}'"
+        return f"{graph}: {p.severity} [{p.rule}]{where}: {p.message} — fix: {p.fix}"
+
+
+def group_problems(problems: list[Problem]) -> list[ProblemGroup]:
+    """One group per distinct finding (same severity, rule, op, message and fix), in first-seen order."""
+    groups: dict[tuple[str, str, str, str, str], list[Problem]] = {}
+    for p in problems:
+        groups.setdefault((p.severity, p.rule, p.op, p.message, p.fix), []).append(p)
+    return [ProblemGroup(ps[0], tuple(p.node for p in ps)) for ps in groups.values()]
 
 
 # ---- loading -------------------------------------------------------------------------------------
@@ -237,7 +275,7 @@ class _Checker:
                 WARNING, "int64-io", "", "",
                 f"graph {kind} '{name}' is INT64; {self.label} casts it to INT32, so the engine's "
                 f"binding is int32, not the int64 ONNX Runtime uses",
-                "export indices as int32 (`.to(torch.int32)` before returning / after receiving them)",
+                "re-export with `sacvit-deploy export`, whose graphs take and return int32 indices",
             )  # fmt: skip
         self.check_dtype(name, t, "", "", f"graph {kind}")
 
@@ -278,7 +316,9 @@ class _Checker:
         self.add(
             WARNING, "int64-initializer", node, op,
             f"{what} '{name}' is an INT64 tensor of {t.numel} elements; {self.label} casts it to INT32: {detail}",
-            "store index tables as int32 (register the buffer with dtype=torch.int32)",
+            "none needed (the cast is lossless); re-exporting with `sacvit-deploy export` stores the "
+            "table as int32" if fits == "yes" else
+            "re-export with `sacvit-deploy export`, whose graphs keep index tables in int32",
         )  # fmt: skip
 
     # -- nodes -------------------------------------------------------------------------------------
@@ -543,13 +583,16 @@ class _Checker:
     def op_Cast(self, node: onnx.NodeProto, name: str, scope: _Scope) -> None:
         to = _attr(node, "to")
         src = scope.get(_input(node, 0))
-        if src.dtype == TensorProto.INT64 or _shape_like(src):
-            return  # a no-op, or shape arithmetic: INT32 holds every real shape
+        if src.dtype in _FITS_INT32 or _shape_like(src):
+            # A no-op, a widening of values INT32 already holds (torch.gather's int32 -> int64
+            # index cast), or shape arithmetic: INT32 holds every real shape.
+            return
         if to == TensorProto.INT64 and not self.sup.native_int64:
             self.add(
                 WARNING, "int64-cast", name, "Cast",
                 f"Cast to INT64: {self.label} computes it as INT32 (values outside INT32 are clamped)",
-                "cast indices to int32 instead (`.to(torch.int32)`; gather / index accept int32)",
+                "re-export with `sacvit-deploy export` (its graphs only widen int32 indices, which is "
+                "lossless); a graph from another exporter should compute indices in int32",
             )  # fmt: skip
 
     def op_Constant(self, node: onnx.NodeProto, name: str, scope: _Scope) -> None:
