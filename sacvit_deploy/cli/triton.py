@@ -180,7 +180,7 @@ def triton(
     if backend == TritonBackend.python:
         note(
             "the stages need onnxruntime (and numpy < 2 for PyTriton's stubs) in the Python backend's "
-            f"environment   |   sacvit-deploy serve --repository {out_dir} (docs/triton.md)"
+            f"environment; PyTriton's tritonserver runs it: sacvit-deploy serve --artifacts {artifacts} (docs/triton.md)"
         )
         return
     note(
