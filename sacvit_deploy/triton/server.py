@@ -220,7 +220,7 @@ class TritonServer:
     repository: Path
     install: TritonInstall
     ports: Ports = field(default_factory=Ports)
-    log_path: Path | None = None  # default: server.log in the scratch folder
+    log_path: Path | None = None  # default: server.log in the scratch folder, removed by stop()
     exit_on_error: bool = True  # False: keep running when a model fails to load (for fault tests)
     extra_args: tuple[str, ...] = ()
     process: subprocess.Popen | None = None
@@ -343,8 +343,10 @@ class TritonServer:
         except OSError:
             text = ""
         useful = [line for line in text.splitlines() if line.strip() and not _is_gpu_noise(line)]
-        tail = " | ".join(" ".join(line.split()) for line in useful[-lines:])
-        return f"{tail} (log: {self.log_path})" if tail else f"no output (log: {self.log_path})"
+        tail = " | ".join(" ".join(line.split()) for line in useful[-lines:]) or "no output"
+        scratch = self._scratch.name if self._scratch else None
+        kept = self.log_path and not (scratch and str(self.log_path).startswith(scratch))
+        return f"{tail} (log: {self.log_path})" if kept else f"{tail} (pass a log path to keep the log)"
 
     @property
     def running(self) -> bool:
@@ -366,7 +368,7 @@ class TritonServer:
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
         code = process.returncode
-        if self._scratch is not None and not self._kept_log():
+        if self._scratch is not None:  # the backend copies, and the log unless log_path was given
             self._scratch.cleanup()
             self._scratch = None
         return code
@@ -376,13 +378,6 @@ class TritonServer:
         if self.process is not None and self.process.poll() is None:
             os.kill(self.process.pid, signal.SIGKILL)
             self.process.wait()
-
-    def _kept_log(self) -> bool:
-        return (
-            self.log_path is not None
-            and self._scratch is not None
-            and not str(self.log_path).startswith(self._scratch.name)
-        )
 
     def __enter__(self) -> TritonServer:
         return self.start()
