@@ -48,8 +48,8 @@ from sacvit_deploy.errors import SacvitError
 ENV_VAR = "SACVIT_TRITON_ENV"  # a venv with nvidia-pytriton, numpy < 2 and onnxruntime
 LOOPBACK = "127.0.0.1"
 SETUP = (
-    "python3 -m venv ENV && ENV/bin/pip install --no-deps nvidia-pytriton==0.7.0 && "
-    "ENV/bin/pip install 'numpy<2' onnxruntime, then pass --triton-env ENV or set SACVIT_TRITON_ENV=ENV"
+    "python3 -m venv ENV && ENV/bin/pip install 'numpy<2' onnxruntime && "
+    "ENV/bin/pip install --no-deps nvidia-pytriton==0.7.0, then pass --triton-env ENV or set SACVIT_TRITON_ENV=ENV"
 )
 START_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 30.0
