@@ -14,7 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 from sacvit_deploy.cli import app
-from sacvit_deploy.errors import SacvitError
+from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.export.onnx_export import ExportOptions, export_artifacts
 from sacvit_deploy.runtime.profiling import (
     SCHEMA,

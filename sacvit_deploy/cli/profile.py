@@ -24,7 +24,7 @@ from sacvit_deploy.cli._common import (
     out,
     write_json,
 )
-from sacvit_deploy.errors import SacvitError
+from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.runtime.jetson import Jetson
 
 WORK = "Workload"

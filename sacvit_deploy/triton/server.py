@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sacvit_deploy.errors import SacvitError
+from sacvit_deploy.core.errors import SacvitError
 
 ENV_VAR = "SACVIT_TRITON_ENV"  # a venv with nvidia-pytriton, numpy < 2 and onnxruntime
 LOOPBACK = "127.0.0.1"
