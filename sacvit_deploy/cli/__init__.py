@@ -14,6 +14,7 @@ from sacvit_deploy.cli.demo import demo
 from sacvit_deploy.cli.export import export
 from sacvit_deploy.cli.infer import infer
 from sacvit_deploy.cli.profile import profile
+from sacvit_deploy.cli.serve import serve
 from sacvit_deploy.cli.train import train
 from sacvit_deploy.cli.triton import triton
 from sacvit_deploy.cli.variants import variants
@@ -53,6 +54,7 @@ app.command("variants")(variants)
 app.command("profile")(profile)
 app.command("calibrate")(calibrate)
 app.command("triton")(triton)
+app.command("serve")(serve)
 app.command("train")(train)
 register_app(app)  # lets the demo run its steps as command lines
 
