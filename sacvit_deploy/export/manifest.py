@@ -121,6 +121,9 @@ class Manifest:
     # Written by `sacvit-deploy calibrate --write`: how exit_threshold was chosen (target, rule,
     # accuracy, GFLOPs, images). Optional: manifests without it (older ones) load as None.
     calibration: dict[str, Any] | None = None
+    # Written by `sacvit-deploy quantize`: precision, method, calibration set, quantized ops,
+    # verification (sacvit_deploy/quantize/artifacts.py). Optional: float manifests have none.
+    quantization: dict[str, Any] | None = None
     source: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     package_version: str = __version__
@@ -140,7 +143,7 @@ class Manifest:
 
     # ---- (de)serialisation ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "schema": SCHEMA,
             "schema_version": SCHEMA_VERSION,
             "created": self.created or _now(),
@@ -158,6 +161,9 @@ class Manifest:
             "verification": self.verification,
             "calibration": self.calibration,
         }
+        if self.quantization is not None:  # only int8 folders carry the section
+            d["quantization"] = self.quantization
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "manifest") -> Manifest:
@@ -182,6 +188,7 @@ class Manifest:
                 tensorrt=d.get("tensorrt"),
                 verification=d.get("verification"),
                 calibration=d.get("calibration"),
+                quantization=_optional_dict(d.get("quantization"), "quantization"),
                 source=dict(d.get("source") or {}),
                 created=str(d.get("created", "")),
                 package_version=str(d.get("package_version", "")),
@@ -259,6 +266,12 @@ class Manifest:
             verify_file(safe_child(Path(folder), entry.file), entry.sha256, role)
             if entry.external_data:
                 verify_file(safe_child(Path(folder), entry.external_data), entry.external_sha256 or "", role)
+
+
+def _optional_dict(value: Any, what: str) -> dict[str, Any] | None:
+    if value is None or isinstance(value, dict):
+        return value
+    raise ValueError(f"'{what}' must be an object")
 
 
 def _now() -> str:
