@@ -19,7 +19,10 @@ Precision, per TensorRT version (version questions are answered in ``trt_version
 * <= 10.x, ``--fp16``: ``BuilderFlag.FP16`` + ``OBEY_PRECISION_CONSTRAINTS`` and the FP32 islands;
 * 11.x, ``--fp16``: every network is strongly typed and the FP16 flag is gone, so the ONNX graph is
   rewritten to float16 with the same islands kept float32 (``fp16.py``) and built ``STRONGLY_TYPED``;
-* ``--int8``: an entropy calibrator on <= 10.x; TensorRT 11 needs Q/DQ nodes (not supported yet).
+* ``--int8``: an entropy calibrator on <= 10.x (implicit quantization; removed in 11);
+* a Q/DQ export (``sacvit-deploy quantize``): explicit quantization, no calibrator. 10.x and 11.x
+  build it STRONGLY_TYPED (the Q/DQ nodes fix INT8, everything else stays FP32); 8.x builds it
+  weakly typed with ``BuilderFlag.INT8``, as its explicit-quantization mode requires.
 
 FP16 is never silently dropped: when the builder reports no fast FP16 (<= 10.x) the engine is still
 built FP16 with a warning, and ``--strict`` makes that an error.
@@ -73,9 +76,12 @@ class BuildOptions:
     parity_images: int = 32
     device: str | None = None  # None: RUNNER_DEVICE
     buffers: str = "auto"  # device buffers for calibration and the parity check: auto | torch | pycuda
+    qdq: bool = False  # set from the export's manifest: its graphs carry Q/DQ nodes (quantize)
 
     @property
     def precision(self) -> str:
+        if self.qdq:
+            return "int8-qdq"
         if self.int8:
             return "int8+fp16" if self.fp16 else "int8"
         return "fp16" if self.fp16 else "fp32"
@@ -157,14 +163,15 @@ def _escape(text: str) -> str:
     return escape(text)
 
 
-def network_flags(trt: Any, version: Any) -> tuple[int, list[str]]:
-    """The creation flags: EXPLICIT_BATCH below 10; STRONGLY_TYPED on 11 (where it is the only mode)."""
+def network_flags(trt: Any, version: Any, qdq: bool = False) -> tuple[int, list[str]]:
+    """The creation flags: EXPLICIT_BATCH below 10; STRONGLY_TYPED on 11 (where it is the only mode)
+    and for Q/DQ graphs on 10.x."""
     from sacvit_deploy.engine.trt_version import enum_member
 
     names = []
     if version.needs_explicit_batch_flag():
         names.append("EXPLICIT_BATCH")
-    if version.strongly_typed_only() and version.has_strongly_typed_flag():
+    if (version.strongly_typed_only() or qdq) and version.has_strongly_typed_flag():
         names.append("STRONGLY_TYPED")
     bits = 0
     for name in names:
@@ -308,8 +315,8 @@ def config_for(
     if version.has_precision_flags():
         if options.fp16:
             flag("FP16")
-        if options.int8:
-            flag("INT8")
+        if options.int8 or (options.qdq and not version.has_strongly_typed_flag()):
+            flag("INT8")  # 8.x explicit quantization: the INT8 flag, no calibrator
         if options.fp16 or options.int8:
             flag(
                 "OBEY_PRECISION_CONSTRAINTS"
@@ -401,10 +408,17 @@ def check_options(trt: Any, version: Any, options: BuildOptions, gpu: Any, manif
     """Options the installed TensorRT (or this GPU, or the export) cannot honour: one clear error each."""
     from sacvit_deploy.engine.trt_version import HARDWARE_COMPAT
 
+    if options.qdq and (options.int8 or options.fp16):
+        raise EngineBuildError(
+            "this export is already INT8 (Q/DQ graphs from `sacvit-deploy quantize`): build it without "
+            f"{'--int8' if options.int8 else '--fp16'} (Q/DQ fix INT8 where they are, the rest runs FP32); "
+            "for FP16 build the float export"
+        )
     if options.int8 and not version.has_int8_calibrator():
         raise EngineBuildError(
-            f"--int8 is not supported yet on TensorRT {version}: INT8 on TensorRT 11 needs Q/DQ nodes in the "
-            "ONNX graph (explicit quantization); build --fp16, or use TensorRT 10.x for calibrated INT8"
+            f"--int8 is not supported on TensorRT {version}: its INT8 calibrator is gone, INT8 there needs "
+            "Q/DQ nodes in the ONNX graph; run `sacvit-deploy quantize EXPORT --calib-images DIR` and build "
+            "its output (without --int8), or build --fp16"
         )
     if options.version_compatible and not version.has_version_compatible():
         raise EngineBuildError(
@@ -481,6 +495,7 @@ def build_engines(
             f"--timing-cache {options.timing_cache}: keep the timing cache outside the engines folder (--out {out})"
         )
     roles = _roles(manifest, export_dir, options.baseline)
+    options = replace(options, qdq=bool(manifest.quantization))
     device = options.device or RUNNER_DEVICE
     from sacvit_deploy.backends.tensorrt_backend import resolve_buffers
 
@@ -530,9 +545,9 @@ def build_engines(
         MAX_CALIBRATION_IMAGES if options.int8 else options.parity_images,
         log,
     )
-    strongly_typed = version.strongly_typed_only()
+    strongly_typed = version.strongly_typed_only() or (options.qdq and version.has_strongly_typed_flag())
     reduced = options.fp16 or options.int8
-    flags_bits, net_flag_names = network_flags(trt, version)
+    flags_bits, net_flag_names = network_flags(trt, version, options.qdq)
     calibration: dict[str, Any] | None = None
     entries: dict[str, ArtifactFile] = {}
     flag_names: list[str] = []
@@ -625,6 +640,7 @@ def build_engines(
             "network_flags": net_flag_names,
             "strongly_typed": strongly_typed,
             "fp16_path": _fp16_path(options, strongly_typed),
+            "int8_path": _int8_path(options, strongly_typed),
             "version_compatible": options.version_compatible,
             "hardware_compat": options.hardware_compat,
             "dla_core": options.dla_core,
@@ -646,6 +662,7 @@ def build_engines(
             engines=entries,
             exporter=dict(manifest.exporter),
             tensorrt=tensorrt_info,
+            quantization=manifest.quantization,
             source={
                 **manifest.source,
                 "export": str(export_dir),
@@ -670,6 +687,15 @@ def build_engines(
         publish(staging, out, engines_manifest, previous)
     files = {e.file: e.size for e in entries.values()}
     return BuildResult(out, engines_manifest, time.perf_counter() - start, files, warnings)
+
+
+def _int8_path(options: BuildOptions, strongly_typed: bool) -> str | None:
+    if options.qdq:
+        how = "STRONGLY_TYPED" if strongly_typed else "BuilderFlag.INT8, no calibrator"
+        return f"explicit quantization: the export's Q/DQ nodes, built {how}"
+    if options.int8:
+        return "implicit quantization: BuilderFlag.INT8 + entropy calibrator"
+    return None
 
 
 def _fp16_path(options: BuildOptions, strongly_typed: bool) -> str | None:

@@ -7,7 +7,8 @@ Rows, like export verification's table:
   manifest's threshold, target-set agreement (the selected tokens, as sets);
 * ``stage2``: both graphs fed the SAME float stage-1 outputs: the error of stage 2 alone;
 * ``pipeline@T``: each early-exit pipeline end to end (int8 stage 2 on int8 stage-1 outputs): top-1
-  agreement of the final answers and exit-decision agreement;
+  agreement of the final answers, exit-decision agreement, and max |Δ logit| over the samples both
+  answered from the same stage;
 * ``baseline``: when both folders have one.
 
 Gate (:data:`DEFAULT_MIN_AGREEMENT`): every row's top-1 agreement and the pipeline's exit agreement
@@ -178,7 +179,10 @@ def _rows(f: _Outputs, q: _Outputs, threshold: float, with_baseline: bool) -> li
     rows.append(AgreementRow("stage2", n, d2, _rel(d2, l2f), _agree(l2f.argmax(-1), l2q.argmax(-1))))
     pf, ef = _final(f, threshold)
     pq, eq = _final(q, threshold)
-    dp = float((pf - pq).abs().max()) if n else 0.0
+    # Where the exit decisions differ the two answers come from different stages: the logit
+    # difference is measured where both pipelines answered from the same stage.
+    same = ef == eq
+    dp = float((pf[same] - pq[same]).abs().max()) if bool(same.any()) else 0.0
     rows.append(
         AgreementRow(
             f"pipeline@{threshold:.3f}",

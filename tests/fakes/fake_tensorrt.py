@@ -80,6 +80,8 @@ _LAYER_TYPES = {
     "Resize": "RESIZE",
     "Where": "SELECT",
     "ConstantOfShape": "FILL",
+    "QuantizeLinear": "QUANTIZE",
+    "DequantizeLinear": "DEQUANTIZE",
 }
 
 
@@ -355,6 +357,7 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
             self.onnx_bytes: bytes | None = None
             self.errors: list[str] = []
             self.name = "network"
+            self.has_qdq = False  # explicit quantization: Q/DQ layers fix INT8 where they are
 
         num_layers = property(lambda self: len(self.layers))
         num_inputs = property(lambda self: len(self.inputs))
@@ -501,6 +504,7 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
             net = self.network
             net.onnx_bytes = data
             net.name = proto.graph.name
+            net.has_qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in proto.graph.node)
             inferred = onnx.shape_inference.infer_shapes(proto)
             types_ = {
                 v.name: v.type.tensor_type.elem_type
@@ -767,10 +771,13 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
                     problems.append("DLA needs FP16 or INT8")
             calibration = None
             if "INT8" in flag_names:
-                if config._calibrator is None:
-                    problems.append("INT8 without a calibrator or Q/DQ nodes")
-                else:
+                if config._calibrator is not None:
                     calibration = _calibrate(network, config)
+                elif not network.has_qdq:
+                    problems.append("INT8 without a calibrator or Q/DQ nodes")
+            if network.has_qdq and not network.strongly_typed and "INT8" not in flag_names:
+                # TensorRT 8.x: explicit quantization in a weakly typed network needs the INT8 flag.
+                problems.append("Q/DQ layers in a weakly typed network without BuilderFlag.INT8")
             if problems or m.state.build_returns_none:
                 for p in problems:
                     log(self.logger, Severity.ERROR, p)
@@ -796,6 +803,7 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
                     layer.name for layer in network.layers if layer._precision == m.DataType.FLOAT
                 ),
                 "calibration": calibration,
+                "qdq": network.has_qdq,
             }
             m.state.builds.append(
                 {**header, "timing_cache_hit": hit, "pools": {p.name: v for p, v in config.pools.items()}}
