@@ -215,6 +215,36 @@ def quantize_graph(
             },
         )
 
+    _float_inputs_for_float_nodes(dst, set(plan.quantize))
+
+
+def _float_inputs_for_float_nodes(path: Path, quantized: set[str]) -> None:
+    """Give the nodes that stay float their float input back.
+
+    The quantizer routes EVERY consumer of a quantized activation through its DequantizeLinear, also
+    the ``Shape`` nodes attention reads its sizes from (``B, N, C = x.shape``). A DequantizeLinear
+    with several consumers is not fused by ONNX Runtime (the qkv MatMuls then ran as float MatMuls on
+    weights dequantized every run), and TensorRT too wants Q/DQ only in front of the int8 layer.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    producer = {out: n for n in model.graph.node for out in n.output}
+    changed = False
+    for node in model.graph.node:
+        if node.name in quantized:
+            continue
+        for k, name in enumerate(node.input):
+            dq = producer.get(name)
+            if dq is None or dq.op_type != "DequantizeLinear":
+                continue
+            q = producer.get(dq.input[0])
+            if q is not None and q.op_type == "QuantizeLinear":
+                node.input[k] = q.input[0]
+                changed = True
+    if changed:
+        onnx.save_model(model, str(path))
+
 
 class _AdviceFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
