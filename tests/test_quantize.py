@@ -310,3 +310,40 @@ def test_infer_profile_calibrate_run_the_int8_folder(int8, calib, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert json.loads(report.read_text())
+
+
+# ---- the bundled demo model (trained weights) ---------------------------------------------------------------
+@pytest.mark.slow
+def test_bundled_demo_model_int8_keeps_its_answers_and_exits(tmp_path):
+    from sacvit_deploy.demo_assets import demo_model_path, demo_sample_images, sample_label
+    from sacvit_deploy.model import load_checkpoint
+
+    model = load_checkpoint(demo_model_path()).model
+    export_artifacts(model, tmp_path / "export", ExportOptions(weights=False), "sacvit")
+    samples = demo_sample_images()
+    m = Manifest.load(tmp_path / "export")
+    calibration = load_calibration_images(samples[0].parent, m.preprocess, log=lambda _m: None)
+    reports = []
+
+    def verify(staging, manifest):
+        batches = _batches(samples[0].parent, m)
+        reports.append(compare_folders(tmp_path / "export", m, staging, manifest, batches, "samples", 0.9))
+        return reports[-1]
+
+    quantize_artifacts(tmp_path / "export", tmp_path / "int8", calibration, QuantizeOptions(), verify=verify)
+    rows = {r["check"]: r for r in reports[0]["rows"]}
+    assert reports[0]["passed"] and rows["pipeline@0.610"]["exit_agreement"] == 1.0
+    assert rows["stage1"]["relative_diff"] < 0.5  # trained weights: int8 error well under the logit spread
+
+    import torch
+
+    from sacvit_deploy.runtime.loader import open_pipeline
+
+    opened = open_pipeline(tmp_path / "int8", backend="onnxruntime", device="cpu")
+    with opened.pipeline as pipe:
+        out = pipe.run(torch.from_numpy(calibration.images))
+    names = [m.class_names[i] for i in out.logits.argmax(-1).tolist()]
+    right = sum(n == sample_label(p) for n, p in zip(names, calibration.paths, strict=True))
+    assert right >= 9, names
+    expected = [1 if "_easy_" in p.name else 2 for p in calibration.paths]
+    assert sum(int(s) == e for s, e in zip(out.stage, expected, strict=True)) >= 9
