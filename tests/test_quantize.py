@@ -347,3 +347,33 @@ def test_bundled_demo_model_int8_keeps_its_answers_and_exits(tmp_path):
     assert right >= 9, names
     expected = [1 if "_easy_" in p.name else 2 for p in calibration.paths]
     assert sum(int(s) == e for s, e in zip(out.stage, expected, strict=True)) >= 9
+
+
+def test_cli_fails_on_a_broken_quantization_and_writes_nothing(float_export, calib, tmp_path, monkeypatch):
+    """A plausible bug (weight scales off by 8x) must be caught by the real comparison."""
+    from sacvit_deploy.quantize import artifacts
+
+    real = artifacts.quantize_graph
+
+    def broken(src, dst, *args, **kwargs):
+        real(src, dst, *args, **kwargs)
+        model = onnx.load(str(dst))
+        for init in model.graph.initializer:
+            if init.name.endswith("_scale") and len(init.dims) == 1:  # per-channel weight scales
+                init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 8, init.name))
+        onnx.save(model, str(dst))
+
+    monkeypatch.setattr(artifacts, "quantize_graph", broken)
+    out = tmp_path / "q"
+    result = runner.invoke(
+        app, ["quantize", str(float_export), "--calib-images", str(calib), "--out", str(out)]
+    )
+    assert result.exit_code == 1, result.output
+    assert "FAIL" in result.stdout and "Traceback" not in result.output
+    last = [line for line in result.output.splitlines() if line.strip()][-1]
+    assert (
+        last.startswith("error: int8 ")
+        and "agrees with float on only" in last
+        and "nothing was written" in last
+    )
+    assert not (out / "manifest.json").exists() and not list(out.glob("*.onnx"))

@@ -213,13 +213,14 @@ def quantize(
         if json_file is not None:
             write_json(json_file, report)
         if not report["passed"]:
-            worst = min(
-                (r for r in report["rows"] if not r["passed"]),
-                key=lambda r: min(r["top1_agreement"], r["exit_agreement"] or 1.0),
-            )
+
+            def lowest(r: dict) -> float:
+                return min(r["top1_agreement"], 1.0 if r["exit_agreement"] is None else r["exit_agreement"])
+
+            worst = min((r for r in report["rows"] if not r["passed"]), key=lowest)
             raise QuantizeError(
                 f"int8 {worst['check']} agrees with float on only "
-                f"{100 * min(worst['top1_agreement'], worst['exit_agreement'] or 1.0):.1f}% of {worst['samples']} "
+                f"{100 * lowest(worst):.1f}% of {worst['samples']} "
                 f"images (need {100 * min_agreement:.0f}%); nothing was written. Try more calibration images, "
                 "--method percentile, --ops MatMul (patch embedding float), or --min-agreement at your own risk"
             )
