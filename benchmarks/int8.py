@@ -110,7 +110,7 @@ def main() -> None:
         )
     if int8_dir is None:
         int8_dir = Path(tmp.name) / "export-int8"
-        from sacvit_deploy.export.manifest import Manifest
+        from sacvit_deploy.core.manifest import Manifest
 
         folder = sample_images()[0].parent
         calib = load_calibration_images(folder, Manifest.load(float_dir).preprocess, log=print)

@@ -29,7 +29,7 @@ from _random_export import export_random_weights
 
 from sacvit_deploy.model import FlopsReport
 from sacvit_deploy.runtime.loader import open_pipeline
-from sacvit_deploy.runtime.pipeline import run_any_batch
+from sacvit_deploy.runtime.pipeline import hard_samples, run_any_batch
 
 
 def timed(fns: dict, warmup: int, iters: int) -> dict[str, list[float]]:
@@ -92,11 +92,7 @@ def main() -> None:
             assert int((out.stage == 2).sum()) == n_hard
 
             s1_out = run_any_batch(pipe.stage1, {"image": x})
-            hard = torch.nonzero(s1_out["confidence"] < th).flatten()
-            feed = {
-                "image": x[hard],
-                **{k: s1_out[k][hard] for k in ("target_index", "nontarget_tokens", "target_features")},
-            }
+            _, feed = hard_samples(x, s1_out, th)
             fns = {
                 "pipeline": lambda x=x, th=th: pipe.run(x, th),
                 "baseline": lambda x=x: baseline.infer({"image": x}),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from sacvit_deploy.errors import SacvitError
+from sacvit_deploy.core.errors import SacvitError
 
 DEMO_DIR = Path(__file__).resolve().parent / "data" / "demo"
 _SAMPLE_NAME = re.compile(r"digit(\d)_(easy|hard)_\d+\.png")

@@ -59,8 +59,8 @@ def load_images(folder: Path, cfg) -> torch.Tensor:
 @torch.no_grad()
 def main() -> None:
     from sacvit_deploy.backends.onnxruntime_backend import OnnxRuntimeRunner
+    from sacvit_deploy.core.manifest import Manifest
     from sacvit_deploy.engine.fp16 import convert_to_fp16
-    from sacvit_deploy.export.manifest import Manifest
     from sacvit_deploy.export.onnx_export import ExportOptions, export_artifacts
     from sacvit_deploy.model import SACViT
     from sacvit_deploy.model.config import make_config

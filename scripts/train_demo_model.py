@@ -38,7 +38,8 @@ sys.path.insert(0, str(REPO / "scripts"))
 
 from make_demo_data import CANVAS, SPLITS, make_demo_data  # noqa: E402
 
-from sacvit_deploy import __version__  # noqa: E402
+from sacvit_deploy.core.exit_rule import ExitRule  # noqa: E402
+from sacvit_deploy.core.version import __version__  # noqa: E402
 from sacvit_deploy.demo_assets import DEMO_DIR  # noqa: E402
 from sacvit_deploy.model import ModelConfig, PreprocessConfig, SACViT, load_checkpoint, save_checkpoint  # noqa: E402
 from sacvit_deploy.model.flops import FlopsReport  # noqa: E402
@@ -149,6 +150,7 @@ def pick_samples(
     """
     meta = read_meta(data)
     conf = test.confidence.numpy()
+    exits = ExitRule(threshold).exits(conf)
     ok1 = (test.pred1 == test.labels).numpy()
     ok2 = (test.pred2 == test.labels).numpy()
     chosen = []
@@ -160,11 +162,11 @@ def pick_samples(
                 continue
             d = float(meta[str(path.relative_to(data))]["difficulty"])
             if kind == "easy":
-                if not (conf[i] >= threshold and ok1[i]):
+                if not (exits[i] and ok1[i]):
                     continue
                 strict = conf[i] >= threshold + 0.05 and d < 0.4
             else:
-                if not (conf[i] < threshold and ok2[i]):
+                if not (not exits[i] and ok2[i]):
                     continue
                 strict = conf[i] <= threshold - 0.1 and d > 0.6
             content = png_bytes(path)

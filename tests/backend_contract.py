@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sacvit_deploy.backends.base import BackendError, Runner
-from sacvit_deploy.export.manifest import TensorSpec
+from sacvit_deploy.core.manifest import TensorSpec
 from sacvit_deploy.model import SACViT
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sacvit_deploy.errors import CheckpointError
+from sacvit_deploy.core.errors import CheckpointError
 from sacvit_deploy.model import DeiT, SACViT, load_baseline, load_checkpoint, make_config, save_checkpoint
 from sacvit_deploy.model.checkpoint import guess_variant, read_checkpoint
 from tests.conftest import make_tiny

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typer.testing import CliRunner
 
-from sacvit_deploy import __version__
 from sacvit_deploy.cli import app
+from sacvit_deploy.core.version import __version__
 
 runner = CliRunner()
 

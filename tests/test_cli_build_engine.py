@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sacvit_deploy.cli import app
-from sacvit_deploy.export.manifest import Manifest
+from sacvit_deploy.core.manifest import Manifest
 from tests.fakes.fixtures import install_fake_tensorrt, shared_export
 
 runner = CliRunner()
@@ -36,7 +36,7 @@ def test_build_engine_end_to_end(export, tmp_path, monkeypatch):
     assert "built 3 engines into" in result.stdout and "stage1.engine" in result.stdout
     assert "Parity: engines vs ONNX Runtime (CPU)" in result.stdout and "pass" in result.stdout
     m = Manifest.load(out)
-    assert set(m.engines) == {"stage1", "stage2", "baseline"} and m.tensorrt["precision"] == "fp16"
+    assert set(m.engines) == {"stage1", "stage2", "baseline"} and m.tensorrt.precision == "fp16"
     assert m.engines["stage2"].info["profiles"]["image"]["max"][0] == 16
     assert ("FP16",) in fake.called("Config.set_flag")
 

@@ -11,6 +11,8 @@ import json
 import onnx
 import pytest
 
+from sacvit_deploy.backends.trt_version import TrtVersion, engine_compatibility_problem
+from sacvit_deploy.core.manifest import Manifest, Verification, sha256_file
 from sacvit_deploy.engine.build import (
     BuildOptions,
     EngineBuildError,
@@ -18,8 +20,6 @@ from sacvit_deploy.engine.build import (
     network_flags,
     stage2_opt_batch,
 )
-from sacvit_deploy.engine.trt_version import TrtVersion, engine_compatibility_problem
-from sacvit_deploy.export.manifest import Manifest, sha256_file
 from tests.fakes.fake_tensorrt import fake_plan_header, make_fake_tensorrt
 from tests.fakes.fixtures import build, install_fake_tensorrt, shared_export, tiny_export
 from tests.fakes.pictures import make_images
@@ -93,8 +93,8 @@ def test_fp32_build_calls_per_version(export, tmp_path, monkeypatch, version):
     for role, plan in zip(("stage1", "stage2", "baseline"), plans, strict=True):
         assert (out / f"{role}.engine").read_bytes() == bytes(plan)
         assert onnx_of(bytes(plan)).SerializeToString() == (export / f"{role}.onnx").read_bytes()
-    assert result.manifest.tensorrt["version"] == version
-    assert result.manifest.tensorrt["network_flags"] == list(expected_network_flags)
+    assert result.manifest.tensorrt.version == version
+    assert result.manifest.tensorrt.build["network_flags"] == list(expected_network_flags)
 
 
 def test_engines_manifest_contents(export, tmp_path, monkeypatch):
@@ -115,7 +115,7 @@ def test_engines_manifest_contents(export, tmp_path, monkeypatch):
         assert entry.inputs == source.graphs[role].inputs and entry.outputs == source.graphs[role].outputs
         assert entry.info["precision"] == "fp16" and entry.info["onnx_sha256"] == source.graphs[role].sha256
         assert entry.info["profiles"]["image"]["max"] == [32, 3, 128, 128]
-    trt = m.tensorrt
+    trt = m.tensorrt.to_dict()
     assert trt["gpu"] == "Fake GPU" and trt["compute_capability"] == "8.6" and trt["precision"] == "fp16"
     assert trt["workspace_bytes"] == 2 << 30 and trt["flags"] == ["FP16", "OBEY_PRECISION_CONSTRAINTS"]
     assert trt["version_compatible"] is False and trt["hardware_compat"] == "none" and trt["dla_core"] is None
@@ -152,7 +152,7 @@ def test_fp16_up_to_10_uses_the_flag_and_pins_the_fp32_islands(export, tmp_path,
     info = result.manifest.engines["stage1"].info
     assert info["fp32_layers"] == len(stage1_pinned)
     assert info["fp32_islands"] == {"gate": 2, "layernorm": 9, "softmax": 4, "token-score": 36}
-    assert "OBEY_PRECISION_CONSTRAINTS" in result.manifest.tensorrt["fp16_path"]
+    assert "OBEY_PRECISION_CONSTRAINTS" in result.manifest.tensorrt.build["fp16_path"]
 
 
 def test_fp16_on_trt11_rewrites_the_onnx_and_builds_strongly_typed(export, tmp_path, monkeypatch):
@@ -179,7 +179,7 @@ def test_fp16_on_trt11_rewrites_the_onnx_and_builds_strongly_typed(export, tmp_p
     info = result.manifest.engines["stage1"].info
     assert info["fp16_onnx"]["fp32_islands"] == {"gate": 2, "layernorm": 9, "softmax": 4, "token-score": 36}
     assert "fp32_layers" not in info
-    trt = result.manifest.tensorrt
+    trt = result.manifest.tensorrt.to_dict()
     assert trt["strongly_typed"] and "STRONGLY_TYPED" in trt["fp16_path"]
     assert trt["platform_has_fast_fp16"] is None  # no such query on 11.x
     assert trt["parity"]["passed"]  # the float16 graph itself ran in the fake engine
@@ -214,17 +214,17 @@ def test_int8_calibrates_each_engine_and_reuses_the_cache(export, tmp_path, monk
         "nontarget_tokens",
         "target_features",
     ]
-    caches = result.manifest.tensorrt["calibration"]["caches"]
+    caches = result.manifest.tensorrt.calibration["caches"]
     for role in ("stage1", "stage2"):
         assert (out / f"{role}.calib").is_file() and caches[role]["sha256"] == sha256_file(
             out / f"{role}.calib"
         )
         assert not caches[role]["reused"]
-    assert result.manifest.tensorrt["precision"] == "int8+fp16"
+    assert result.manifest.tensorrt.precision == "int8+fp16"
 
     # same graphs, same images: the second build reads the caches instead of calibrating
     again = build(export, out, int8=True, fp16=True, calib_images=calib, baseline=False)
-    assert all(c["reused"] for c in again.manifest.tensorrt["calibration"]["caches"].values())
+    assert all(c["reused"] for c in again.manifest.tensorrt.calibration["caches"].values())
     assert [b["calibration"]["from_cache"] for b in fake.state.builds[2:]] == [True, True]
     assert sorted(p.name for p in out.iterdir()) == [
         "manifest.json",
@@ -236,7 +236,7 @@ def test_int8_calibrates_each_engine_and_reuses_the_cache(export, tmp_path, monk
     # other images: calibrated again
     make_images(tmp_path / "other", count=9, size=(150, 170))
     third = build(export, out, int8=True, calib_images=tmp_path / "other", baseline=False)
-    assert not any(c["reused"] for c in third.manifest.tensorrt["calibration"]["caches"].values())
+    assert not any(c["reused"] for c in third.manifest.tensorrt.calibration["caches"].values())
 
 
 def test_int8_errors(export, tmp_path, monkeypatch):
@@ -272,7 +272,7 @@ def test_stage2_opt_batch_follows_the_hard_fraction(export, tmp_path):
     assert stage2_opt_batch(BuildOptions(opt_batch=32), 0.23) == 8
     assert stage2_opt_batch(BuildOptions(opt_batch=1), 0.23) == 1
     assert stage2_opt_batch(BuildOptions(opt_batch=8, stage2_opt_batch=5), 0.23) == 5
-    m.verification = {"exit_rate": 0.6}
+    m.verification = Verification(passed=True, rows=[{"check": "pipeline", "exit_rate": 0.6}])
     fraction, source = expected_hard_fraction(m)
     assert fraction == pytest.approx(0.4) and "verification" in source
     assert stage2_opt_batch(BuildOptions(opt_batch=8), fraction) == 4
@@ -290,7 +290,7 @@ def test_version_and_hardware_compatible_build(export, tmp_path, monkeypatch):
     )
     assert ("VERSION_COMPATIBLE",) in fake.called("Config.set_flag")
     assert fake.called("Config.hardware_compatibility_level") == [("SAME_COMPUTE_CAPABILITY",)] * 2
-    trt = result.manifest.tensorrt
+    trt = result.manifest.tensorrt.to_dict()
     assert trt["version_compatible"] is True and trt["hardware_compat"] == "same-cc"
     assert (
         fake_plan_header((tmp_path / "engines" / "stage1.engine").read_bytes())["hardware"]
@@ -320,7 +320,7 @@ def test_unsupported_options_on_the_installed_version(
 
 
 def test_ampere_plus_needs_an_ampere_gpu(export, tmp_path, monkeypatch):
-    from sacvit_deploy.engine.gpu import GpuInfo
+    from sacvit_deploy.backends.gpu import GpuInfo
 
     install_fake_tensorrt(monkeypatch, tmp_path, "10.3.0", gpu=GpuInfo("Tesla T4", "7.5"))
     with pytest.raises(
@@ -336,7 +336,7 @@ def test_layernorm_graphs_need_trt86_and_the_decomposed_export_builds_on_85(
     with pytest.raises(EngineBuildError, match="re-export with: sacvit-deploy export CKPT --target-trt 8.5"):
         build(export, tmp_path / "a")
     result = build(export85, tmp_path / "b", fp16=True)
-    assert result.manifest.tensorrt["parity"]["passed"]
+    assert result.manifest.tensorrt.parity["passed"]
     assert fake.called("Builder.create_network")[0] == (("EXPLICIT_BATCH",),)
     # decomposed LayerNorm: its ReduceMean/Sub/Mul/.../Add nodes are pinned to FP32 by name
     assert result.manifest.engines["stage1"].info["fp32_islands"]["layernorm"] == 9 * 9
@@ -355,7 +355,7 @@ def test_dla(export, tmp_path, monkeypatch):
     assert fake.called("Config.default_device_type") == [("DLA",)] * 2
     assert fake.called("Config.DLA_core") == [(1,)] * 2
     assert ("GPU_FALLBACK",) in fake.called("Config.set_flag")
-    assert result.manifest.tensorrt["dla_core"] == 1
+    assert result.manifest.tensorrt.dla_core == 1
 
 
 # ---- parser errors, parity failures, folders --------------------------------------------------------
@@ -389,10 +389,10 @@ def test_low_parity_warns_and_strict_writes_nothing(export, tmp_path, monkeypatc
 
     fake.state.perturb = scramble
     result = build(export, tmp_path / "engines", fp16=True, baseline=False)
-    parity = result.manifest.tensorrt["parity"]
+    parity = result.manifest.tensorrt.parity
     assert not parity["passed"] and parity["worst_top1_agreement"] < 0.99
     assert any("top-1 class of only" in w for w in result.warnings)
-    assert Manifest.load(tmp_path / "engines").tensorrt["parity"]["passed"] is False
+    assert Manifest.load(tmp_path / "engines").tensorrt.parity["passed"] is False
     with pytest.raises(EngineBuildError, match="--strict: nothing was written"):
         build(export, tmp_path / "strict", fp16=True, strict=True)
     assert list((tmp_path / "strict").iterdir()) == []

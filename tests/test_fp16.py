@@ -10,8 +10,8 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from sacvit_deploy.backends.onnxruntime_backend import OnnxRuntimeRunner
+from sacvit_deploy.core.manifest import Manifest
 from sacvit_deploy.engine.fp16 import convert_to_fp16, decomposed_layernorms, fp32_islands
-from sacvit_deploy.export.manifest import Manifest
 from sacvit_deploy.model.config import PreprocessConfig
 from sacvit_deploy.runtime.images import load_image, preprocess
 from sacvit_deploy.runtime.pipeline import EarlyExitPipeline, mixed_threshold

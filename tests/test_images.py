@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from sacvit_deploy.errors import ConfigError, SacvitError
+from sacvit_deploy.core.errors import ConfigError, SacvitError
 from sacvit_deploy.model.config import IMAGENET_MEAN, IMAGENET_STD, PreprocessConfig
 from sacvit_deploy.runtime import images as images_mod
 from sacvit_deploy.runtime.images import (

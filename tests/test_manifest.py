@@ -7,25 +7,26 @@ import os
 
 import pytest
 
-from sacvit_deploy.export.manifest import (
+from sacvit_deploy.core.manifest import (
     ArtifactError,
     ArtifactFile,
     Manifest,
-    TensorSpec,
     safe_child,
     sha256_file,
 )
 from sacvit_deploy.model import tiny_config
+from sacvit_deploy.model.graphs import graph_specs
 
 
 def make_manifest(folder) -> Manifest:
     (folder / "stage1.onnx").write_bytes(b"graph-one")
+    inputs, outputs = graph_specs(tiny_config(), "stage1")
     entry = ArtifactFile(
         file="stage1.onnx",
         sha256=sha256_file(folder / "stage1.onnx"),
         size=9,
-        inputs=[TensorSpec("image", "float32", ("batch", 3, 128, 128))],
-        outputs=[TensorSpec("target_index", "int32", ("batch", 8))],
+        inputs=inputs,
+        outputs=outputs,
     )
     m = Manifest(model=tiny_config(), source_format="sacvit", exit_threshold=0.5, graphs={"stage1": entry})
     m.save(folder)
@@ -95,4 +96,79 @@ def test_bad_manifests(tmp_path):
     data["model"]["bogus"] = 1
     (tmp_path / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(ArtifactError, match="malformed manifest|unknown fields"):
+        Manifest.load(tmp_path)
+
+
+def _set(path: str, value):
+    def edit(d):
+        *keys, last = path.split(".")
+        for k in keys:
+            d = d[int(k)] if isinstance(d, list) else d[k]
+        if value is _DELETE:
+            del d[last]
+        else:
+            d[last] = value
+
+    return edit
+
+
+_DELETE = object()
+BAD_FIELDS = {
+    "schema_version 0": ("schema_version", 0, "schema_version 0 is not a schema version"),
+    "schema_version -1": ("schema_version", -1, "not a schema version"),
+    "schema_version string": ("schema_version", "1", "not a schema version"),
+    "schema_version bool": ("schema_version", True, "not a schema version"),
+    "schema_version newer": ("schema_version", 99, "newer than the 1 this sacvit-deploy reads"),
+    "threshold NaN": ("exit_threshold", float("nan"), "exit_threshold nan must be a finite number"),
+    "threshold negative": ("exit_threshold", -0.5, "exit_threshold"),
+    "threshold string": ("exit_threshold", "0.5", "exit_threshold"),
+    "1000 classes on a 10-class graph": (
+        "model.num_classes+num_classes",
+        1000,
+        "gives 10 logits but the model config has 1000",
+    ),
+    "num_classes disagrees": ("num_classes", 11, "num_classes 11 disagrees"),
+    "std 0": ("model.preprocess.std", [0.229, 0.0, 0.225], "preprocess.std"),
+    "mean of 2": ("model.preprocess.mean", [0.5, 0.5], "preprocess.mean"),
+    "resize 0": ("model.preprocess.resize_size", 0, "preprocess.resize_size 0"),
+    "resize negative": ("model.preprocess.resize_size", -5, "preprocess.resize_size -5"),
+    "resize 200000": ("model.preprocess.resize_size", 200000, "preprocess.resize_size 200000"),
+    "lanczos": ("model.preprocess.interpolation", "lanczos", "preprocess.interpolation 'lanczos'"),
+    "62.5M classes": ("model.num_classes", 62_500_000, "num_classes 62500000 must be in 1..100000"),
+    "num_classes float": ("model.num_classes", 10.0, "num_classes 10.0 must be of type int"),
+    "class names not strings": ("model.class_names", list(range(10)), "class_names"),
+    "unknown format": ("source_format", "yolo", "source_format 'yolo'"),
+    "sha256 short": ("graphs.stage1.sha256", "abc", "is not 64 hex digits"),
+    "size negative": ("graphs.stage1.size", -1, "size -1"),
+    "dtype unknown": ("graphs.stage1.outputs.0.dtype", "float99", "dtype 'float99'"),
+    "no confidence output": ("graphs.stage1.outputs.1.name", "conf", "no 'confidence' output"),
+    "image of another model": (
+        "graphs.stage1.inputs.0.shape",
+        ["batch", 3, 96, 96],
+        "takes images of shape (3, 96, 96)",
+    ),
+    "unknown role": ("graphs.stage3", {"file": "x.onnx"}, "unknown roles ['stage3']"),
+    "no model": ("model", _DELETE, "no field 'model'"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FIELDS))
+def test_every_field_is_validated_with_one_line_naming_the_file(tmp_path, case):
+    make_manifest(tmp_path)
+    path = tmp_path / "manifest.json"
+    data = json.loads(path.read_text())
+    keys, value, expected = BAD_FIELDS[case]
+    for key in keys.split("+"):
+        _set(key, value)(data)
+    path.write_text(json.dumps(data))
+    with pytest.raises(ArtifactError) as info:
+        Manifest.load(tmp_path)
+    message = str(info.value)
+    assert expected in message and str(path) in message and "\n" not in message, message
+
+
+def test_deeply_nested_json_is_one_line(tmp_path):
+    make_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ArtifactError, match="nested too deep"):
         Manifest.load(tmp_path)

@@ -193,7 +193,7 @@ def test_forward_train_returns_both_stages_with_gradients():
 
 
 def test_config_validation_names_the_problem():
-    from sacvit_deploy.errors import ConfigError
+    from sacvit_deploy.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="region_size"):
         tiny_config(region_size=9)

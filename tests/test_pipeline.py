@@ -8,9 +8,9 @@ import torch
 from sacvit_deploy.backends.base import BackendError
 from sacvit_deploy.backends.factory import BackendChoice, choose_backend, make_runner
 from sacvit_deploy.backends.torch_backend import TorchRunner
-from sacvit_deploy.export.graphs import graph_module, graph_specs
-from sacvit_deploy.export.manifest import Manifest
+from sacvit_deploy.core.manifest import Manifest
 from sacvit_deploy.export.onnx_export import ExportOptions, export_artifacts
+from sacvit_deploy.model.graphs import graph_module, graph_specs
 from sacvit_deploy.runtime.loader import open_pipeline
 from sacvit_deploy.runtime.pipeline import EarlyExitPipeline, bucket_for, mixed_threshold
 from tests.backend_contract import check_runner_contract

@@ -14,7 +14,7 @@ import torch
 from typer.testing import CliRunner
 
 from sacvit_deploy.cli import app
-from sacvit_deploy.errors import SacvitError
+from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.export.onnx_export import ExportOptions, export_artifacts
 from sacvit_deploy.runtime.profiling import (
     SCHEMA,
@@ -264,7 +264,7 @@ def test_profile_cli_real_images_and_threshold(folders, tmp_path):
 def test_profile_jetson_path_with_fakes(folders, tmp_path, monkeypatch):
     # the package attribute `profile` is the command function: fetch the module itself
     profile_cli = importlib.import_module("sacvit_deploy.cli.profile")
-    monkeypatch.setattr(profile_cli, "JETSON_FACTORY", lambda: fake_jetson())
+    monkeypatch.setattr(profile_cli, "Jetson", lambda: fake_jetson())  # the name cli/profile calls
     out_json = tmp_path / "j.json"
     result = runner.invoke(
         app,

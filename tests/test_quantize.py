@@ -13,8 +13,8 @@ from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 from sacvit_deploy.cli import app
+from sacvit_deploy.core.manifest import Manifest
 from sacvit_deploy.engine.build import EngineBuildError
-from sacvit_deploy.export.manifest import Manifest
 from sacvit_deploy.export.onnx_export import ExportOptions, export_artifacts
 from sacvit_deploy.export.trt_compat import check_folder_versions, check_model
 from sacvit_deploy.quantize.artifacts import QuantizeOptions, load_calibration_images, quantize_artifacts
@@ -271,7 +271,7 @@ def test_build_engine_builds_the_qdq_graphs(int8, tmp_path, monkeypatch, version
     assert not fake.called("Config.int8_calibrator") and not fake.called("Config.set_calibration_profile")
     t = result.manifest.tensorrt
     assert (
-        t["precision"] == "int8-qdq" and t["parity"]["passed"] and "explicit quantization" in t["int8_path"]
+        t.precision == "int8-qdq" and t.parity["passed"] and "explicit quantization" in t.build["int8_path"]
     )
     assert result.manifest.quantization == Manifest.load(int8[0]).quantization
 

@@ -16,9 +16,9 @@ import torch
 
 from sacvit_deploy.backends.base import BackendError
 from sacvit_deploy.backends.factory import BackendChoice, choose_backend, make_runner
+from sacvit_deploy.backends.gpu import GpuInfo
 from sacvit_deploy.backends.tensorrt_backend import TensorRTRunner
-from sacvit_deploy.engine.gpu import GpuInfo
-from sacvit_deploy.export.manifest import Manifest
+from sacvit_deploy.core.manifest import Manifest
 from sacvit_deploy.runtime.pipeline import EarlyExitPipeline, mixed_threshold
 from tests.backend_contract import check_runner_contract
 from tests.fakes.fake_pycuda import install_fake_pycuda
@@ -203,7 +203,7 @@ def test_an_engine_tensorrt_refuses_says_rebuild(built, fake, tmp_path):
     m = Manifest.load(engines)
     bad = tmp_path / "stage1.engine"
     bad.write_bytes(b"not an engine")
-    r = TensorRTRunner(bad, m.engines["stage1"], m.tensorrt, device="cpu")
+    r = TensorRTRunner(bad, m.engines["stage1"], m.tensorrt.to_dict(), device="cpu")
     with pytest.raises(BackendError, match="TensorRT 10.3.0 cannot load this engine .*; rebuild the engines"):
         r.activate()
 

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from sacvit_deploy.export.manifest import Manifest
+from sacvit_deploy.core.manifest import Manifest
 from sacvit_deploy.runtime.loader import open_pipeline
 from tests.fakes.fixtures import tiny_export
 
@@ -28,8 +28,8 @@ def trt():
 
 @pytest.fixture(scope="module")
 def engines(trt, tmp_path_factory):
+    from sacvit_deploy.backends.trt_version import TrtVersion
     from sacvit_deploy.engine.build import BuildOptions, build_engines
-    from sacvit_deploy.engine.trt_version import TrtVersion
 
     root = tmp_path_factory.mktemp("real-trt")
     target = "8.5" if TrtVersion.parse(trt.__version__) < TrtVersion(8, 6) else "10"
@@ -50,7 +50,7 @@ def test_engines_build_and_pass_parity(engines, precision):
     assert not results[precision].warnings
     m = Manifest.load(root / precision)
     m.verify(root / precision, "engines")
-    parity = m.tensorrt["parity"]
+    parity = m.tensorrt.parity
     assert parity["passed"], parity
     stage1 = next(r for r in parity["rows"] if r["check"] == "stage1")
     assert stage1["max_abs_diff"] < (1e-3 if precision == "fp32" else 5e-2)

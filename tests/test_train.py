@@ -16,7 +16,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from sacvit_deploy.cli import app
-from sacvit_deploy.errors import SacvitError
+from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.model import SACViT, load_checkpoint, save_checkpoint, tiny_config
 from sacvit_deploy.training import (
     EvalTransform,

@@ -20,9 +20,9 @@ import torch
 from typer.testing import CliRunner
 
 from sacvit_deploy.cli import app
-from sacvit_deploy.export.manifest import ArtifactError, ArtifactFile, Manifest
+from sacvit_deploy.core.manifest import ArtifactError, ArtifactFile, Manifest, TensorRTInfo
+from sacvit_deploy.core.publish import publish, staging_folder
 from sacvit_deploy.export.onnx_export import ExportOptions, export_artifacts
-from sacvit_deploy.export.publish import publish, staging_folder
 from sacvit_deploy.runtime.images import sample_images
 from sacvit_deploy.runtime.loader import open_pipeline
 from sacvit_deploy.runtime.pipeline import mixed_threshold
@@ -270,7 +270,11 @@ def fake_engines(root, folder, min_batch=1):
             info={"profiles": profiles},
         )
     Manifest(
-        m.model, m.source_format, m.exit_threshold, engines=engines, tensorrt={"version": "10.3.0"}
+        m.model,
+        m.source_format,
+        m.exit_threshold,
+        engines=engines,
+        tensorrt=TensorRTInfo(version="10.3.0", precision="fp16"),
     ).save(folder)
     return folder
 

@@ -14,8 +14,8 @@ from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 from sacvit_deploy.cli import app
+from sacvit_deploy.core.manifest import ArtifactError, ArtifactFile, Manifest, TensorSpec, sha256_file
 from sacvit_deploy.export import trt_support as ts
-from sacvit_deploy.export.manifest import ArtifactError, ArtifactFile, Manifest, TensorSpec, sha256_file
 from sacvit_deploy.export.trt_compat import Problem, check_folder, check_model
 from sacvit_deploy.model import tiny_config
 from sacvit_deploy.model.layers import set_fused_attn

@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from sacvit_deploy.errors import SacvitError
-from sacvit_deploy.export.manifest import TensorSpec
+from sacvit_deploy.core.errors import SacvitError
+from sacvit_deploy.core.manifest import TensorSpec
 
 TORCH_DTYPES = {
     "float32": torch.float32,

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from sacvit_deploy.backends.base import BackendError, Runner
-from sacvit_deploy.export.manifest import Manifest
+from sacvit_deploy.core.manifest import Manifest
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
 
@@ -99,7 +99,7 @@ def make_runner(folder: Path, manifest: Manifest, role: str, choice: BackendChoi
     folder = Path(folder)
     if choice.backend == "onnxruntime":
         from sacvit_deploy.backends.onnxruntime_backend import OnnxRuntimeRunner
-        from sacvit_deploy.export.onnx_files import external_data_files
+        from sacvit_deploy.core.onnx_files import external_data_files
 
         entry = _entry(manifest.graphs, role, folder, "ONNX graph")
         manifest.verify(folder, "graphs", roles=(role,))
@@ -116,7 +116,7 @@ def make_runner(folder: Path, manifest: Manifest, role: str, choice: BackendChoi
         )
     if choice.backend == "torch":
         from sacvit_deploy.backends.torch_backend import TorchRunner
-        from sacvit_deploy.export.graphs import graph_module, graph_specs
+        from sacvit_deploy.model.graphs import graph_module, graph_specs
 
         model = _torch_model(folder, manifest)
         if options.get("threads"):
@@ -130,7 +130,12 @@ def make_runner(folder: Path, manifest: Manifest, role: str, choice: BackendChoi
 
         entry = _entry(manifest.engines, role, folder, "TensorRT engine")
         manifest.verify(folder, "engines", roles=(role,))
-        return TensorRTRunner(manifest.file_path(folder, entry), entry, manifest.tensorrt or {}, **options)
+        return TensorRTRunner(
+            manifest.file_path(folder, entry),
+            entry,
+            manifest.tensorrt.to_dict() if manifest.tensorrt else {},
+            **options,
+        )
     raise BackendError(f"unknown backend {choice.backend!r}")
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from sacvit_deploy.backends.base import TORCH_DTYPES, BackendError, Runner
-from sacvit_deploy.export.manifest import TensorSpec
+from sacvit_deploy.core.manifest import TensorSpec
 
 PROVIDERS = {
     "cpu": ["CPUExecutionProvider"],
@@ -39,6 +39,20 @@ def available_providers() -> list[str]:
         return list(import_onnxruntime().get_available_providers())
     except BackendError:
         return []
+
+
+_ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+    "tensor(bool)": "bool",
+    "tensor(uint8)": "uint8",
+}
+
+
+def format_dims(dims: Any) -> str:
+    return "(" + ", ".join("?" if d is None else str(d) for d in dims) + ")"
 
 
 class OnnxRuntimeRunner(Runner):
@@ -127,13 +141,40 @@ class OnnxRuntimeRunner(Runner):
                 f"{self.name}: asked for {wanted} but ONNX Runtime fell back to {', '.join(active)}; "
                 "check the CUDA / TensorRT libraries (see the ONNX Runtime requirements page), or use --device cpu"
             )
-        declared = {i.name: i for i in session.get_inputs()}
-        if set(declared) != set(self.input_specs):
-            raise BackendError(
-                f"{self.path}: graph inputs {sorted(declared)} differ from the manifest's {sorted(self.input_specs)}; re-export"
-            )
+        self._check_io(session)
         self._session = session
         self._binding = self.provider != "cpu"
+
+    def _check_io(self, session: Any) -> None:
+        """The graph's real inputs and outputs must be the manifest's: names, dtypes, static dims.
+        A graph swapped for another model's (96 px instead of 224, the baseline as stage 1) fails
+        here, naming the file, instead of deep inside a run."""
+        for kind, declared, specs in (
+            ("input", session.get_inputs(), self.input_specs),
+            ("output", session.get_outputs(), self.output_specs),
+        ):
+            real = {i.name: i for i in declared}
+            missing = sorted(set(specs) - set(real))
+            extra = sorted(set(real) - set(specs)) if kind == "input" else []
+            if missing or extra:
+                raise BackendError(
+                    f"{self.path}: the graph's {kind}s {sorted(real)} are not the manifest's {sorted(specs)}; "
+                    "the file belongs to another export: re-export the folder"
+                )
+            for name, spec in specs.items():
+                got = real[name]
+                dtype = _ORT_TYPES.get(got.type, got.type)
+                dims = tuple(got.shape)
+                static = [
+                    (i, d, w)
+                    for i, (d, w) in enumerate(zip(dims, spec.shape, strict=False))
+                    if isinstance(d, int) and isinstance(w, int) and d != w
+                ]
+                if dtype != spec.dtype or len(dims) != len(spec.shape) or static:
+                    raise BackendError(
+                        f"{self.path}: {kind} '{name}' is {dtype} {format_dims(dims)} in the graph but "
+                        f"{spec.dtype} {format_dims(spec.shape)} in the manifest; re-export the folder"
+                    )
 
     def _infer(self, feed: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if self._binding:

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from sacvit_deploy.backends.base import DTYPE_NAMES, TORCH_DTYPES, BackendError, Runner
-from sacvit_deploy.export.manifest import ArtifactFile
+from sacvit_deploy.core.manifest import ArtifactFile
 
 # TensorRT DataType member name -> the manifest's dtype name.
 TRT_DTYPES = {
@@ -129,8 +129,8 @@ class TensorRTRunner(Runner):
 
     # ---- lifecycle -------------------------------------------------------------------------------
     def _activate(self) -> None:
-        from sacvit_deploy.engine import gpu as gpu_module
-        from sacvit_deploy.engine.trt_version import (
+        from sacvit_deploy.backends import gpu as gpu_module
+        from sacvit_deploy.backends.trt_version import (
             engine_compatibility_problem,
             import_tensorrt,
             installed_version,

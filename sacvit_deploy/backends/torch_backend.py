@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from sacvit_deploy.backends.base import BackendError, Runner
-from sacvit_deploy.export.manifest import TensorSpec
+from sacvit_deploy.core.manifest import TensorSpec
 
 
 class TorchRunner(Runner):
@@ -50,3 +50,16 @@ class TorchRunner(Runner):
     def _deactivate(self) -> None:
         if self._device.type == "cuda":
             torch.cuda.synchronize(self._device)
+
+
+def model_runners(
+    model: nn.Module, roles: Sequence[str], device: str | torch.device = "cpu"
+) -> dict[str, Runner]:
+    """The eager PyTorch model as one runner per graph role: the reference is just another runner."""
+    from sacvit_deploy.model.graphs import graph_module, graph_specs
+
+    runners: dict[str, Runner] = {}
+    for role in roles:
+        inputs, outputs = graph_specs(model.cfg, role)
+        runners[role] = TorchRunner(f"{role} (PyTorch)", graph_module(model, role), inputs, outputs, device)
+    return runners

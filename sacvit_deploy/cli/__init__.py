@@ -6,7 +6,6 @@ from typing import Annotated
 
 import typer
 
-from sacvit_deploy import __version__
 from sacvit_deploy.cli.build_engine import build_engine
 from sacvit_deploy.cli.calibrate import calibrate
 from sacvit_deploy.cli.check import check
@@ -18,6 +17,7 @@ from sacvit_deploy.cli.quantize import quantize
 from sacvit_deploy.cli.train import train
 from sacvit_deploy.cli.triton import triton
 from sacvit_deploy.cli.variants import variants
+from sacvit_deploy.core.version import __version__
 
 app = typer.Typer(
     name="sacvit-deploy",

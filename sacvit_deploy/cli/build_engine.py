@@ -24,10 +24,10 @@ class HardwareCompat(str, Enum):
 
 
 def print_engines(result) -> None:  # result: BuildResult
-    trt = result.manifest.tensorrt or {}
+    trt = result.manifest.tensorrt
     table = Table(
-        title=f"TensorRT {trt.get('version')} engines on {trt.get('gpu')} (compute capability "
-        f"{trt.get('compute_capability')}), {trt.get('precision')}"
+        title=f"TensorRT {trt.version} engines on {trt.gpu} (compute capability "
+        f"{trt.compute_capability}), {trt.precision}"
     )
     for col in ("engine", "size (MB)", "batch min/opt/max", "FP32 islands", "build (s)"):
         table.add_column(col, justify="left" if col == "engine" else "right")
@@ -172,7 +172,7 @@ def build_engine(
     options.validate()  # option mistakes before TensorRT is even imported
     result = build_engines(export_dir, out_dir, options, log=note)
     print_engines(result)
-    parity = (result.manifest.tensorrt or {}).get("parity")
+    parity = result.manifest.tensorrt.parity if result.manifest.tensorrt else None
     if parity and parity.get("rows"):
         print_parity(parity)
     sizes = ", ".join(f"{name} {size / 2**20:.1f} MB" for name, size in result.files.items())

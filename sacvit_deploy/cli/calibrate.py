@@ -2,7 +2,7 @@
 
 Runs stage 1 and stage 2 on every image once, sweeps the threshold (the budgeted-classification
 curve: accuracy vs mean GFLOPs per image) and picks the threshold that meets the target. The rules
-and the sweep: :mod:`sacvit_deploy.runtime.calibration`.
+and the sweep: :mod:`sacvit_deploy.runtime.exit_calibration`.
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ from sacvit_deploy.cli._common import (
     note,
     out,
 )
-from sacvit_deploy.errors import SacvitError
+from sacvit_deploy.core.errors import SacvitError
 
 TARGET = "Target (give one)"
 OUTPUT = "Output"
 
 
 def _targets(accuracy: float | None, gflops: float | None, exit_rate: float | None):  # -> Target | None
-    from sacvit_deploy.runtime.calibration import Target
+    from sacvit_deploy.runtime.exit_calibration import Target
 
     given = [
         (k, v)
@@ -102,16 +102,17 @@ def calibrate(
     ] = None,
 ) -> None:
     """Choose the exit threshold on labelled images: accuracy / GFLOPs / exit-rate target."""
-    from sacvit_deploy import __version__
+    from sacvit_deploy.core.manifest import ExitCalibration
+    from sacvit_deploy.core.version import __version__
     from sacvit_deploy.model.flops import FlopsReport
-    from sacvit_deploy.runtime.calibration import (
+    from sacvit_deploy.runtime.exit_calibration import (
         UnreachableTarget,
         find_labelled_images,
         images_and_labels,
         predict_both_stages,
         write_csv,
     )
-    from sacvit_deploy.runtime.calibration import calibrate as sweep
+    from sacvit_deploy.runtime.exit_calibration import calibrate as sweep
     from sacvit_deploy.runtime.images import iter_batches
     from sacvit_deploy.runtime.labels import default_class_names
     from sacvit_deploy.runtime.loader import open_pipeline
@@ -224,7 +225,7 @@ def calibrate(
             package_version=__version__,
         )
         manifest.exit_threshold = cal.chosen.threshold
-        manifest.calibration = record
+        manifest.calibration = ExitCalibration.from_record(record)
         try:
             path = manifest.save(opened.folder)
         except OSError as exc:

@@ -7,24 +7,13 @@ error (missing folder, tampered graph, bad option).
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from sacvit_deploy.cli._common import handle_errors, note, out, write_json
-from sacvit_deploy.export.manifest import Manifest
-from sacvit_deploy.export.trt_compat import check_folder_versions
-
-
-class TrtVersion(str, Enum):
-    """TensorRT versions the check knows (``10`` = 10.0-10.3, what JetPack 6.1/6.2 ship)."""
-
-    v8_5 = "8.5"
-    v8_6 = "8.6"
-    v10 = "10"
-    v11 = "11"
+from sacvit_deploy.cli._common import handle_errors, note, out, parity_table, verification_images, write_json
+from sacvit_deploy.core.trt_families import TRT_FAMILY_NAMES
 
 
 class _BadTrt(typer.BadParameter):
@@ -34,7 +23,7 @@ class _BadTrt(typer.BadParameter):
 
 def _parse_trt(values: list[str] | None) -> list[str]:
     """Option callback: ``--trt 8.5 --trt 10`` and ``--trt 8.5,10`` both work, typos stop the parse."""
-    choices = [v.value for v in TrtVersion]
+    choices = list(TRT_FAMILY_NAMES)
     picked: list[str] = []
     for value in values or []:
         for part in (p.strip() for p in value.split(",")):
@@ -54,7 +43,7 @@ def check(
         list[str] | None,
         typer.Option(
             "--trt",
-            metavar="[8.5|8.6|10|11]",
+            metavar="[" + "|".join(TRT_FAMILY_NAMES) + "]",
             callback=_parse_trt,
             help="TensorRT version(s) to check: repeat the option or give a comma list. Default: all four.",
         ),
@@ -62,9 +51,20 @@ def check(
     json_file: Annotated[
         Path | None, typer.Option("--json", help="Also write every problem to this JSON file.")
     ] = None,
+    run: Annotated[
+        bool,
+        typer.Option(
+            "--run/--no-run",
+            help="Also run the graphs: ONNX Runtime vs the folder's model.safetensors on random and real "
+            "images, through the same comparator as export (exit code 2 on a mismatch).",
+        ),
+    ] = False,
 ) -> None:
     """Check the exported graphs against TensorRT's ONNX parser (8.5, 8.6, 10, 11) without TensorRT."""
-    versions = trt or [v.value for v in TrtVersion]
+    from sacvit_deploy.core.manifest import Manifest
+    from sacvit_deploy.export.trt_compat import check_folder_versions
+
+    versions = trt or list(TRT_FAMILY_NAMES)
     manifest = Manifest.load(folder)
     results = check_folder_versions(folder, versions)
     failed = False
@@ -98,8 +98,23 @@ def check(
         f"checked {len(manifest.graphs)} graph(s) on TensorRT {', '.join(versions)}; "
         "a static check: still compare every engine with ONNX Runtime"
     )
+    if run:
+        failed = _run_parity(folder, manifest) or failed
     if failed:
         raise typer.Exit(2)
+
+
+def _run_parity(folder: Path, manifest) -> bool:
+    """Print the parity table of ONNX Runtime vs PyTorch; True when a row failed."""
+    from sacvit_deploy.export.verify import check_parity
+
+    report = check_parity(folder, manifest, verification_images(None, manifest.model))
+    title = (
+        f"ONNX Runtime (CPU) vs PyTorch (model.safetensors), atol {report['atol']:.0e} + "
+        f"rtol {report['rtol']:.0e} * max|reference|"
+    )
+    out.print(parity_table(title, report["rows"]))
+    return not report["passed"]
 
 
 def _count(n: int, word: str) -> str:

@@ -2,30 +2,24 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from sacvit_deploy.cli._common import err, handle_errors, note, out, parity_table
-from sacvit_deploy.errors import SacvitError
-
-
-class CheckpointFormat(str, Enum):
-    auto = "auto"
-    sacvit = "sacvit"
-    lf_vit = "lf-vit"
-    cf_vit = "cf-vit"
-    deit = "deit"
-
-
-class TrtTarget(str, Enum):
-    trt85 = "8.5"
-    trt86 = "8.6"
-    trt10 = "10"
-    trt11 = "11"
-
+from sacvit_deploy.cli._common import (
+    CheckpointFormatChoice,
+    TrtFamilyChoice,
+    err,
+    handle_errors,
+    note,
+    out,
+    parity_table,
+    verification_images,
+)
+from sacvit_deploy.core.compare import Tolerance
+from sacvit_deploy.core.errors import SacvitError
+from sacvit_deploy.core.formats import AUTO
 
 EXPORT = "Export"
 VERIFY = "Verification"
@@ -58,33 +52,11 @@ def read_labels(path: Path, num_classes: int) -> tuple[str, ...]:
     return tuple(names)
 
 
-def verification_images(folder: Path | None, cfg, limit: int = 16):  # -> torch.Tensor
-    """Real images for parity checks: the user's folder, else the samples bundled with the package."""
-    import numpy as np
-    import torch
-
-    from sacvit_deploy.runtime.images import (
-        ImageLoadError,
-        collect_images,
-        load_image,
-        preprocess,
-        sample_images,
-    )
-
-    paths = collect_images([folder])[:limit] if folder is not None else sample_images()[:limit]
-    arrays = []
-    for p in paths:
-        try:
-            arrays.append(preprocess(load_image(p), cfg.preprocess))
-        except ImageLoadError as exc:
-            note(f"[yellow]skipped[/] {exc}")
-    if not arrays:
-        return None
-    return torch.from_numpy(np.stack(arrays))
-
-
 def print_verification(report: dict) -> None:
-    title = f"Verification: ONNX Runtime (CPU) vs PyTorch, fp32, tolerance {report['atol']:.0e}"
+    title = (
+        f"Verification: ONNX Runtime (CPU) vs PyTorch, fp32, atol {report['atol']:.0e} + "
+        f"rtol {report['rtol']:.0e} * max|reference|"
+    )
     out.print(parity_table(title, report["rows"]))
     out.print(f"onnx.checker: {', '.join(f'{k} {v}' for k, v in report['checker'].items())}")
     for version, roles in report.get("tensorrt", {}).items():
@@ -104,13 +76,13 @@ def export(
         Path, typer.Argument(help="Checkpoint file (.pth, .pt, .safetensors).", show_default=False)
     ],
     fmt: Annotated[
-        CheckpointFormat,
+        CheckpointFormatChoice,
         typer.Option(
             "--format",
             help="Checkpoint format; auto tells sacvit and deit apart, and LF/CF-ViT by their flops key.",
             rich_help_panel=EXPORT,
         ),
-    ] = CheckpointFormat.auto,
+    ] = CheckpointFormatChoice(AUTO),
     variant: Annotated[
         str | None,
         typer.Option(
@@ -129,13 +101,13 @@ def export(
         typer.Option(help="ONNX opset (default 17, what TensorRT 8.5+ parse).", rich_help_panel=EXPORT),
     ] = None,
     target_trt: Annotated[
-        TrtTarget,
+        TrtFamilyChoice,
         typer.Option(
             "--target-trt",
             help="TensorRT version the graphs must parse on (8.5 decomposes LayerNorm).",
             rich_help_panel=EXPORT,
         ),
-    ] = TrtTarget.trt10,
+    ] = TrtFamilyChoice("10"),
     threshold: Annotated[
         float | None,
         typer.Option(
@@ -178,9 +150,17 @@ def export(
     atol: Annotated[
         float,
         typer.Option(
-            help="Max |logit difference| allowed between ONNX Runtime and PyTorch.", rich_help_panel=VERIFY
+            help="Absolute part of the parity limit: max|ONNX Runtime - PyTorch| <= atol + rtol * max|PyTorch|.",
+            rich_help_panel=VERIFY,
         ),
-    ] = 1e-4,
+    ] = Tolerance().atol,
+    rtol: Annotated[
+        float,
+        typer.Option(
+            help="Relative part of the parity limit, times the reference tensor's max |value|.",
+            rich_help_panel=VERIFY,
+        ),
+    ] = Tolerance().rtol,
 ) -> None:
     """Export a checkpoint to two verified ONNX graphs (stage 1 + exit gate, stage 2) and a manifest."""
     from sacvit_deploy.export.onnx_export import ExportOptions, export_artifacts
@@ -221,7 +201,7 @@ def export(
 
     def run_verification(folder, manifest):
         with err.status("verifying the graphs against PyTorch ..."):
-            report = verify_export(folder, manifest, model, real, atol=atol)
+            report = verify_export(folder, manifest, model, real, Tolerance(atol, rtol))
         report["tensorrt"] = tensorrt_parser_check(folder, manifest, target_trt.value)
         return report
 
@@ -235,7 +215,7 @@ def export(
         log=lambda msg: note(msg),
     )
     if result.manifest.verification:
-        print_verification(result.manifest.verification)
+        print_verification(result.manifest.verification.to_dict())
     else:
         note("[yellow]verification skipped (--no-verify)[/]")
     sizes = ", ".join(f"{name} {size / 2**20:.1f} MB" for name, size in result.files.items())

@@ -23,7 +23,7 @@ from sacvit_deploy.cli._common import (
     handle_errors,
     note,
 )
-from sacvit_deploy.errors import SacvitError
+from sacvit_deploy.core.errors import SacvitError
 
 IO_PANEL = "Input / output"
 TRITON = "Triton server"

@@ -24,16 +24,13 @@ from sacvit_deploy.cli._common import (
     out,
     write_json,
 )
-from sacvit_deploy.errors import SacvitError
+from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.runtime.jetson import Jetson
 
 WORK = "Workload"
 TIMING = "Timing"
 OUTPUT = "Output"
 MAX_POOL = 256  # real images kept in memory for the pool (beyond the largest batch)
-
-# Tests replace this with a factory of fakes (a Jetson whose commands and tegrastats are canned).
-JETSON_FACTORY = Jetson
 
 
 def parse_batch_sizes(text: str) -> list[int]:
@@ -180,7 +177,7 @@ def profile(
     base_runner = opened.baseline_runner(threads=threads) if baseline else None
     note(f"backend: {opened.choice.describe()}")
 
-    jetson = JETSON_FACTORY()
+    jetson = Jetson()
     jetson_info, jetson_note = jetson.probe()
     note(jetson_note)
     sampler = jetson if jetson_info is not None and jetson_info.tegrastats else None

@@ -166,7 +166,7 @@ def quantize(
     """Quantize a float export to INT8 Q/DQ graphs (static calibration), verified against the float graphs."""
     import torch
 
-    from sacvit_deploy.export.manifest import Manifest
+    from sacvit_deploy.core.manifest import Manifest
     from sacvit_deploy.quantize.artifacts import QuantizeOptions, load_calibration_images, quantize_artifacts
     from sacvit_deploy.quantize.compare import compare_folders
     from sacvit_deploy.quantize.qdq import QuantizeError
@@ -183,7 +183,7 @@ def quantize(
     note(f"calibration: {calib.images.shape[0]} images from {calib_images}")
     labelled = None
     if images is not None:
-        from sacvit_deploy.runtime.calibration import find_labelled_images
+        from sacvit_deploy.runtime.exit_calibration import find_labelled_images
 
         labelled = find_labelled_images(images, float_manifest.num_classes, float_manifest.class_names)
         note(f"verification: {len(labelled.paths)} labelled images in {images} ({labelled.describe()})")
@@ -193,7 +193,7 @@ def quantize(
             for start in range(0, calib.images.shape[0], 32):
                 yield torch.from_numpy(calib.images[start : start + 32]), None
             return
-        from sacvit_deploy.runtime.calibration import images_and_labels
+        from sacvit_deploy.runtime.exit_calibration import images_and_labels
 
         with closing(iter_batches(labelled.paths, cfg, batch_size=32)) as it:
             yield from images_and_labels(labelled, it)

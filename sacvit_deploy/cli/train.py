@@ -4,31 +4,16 @@ from __future__ import annotations
 
 import json
 import math
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from sacvit_deploy.cli._common import err, handle_errors, out
-from sacvit_deploy.errors import ConfigError
+from sacvit_deploy.cli._common import InitFormatChoice, TrainFormatChoice, err, handle_errors, out
+from sacvit_deploy.core.errors import ConfigError
 from sacvit_deploy.model.config import ModelConfig
 from sacvit_deploy.training import TrainOptions
 from sacvit_deploy.training import train as run_training
-
-
-class TrainFormat(str, Enum):
-    sacvit = "sacvit"
-    lf_vit = "lf-vit"
-    cf_vit = "cf-vit"
-
-
-class InitFormat(str, Enum):
-    deit = "deit"
-    lf_vit = "lf-vit"
-    cf_vit = "cf-vit"
-    sacvit = "sacvit"
-
 
 _MODEL, _SCHEDULE, _DATA, _RUN = "Model", "Optimisation", "Data", "Run"
 
@@ -56,7 +41,7 @@ def train(
         typer.Option(help="Named variant (see `variants`). Default: deit_small_224.", rich_help_panel=_MODEL),
     ] = None,
     fmt: Annotated[
-        TrainFormat | None,
+        TrainFormatChoice | None,
         typer.Option(
             "--format", help="Stage-2 rules to train with. Default: sacvit.", rich_help_panel=_MODEL
         ),
@@ -74,8 +59,8 @@ def train(
         typer.Option(help="Initial weights, e.g. timm DeiT (--init-format deit).", rich_help_panel=_MODEL),
     ] = None,
     init_format: Annotated[
-        InitFormat, typer.Option(help="Format of the --init checkpoint.", rich_help_panel=_MODEL)
-    ] = InitFormat.deit,
+        InitFormatChoice, typer.Option(help="Format of the --init checkpoint.", rich_help_panel=_MODEL)
+    ] = InitFormatChoice("deit"),
     threshold: Annotated[
         float | None,
         typer.Option(

@@ -16,7 +16,7 @@ import typer
 from rich.table import Table
 
 from sacvit_deploy.cli._common import fail, handle_errors, note, out
-from sacvit_deploy.errors import SacvitError
+from sacvit_deploy.core.errors import SacvitError
 
 REPO = "Repository"
 SERVING = "Serving"
@@ -168,7 +168,7 @@ def triton(
         f"{models['stage1']} + {models['stage2']} ({backend.value}), max batch {result.max_batch}"
     )
     if backend == TritonBackend.tensorrt:
-        trt = (result.manifest.tensorrt or {}).get("version", "?")
+        trt = result.manifest.tensorrt.version if result.manifest.tensorrt else "?"
         note(f"the plans were built with TensorRT {trt}: serve them with the Triton release that ships it")
     note(
         f"next: docker run --gpus all --shm-size 1g -p8000:8000 -p8001:8001 -p8002:8002 "

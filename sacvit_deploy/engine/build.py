@@ -39,10 +39,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sacvit_deploy import __version__
-from sacvit_deploy.errors import SacvitError
-from sacvit_deploy.export.manifest import ArtifactFile, Manifest, TensorSpec, safe_child, sha256_file
-from sacvit_deploy.export.publish import prepare_output_folder, publish, staging_folder
+from sacvit_deploy.core.errors import SacvitError
+from sacvit_deploy.core.manifest import (
+    ArtifactFile,
+    Manifest,
+    TensorRTInfo,
+    TensorSpec,
+    safe_child,
+    sha256_file,
+)
+from sacvit_deploy.core.publish import prepare_output_folder, publish, staging_folder
+from sacvit_deploy.core.version import __version__
 
 ROLES = ("stage1", "stage2", "baseline")
 HARD_FRACTION_DEFAULT = 0.23  # LF-ViT's operating point: about 23% of ImageNet reaches stage 2
@@ -87,7 +94,7 @@ class BuildOptions:
         return "fp16" if self.fp16 else "fp32"
 
     def validate(self) -> None:
-        from sacvit_deploy.engine.trt_version import HARDWARE_COMPAT
+        from sacvit_deploy.backends.trt_version import HARDWARE_COMPAT
 
         if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
             raise EngineBuildError(
@@ -166,7 +173,7 @@ def _escape(text: str) -> str:
 def network_flags(trt: Any, version: Any, qdq: bool = False) -> tuple[int, list[str]]:
     """The creation flags: EXPLICIT_BATCH below 10; STRONGLY_TYPED on 11 (where it is the only mode)
     and for Q/DQ graphs on 10.x."""
-    from sacvit_deploy.engine.trt_version import enum_member
+    from sacvit_deploy.backends.trt_version import enum_member
 
     names = []
     if version.needs_explicit_batch_flag():
@@ -300,7 +307,7 @@ def config_for(
     calibration_batch: int | None = None,
 ) -> tuple[Any, list[str]]:
     """A builder config for one engine; returns it and the names of the flags set."""
-    from sacvit_deploy.engine.trt_version import HARDWARE_COMPAT, enum_member
+    from sacvit_deploy.backends.trt_version import HARDWARE_COMPAT, enum_member
 
     config = builder.create_builder_config()
     flags: list[str] = []
@@ -386,11 +393,9 @@ def save_timing_cache(cache: Any, path: Path) -> None:
 
 def expected_hard_fraction(manifest: Manifest) -> tuple[float, str]:
     """The share of images expected to reach stage 2: measured at export if recorded, else LF-ViT's 23%."""
-    report = manifest.verification or {}
-    rate = report.get("exit_rate")
-    if rate is None:
-        rates = [r["exit_rate"] for r in report.get("rows", []) if isinstance(r, dict) and "exit_rate" in r]
-        rate = rates[0] if rates else None
+    rows = manifest.verification.rows if manifest.verification else []
+    rates = [r["exit_rate"] for r in rows if "exit_rate" in r]
+    rate = rates[0] if rates else None
     if isinstance(rate, (int, float)) and 0.0 <= rate <= 1.0:
         return 1.0 - float(rate), "the export's verification data"
     return HARD_FRACTION_DEFAULT, "LF-ViT's operating point (about 23% of images reach stage 2)"
@@ -406,7 +411,7 @@ def stage2_opt_batch(options: BuildOptions, hard_fraction: float) -> int:
 # ---- checks before building -----------------------------------------------------------------------
 def check_options(trt: Any, version: Any, options: BuildOptions, gpu: Any, manifest: Manifest) -> None:
     """Options the installed TensorRT (or this GPU, or the export) cannot honour: one clear error each."""
-    from sacvit_deploy.engine.trt_version import HARDWARE_COMPAT
+    from sacvit_deploy.backends.trt_version import HARDWARE_COMPAT
 
     if options.qdq and (options.int8 or options.fp16):
         raise EngineBuildError(
@@ -435,13 +440,14 @@ def check_options(trt: Any, version: Any, options: BuildOptions, gpu: Any, manif
             f"--hardware-compat ampere+ must be built on an Ampere or newer GPU; {gpu.name} has compute "
             f"capability {gpu.compute_capability}"
         )
-    if manifest.exporter.get("layernorm") == "native" and not version.has_native_layernorm():
+    exporter = manifest.exporter
+    if exporter is not None and exporter.layernorm == "native" and not version.has_native_layernorm():
         raise EngineBuildError(
             f"the graphs use LayerNormalization, which the TensorRT {version} parser lacks; "
             "re-export with: sacvit-deploy export CKPT --target-trt 8.5"
         )
-    opset = manifest.exporter.get("opset")
-    if isinstance(opset, int) and opset > version.max_onnx_opset():
+    opset = exporter.opset if exporter is not None else None
+    if opset is not None and opset > version.max_onnx_opset():
         raise EngineBuildError(
             f"the graphs are opset {opset}, above TensorRT {version}'s {version.max_onnx_opset()}; "
             f"re-export with --opset {version.max_onnx_opset()}"
@@ -477,8 +483,8 @@ def build_engines(
     log: Callable[[str], None] = lambda _msg: None,
 ) -> BuildResult:
     """Build the engines of ``export_dir`` into ``out`` with a manifest, after a parity check."""
-    from sacvit_deploy.engine import gpu as gpu_module
-    from sacvit_deploy.engine.trt_version import import_tensorrt, installed_version
+    from sacvit_deploy.backends import gpu as gpu_module
+    from sacvit_deploy.backends.trt_version import import_tensorrt, installed_version
 
     start = time.perf_counter()
     options.validate()
@@ -537,7 +543,7 @@ def build_engines(
     previous = prepare_output_folder(out, EngineBuildError, "build")
 
     # Images first: a bad --calib-images folder fails before minutes of building.
-    from sacvit_deploy.engine.calibrator import load_images
+    from sacvit_deploy.engine.int8_calibrator import load_images
 
     images, image_source = load_images(
         options.calib_images,
@@ -660,8 +666,8 @@ def build_engines(
             source_format=manifest.source_format,
             exit_threshold=manifest.exit_threshold,
             engines=entries,
-            exporter=dict(manifest.exporter),
-            tensorrt=tensorrt_info,
+            exporter=manifest.exporter,
+            tensorrt=TensorRTInfo.from_dict(tensorrt_info),
             quantization=manifest.quantization,
             source={
                 **manifest.source,
@@ -670,7 +676,7 @@ def build_engines(
             },
         )
         report = _parity(export_dir, manifest, staging, engines_manifest, roles, images, device, options)
-        tensorrt_info["parity"] = report
+        engines_manifest.tensorrt.parity = report
         if not report["passed"]:
             worst = report["worst_top1_agreement"]
             message = (
@@ -683,7 +689,7 @@ def build_engines(
                 )
             warnings.append(message)
             log(f"[bold red]WARNING:[/] {message}; check the parity table before deploying")
-        tensorrt_info["build_seconds"] = round(time.perf_counter() - start, 2)
+        engines_manifest.tensorrt.build["build_seconds"] = round(time.perf_counter() - start, 2)
         publish(staging, out, engines_manifest, previous)
     files = {e.file: e.size for e in entries.values()}
     return BuildResult(out, engines_manifest, time.perf_counter() - start, files, warnings)
@@ -707,7 +713,7 @@ def _fp16_path(options: BuildOptions, strongly_typed: bool) -> str | None:
 
 
 def _checked_graph(export_dir: Path, manifest: Manifest, role: str) -> Path:
-    from sacvit_deploy.export.onnx_files import external_data_files
+    from sacvit_deploy.core.onnx_files import external_data_files
 
     manifest.verify(export_dir, "graphs", roles=(role,))
     path = manifest.file_path(export_dir, manifest.graphs[role])
@@ -716,7 +722,7 @@ def _checked_graph(export_dir: Path, manifest: Manifest, role: str) -> Path:
 
 
 def _images_sha(images: Any) -> str:
-    from sacvit_deploy.engine.calibrator import fingerprint
+    from sacvit_deploy.engine.int8_calibrator import fingerprint
 
     return fingerprint([images])
 
@@ -752,7 +758,7 @@ def _calibrator_for(
     import numpy as np
     import torch
 
-    from sacvit_deploy.engine.calibrator import (
+    from sacvit_deploy.engine.int8_calibrator import (
         CALIBRATION_SUFFIX,
         calibration_batches,
         fingerprint,
@@ -794,7 +800,7 @@ def _previous_calibration(
         old = Manifest.load(out)
     except SacvitError:
         return None
-    entry = (((old.tensorrt or {}).get("calibration") or {}).get("caches") or {}).get(role) or {}
+    entry = old.tensorrt.calibration_cache(role) if old.tensorrt else {}
     name = entry.get("file")
     if name not in previous or (entry.get("onnx_sha256"), entry.get("data_sha256"), entry.get("batch")) != (
         onnx_sha,
@@ -834,7 +840,7 @@ def _parity(
         role: TensorRTRunner(
             staging / entry.file,
             entry,
-            engines_manifest.tensorrt or {},
+            engines_manifest.tensorrt.to_dict(),
             device=device,
             buffers=options.buffers,
         )

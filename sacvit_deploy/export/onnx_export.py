@@ -28,22 +28,23 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sacvit_deploy import __version__
-from sacvit_deploy.errors import SacvitError
-from sacvit_deploy.export import publish
-from sacvit_deploy.export.graphs import graph_module, graph_specs
-from sacvit_deploy.export.manifest import ArtifactFile, Manifest, TensorSpec, sha256_file
-from sacvit_deploy.export.trt_support import support
+from sacvit_deploy.core import publish
+from sacvit_deploy.core.errors import SacvitError
+from sacvit_deploy.core.manifest import (
+    ArtifactFile,
+    ExporterInfo,
+    Manifest,
+    TensorSpec,
+    Verification,
+    sha256_file,
+)
+from sacvit_deploy.core.trt_families import TRT_FAMILIES
+from sacvit_deploy.core.version import __version__
 from sacvit_deploy.model.checkpoint import save_checkpoint
+from sacvit_deploy.model.graphs import graph_module, graph_specs
 from sacvit_deploy.model.layers import set_fused_attn
 from sacvit_deploy.model.sacvit import SACViT
 
-# What each TensorRT target implies for export. max_opset: the parser's limit.
-# The parser limits come from the support table that `sacvit-deploy check` uses.
-TRT_TARGETS: dict[str, dict[str, Any]] = {
-    v: {"max_opset": support(v).max_opset, "decompose_layernorm": v == "8.5"}
-    for v in ("8.5", "8.6", "10", "11")
-}
 DEFAULT_OPSET = 17
 MIN_OPSET = 17  # LayerNormalization and the opset-17 TopK/Resize semantics
 MAX_TORCHSCRIPT_OPSET = 20
@@ -65,11 +66,11 @@ class ExportOptions:
     weights: bool = True  # model.safetensors beside the graphs, for the torch backend
 
     def resolved_opset(self) -> int:
-        if self.target_trt not in TRT_TARGETS:
+        if self.target_trt not in TRT_FAMILIES:
             raise ExportError(
-                f"unknown --target-trt {self.target_trt!r}; use one of {', '.join(TRT_TARGETS)}"
+                f"unknown --target-trt {self.target_trt!r}; use one of {', '.join(TRT_FAMILIES)}"
             )
-        limit = min(TRT_TARGETS[self.target_trt]["max_opset"], MAX_TORCHSCRIPT_OPSET)
+        limit = min(TRT_FAMILIES[self.target_trt].max_opset, MAX_TORCHSCRIPT_OPSET)
         opset = self.opset if self.opset is not None else DEFAULT_OPSET
         if not MIN_OPSET <= opset <= limit:
             raise ExportError(
@@ -116,7 +117,7 @@ def prepare_for_export(model: nn.Module, target_trt: str) -> nn.Module:
     """A copy of the model on the ONNX-safe path for the given TensorRT target."""
     model = copy.deepcopy(model).cpu().float().eval()
     set_fused_attn(model, False)
-    if TRT_TARGETS[target_trt]["decompose_layernorm"]:
+    if TRT_FAMILIES[target_trt].decompose_layernorm:
         decompose_layernorms(model)
     return model
 
@@ -280,7 +281,7 @@ def export_artifacts(
         for role in roles:
             t = time.perf_counter()
             module = graph_module(prepared, role)
-            if role == "baseline" and TRT_TARGETS[options.target_trt]["decompose_layernorm"]:
+            if role == "baseline" and TRT_FAMILIES[options.target_trt].decompose_layernorm:
                 decompose_layernorms(module)
             example = _example_inputs(prepared, role, trace_batch)
             graphs[role] = export_graph(module, example, role, cfg, staging / f"{role}.onnx", opset, dynamic)
@@ -297,21 +298,21 @@ def export_artifacts(
             exit_threshold=threshold,
             graphs=graphs,
             weights=weights,
-            exporter={
-                "exporter": "torch.onnx (TorchScript)",
-                "torch": torch.__version__,
-                "onnx": _version_of("onnx"),
-                "opset": opset,
-                "target_trt": options.target_trt,
-                "layernorm": "decomposed"
-                if TRT_TARGETS[options.target_trt]["decompose_layernorm"]
-                else "native",
-                "batch": "dynamic" if dynamic else options.batch,
-            },
+            exporter=ExporterInfo(
+                opset=opset,
+                target_trt=options.target_trt,
+                layernorm="decomposed" if TRT_FAMILIES[options.target_trt].decompose_layernorm else "native",
+                details={
+                    "exporter": "torch.onnx (TorchScript)",
+                    "torch": torch.__version__,
+                    "onnx": _version_of("onnx"),
+                    "batch": "dynamic" if dynamic else options.batch,
+                },
+            ),
             source=source or {},
         )
         if verify is not None:
-            manifest.verification = verify(staging, manifest)
+            manifest.verification = Verification.from_dict(verify(staging, manifest))
         publish.publish(staging, out, manifest, previous)
     files = {e.file: e.size for e in manifest.graphs.values()}
     if manifest.weights:

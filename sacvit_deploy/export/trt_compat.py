@@ -21,9 +21,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from sacvit_deploy.core.manifest import ArtifactError, Manifest
+from sacvit_deploy.core.onnx_files import external_data_files
 from sacvit_deploy.export import trt_support as ts
-from sacvit_deploy.export.manifest import ArtifactError, Manifest
-from sacvit_deploy.export.onnx_files import external_data_files
 
 ERROR = "error"
 WARNING = "warning"

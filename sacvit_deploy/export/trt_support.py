@@ -32,7 +32,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-VERSIONS = ("8.5", "8.6", "10", "11")
+from sacvit_deploy.core.trt_families import TRT_FAMILIES, TRT_FAMILY_NAMES
+
+VERSIONS = TRT_FAMILY_NAMES
 ALL = frozenset(VERSIONS)
 V8 = frozenset({"8.5", "8.6"})
 
@@ -42,14 +44,23 @@ class ParserSupport:
     """One TensorRT ONNX parser, as far as the checks need it."""
 
     version: str
-    label: str
     min_opset: int  # default ONNX domain
-    max_opset: int
     ops: frozenset[str]  # default-domain operators the parser imports
     native_int64: bool  # False: the parser casts INT64 down to INT32 (8.x); native from 9.0
     dynamic_topk_k: bool  # TopK's K may be a run-time tensor (8.6+)
     local_functions: bool  # ONNX model-local functions are expanded (9.0+)
     bfloat16: bool  # BF16 / FP8 tensors (9.0+)
+
+    @property
+    def label(self) -> str:
+        return TRT_FAMILIES[self.version].label
+
+    @property
+    def max_opset(self) -> int:
+        # operators.md: 8.5-GA / 8.6-GA "up to Opset 17"; 10.0-GA / 10.1-GA "opset 9 to opset 20"
+        # (the 10.2 / 10.3 tables were not readable; the Changelog lists no bump before 10.3);
+        # 10.15: 9 - 24; 11.5 release notes "Added support for ONNX opset 25", so 11.0 - 11.4 stop at 24.
+        return TRT_FAMILIES[self.version].max_opset
 
 
 # ---- operators -----------------------------------------------------------------------------------
@@ -115,11 +126,9 @@ FIRST_SUPPORTED: dict[str, str] = {
 SUPPORT: dict[str, ParserSupport] = {
     "8.5": ParserSupport(
         version="8.5",
-        label="TensorRT 8.5 (JetPack 5.1)",
         # operators.md 8.5-GA: "supports operators up to Opset 17". The lower bound 7 is the
         # developer guide's "backward compatible up to opset 7" (not re-read for this table).
         min_opset=7,
-        max_opset=17,
         ops=_OPS_8_5,
         native_int64=False,
         dynamic_topk_k=False,  # 8.5-GA TopK importer: "only supports input K as an initializer"
@@ -128,9 +137,7 @@ SUPPORT: dict[str, ParserSupport] = {
     ),
     "8.6": ParserSupport(
         version="8.6",
-        label="TensorRT 8.6 (JetPack 6.0)",
         min_opset=7,
-        max_opset=17,  # operators.md 8.6-GA
         ops=_OPS_8_6,
         native_int64=False,
         dynamic_topk_k=True,  # Changelog 8.6 EA: "TopK operators with dynamic K values"
@@ -139,11 +146,9 @@ SUPPORT: dict[str, ParserSupport] = {
     ),
     "10": ParserSupport(
         version="10",
-        label="TensorRT 10.0-10.3 (JetPack 6.1/6.2)",
         # operators.md 10.0-GA and 10.1-GA: "inclusive range of opset 9 to opset 20". The 10.2 / 10.3
         # tables were not readable; the Changelog lists no opset bump before 10.3.
         min_opset=9,
-        max_opset=20,
         ops=_OPS_10,
         native_int64=True,  # Changelog 9.0 EA: INT64 supported, no longer cast down
         dynamic_topk_k=True,
@@ -152,11 +157,9 @@ SUPPORT: dict[str, ParserSupport] = {
     ),
     "11": ParserSupport(
         version="11",
-        label="TensorRT 11.x",
         # operators.md 10.15: opset 9 - 24; TensorRT 11.5 release notes: "Added support for ONNX
         # opset 25", so 11.0 - 11.4 stop at 24.
         min_opset=9,
-        max_opset=24,
         ops=_OPS_11,
         native_int64=True,
         dynamic_topk_k=True,

@@ -32,8 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sacvit_deploy import __version__
-from sacvit_deploy.errors import CheckpointError, ConfigError
+from sacvit_deploy.core.errors import CheckpointError, ConfigError
+from sacvit_deploy.core.formats import AUTO, CHECKPOINT_FORMATS
+from sacvit_deploy.core.version import __version__
 from sacvit_deploy.model.config import FORMATS, VARIANTS, ModelConfig, make_config
 from sacvit_deploy.model.sacvit import DeiT, SACViT
 
@@ -209,7 +210,7 @@ def _shape_summary(sd: dict[str, Tensor]) -> str:
 
 def resolve_format(raw: RawCheckpoint, fmt: str) -> str:
     """Check the user's format flag against the file, or decide it for ``auto``."""
-    if fmt not in (*FORMATS, "auto"):
+    if fmt not in (*FORMATS, AUTO):
         raise CheckpointError(f"unknown checkpoint format {fmt!r}; use one of: auto, {', '.join(FORMATS)}")
     kind = _kind_of(raw.state_dict)
     p = raw.path
@@ -217,15 +218,14 @@ def resolve_format(raw: RawCheckpoint, fmt: str) -> str:
         raise CheckpointError(
             f"{p}: no DeiT / SAC-ViT weights inside (no cls_token/pos_embed keys); is this the right file?"
         )
-    if fmt == "auto":
+    if fmt == AUTO:
         if raw.config is not None:
             return "sacvit"
         if kind == "deit":
             return "deit"
-        if "flops" in raw.metadata:
-            return "lf-vit"
-        if "flop" in raw.metadata:
-            return "cf-vit"
+        for f in CHECKPOINT_FORMATS.values():
+            if f.detect_key is not None and f.detect_key in raw.metadata:
+                return f.name
         raise CheckpointError(
             f"{p}: an LF-ViT/CF-ViT-layout checkpoint, and the two cannot be told apart from the keys; "
             "pass --format lf-vit or --format cf-vit"

@@ -8,192 +8,33 @@ the exported graphs and the runtime need travels in :class:`ModelConfig`, prepro
 
 from __future__ import annotations
 
-import dataclasses
-import math
-from dataclasses import dataclass, field
 from typing import Any
 
-from sacvit_deploy.errors import ConfigError
+from sacvit_deploy.core.config import (
+    ATTENTIONS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    SELECTIONS,
+    ModelConfig,
+    PreprocessConfig,
+)
+from sacvit_deploy.core.errors import ConfigError
+from sacvit_deploy.core.formats import FORMAT_NAMES as FORMATS
+from sacvit_deploy.core.formats import stage2_preset
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-SELECTIONS = ("window", "topk")
-ATTENTIONS = ("global", "cluster")
-FORMATS = ("sacvit", "lf-vit", "cf-vit", "deit")
-
-
-@dataclass(frozen=True)
-class PreprocessConfig:
-    """DeiT evaluation preprocessing: resize the shorter side, center crop, normalise."""
-
-    input_size: int = 224
-    resize_size: int = 256
-    interpolation: str = "bicubic"
-    crop: str = "center"
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-
-    @classmethod
-    def for_resolution(cls, input_size: int) -> PreprocessConfig:
-        # DeiT's crop_pct of 0.875: 224 -> 256, 288 -> 329.
-        return cls(input_size=input_size, resize_size=int(input_size / 0.875))
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Everything that defines a SAC-ViT model (and its single-stage DeiT baseline)."""
-
-    variant: str = "deit_small_224"
-    img_size: int = 224
-    patch_size: int = 16
-    in_chans: int = 3
-    num_classes: int = 1000
-    embed_dim: int = 384
-    depth: int = 12
-    num_heads: int = 6
-    mlp_ratio: float = 4.0
-    qkv_bias: bool = True
-    norm_eps: float = 1e-6
-    # Stage-2 construction (see SPEC "Token clustering" and "Stage 2").
-    selection: str = "window"
-    attention: str = "cluster"
-    region_size: int = 5
-    target_ratio: float = 0.88
-    score_layers: tuple[int, ...] = (3, 4, 5, 6, 7, 8, 9, 10, 11)
-    ema_decay: float = 0.99
-    exit_threshold: float = 0.76
-    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
-    class_names: tuple[str, ...] | None = None
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    # ---- derived sizes -------------------------------------------------------------------------
-    @property
-    def fine_grid(self) -> int:
-        """Side of the full-resolution patch grid (14 for 224 px)."""
-        return self.img_size // self.patch_size
-
-    @property
-    def coarse_grid(self) -> int:
-        """S: side of the stage-1 patch grid (7 for 224 px)."""
-        return self.fine_grid // 2
-
-    @property
-    def stage1_size(self) -> int:
-        """Stage-1 input resolution in pixels (112 for 224 px)."""
-        return self.coarse_grid * self.patch_size
-
-    @property
-    def num_coarse(self) -> int:
-        return self.coarse_grid**2
-
-    @property
-    def num_fine(self) -> int:
-        return self.fine_grid**2
-
-    @property
-    def num_targets(self) -> int:
-        """k: coarse target tokens (22 for LF-ViT 7x7, 25 for CF-ViT 7x7)."""
-        pool = self.region_size**2 if self.selection == "window" else self.num_coarse
-        return math.ceil(self.target_ratio * pool - 1e-9)
-
-    @property
-    def num_fine_targets(self) -> int:
-        return 4 * self.num_targets
-
-    @property
-    def num_nontargets(self) -> int:
-        return self.num_coarse - self.num_targets
-
-    @property
-    def stage1_tokens(self) -> int:
-        return 1 + self.num_coarse
-
-    @property
-    def stage2_tokens(self) -> int:
-        """Stage-2 sequence length: cls + 4k fine targets + non-targets (116 for LF-ViT 7x7)."""
-        return 1 + self.num_fine_targets + self.num_nontargets
-
-    @property
-    def baseline_tokens(self) -> int:
-        return 1 + self.num_fine
-
-    @property
-    def head_dim(self) -> int:
-        return self.embed_dim // self.num_heads
-
-    # ---- validation and (de)serialisation -------------------------------------------------------
-    def validate(self) -> None:
-        def bad(msg: str) -> ConfigError:
-            return ConfigError(f"invalid model config ({self.variant}): {msg}")
-
-        if self.img_size % (2 * self.patch_size):
-            raise bad(f"img_size {self.img_size} must be a multiple of 2*patch_size ({2 * self.patch_size})")
-        if self.embed_dim % self.num_heads:
-            raise bad(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
-        if self.selection not in SELECTIONS:
-            raise bad(f"selection {self.selection!r} is not one of {', '.join(SELECTIONS)}")
-        if self.attention not in ATTENTIONS:
-            raise bad(f"attention {self.attention!r} is not one of {', '.join(ATTENTIONS)}")
-        if self.selection == "window" and not 1 <= self.region_size <= self.coarse_grid:
-            raise bad(f"region_size {self.region_size} must be in 1..{self.coarse_grid} (the stage-1 grid)")
-        if not 0.0 < self.target_ratio <= 1.0:
-            raise bad(f"target_ratio {self.target_ratio} must be in (0, 1]")
-        if not self.score_layers or any(not 0 <= i < self.depth for i in self.score_layers):
-            raise bad(
-                f"score_layers {self.score_layers} must be non-empty block indices below depth {self.depth}"
-            )
-        if list(self.score_layers) != sorted(set(self.score_layers)):
-            raise bad(f"score_layers {self.score_layers} must be strictly increasing")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise bad(f"ema_decay {self.ema_decay} must be in [0, 1)")
-        if self.num_classes < 1:
-            raise bad("num_classes must be at least 1")
-        if self.class_names is not None and len(self.class_names) != self.num_classes:
-            raise bad(f"{len(self.class_names)} class names for {self.num_classes} classes")
-        if self.preprocess.input_size != self.img_size:
-            raise bad(f"preprocess.input_size {self.preprocess.input_size} != img_size {self.img_size}")
-
-    def replace(self, **changes: Any) -> ModelConfig:
-        if "img_size" in changes and "preprocess" not in changes:
-            changes["preprocess"] = PreprocessConfig.for_resolution(changes["img_size"])
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["score_layers"] = list(self.score_layers)
-        d["preprocess"]["mean"] = list(self.preprocess.mean)
-        d["preprocess"]["std"] = list(self.preprocess.std)
-        d["class_names"] = list(self.class_names) if self.class_names is not None else None
-        return d
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        if not isinstance(data, dict):
-            raise ConfigError("model config must be a JSON object")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(
-                f"model config has unknown fields {unknown}; it was written by a newer sacvit-deploy"
-            )
-        d = dict(data)
-        try:
-            if "preprocess" in d:
-                pp = dict(d["preprocess"])
-                pp["mean"] = tuple(pp.get("mean", IMAGENET_MEAN))
-                pp["std"] = tuple(pp.get("std", IMAGENET_STD))
-                d["preprocess"] = PreprocessConfig(**pp)
-            if "score_layers" in d:
-                d["score_layers"] = tuple(int(i) for i in d["score_layers"])
-            if d.get("class_names") is not None:
-                d["class_names"] = tuple(str(c) for c in d["class_names"])
-            return cls(**d)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"malformed model config: {exc}") from None
-
+__all__ = [
+    "ATTENTIONS",
+    "FORMATS",
+    "FORMAT_PRESETS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "SELECTIONS",
+    "VARIANTS",
+    "ModelConfig",
+    "PreprocessConfig",
+    "make_config",
+    "tiny_config",
+]
 
 # ---- named variants -------------------------------------------------------------------------------
 _BACKBONES = {
@@ -209,15 +50,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     f"deit_{name}_{res}": {"img_size": res, **dims} for name, dims in _BACKBONES.items() for res in (224, 288)
 }
 
-# What each checkpoint format implies for stage 2. CF-ViT has no published default threshold; 0.5 is
-# the operating point its authors report (1.88 GFLOPs, 79.8% for DeiT-S 7x7).
-FORMAT_PRESETS: dict[str, dict[str, Any]] = {
-    "lf-vit": {"selection": "window", "attention": "global", "target_ratio": 0.88},
-    "cf-vit": {"selection": "topk", "attention": "global", "target_ratio": 0.5, "exit_threshold": 0.5},
-    "sacvit": {"selection": "window", "attention": "cluster", "target_ratio": 0.88},
-    # A timm DeiT checkpoint gets a fresh reuse block; SAC-ViT's defaults apply until trained.
-    "deit": {"selection": "window", "attention": "cluster", "target_ratio": 0.88},
-}
+# What each checkpoint format implies for stage 2 (the table is core.formats.CHECKPOINT_FORMATS).
+FORMAT_PRESETS: dict[str, dict[str, Any]] = {name: stage2_preset(name) for name in FORMATS}
 
 
 def make_config(variant: str = "deit_small_224", fmt: str = "sacvit", **overrides: Any) -> ModelConfig:

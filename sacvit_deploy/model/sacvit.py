@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sacvit_deploy.core.exit_rule import exit_mask
 from sacvit_deploy.model.config import ModelConfig
 from sacvit_deploy.model.layers import Block, Mlp, PatchEmbed, image_to_patches
 from sacvit_deploy.model.selection import TokenSelector, fine_index_table
@@ -193,7 +194,7 @@ class SACViT(_Backbone):
         th = self.cfg.exit_threshold if threshold is None else float(threshold)
         s1 = self.forward_stage1(image)
         logits2 = self.forward_stage2(image, s1.target_index, s1.nontarget_tokens, s1.target_features)
-        exited = s1.confidence >= th
+        exited = exit_mask(s1.confidence, th)
         logits = torch.where(exited.unsqueeze(1), s1.logits, logits2)
         stage = 2 - exited.long()
         return EarlyExitOutput(logits, stage, s1.confidence)

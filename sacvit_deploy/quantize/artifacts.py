@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from sacvit_deploy.errors import SacvitError
-from sacvit_deploy.export import publish
-from sacvit_deploy.export.manifest import ArtifactFile, Manifest, sha256_file
+from sacvit_deploy.core import publish
+from sacvit_deploy.core.errors import SacvitError
+from sacvit_deploy.core.manifest import ArtifactFile, Manifest, sha256_file
 from sacvit_deploy.quantize.qdq import (
     METHODS,
     PER_CHANNEL_AXIS,
@@ -166,7 +166,7 @@ def quantize_artifacts(
     """Quantize every graph of ``float_dir`` into ``out``; ``verify(staging, manifest)`` may raise to abort."""
     import onnx
 
-    from sacvit_deploy.export.onnx_files import external_data_files
+    from sacvit_deploy.core.onnx_files import external_data_files
 
     start = time.perf_counter()
     options.validate()
@@ -260,7 +260,7 @@ def quantize_artifacts(
             source_format=manifest.source_format,
             exit_threshold=manifest.exit_threshold,
             graphs=graphs,
-            exporter=dict(manifest.exporter),
+            exporter=manifest.exporter,
             source={**manifest.source, "float_export": str(float_dir)},
         )
         int8.quantization = {

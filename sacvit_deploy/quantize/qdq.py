@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from sacvit_deploy.errors import SacvitError
+from sacvit_deploy.core.errors import SacvitError
 
 QUANTIZABLE_OPS = ("MatMul", "Gemm", "Conv")
 METHODS = ("minmax", "entropy", "percentile")

@@ -1,6 +1,6 @@
 """The Python API: ``Pipeline.from_artifacts("export/").predict(images)``.
 
-    from sacvit_deploy import Pipeline
+    from sacvit_deploy import Pipeline  # or: from sacvit_deploy.runtime.api import Pipeline
 
     with Pipeline.from_artifacts("export/", backend="onnxruntime") as pipe:
         for p in pipe.predict(["cat.jpg", pil_image, numpy_array], topk=3):

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from sacvit_deploy.errors import ConfigError, SacvitError
+from sacvit_deploy.core.errors import ConfigError, SacvitError
 from sacvit_deploy.model.config import PreprocessConfig
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})

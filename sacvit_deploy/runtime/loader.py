@@ -8,7 +8,7 @@ from typing import Any
 
 from sacvit_deploy.backends.base import Runner
 from sacvit_deploy.backends.factory import BackendChoice, choose_backend, make_runner
-from sacvit_deploy.export.manifest import MANIFEST_NAME, Manifest
+from sacvit_deploy.core.manifest import MANIFEST_NAME, Manifest
 from sacvit_deploy.runtime.pipeline import EarlyExitPipeline
 
 DEFAULT_EXPORT_DIR = Path("export")

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from sacvit_deploy.backends.base import Runner
-from sacvit_deploy.errors import SacvitError
+from sacvit_deploy.core.errors import SacvitError
+from sacvit_deploy.core.exit_rule import ExitRule
 from sacvit_deploy.model.sacvit import STAGE2_INPUTS
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -113,9 +114,7 @@ class EarlyExitPipeline:
         t2 = _now(timing, device)
 
         if n_hard:
-            feed = {"image": take_rows(images, hard)}
-            for name in STAGE2_INPUTS[1:]:
-                feed[name] = take_rows(out1[name], hard)
+            feed = stage2_feed(images, out1, hard)
             t3 = _now(timing, device)
             logits2 = run_batched(self.stage2, feed, n_hard, self.buckets)["logits"]
             t4 = _now(timing, device)
@@ -143,10 +142,29 @@ class EarlyExitPipeline:
 
 def _hard_indices(confidence: torch.Tensor, threshold: float) -> torch.Tensor:
     """Indices of the samples that do NOT exit (confidence < threshold), int64 on the confidence's device."""
+    rule = ExitRule(threshold)
     if confidence.device.type == "cpu":
         # numpy compares a float32 array with a Python float in float32, as torch does.
-        return torch.from_numpy(np.flatnonzero(confidence.numpy() < threshold))
-    return torch.nonzero(confidence < threshold).flatten()
+        return torch.from_numpy(rule.hard_indices(confidence.numpy()))
+    return rule.hard_indices(confidence)
+
+
+def stage2_feed(
+    images: torch.Tensor, out1: dict[str, torch.Tensor], hard: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Stage 2's inputs for the hard samples: their images and stage-1 outputs, compacted."""
+    feed = {"image": take_rows(images, hard)}
+    for name in STAGE2_INPUTS[1:]:
+        feed[name] = take_rows(out1[name], hard)
+    return feed
+
+
+def hard_samples(
+    images: torch.Tensor, out1: dict[str, torch.Tensor], threshold: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The samples that do not exit under ``threshold`` and stage 2's compacted feed for them."""
+    hard = _hard_indices(out1["confidence"], threshold)
+    return hard, stage2_feed(images, out1, hard)
 
 
 def take_rows(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

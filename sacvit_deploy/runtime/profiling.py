@@ -37,12 +37,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from sacvit_deploy import __version__
 from sacvit_deploy.backends.base import Runner
-from sacvit_deploy.errors import SacvitError
+from sacvit_deploy.core.errors import SacvitError
+from sacvit_deploy.core.exit_rule import exit_mask
+from sacvit_deploy.core.version import __version__
 from sacvit_deploy.model.flops import FlopsReport
-from sacvit_deploy.model.sacvit import STAGE2_INPUTS
-from sacvit_deploy.runtime.pipeline import EarlyExitPipeline, run_any_batch, run_batched
+from sacvit_deploy.runtime.pipeline import EarlyExitPipeline, hard_samples, run_any_batch, run_batched
 
 SCHEMA = "sacvit-deploy/profile"
 SCHEMA_VERSION = 1
@@ -212,11 +212,7 @@ class _Prepared:
 
 def _prepare(pipe: EarlyExitPipeline, x: torch.Tensor, threshold: float) -> _Prepared:
     out1 = run_any_batch(pipe.stage1, {"image": x})
-    hard = torch.nonzero(out1["confidence"] < threshold).flatten()
-    images = x.to(pipe.device)
-    feed = {"image": images.index_select(0, hard.to(images.device))}
-    for name in STAGE2_INPUTS[1:]:
-        feed[name] = out1[name].index_select(0, hard.to(out1[name].device))
+    hard, feed = hard_samples(x.to(pipe.device), out1, threshold)
     return _Prepared(x, int(hard.numel()), feed)
 
 
@@ -632,7 +628,7 @@ def run_profile(
         split = threshold_for_exit_rate(confidence, settings.exit_rate)
     else:
         th = pipe.threshold if settings.threshold is None else float(settings.threshold)
-        split = ExitSplit(th, int((confidence >= th).sum()), int(confidence.numel()), None)
+        split = ExitSplit(th, int(exit_mask(confidence, th).sum()), int(confidence.numel()), None)
     results = []
     for batch in settings.batch_sizes:
         log(f"batch {batch}: {settings.warmup} warm-up + {settings.iters} timed rounds ...")

@@ -18,7 +18,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from sacvit_deploy.errors import SacvitError
+from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.model.config import PreprocessConfig
 from sacvit_deploy.runtime.images import IMAGE_EXTENSIONS, load_image, preprocess
 

@@ -28,7 +28,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor
 
-from sacvit_deploy.errors import SacvitError
+from sacvit_deploy.core.errors import SacvitError
+from sacvit_deploy.core.exit_rule import exit_mask
+from sacvit_deploy.core.formats import INIT_FORMATS, TRAIN_FORMATS
 from sacvit_deploy.model.checkpoint import FORMAT_TAG, load_checkpoint, save_checkpoint
 from sacvit_deploy.model.config import FORMAT_PRESETS, ModelConfig, make_config
 from sacvit_deploy.model.sacvit import SACViT
@@ -41,8 +43,6 @@ from sacvit_deploy.training.data import (
 )
 
 DEFAULT_VARIANT = "deit_small_224"
-TRAIN_FORMATS = ("sacvit", "lf-vit", "cf-vit")
-INIT_FORMATS = ("deit", "lf-vit", "cf-vit", "sacvit")
 # LF-ViT switches token selection on at epoch 230 of 300.
 SELECTION_WARMUP_FRACTION = 230 / 300
 
@@ -97,7 +97,7 @@ class EvalResult:
     confidence: Tensor
 
     def metrics(self, threshold: float) -> dict[str, float]:
-        exited = self.confidence >= threshold
+        exited = exit_mask(self.confidence, threshold)
         ok1, ok2 = self.pred1 == self.labels, self.pred2 == self.labels
         combined = torch.where(exited, ok1, ok2)
 

@@ -31,6 +31,13 @@ IMAGE = "image"
 STAGE1_NEEDED = ("logits", "confidence")
 
 
+def goes_to_stage2(confidence, thresholds):
+    """The exit rule, copied: a sample exits when ``confidence >= threshold``, so it goes on when
+    ``confidence < threshold`` (numpy arrays or torch tensors). This file runs inside Triton without
+    sacvit_deploy, so it cannot import ``sacvit_deploy.core.exit_rule``; tests hold the two equal."""
+    return confidence < thresholds
+
+
 class StageError(Exception):
     """A stage model answered with an error; every request of the execute() call gets it."""
 
@@ -58,7 +65,7 @@ class NumpyTensors:
         return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
     def hard_samples(self, confidence, thresholds):
-        return np.flatnonzero(confidence < thresholds)
+        return np.flatnonzero(goes_to_stage2(confidence, thresholds))
 
     def per_sample(self, values, counts, like):
         return np.repeat(np.asarray(values, dtype=like.dtype), counts)
@@ -99,7 +106,7 @@ class TorchTensors:
         return arrays[0] if len(arrays) == 1 else self.torch.cat(arrays)
 
     def hard_samples(self, confidence, thresholds):
-        return self.torch.nonzero(confidence < thresholds).flatten()
+        return self.torch.nonzero(goes_to_stage2(confidence, thresholds)).flatten()
 
     def per_sample(self, values, counts, like):
         t = self.torch.tensor(values, dtype=like.dtype, device=like.device)

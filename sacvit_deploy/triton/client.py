@@ -24,8 +24,8 @@ from urllib.parse import urlsplit
 import numpy as np
 import torch
 
-from sacvit_deploy.errors import ConfigError, SacvitError
-from sacvit_deploy.export.manifest import Manifest
+from sacvit_deploy.core.errors import ConfigError, SacvitError
+from sacvit_deploy.core.manifest import Manifest
 from sacvit_deploy.model.config import ModelConfig
 from sacvit_deploy.runtime.pipeline import PipelineOutput
 from sacvit_deploy.triton import config as tc
@@ -328,7 +328,7 @@ def open_triton(
 
 def local_manifest(folder: Path, served: ServedModel) -> Manifest:
     """A local export/engines folder, or the repository, that must hold the graphs the server runs."""
-    from sacvit_deploy.triton.repository import INDEX_NAME, MODEL_JSON, RepositoryIndex
+    from sacvit_deploy.triton.index import INDEX_NAME, MODEL_JSON, RepositoryIndex
 
     if (folder / INDEX_NAME).is_file():
         index = RepositoryIndex.load(folder)

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sacvit_deploy.export.manifest import ArtifactFile, TensorSpec
+from sacvit_deploy.core.manifest import ArtifactFile, TensorSpec
 
 CONFIG_NAME = "config.pbtxt"
 VERSION = "1"

@@ -17,7 +17,7 @@ Layout (``--name sacvit``)::
 
 Graph and engine files are copied, never linked (the repository is mounted into a container), after
 their sha256 is checked against the manifest; the copy is hashed as it is written. Everything is
-staged and published the way ``export`` publishes (:mod:`sacvit_deploy.export.publish`), the index
+staged and published the way ``export`` publishes (:mod:`sacvit_deploy.core.publish`), the index
 file last.
 """
 
@@ -27,8 +27,6 @@ import datetime as _dt
 import hashlib
 import json
 import math
-import os
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,26 +34,24 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from sacvit_deploy import __version__
-from sacvit_deploy.errors import SacvitError
-from sacvit_deploy.export import publish
-from sacvit_deploy.export.manifest import ArtifactFile, Manifest
+from sacvit_deploy.core import publish
+from sacvit_deploy.core.manifest import ArtifactFile, Manifest
+from sacvit_deploy.core.version import __version__
 from sacvit_deploy.runtime.labels import default_class_names
 from sacvit_deploy.triton import config as tc
+from sacvit_deploy.triton.index import (
+    _MODEL_NAME,
+    CLIENT_SCHEMA,
+    INDEX_NAME,
+    MODEL_JSON,
+    MODEL_SCHEMA,
+    SCHEMA_VERSION,
+    RepositoryError,
+    RepositoryIndex,
+)
 
-INDEX_NAME = "sacvit_triton.json"
-INDEX_SCHEMA = "sacvit-deploy/triton-repository"
-MODEL_SCHEMA = "sacvit-deploy/triton-model"
-CLIENT_SCHEMA = "sacvit-deploy/triton-client"
-SCHEMA_VERSION = 1
-MODEL_JSON = "sacvit_deploy.json"  # the name bls_model.py reads
 BACKENDS = ("onnxruntime", "tensorrt")
 DEFAULT_MAX_BATCH = 32
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,100}$")
-
-
-class RepositoryError(SacvitError):
-    """A Triton repository that cannot be written or does not check out."""
 
 
 @dataclass(frozen=True)
@@ -96,78 +92,6 @@ class RepositoryOptions:
             raise RepositoryError(
                 f"--threshold {self.threshold}: must be a number >= 0 (0: everything exits, above 1: nothing)"
             )
-
-
-@dataclass
-class RepositoryIndex:
-    """``sacvit_triton.json``: what a run wrote, for re-runs (replace only this) and ``--check``."""
-
-    name: str
-    backend: str
-    models: dict[str, str]  # role (bls, stage1, stage2) -> model folder
-    files: dict[str, str]  # path relative to the repository -> sha256
-    source: dict[str, Any] = field(default_factory=dict)
-    options: dict[str, Any] = field(default_factory=dict)
-    created: str = ""
-    package_version: str = __version__
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "schema": INDEX_SCHEMA,
-            "schema_version": SCHEMA_VERSION,
-            "created": self.created,
-            "package_version": self.package_version,
-            "name": self.name,
-            "backend": self.backend,
-            "models": self.models,
-            "files": self.files,
-            "source": self.source,
-            "options": self.options,
-        }
-
-    def save(self, folder: Path) -> Path:
-        path = Path(folder) / INDEX_NAME
-        tmp = Path(folder) / f".{INDEX_NAME}.partial"
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        os.replace(tmp, path)
-        return path
-
-    @classmethod
-    def load(cls, folder: str | Path) -> RepositoryIndex:
-        path = Path(folder) / INDEX_NAME
-        if not path.is_file():
-            raise RepositoryError(
-                f"{folder}: no {INDEX_NAME}; not a repository written by `sacvit-deploy triton` (write one with it)"
-            )
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-            if d.get("schema") != INDEX_SCHEMA:
-                raise ValueError(f"schema {d.get('schema')!r}")
-            if int(d.get("schema_version", 0)) > SCHEMA_VERSION:
-                raise RepositoryError(f"{path}: written by a newer sacvit-deploy; upgrade sacvit-deploy")
-            index = cls(
-                name=str(d["name"]),
-                backend=str(d["backend"]),
-                models={str(k): str(v) for k, v in d["models"].items()},
-                files={str(k): str(v) for k, v in d["files"].items()},
-                source=dict(d.get("source") or {}),
-                options=dict(d.get("options") or {}),
-                created=str(d.get("created", "")),
-                package_version=str(d.get("package_version", "")),
-            )
-        except RepositoryError:
-            raise
-        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
-            raise RepositoryError(
-                f"{path}: malformed ({exc}); re-run `sacvit-deploy triton` to rewrite the repository"
-            ) from None
-        for model in index.models.values():
-            if not _MODEL_NAME.match(model):
-                raise RepositoryError(f"{path}: model name {model!r} is not a plain folder name")
-        return index
-
-    def owned(self) -> set[str]:
-        return {INDEX_NAME, *self.models.values()}
 
 
 @dataclass
@@ -356,7 +280,7 @@ def write_repository(
     }
     if options.backend == "tensorrt":
         source["tensorrt"] = {
-            k: (manifest.tensorrt or {}).get(k) for k in ("version", "gpu", "compute_capability")
+            k: getattr(manifest.tensorrt, k, None) for k in ("version", "gpu", "compute_capability")
         }
     placement = tc.Placement(options.kind, options.instances, tuple(options.gpus))
     previous = publish.prepare_output_folder(out, RepositoryError, "triton", owned=_owned)

@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sacvit_deploy.errors import ConfigError, SacvitError
-from sacvit_deploy.export.manifest import TensorSpec, sha256_file
+from sacvit_deploy.core.errors import ConfigError, SacvitError
+from sacvit_deploy.core.manifest import TensorSpec, sha256_file
 from sacvit_deploy.model.config import ModelConfig
 from sacvit_deploy.triton import config as tc
-from sacvit_deploy.triton.repository import (
+from sacvit_deploy.triton.index import (
     CLIENT_SCHEMA,
     MODEL_JSON,
     MODEL_SCHEMA,

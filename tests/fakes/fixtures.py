@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from sacvit_deploy.backends import gpu as gpu_module
 from sacvit_deploy.engine import build as build_module
-from sacvit_deploy.engine import gpu as gpu_module
 from sacvit_deploy.engine.build import BuildOptions, BuildResult, build_engines
 from sacvit_deploy.export.onnx_export import ExportOptions, export_artifacts
 from tests.conftest import make_tiny

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sacvit_deploy.backends.base import BackendError
+from sacvit_deploy.core.trt_families import family_of, max_opset
 
 MIN_SUPPORTED = (8, 5)
 INSTALL_HINT = (
@@ -98,19 +99,10 @@ class TrtVersion:
 
     def has_native_layernorm(self) -> bool:
         """The ONNX parser reads LayerNormalization from 8.6 (export with --target-trt 8.5 below)."""
-        return self.at_least(8, 6)
+        return family_of(self.major, self.minor).native_layernorm
 
     def max_onnx_opset(self) -> int:
-        from sacvit_deploy.export.trt_support import support
-
-        if self.major == 10 and self.minor >= 15:
-            return 24  # 10.15 raised the parser's limit; the "10" family row is 10.0's
-        family = (
-            "8.5"
-            if self.major < 10 and self.minor < 6
-            else ("8.6" if self.major < 10 else str(min(self.major, 11)))
-        )
-        return support(family).max_opset
+        return max_opset(self.major, self.minor)
 
     # ---- portability -------------------------------------------------------------------------------
     def has_version_compatible(self) -> bool:

@@ -34,7 +34,8 @@ import numpy as np
 import torch
 
 from sacvit_deploy.backends.base import Runner
-from sacvit_deploy.errors import SacvitError
+from sacvit_deploy.core.errors import SacvitError
+from sacvit_deploy.core.exit_rule import exit_mask
 from sacvit_deploy.model.flops import FlopsReport
 from sacvit_deploy.model.sacvit import STAGE2_INPUTS
 from sacvit_deploy.runtime.images import IMAGE_EXTENSIONS, _scan_folder
@@ -220,7 +221,7 @@ def evaluate(pred: Predictions, flops: FlopsReport, thresholds: Iterable[float])
     """One curve point per threshold (sorted, duplicates dropped)."""
     ths = sorted(set(float(t) for t in thresholds))
     t = torch.tensor(ths, dtype=torch.float32)[:, None]  # float32, like the pipeline's comparison
-    exits = pred.confidence[None, :] >= t  # (T, N)
+    exits = exit_mask(pred.confidence[None, :], t)  # (T, N)
     right1 = (pred.pred1 == pred.labels)[None, :]
     right2 = (pred.pred2 == pred.labels)[None, :]
     n_exit = exits.sum(1).tolist()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sacvit_deploy.export.manifest import ArtifactError, safe_child
+from sacvit_deploy.core.manifest import ArtifactError, safe_child
 
 
 def external_data_files(path: Path) -> set[str]:

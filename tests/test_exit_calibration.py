@@ -13,11 +13,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from sacvit_deploy.cli import app
-from sacvit_deploy.errors import SacvitError
-from sacvit_deploy.export.manifest import Manifest
+from sacvit_deploy.core.errors import SacvitError
+from sacvit_deploy.core.manifest import Manifest
 from sacvit_deploy.export.onnx_export import ExportOptions, export_artifacts
 from sacvit_deploy.model.flops import FlopsReport
-from sacvit_deploy.runtime.calibration import (
+from sacvit_deploy.runtime.exit_calibration import (
     Predictions,
     Target,
     UnreachableTarget,
@@ -263,8 +263,9 @@ def test_calibrate_write_updates_the_manifest(workdir, tmp_path):
     assert "mapped by sorted order" in result.output
     after = Manifest.load(workdir / "export")
     after.verify(workdir / "export", "graphs")  # still loads and verifies
-    rec = after.calibration
-    assert rec is not None and after.exit_threshold == rec["threshold"] != before.exit_threshold
+    assert after.calibration is not None
+    rec = after.calibration.to_dict()
+    assert after.exit_threshold == rec["threshold"] != before.exit_threshold
     assert rec["target"] == {"kind": "exit_rate", "value": 0.5} and rec["exit_rate"] >= 0.5
     assert rec["images"] == 12 and rec["previous_threshold"] == before.exit_threshold
     assert rec["label_mapping"] == "sorted" and rec["unreadable_images"] == 1

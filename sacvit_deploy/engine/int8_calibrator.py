@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from sacvit_deploy.errors import SacvitError
+from sacvit_deploy.core.errors import SacvitError
 
 DEFAULT_PARITY_IMAGES = 32
 CALIBRATION_SUFFIX = ".calib"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from sacvit_deploy.export.manifest import TensorSpec
+from sacvit_deploy.core.manifest import TensorSpec
 from sacvit_deploy.model.config import ModelConfig
 from sacvit_deploy.model.sacvit import STAGE1_OUTPUTS, STAGE2_INPUTS, STAGE2_OUTPUTS, DeiT, SACViT
 

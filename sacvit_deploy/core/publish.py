@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
-from sacvit_deploy.errors import SacvitError
-from sacvit_deploy.export.manifest import MANIFEST_NAME, Manifest
+from sacvit_deploy.core.errors import SacvitError
+from sacvit_deploy.core.manifest import MANIFEST_NAME, Manifest
 
 STAGING_PREFIX = ".staging-"
 

@@ -1,0 +1,621 @@
+"""The artifact manifest: one versioned JSON file beside the graphs or engines it describes.
+
+``export/manifest.json`` lists the ONNX graphs; ``engines/manifest.json`` (written by
+``build-engine``) lists the TensorRT engines. Either folder holds everything ``infer``, ``profile``
+and ``build-engine`` need: model config, preprocessing, exit threshold, class names, and for every
+file its name, sha256 and tensor specs.
+
+Artifacts are untrusted: file entries must be bare names inside the manifest's folder (no ``/``,
+no ``..``, no links out), and every file is checked against its sha256 before use.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from sacvit_deploy.core.config import ModelConfig
+from sacvit_deploy.core.errors import ConfigError, SacvitError
+from sacvit_deploy.core.formats import FORMAT_NAMES
+from sacvit_deploy.core.trt_families import TRT_FAMILY_NAMES
+from sacvit_deploy.core.version import __version__
+
+MANIFEST_NAME = "manifest.json"
+SCHEMA = "sacvit-deploy/manifest"
+SCHEMA_VERSION = 1
+GRAPH_ROLES = ("stage1", "stage2", "baseline")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
+DTYPES = ("float32", "float16", "int32", "int64", "bool", "uint8")
+
+
+class ArtifactError(SacvitError):
+    """A missing, malformed or tampered artifact."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output: name, dtype, shape (ints, or a string for a symbolic dimension)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TensorSpec:
+        d = _obj(d, "tensor spec")
+        name = _get(d, "name", str, "tensor spec")
+        dtype = _get(d, "dtype", str, f"tensor {name!r}")
+        if dtype not in DTYPES:
+            raise ValueError(f"tensor {name!r}: dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+        shape = _get(d, "shape", list, f"tensor {name!r}")
+        if len(shape) > 8 or not all(
+            (isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= 1 << 31)
+            or (isinstance(x, str) and x)
+            for x in shape
+        ):
+            raise ValueError(f"tensor {name!r}: shape {shape!r} must be sizes >= 0 or dimension names")
+        return cls(name, dtype, tuple(shape))
+
+    @property
+    def is_dynamic(self) -> bool:
+        return any(isinstance(s, str) for s in self.shape)
+
+
+@dataclass
+class ArtifactFile:
+    """A graph or engine file in the manifest's folder."""
+
+    file: str
+    sha256: str
+    size: int
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    external_data: str | None = None  # ONNX weights file beside a graph over protobuf's 2 GB limit
+    external_sha256: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)  # precision, profiles, TensorRT version ...
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "file": self.file,
+            "sha256": self.sha256,
+            "size": self.size,
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+        }
+        if self.external_data:
+            d["external_data"] = self.external_data
+            d["external_sha256"] = self.external_sha256
+        if self.info:
+            d["info"] = self.info
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ArtifactFile:
+        d = _obj(d, "file entry")
+        name = check_file_name(d.get("file"))
+        external = d.get("external_data")
+        entry = cls(
+            file=name,
+            sha256=_sha(d.get("sha256"), name),
+            size=_get(d, "size", int, name),
+            inputs=[TensorSpec.from_dict(t) for t in _get(d, "inputs", list, name)],
+            outputs=[TensorSpec.from_dict(t) for t in _get(d, "outputs", list, name)],
+            external_data=check_file_name(external) if external is not None else None,
+            external_sha256=_sha(d.get("external_sha256"), f"{name} external data")
+            if external is not None
+            else None,
+            info=_get(d, "info", dict, name, required=False) or {},
+        )
+        if entry.size < 0:
+            raise ValueError(f"{name}: size {entry.size} must be >= 0")
+        for specs in (entry.inputs, entry.outputs):
+            names = [t.name for t in specs]
+            if len(set(names)) != len(names):
+                raise ValueError(f"{name}: tensor names repeat ({names})")
+        return entry
+
+    def input(self, name: str) -> TensorSpec:
+        for t in self.inputs:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+
+@dataclass
+class Verification:
+    """What export verification found (export/manifest.json): checker results and parity rows."""
+
+    passed: bool
+    checker: dict[str, str] = field(default_factory=dict)  # role -> "ok"
+    atol: float = 0.0
+    rtol: float = 0.0
+    rows: list[dict[str, Any]] = field(default_factory=list)  # core.compare.ParityRow.to_dict()
+    tensorrt: dict[str, Any] = field(default_factory=dict)  # family -> role -> parser-check verdict
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Verification:
+        d = _obj(d, "verification")
+        return cls(
+            passed=_get(d, "passed", bool, "verification"),
+            checker=_get(d, "checker", dict, "verification", required=False) or {},
+            atol=_num(d, "atol", "verification", default=0.0),
+            rtol=_num(d, "rtol", "verification", default=0.0),
+            rows=[
+                _obj(r, "verification row")
+                for r in _get(d, "rows", list, "verification", required=False) or []
+            ],
+            tensorrt=_get(d, "tensorrt", dict, "verification", required=False) or {},
+        )
+
+
+@dataclass
+class ExitCalibration:
+    """How ``exit_threshold`` was chosen by ``sacvit-deploy calibrate --write``."""
+
+    threshold: float
+    target: dict[str, Any]  # {"kind": accuracy | gflops | exit_rate, "value": number}
+    accuracy: float
+    exit_rate: float
+    gflops_per_image: float
+    images: int
+    details: dict[str, Any] = field(default_factory=dict)  # rule, per-stage accuracies, folder, backend ...
+
+    _KEYS = ("threshold", "target", "accuracy", "exit_rate", "gflops_per_image", "images")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.details, **{k: getattr(self, k) for k in self._KEYS}}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> ExitCalibration:
+        d = _obj(d, "calibration")
+        where = "calibration"
+        target = _obj(d.get("target"), "calibration.target")
+        if target.get("kind") not in ("accuracy", "gflops", "exit_rate") or not _finite(target.get("value")):
+            raise ValueError(f"calibration.target {target!r}: kind accuracy|gflops|exit_rate and a number")
+        record = cls(
+            threshold=_num(d, "threshold", where),
+            target=target,
+            accuracy=_num(d, "accuracy", where),
+            exit_rate=_num(d, "exit_rate", where),
+            gflops_per_image=_num(d, "gflops_per_image", where),
+            images=_get(d, "images", int, where),
+            details={k: v for k, v in d.items() if k not in cls._KEYS},
+        )
+        if not (0 <= record.accuracy <= 1 and 0 <= record.exit_rate <= 1 and record.images >= 0):
+            raise ValueError("calibration: accuracy and exit_rate must be in [0, 1], images >= 0")
+        return record
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> ExitCalibration:
+        return cls.from_dict(record)
+
+
+@dataclass
+class TensorRTInfo:
+    """How the engines of engines/manifest.json were built: what the runtime checks before loading
+    them (version, GPU, compatibility), what the build recorded (``build``: flags, profiles,
+    workspace ...), the INT8 calibration caches and the parity report."""
+
+    version: str
+    precision: str
+    gpu: str | None = None
+    compute_capability: str | None = None
+    version_compatible: bool = False
+    hardware_compat: str | None = None
+    dla_core: int | None = None
+    calibration: dict[str, Any] | None = None  # INT8: {"caches": {role: {"file", "sha256", ...}}, ...}
+    parity: dict[str, Any] | None = None
+    build: dict[str, Any] = field(default_factory=dict)
+
+    _TYPED: ClassVar[dict[str, tuple[type, bool]]] = {
+        "version": (str, True),
+        "precision": (str, True),
+        "gpu": (str, False),
+        "compute_capability": (str, False),
+        "version_compatible": (bool, False),
+        "hardware_compat": (str, False),
+        "dla_core": (int, False),
+        "calibration": (dict, False),
+        "parity": (dict, False),
+    }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.build, **{k: getattr(self, k) for k in self._TYPED}}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> TensorRTInfo:
+        d = _obj(d, "tensorrt")
+        typed: dict[str, Any] = {}
+        for key, (kind, required) in cls._TYPED.items():
+            value = _get(d, key, kind, "tensorrt", required=required)
+            if value is not None or key in d:
+                typed[key] = value if value is not None else (False if kind is bool else None)
+        if typed.get("dla_core") is not None and typed["dla_core"] < 0:
+            raise ValueError(f"tensorrt.dla_core {typed['dla_core']} must be >= 0")
+        return cls(**typed, build={k: v for k, v in d.items() if k not in cls._TYPED})
+
+    def calibration_cache(self, role: str) -> dict[str, Any]:
+        """The INT8 calibration cache entry recorded for a role ({} when none)."""
+        caches = (self.calibration or {}).get("caches")
+        entry = caches.get(role) if isinstance(caches, dict) else None
+        return entry if isinstance(entry, dict) else {}
+
+
+@dataclass
+class ExporterInfo:
+    """How the graphs were exported: what build-engine checks against the installed TensorRT."""
+
+    opset: int
+    target_trt: str
+    layernorm: str  # native | decomposed
+    details: dict[str, Any] = field(default_factory=dict)  # batch, torch version, seconds ...
+
+    _KEYS = ("opset", "target_trt", "layernorm")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.details, **{k: getattr(self, k) for k in self._KEYS}}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> ExporterInfo:
+        d = _obj(d, "exporter")
+        info = cls(
+            opset=_get(d, "opset", int, "exporter"),
+            target_trt=_get(d, "target_trt", str, "exporter"),
+            layernorm=_get(d, "layernorm", str, "exporter"),
+            details={k: v for k, v in d.items() if k not in cls._KEYS},
+        )
+        if info.target_trt not in TRT_FAMILY_NAMES:
+            raise ValueError(f"exporter.target_trt {info.target_trt!r}: one of {', '.join(TRT_FAMILY_NAMES)}")
+        if info.layernorm not in ("native", "decomposed"):
+            raise ValueError(f"exporter.layernorm {info.layernorm!r}: native or decomposed")
+        if not 7 <= info.opset <= 30:
+            raise ValueError(f"exporter.opset {info.opset} is not an ONNX opset")
+        return info
+
+
+@dataclass
+class Manifest:
+    model: ModelConfig
+    source_format: str
+    exit_threshold: float
+    graphs: dict[str, ArtifactFile] = field(default_factory=dict)
+    engines: dict[str, ArtifactFile] = field(default_factory=dict)
+    weights: ArtifactFile | None = None  # model.safetensors, for the torch backend
+    exporter: ExporterInfo | None = None
+    tensorrt: TensorRTInfo | None = None
+    verification: Verification | None = None
+    # Written by `sacvit-deploy calibrate --write`: how exit_threshold was chosen. Optional:
+    # manifests without it (older ones) load as None.
+    calibration: ExitCalibration | None = None
+    # Written by `sacvit-deploy quantize` (sacvit_deploy/quantize/artifacts.py): precision, format,
+    # method, calibration set, quantized ops, verification. Optional: float manifests have none.
+    quantization: dict[str, Any] | None = None
+    source: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+    package_version: str = __version__
+
+    # ---- convenience ---------------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return self.model.num_classes
+
+    @property
+    def class_names(self) -> tuple[str, ...] | None:
+        return self.model.class_names
+
+    @property
+    def preprocess(self):  # -> PreprocessConfig
+        return self.model.preprocess
+
+    # ---- (de)serialisation ---------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = {
+            "schema": SCHEMA,
+            "schema_version": SCHEMA_VERSION,
+            "created": self.created or _now(),
+            "package_version": self.package_version,
+            "source_format": self.source_format,
+            "source": self.source,
+            "exit_threshold": self.exit_threshold,
+            "num_classes": self.model.num_classes,
+            "model": self.model.to_dict(),
+            "exporter": self.exporter.to_dict() if self.exporter else {},
+            "graphs": {k: v.to_dict() for k, v in self.graphs.items()},
+            "engines": {k: v.to_dict() for k, v in self.engines.items()},
+            "weights": self.weights.to_dict() if self.weights else None,
+            "tensorrt": self.tensorrt.to_dict() if self.tensorrt else None,
+            "verification": self.verification.to_dict() if self.verification else None,
+            "calibration": self.calibration.to_dict() if self.calibration else None,
+        }
+        if self.quantization is not None:  # only int8 (Q/DQ) folders carry the section
+            d["quantization"] = self.quantization
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "manifest") -> Manifest:
+        """Validate every field (types, ranges, finite numbers, names, enum values) before use."""
+        if not isinstance(d, dict) or d.get("schema") != SCHEMA:
+            raise ArtifactError(f"{where}: not a sacvit-deploy manifest; re-run `sacvit-deploy export`")
+        version = d.get("schema_version")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise ArtifactError(
+                f"{where}: schema_version {_short(version)} is not a schema version (an integer from 1); "
+                "the file is damaged or not written by sacvit-deploy: re-run `sacvit-deploy export`"
+            )
+        if version > SCHEMA_VERSION:
+            raise ArtifactError(
+                f"{where}: manifest schema_version {version} is newer than the {SCHEMA_VERSION} this "
+                "sacvit-deploy reads; upgrade sacvit-deploy"
+            )
+        try:
+            model = ModelConfig.from_dict(d["model"])
+            fmt = _get(d, "source_format", str, "manifest")
+            if fmt not in FORMAT_NAMES:
+                raise ValueError(f"source_format {fmt!r} is not one of {', '.join(FORMAT_NAMES)}")
+            threshold = d.get("exit_threshold")
+            if not _finite(threshold) or threshold < 0:
+                raise ValueError(
+                    f"exit_threshold {_short(threshold)} must be a finite number >= 0 "
+                    "(0: everything exits, above 1: nothing does)"
+                )
+            num_classes = d.get("num_classes", model.num_classes)
+            if num_classes != model.num_classes or isinstance(num_classes, bool):
+                raise ValueError(
+                    f"num_classes {_short(num_classes)} disagrees with the model config's {model.num_classes}"
+                )
+            m = cls(
+                model=model,
+                source_format=fmt,
+                exit_threshold=float(threshold),
+                graphs=_entries(d, "graphs"),
+                engines=_entries(d, "engines"),
+                weights=ArtifactFile.from_dict(d["weights"]) if d.get("weights") is not None else None,
+                exporter=ExporterInfo.from_dict(d["exporter"]) if d.get("exporter") else None,
+                tensorrt=TensorRTInfo.from_dict(d["tensorrt"]) if d.get("tensorrt") is not None else None,
+                verification=Verification.from_dict(d["verification"])
+                if d.get("verification") is not None
+                else None,
+                calibration=ExitCalibration.from_dict(d["calibration"])
+                if d.get("calibration") is not None
+                else None,
+                quantization=_get(d, "quantization", dict, "manifest", required=False),
+                source=_get(d, "source", dict, "manifest", required=False) or {},
+                created=str(d.get("created", "")),
+                package_version=str(d.get("package_version", "")),
+            )
+            m.check_specs()
+        except ArtifactError as exc:
+            raise ArtifactError(f"{where}: {exc}") from None
+        except KeyError as exc:
+            raise ArtifactError(
+                f"{where}: malformed manifest (no field {exc}); re-run `sacvit-deploy export`"
+            ) from None
+        except (TypeError, ValueError, ConfigError) as exc:
+            raise ArtifactError(
+                f"{where}: invalid manifest: {_oneline(exc)}; re-run `sacvit-deploy export`"
+            ) from None
+        return m
+
+    def check_specs(self) -> None:
+        """The graphs' and engines' tensor specs agree with the model config (class count first:
+        a 1000-class manifest on a 10-class graph would label digits 'tench' and 'goldfish')."""
+        cfg = self.model
+        for section in ("graphs", "engines"):
+            for role, entry in getattr(self, section).items():
+                names = {t.name: t for t in entry.outputs}
+                logits = names.get("logits")
+                if logits is None:
+                    raise ValueError(f"{section}.{role} ({entry.file}) has no 'logits' output")
+                if isinstance(logits.shape[-1], int) and logits.shape[-1] != cfg.num_classes:
+                    raise ValueError(
+                        f"{section}.{role} ({entry.file}) gives {logits.shape[-1]} logits but the model config "
+                        f"has {cfg.num_classes} classes"
+                    )
+                if role == "stage1" and "confidence" not in names:
+                    raise ValueError(
+                        f"{section}.stage1 ({entry.file}) has no 'confidence' output (the exit gate)"
+                    )
+                image = next((t for t in entry.inputs if t.name == "image"), None)
+                if image is None:
+                    raise ValueError(f"{section}.{role} ({entry.file}) has no 'image' input")
+                want = (cfg.in_chans, cfg.img_size, cfg.img_size)
+                got = tuple(image.shape[1:])
+                if got != want:
+                    raise ValueError(
+                        f"{section}.{role} ({entry.file}) takes images of shape {got}, the model config {want}"
+                    )
+
+    def save(self, folder: str | Path) -> Path:
+        """Write manifest.json atomically: readers see the old file or the whole new one."""
+        folder = Path(folder)
+        path = folder / MANIFEST_NAME
+        tmp = folder / f".{MANIFEST_NAME}.partial"
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Manifest:
+        folder = Path(folder)
+        path = folder / MANIFEST_NAME
+        if not folder.is_dir():
+            raise ArtifactError(f"{folder}: no such artifact folder; run `sacvit-deploy export CKPT` first")
+        if not path.is_file():
+            raise ArtifactError(
+                f"{path}: missing; {folder} is not an artifact folder (run `sacvit-deploy export CKPT --out {folder}`)"
+            )
+        try:
+            if path.stat().st_size > MAX_MANIFEST_BYTES:
+                raise ArtifactError(
+                    f"{path}: {path.stat().st_size} bytes, far larger than any manifest; re-run `sacvit-deploy export`"
+                )
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ArtifactError(f"{path}: not valid JSON ({exc}); re-run `sacvit-deploy export`") from None
+        except RecursionError:
+            raise ArtifactError(
+                f"{path}: JSON nested too deep to be a manifest; re-run `sacvit-deploy export`"
+            ) from None
+        except OSError as exc:
+            raise ArtifactError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+        return cls.from_dict(data, where=str(path))
+
+    # ---- files ---------------------------------------------------------------------------------
+    def owned_files(self) -> set[str]:
+        """Every file this manifest owns in its folder (itself, graphs, engines, weights, INT8
+        calibration caches): what a later export or build into the same folder may replace."""
+        names = {MANIFEST_NAME}
+        entries = [*self.graphs.values(), *self.engines.values(), *([self.weights] if self.weights else [])]
+        for entry in entries:
+            names.add(entry.file)
+            if entry.external_data:
+                names.add(entry.external_data)
+        if self.tensorrt is not None:
+            for role in self.engines:
+                name = self.tensorrt.calibration_cache(role).get("file")
+                if isinstance(name, str) and _SAFE_NAME.match(name):
+                    names.add(name)
+        return names
+
+    def file_path(self, folder: str | Path, entry: ArtifactFile | str) -> Path:
+        name = entry.file if isinstance(entry, ArtifactFile) else entry
+        return safe_child(Path(folder), name)
+
+    def verify(
+        self, folder: str | Path, section: str = "graphs", roles: tuple[str, ...] | None = None
+    ) -> None:
+        """Check that the listed files exist inside ``folder`` and match their sha256.
+
+        ``section`` is "graphs", "engines" or "weights".
+        """
+        if section == "weights":
+            entries = {"weights": self.weights} if self.weights else {}
+        else:
+            entries = getattr(self, section)
+        for role, entry in entries.items():
+            if roles is not None and role not in roles:
+                continue
+            verify_file(safe_child(Path(folder), entry.file), entry.sha256, role)
+            if entry.external_data:
+                verify_file(safe_child(Path(folder), entry.external_data), entry.external_sha256 or "", role)
+
+
+MAX_MANIFEST_BYTES = 16 << 20
+
+
+def _short(value: Any) -> str:
+    return repr(value)[:60]
+
+
+def _oneline(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _obj(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} must be a JSON object, not {type(value).__name__}")
+    return value
+
+
+_JSON_TYPES = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "true or false",
+    dict: "an object",
+    list: "a list",
+}
+
+
+def _get(d: dict[str, Any], key: str, kind: type, where: str, required: bool = True) -> Any:
+    """``d[key]`` checked to be of ``kind`` (ints are not bools); None when optional and absent."""
+    if key not in d or d[key] is None:
+        if required:
+            raise ValueError(f"{where}: field {key!r} is missing")
+        return None
+    value = d[key]
+    ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+    if not ok:
+        raise ValueError(f"{where}.{key} {_short(value)} must be {_JSON_TYPES.get(kind, kind.__name__)}")
+    return value
+
+
+def _num(d: dict[str, Any], key: str, where: str, default: float | None = None) -> float:
+    value = d.get(key, default)
+    if not _finite(value):
+        raise ValueError(f"{where}.{key} {_short(value)} must be a finite number")
+    return float(value)
+
+
+def _sha(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{64}", value):
+        raise ValueError(f"{what}: sha256 {_short(value)} is not 64 hex digits")
+    return value
+
+
+def _entries(d: dict[str, Any], section: str) -> dict[str, ArtifactFile]:
+    raw = _get(d, section, dict, "manifest", required=False) or {}
+    unknown = sorted(set(raw) - set(GRAPH_ROLES))
+    if unknown:
+        raise ValueError(f"{section}: unknown roles {unknown}; expected {', '.join(GRAPH_ROLES)}")
+    return {role: ArtifactFile.from_dict(v) for role, v in raw.items()}
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def check_file_name(name: Any) -> str:
+    """A manifest may only name plain files in its own folder."""
+    if not isinstance(name, str) or not _SAFE_NAME.match(name) or name in (".", ".."):
+        raise ArtifactError(f"file name {name!r} is not a plain file name in the artifact folder")
+    return name
+
+
+def safe_child(folder: Path, name: str) -> Path:
+    """``folder / name``, refusing names with separators and anything that resolves outside ``folder``."""
+    check_file_name(name)
+    path = folder / name
+    root = folder.resolve()
+    resolved = path.resolve()
+    if resolved.parent != root:
+        raise ArtifactError(
+            f"{path}: resolves outside {folder} (a link?); artifacts must be plain files in the folder"
+        )
+    return path
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_file(path: Path, expected: str, role: str = "") -> None:
+    if not path.is_file():
+        raise ArtifactError(f"{path}: missing ({role}); re-run the command that wrote this folder")
+    actual = sha256_file(path)
+    if actual != expected:
+        raise ArtifactError(
+            f"{path}: sha256 mismatch ({role}: expected {expected[:12]}…, got {actual[:12]}…); the file was "
+            "modified or replaced after export; re-export it"
+        )
