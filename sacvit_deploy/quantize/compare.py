@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from sacvit_deploy.core.exit_rule import exit_mask
 from sacvit_deploy.model.sacvit import STAGE2_INPUTS
 
 DEFAULT_MIN_AGREEMENT = 0.95
@@ -152,7 +153,7 @@ def compare_folders(
 
 def _final(out: _Outputs, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The early-exit answer per sample (confidence >= threshold: stage 1) and whether it exited."""
-    exited = out.cat("confidence") >= threshold
+    exited = exit_mask(out.cat("confidence"), threshold)
     logits = torch.where(exited[:, None], out.cat("logits1"), out.cat("logits2_own_feed"))
     return logits, exited
 
@@ -170,7 +171,9 @@ def _rows(f: _Outputs, q: _Outputs, threshold: float, with_baseline: bool) -> li
             d1,
             _rel(d1, l1f),
             _agree(l1f.argmax(-1), l1q.argmax(-1)),
-            exit_agreement=_agree(f.cat("confidence") >= threshold, q.cat("confidence") >= threshold),
+            exit_agreement=_agree(
+                exit_mask(f.cat("confidence"), threshold), exit_mask(q.cat("confidence"), threshold)
+            ),
             selection_agreement=_agree(sel, torch.ones_like(sel)),
         )
     )
