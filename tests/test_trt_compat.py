@@ -14,10 +14,11 @@ from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 from sacvit_deploy.cli import app
-from sacvit_deploy.core.manifest import ArtifactError, ArtifactFile, Manifest, TensorSpec, sha256_file
+from sacvit_deploy.core.manifest import ArtifactError, ArtifactFile, Manifest, sha256_file
 from sacvit_deploy.export import trt_support as ts
 from sacvit_deploy.export.trt_compat import Problem, check_folder, check_model
 from sacvit_deploy.model import tiny_config
+from sacvit_deploy.model.graphs import graph_specs
 from sacvit_deploy.model.layers import set_fused_attn
 from tests.conftest import make_tiny
 
@@ -470,6 +471,7 @@ def test_unreadable_file_is_an_artifact_error(tmp_path):
 # ---- folders and the CLI -------------------------------------------------------------------------------
 def write_folder(folder, graphs: dict[str, onnx.ModelProto | bytes]) -> None:
     folder.mkdir(exist_ok=True)
+    cfg = tiny_config()
     entries = {}
     for role, m in graphs.items():
         path = folder / f"{role}.onnx"
@@ -478,10 +480,12 @@ def write_folder(folder, graphs: dict[str, onnx.ModelProto | bytes]) -> None:
             file=path.name,
             sha256=sha256_file(path),
             size=path.stat().st_size,
-            inputs=[TensorSpec("x", "float32", ("N", 4))],
-            outputs=[TensorSpec("y", "float32", ("N", 4))],
+            # The manifest describes the designed graphs (what its validation checks); the check
+            # itself reads the ONNX files, which are the small test graphs.
+            inputs=graph_specs(cfg, role)[0],
+            outputs=graph_specs(cfg, role)[1],
         )
-    Manifest(model=tiny_config(), source_format="sacvit", exit_threshold=0.5, graphs=entries).save(folder)
+    Manifest(model=cfg, source_format="sacvit", exit_threshold=0.5, graphs=entries).save(folder)
 
 
 def test_check_folder(tmp_path):
