@@ -14,6 +14,7 @@ from sacvit_deploy.cli.demo import demo
 from sacvit_deploy.cli.export import export
 from sacvit_deploy.cli.infer import infer
 from sacvit_deploy.cli.profile import profile
+from sacvit_deploy.cli.quantize import quantize
 from sacvit_deploy.cli.serve import serve
 from sacvit_deploy.cli.train import train
 from sacvit_deploy.cli.triton import triton
@@ -48,6 +49,7 @@ def _root(
 app.command("demo")(demo)
 app.command("export")(export)
 app.command("check")(check)
+app.command("quantize")(quantize)
 app.command("build-engine")(build_engine)
 app.command("infer")(infer)
 app.command("variants")(variants)
