@@ -133,5 +133,5 @@ def test_readme_and_demo_commands_run_as_printed(tmp_path, monkeypatch):
     assert (tmp_path / "predictions.jsonl").stat().st_size > 0
     assert (tmp_path / "profile.json").is_file() and (tmp_path / "curve.csv").is_file()
     assert (tmp_path / "model_repository").is_dir()
-    # build-engine x2, infer --triton, serve, train x3 (one fine-tuning) and 2 exports
-    assert len(skipped) <= 9, skipped
+    # build-engine x3 (one of the int8 export), infer --triton, serve, train x3 (one fine-tuning), 2 exports
+    assert len(skipped) <= 10, skipped
