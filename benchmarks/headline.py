@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _random_export import export_random_weights
 
 from sacvit_deploy.model import FlopsReport
+from sacvit_deploy.model.flops import format_gflops as gf
 from sacvit_deploy.runtime.loader import open_pipeline
 from sacvit_deploy.runtime.profiling import (
     package_versions,
@@ -163,8 +164,8 @@ def main() -> None:
         )
     ratio = flops.baseline / cost
     print(
-        f"\nGFLOPs/image: baseline {flops.baseline:.2f}, stage 1 {flops.stage1:.2f}, stage 2 {flops.stage2:.2f} "
-        f"(reference accounting {flops.stage2_reference:.2f}); at exit rate {exit_rate:.3f}: {cost:.2f} "
+        f"\nGFLOPs/image: baseline {gf(flops.baseline)}, stage 1 {gf(flops.stage1)}, stage 2 {gf(flops.stage2)} "
+        f"(as the graphs compute them; docs/spec.md); at exit rate {exit_rate:.3f}: {gf(cost)} "
         f"-> FLOPs ratio {ratio:.2f}x, {100 * (1 - cost / flops.baseline):.0f}% fewer "
         f"(paper: {100 * PAPER['flops_saving']:.0f}% fewer, {PAPER['throughput']:.2f}x throughput)"
     )
@@ -179,7 +180,7 @@ def main() -> None:
     )
     print(
         "(medians of round-robin timings; throughput = batch / median latency; 'overhead' = end to end over "
-        "stage 1 + stage 2 alone; background load on this machine is in the load average above)"
+        "stage 1 + stage 2 back to back, paired per round; background load on this machine is in the load average above)"
     )
     if args.json:
         args.json.write_text(

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _random_export import export_random_weights
 
 from sacvit_deploy.model import FlopsReport
+from sacvit_deploy.model.flops import format_gflops as gf
 from sacvit_deploy.runtime.loader import open_pipeline
 from sacvit_deploy.runtime.pipeline import hard_samples, run_any_batch
 
@@ -133,8 +134,8 @@ def main() -> None:
         f"\n{cfg.variant} ({cfg.selection} selection, {cfg.attention} attention), {env['backend']}, {env['threads']} threads"
     )
     print(
-        f"GFLOPs per image: baseline {flops.baseline:.2f}, stage 1 {flops.stage1:.2f}, stage 2 {flops.stage2:.2f}, "
-        f"expected at {100 * args.hard_fraction:.0f}% hard {flops.expected(1 - args.hard_fraction):.2f} "
+        f"GFLOPs per image: baseline {gf(flops.baseline)}, stage 1 {gf(flops.stage1)}, stage 2 {gf(flops.stage2)}, "
+        f"expected at {100 * args.hard_fraction:.0f}% hard {gf(flops.expected(1 - args.hard_fraction))} "
         f"(FLOPs ratio {flops.baseline / flops.expected(1 - args.hard_fraction):.2f}x)"
     )
     hdr = f"{'batch':>5} {'hard':>4} {'pipeline ms':>11} {'baseline ms':>11} {'stage1 ms':>9} {'stage2 ms':>9} {'pipe img/s':>10} {'base img/s':>10} {'speedup':>7} {'overhead':>8}"

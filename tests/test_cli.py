@@ -31,20 +31,6 @@ def test_unknown_format_is_one_line_error():
     assert "unknown format 'yolo'" in result.output
 
 
-def test_demo_runs_end_to_end_and_names_both_stages(tmp_path):
-    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo-export")])
-    assert result.exit_code == 0, result.output
-    out = result.output
-    for step in ("1. Export to two verified ONNX graphs", "2. Classify the bundled images", "3. Profile"):
-        assert step in out
-    stage1 = next(line for line in out.splitlines() if line.strip().startswith("stage 1 (half resolution"))
-    stage2 = next(line for line in out.splitlines() if line.strip().startswith("stage 2 (target tokens"))
-    assert "answered 0 images" not in stage1 and "answered 0 images" not in stage2
-    assert "correct (the true digit is in each file name)" in out
-    assert "Next, with your own checkpoint" in out
-    assert (tmp_path / "demo-export" / "manifest.json").is_file()  # --out keeps the export
-
-
 def test_export_errors_are_one_line_with_the_fix(tmp_path):
     import torch
 

@@ -68,7 +68,7 @@ def test_no_gpu(export, tmp_path, monkeypatch):
             ["--hardware-compat", "same-cc"],
             "--hardware-compat same-cc needs TensorRT 10.9 or later",
         ),
-        ("11.0.0", ["--int8", "--calib-images", "."], "--int8 is not supported yet on TensorRT 11.0.0"),
+        ("11.0.0", ["--int8", "--calib-images", "."], "--int8 is not supported on TensorRT 11.0.0"),
         ("10.3.0", ["--fp16", "--dla-core", "0"], "this device has no DLA"),
         ("10.3.0", ["--min-batch", "8", "--opt-batch", "4"], "--min-batch (8) <= --opt-batch (4)"),
     ],

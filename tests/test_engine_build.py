@@ -242,7 +242,7 @@ def test_int8_calibrates_each_engine_and_reuses_the_cache(export, tmp_path, monk
 def test_int8_errors(export, tmp_path, monkeypatch):
     install_fake_tensorrt(monkeypatch, tmp_path, "11.1.0")
     make_images(tmp_path / "calib", count=2)
-    with pytest.raises(EngineBuildError, match=r"--int8 is not supported yet on TensorRT 11.1.0: .*Q/DQ"):
+    with pytest.raises(EngineBuildError, match=r"--int8 is not supported on TensorRT 11.1.0: .*Q/DQ"):
         build(export, tmp_path / "e", int8=True, calib_images=tmp_path / "calib")
     with pytest.raises(EngineBuildError, match="--int8 needs --calib-images DIR"):
         build(export, tmp_path / "e", int8=True)

@@ -189,9 +189,27 @@ def test_labelled_by_names_and_by_sorted_order(tmp_path):
     ]
     assert by_name.empty_folders == ["empty"] and by_name.ignored_files == 1
     assert "by name" in by_name.describe()
-    by_order = find_labelled_images(tmp_path, 5, None)  # no class names: folder i = class i
+    by_order = find_labelled_images(tmp_path, 5, None, "sorted")  # folder i = class i
     assert by_order.mapping == "sorted" and by_order.folders == {"cat": 0, "dog": 1, "empty": 2}
     assert "sorted order" in by_order.describe()
+
+
+def test_folder_names_that_are_not_class_names_are_refused(tmp_path):
+    # Ten digit folders for a 1000-class ImageNet model: no silent "sorted folder i = class i".
+    for d in range(10):
+        _image(tmp_path / "digits" / str(d) / "a.png")
+    imagenet = [f"n{i:05d}" for i in range(1000)]
+    with pytest.raises(SacvitError) as info:
+        find_labelled_images(tmp_path / "digits", 1000, imagenet)
+    message = str(info.value)
+    assert "digits/0: folder name '0' is not one of the model's 1000 class names" in message
+    assert "--folder-labels index" in message and "sorted" in message
+    with pytest.raises(SacvitError, match="has no class names to match"):
+        find_labelled_images(tmp_path / "digits", 10, None)
+    by_index = find_labelled_images(tmp_path / "digits", 1000, imagenet, "index")
+    assert by_index.mapping == "index" and by_index.folders == {str(d): d for d in range(10)}
+    with pytest.raises(SacvitError, match=r"folder name '9' is not a class index 0-8"):
+        find_labelled_images(tmp_path / "digits", 9, None, "index")
 
 
 def test_labelled_folder_errors(tmp_path):
@@ -202,17 +220,21 @@ def test_labelled_folder_errors(tmp_path):
         find_labelled_images(tmp_path / "flat", 3, None)
     for name in ("cat", "dgo"):
         _image(tmp_path / "typo" / name / "a.png")
-    with pytest.raises(SacvitError, match=r"typo/dgo: folder maps to no class: 1 of 2 folder names"):
+    with pytest.raises(
+        SacvitError,
+        match=r"typo/dgo: folder name 'dgo' is not one of the model's 3 class names \('cat', 'dog', 'fish', ...\); rename",
+    ):
         find_labelled_images(tmp_path / "typo", 3, ["cat", "dog", "fish"])
+    # the folder is named, with the fix
     for name in ("a", "b", "c", "d"):
         _image(tmp_path / "many" / name / "x.png")
     with pytest.raises(
         SacvitError, match=r"many/d: folder maps to no class: 4 class folders for a model with 3"
     ):
-        find_labelled_images(tmp_path / "many", 3, None)
+        find_labelled_images(tmp_path / "many", 3, None, "sorted")
     (tmp_path / "hollow" / "a").mkdir(parents=True)
     with pytest.raises(SacvitError, match="hold no images"):
-        find_labelled_images(tmp_path / "hollow", 3, None)
+        find_labelled_images(tmp_path / "hollow", 3, None, "sorted")
 
 
 # ---- against the real pipeline ---------------------------------------------------------------------
@@ -247,7 +269,10 @@ def test_predictions_agree_with_the_pipeline(workdir):
 def _calibrate(workdir, *args):
     return runner.invoke(
         app,
-        ["calibrate", "--images", str(workdir / "labelled"), "--artifacts", str(workdir / "export"), *args],
+        [
+            *("calibrate", "--images", str(workdir / "labelled"), "--artifacts", str(workdir / "export")),
+            *("--folder-labels", "sorted", *args),
+        ],
     )
 
 
@@ -330,3 +355,14 @@ def test_manifest_without_calibration_field_still_loads(workdir):
     m = Manifest.from_dict(raw)
     assert m.calibration is None
     assert m.to_dict()["calibration"] is None
+
+
+def test_calibrate_refuses_unmapped_folders_in_one_line(workdir):
+    # The tiny model has no class names: the folders' meaning must be given, not guessed.
+    result = runner.invoke(
+        app, ["calibrate", "--images", str(workdir / "labelled"), "--artifacts", str(workdir / "export")]
+    )
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines[-1].startswith("error:") and "--folder-labels index" in lines[-1]
+    assert "Traceback" not in result.output

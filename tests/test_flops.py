@@ -47,3 +47,11 @@ def test_expected_cost_and_lf_vit_operating_point():
     assert 0.20 < hard < 0.26, hard
     with pytest.raises(ValueError):
         expected_macs(cfg, 1.5)
+
+
+def test_one_format_for_every_command():
+    from sacvit_deploy.model.flops import format_gflops
+
+    lf = FlopsReport.of(make_config("deit_small_224", "lf-vit"))
+    assert [format_gflops(v) for v in (lf.baseline, lf.stage1, lf.stage2)] == ["4.60", "1.10", "2.64"]
+    assert format_gflops(0.0073245) == "0.00732" and format_gflops(17.56) == "17.6"

@@ -1,5 +1,5 @@
 """The package's layers point one way: core <- model <- backends <- runtime <- export / engine /
-training <- triton <- cli, with no import cycles between or inside subpackages.
+training / quantize <- triton <- cli, with no import cycles between or inside subpackages.
 
 Every import counts, including the ones inside functions (lazy imports of optional extras): a
 lazy import upward is still a dependency upward.
@@ -23,6 +23,7 @@ LAYERS = {
     "export": 4,
     "engine": 4,
     "training": 4,
+    "quantize": 4,
     "triton": 5,
     "cli": 6,
     "__main__": 7,  # python -m sacvit_deploy and the console script: the entry above the CLI

@@ -19,6 +19,7 @@ from sacvit_deploy.export.onnx_export import ExportOptions, export_artifacts
 from sacvit_deploy.runtime.profiling import (
     SCHEMA,
     SCHEMA_VERSION,
+    BatchProfile,
     LatencyStats,
     pool_batches,
     threshold_for_exit_rate,
@@ -127,6 +128,16 @@ def test_pool_batches_wrap_around_and_stay_distinct():
     assert len(pool_batches(pool, 5, 10)) == 1
 
 
+def test_overhead_is_the_median_of_paired_ratios():
+    # Round by round the pipeline costs 10% more than its stages back to back (load varies by 20x).
+    e2e = [1.1, 2.2, 11.0, 0.55, 0.66]
+    ideal = [1.0, 2.0, 10.0, 0.5, 0.6]
+    bp = BatchProfile(2, 5, 1, {"end_to_end": e2e, "ideal": ideal}, 5, 10)
+    assert bp.overhead == pytest.approx(0.10)
+    shuffled = BatchProfile(2, 5, 1, {"end_to_end": e2e, "ideal": [0.6, 10.0, 0.5, 2.0, 1.0]}, 5, 10)
+    assert shuffled.overhead != pytest.approx(0.10)  # pairs matter, not just the two distributions
+
+
 # ---- the command ----------------------------------------------------------------------------------
 STATS_KEYS = {"n", "median_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms", "max_ms"}
 
@@ -224,7 +235,8 @@ def test_profile_cli_json_schema_and_plot(folders, tmp_path):
     assert out_png.read_bytes().startswith(PNG) and out_png.stat().st_size > 1000
     text = result.stdout
     assert "=== batch 1:" in text and "=== batch 3:" in text and "summary (medians)" in text
-    assert "end to end" in text and "ideal = stage 1 + stage 2 alone" in text and "vs baseline:" in text
+    assert "end to end" in text and "ideal: stage 1 + 2, back to back" in text and "vs baseline:" in text
+    assert "rows: 'in pipeline'" in text and "columns: latency statistics" in text  # the legend
     assert "GFLOPs/image:" in text
 
 

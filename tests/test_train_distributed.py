@@ -12,7 +12,6 @@ gradients that nearly cancel.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import math
 import os
@@ -26,7 +25,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from rich.console import Console
 from typer.testing import CliRunner
 
 from sacvit_deploy.cli import app
@@ -58,8 +56,8 @@ def write_folder(root: Path, n_train: int = 12, n_val: int = 3, seed: int = 0) -
     return root
 
 
-def quiet() -> Console:
-    return Console(file=io.StringIO(), width=200)
+def quiet():
+    return [].append
 
 
 @contextlib.contextmanager
@@ -235,10 +233,10 @@ def test_world_checks_devices_and_batch_split(monkeypatch, tmp_path):
     with pytest.raises(
         SacvitError, match=r"global batch and must be a multiple of 2 process\(es\) x --accum-steps 2"
     ):
-        train(options(spec), console=quiet())
+        train(options(spec), log=quiet())
     spec = base_spec(tmp_path, tmp_path / "run", dist_backend="nccl")
     with pytest.raises(SacvitError, match="nccl needs --device cuda"):
-        train(options(spec), console=quiet())
+        train(options(spec), log=quiet())
 
 
 def test_default_workers_fit_the_cpus():
@@ -332,8 +330,8 @@ def runs(tmp_path_factory) -> dict:
 
     shutil.copytree(tmp / "cut2", tmp / "res1")
     with one_thread():
-        r["full1"] = train(options(base_spec(data, tmp / "full1")), console=quiet(), on_epoch_end=keep_epoch0)
-        r["res1"] = train(options(base_spec(data, tmp / "res1", resume=True)), console=quiet())
+        r["full1"] = train(options(base_spec(data, tmp / "full1")), log=quiet(), on_epoch_end=keep_epoch0)
+        r["res1"] = train(options(base_spec(data, tmp / "res1", resume=True)), log=quiet())
     r["full1_epoch0"] = epoch0
 
     # Through the real torchrun and the CLI, 2 processes.
@@ -429,14 +427,14 @@ def test_fine_tune_new_head_frozen_backbone_and_selection_warning(tmp_path):
     spec.update(model_config=None, init=str(init), init_format="sacvit", freeze_epochs=1, num_classes=3)
     opts = options(spec)
     after: list[dict] = []
-    console = quiet()
+    lines: list[str] = []
     with one_thread():
         train(
             opts,
-            console=console,
+            log=lines.append,
             on_epoch_end=lambda r: after.append(torch.load(opts.out_dir / "last.pt")["model"]),
         )
-    text = console.file.getvalue()
+    text = "\n".join(lines)
     assert "head re-initialised" in text and "backbone frozen" in text
     assert "warning: token selection would start at epoch 3, after the last epoch (2)" in text
     src = source.state_dict()
@@ -449,4 +447,4 @@ def test_fine_tune_new_head_frozen_backbone_and_selection_warning(tmp_path):
     with pytest.raises(
         SacvitError, match=r"--num-classes 5, but .* has 3 class folders \(blue, green, red\)"
     ):
-        train(opts, console=quiet())
+        train(opts, log=quiet())

@@ -36,6 +36,7 @@ from sacvit_deploy.triton.repository import (
     RepositoryIndex,
     RepositoryOptions,
     bls_source,
+    stage_source,
     write_repository,
 )
 from tests.conftest import make_tiny
@@ -603,3 +604,91 @@ def test_real_tritonclient_over_the_wire(built, server, local, x, protocol):
             assert server.stage_calls("sacvit")[0].parameters == {"exit_threshold": "1.01"}
         with pytest.raises(TritonClientError, match="model 'nope' is not ready"):
             open_triton(url, "nope")
+
+
+# ---- the python stage flavour (runs on a real server in tests/test_triton_server.py) ----------------
+def test_python_stages_are_written_and_checked_like_the_others(built, tmp_path):
+    _, root, _ = built
+    out = tmp_path / "py"
+    result = write_repository(root / "export", out, RepositoryOptions(backend="python", queue_delay_us=250))
+    for role in ("stage1", "stage2"):
+        version = out / f"sacvit_{role}" / "1"
+        assert (version / "model.onnx").read_bytes() == (root / "export" / f"{role}.onnx").read_bytes()
+        assert (version / "model.py").read_text() == stage_source()
+    assert result.index.backend == "python" and result.index.options["kind"] == "cpu"
+    assert (out / "sacvit" / "1" / "model.py").read_text() == bls_source()  # the same gate
+    if not HAS_TRITONCLIENT:
+        return
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    from sacvit_deploy.triton.validate import parse_config, validate_repository
+
+    assert result.validated
+    s2 = parse_config(out / "sacvit_stage2" / "config.pbtxt")
+    assert s2.backend == "python" and not s2.platform
+    assert mc.ModelInstanceGroup.Kind.Name(s2.instance_group[0].kind) == "KIND_CPU"
+    assert s2.dynamic_batching.max_queue_delay_microseconds == 250
+    assert parse_config(out / "sacvit" / "config.pbtxt").dynamic_batching.max_queue_delay_microseconds == 250
+    assert validate_repository(out).passed
+    (out / "sacvit_stage1" / "1" / "model.onnx").write_bytes(b"x")
+    (out / "sacvit_stage2" / "1" / "model.py").write_text("def nothing(): pass\n")
+    failed = {(f.model, f.check) for f in validate_repository(out).failures}
+    assert ("sacvit_stage1", "file sacvit_stage1/1/model.onnx") in failed
+    assert ("sacvit_stage1", "graph inputs/outputs") in failed
+    assert ("sacvit_stage2", "model.py") in failed
+    cli = runner.invoke(
+        app,
+        ["triton", "--artifacts", str(root / "export"), "--out", str(tmp_path / "c"), "--backend", "python"],
+    )
+    assert cli.exit_code == 0 and "python + onnxruntime" in cli.stderr, cli.output
+    assert "sacvit-deploy serve" in cli.stderr
+
+
+def test_python_stage_model_runs_on_tritons_python():
+    tree = ast.parse(stage_source(), feature_version=(3, 8))
+    top = {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names}
+    top |= {n.module.split(".")[0] for n in tree.body if isinstance(n, ast.ImportFrom) and n.module}
+    assert top == {"json", "os", "numpy", "triton_python_backend_utils"}  # onnxruntime: inside initialize
+
+
+def test_server_setup_problems_are_one_line_with_the_fix(tmp_path, monkeypatch):
+    from sacvit_deploy.triton import server as ts
+
+    monkeypatch.setattr(ts, "platform_problem", lambda: None)  # the layout checks, on any machine
+    env = tmp_path / "env"
+    with pytest.raises(ts.TritonServerError, match="has no nvidia-pytriton .*python3 -m venv ENV"):
+        ts.TritonInstall.find(env)
+    site = env / "lib" / "python3.11" / "site-packages"
+    (site / "pytriton" / "tritonserver" / "bin").mkdir(parents=True)
+    (site / "pytriton" / "tritonserver" / "bin" / "tritonserver").write_text("")
+    with pytest.raises(ts.TritonServerError, match="has no bin/python3"):
+        ts.TritonInstall.find(env)
+    (env / "bin").mkdir()
+    (env / "bin" / "python3").write_text("")
+    install = ts.TritonInstall.find(env)
+    assert install.python_version == "3.11" and install.libs == site / "nvidia_pytriton.libs"
+    (site / "numpy-2.1.0.dist-info").mkdir()
+    with pytest.raises(ts.TritonServerError, match="has numpy 2.1.0; .*return empty outputs .*'numpy<2'"):
+        install.check_python()
+    (site / "numpy-2.1.0.dist-info").rmdir()
+    (site / "numpy-1.26.4.dist-info").mkdir()
+    with pytest.raises(ts.TritonServerError, match="has no onnxruntime"):
+        install.check_python()
+    (site / "onnxruntime-1.32.0.dist-info").mkdir()
+    assert install.check_python() == {"numpy": "1.26.4", "onnxruntime": "1.32.0"}
+    with pytest.raises(ts.TritonServerError, match="no Python backend stub for Python 3.11"):
+        install.prepare_backends(tmp_path / "b")
+    result = runner.invoke(app, ["serve", "--triton-env", str(tmp_path / "none")])
+    assert (
+        result.exit_code == 1 and result.stderr.count("\n") == 1 and "has no nvidia-pytriton" in result.stderr
+    )
+
+
+def test_the_server_command_listens_on_loopback_only(tmp_path):
+    from sacvit_deploy.triton.server import Ports, TritonInstall, TritonServer
+
+    install = TritonInstall(tmp_path, tmp_path / "site", "3.11")
+    cmd = TritonServer(tmp_path / "repo", install, Ports(1, 2, 3)).command(tmp_path / "b")
+    for flag in ("http", "grpc", "metrics"):
+        assert f"--{flag}-address=127.0.0.1" in cmd  # tritonserver's default is 0.0.0.0
+    assert "--allow-sagemaker=false" in cmd and "--allow-vertex-ai=false" in cmd

@@ -100,10 +100,15 @@ class TrtVersion:
         """10.12 deprecated BuilderFlag.FP16/INT8, the precision-constraint flags and layer precision."""
         return self.at_least(10, 12)
 
-    def builds_strongly_typed(self, int8: bool = False) -> bool:
-        """Whether build-engine makes a STRONGLY_TYPED network: always on 11.x; on 10.12+ unless the
-        build is calibrated INT8 (implicit quantization needs the deprecated weakly typed path)."""
-        return self.strongly_typed_only() or (self.weak_typing_deprecated() and not int8)
+    def builds_strongly_typed(self, int8: bool = False, qdq: bool = False) -> bool:
+        """Whether build-engine makes a STRONGLY_TYPED network: always on 11.x; for Q/DQ graphs on
+        10.x (the nodes fix the precision); on 10.12+ unless the build is calibrated INT8 (implicit
+        quantization needs the deprecated weakly typed path)."""
+        return (
+            self.strongly_typed_only()
+            or (qdq and self.has_strongly_typed_flag())
+            or (self.weak_typing_deprecated() and not int8)
+        )
 
     # ---- precision ---------------------------------------------------------------------------------
     def has_precision_flags(self) -> bool:

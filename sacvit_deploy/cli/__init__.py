@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from sacvit_deploy.cli._common import register_app
 from sacvit_deploy.cli.build_engine import build_engine
 from sacvit_deploy.cli.calibrate import calibrate
 from sacvit_deploy.cli.check import check
@@ -13,6 +14,8 @@ from sacvit_deploy.cli.demo import demo
 from sacvit_deploy.cli.export import export
 from sacvit_deploy.cli.infer import infer
 from sacvit_deploy.cli.profile import profile
+from sacvit_deploy.cli.quantize import quantize
+from sacvit_deploy.cli.serve import serve
 from sacvit_deploy.cli.train import train
 from sacvit_deploy.cli.triton import triton
 from sacvit_deploy.cli.variants import variants
@@ -46,13 +49,16 @@ def _root(
 app.command("demo")(demo)
 app.command("export")(export)
 app.command("check")(check)
+app.command("quantize")(quantize)
 app.command("build-engine")(build_engine)
 app.command("infer")(infer)
 app.command("variants")(variants)
 app.command("profile")(profile)
 app.command("calibrate")(calibrate)
 app.command("triton")(triton)
+app.command("serve")(serve)
 app.command("train")(train)
+register_app(app)  # lets the demo run its steps as command lines
 
 
 def main() -> None:

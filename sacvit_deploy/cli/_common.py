@@ -82,6 +82,24 @@ def safe(value: object) -> str:
     return escape(printable(value))
 
 
+_APP: list[typer.Typer] = []  # the root app, registered by cli/__init__.py
+
+
+def register_app(app: typer.Typer) -> None:
+    _APP[:] = [app]
+
+
+def run_command(argv: list[str]) -> int:
+    """Run one ``sacvit-deploy`` command line in this process (the demo's steps) and return its exit
+    code: the line the user sees is the line that runs, parsed by the real CLI, and commands never
+    import each other."""
+    try:
+        _APP[0](args=argv, prog_name="sacvit-deploy")  # standalone: always ends in SystemExit
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return 0
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print ``error: message`` (``message`` may hold markup; interpolate values through :func:`safe`)."""
     err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)

@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from sacvit_deploy.cli._common import handle_errors, note, out, parity_table
+from sacvit_deploy.cli._progress import spinner
 
 ENGINES = "Engines"
 PRECISION = "Precision"
@@ -199,7 +200,7 @@ def build_engine(
         baseline=baseline,
     )
     options.validate()  # option mistakes before TensorRT is even imported
-    with engine_notes():
+    with engine_notes(), spinner("building TensorRT engines"):
         result = build_engines(export_dir, out_dir, options)
     print_engines(result)
     parity = result.manifest.tensorrt.parity if result.manifest.tensorrt else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 from contextlib import closing
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -30,9 +31,19 @@ from sacvit_deploy.cli._common import (
     out,
     safe,
 )
+from sacvit_deploy.cli._progress import progress_bar
 from sacvit_deploy.core.errors import SacvitError
+from sacvit_deploy.model.flops import format_gflops
 
 TARGET = "Target (give one)"
+
+
+class FolderLabels(str, Enum):
+    names = "names"
+    index = "index"
+    sorted = "sorted"
+
+
 OUTPUT = "Output"
 
 
@@ -67,6 +78,13 @@ def calibrate(
             show_default=False,
         ),
     ],
+    folder_labels: Annotated[
+        FolderLabels,
+        typer.Option(
+            help="What a folder name means: names = one of the model's class names; index = a class index "
+            "(folder 3 = class 3); sorted = the i-th folder in sorted order is class i.",
+        ),
+    ] = FolderLabels.names,
     artifacts: ArtifactsOption = None,
     backend: BackendOption = BackendName.auto,
     device: DeviceOption = None,
@@ -145,7 +163,7 @@ def calibrate(
     )
     manifest = opened.manifest
     names = manifest.class_names or default_class_names(manifest.num_classes)
-    labelled = find_labelled_images(images, manifest.num_classes, names)
+    labelled = find_labelled_images(images, manifest.num_classes, names, folder_labels.value)
     for option, path in (("--csv", csv_file), ("--plot", plot)):
         if path is not None:
             check_output(path, option, labelled.paths, folder)
@@ -160,20 +178,23 @@ def calibrate(
 
     failed = 0
 
-    def batches(source):
+    def batches(source, advance):
         nonlocal failed
         for batch in source:
             for failure in batch.failures:
                 note(f"[yellow]skipped[/] {safe(failure)}")
             failed += len(batch.failures)
             yield batch
+            advance(len(batch.paths) + len(batch.failures))
 
     with (
+        progress_bar() as bar,
         opened.pipeline as pipe,
         closing(iter_batches(labelled.paths, manifest.preprocess, batch_size)) as source,
     ):
+        advance = bar.task("both stages on every image", total=len(labelled.paths))
         pred = predict_both_stages(
-            pipe.stage1, pipe.stage2, images_and_labels(labelled, batches(source)), pipe.buckets
+            pipe.stage1, pipe.stage2, images_and_labels(labelled, batches(source, advance)), pipe.buckets
         )
 
     flops = FlopsReport.of(manifest.model)
@@ -189,9 +210,9 @@ def calibrate(
         f"calibration on {pred.n} images ({len(labelled.folders)} class folders"
         + (f", {failed} unreadable skipped" if failed else "")
         + "), stage 1 and stage 2 run on every image",
-        f"reference: stage 1 only: accuracy {cal.stage1_accuracy:.4f} at {flops.stage1:.4g} GFLOPs/image; "
-        f"stage 2 for every image: accuracy {cal.stage2_accuracy:.4f} at {flops.expected(0.0):.4g} GFLOPs/image; "
-        f"baseline DeiT: {base:.4g} GFLOPs/image",
+        f"reference: stage 1 only: accuracy {cal.stage1_accuracy:.4f} at {format_gflops(flops.stage1)} GFLOPs/image; "
+        f"stage 2 for every image: accuracy {cal.stage2_accuracy:.4f} at {format_gflops(flops.expected(0.0))} GFLOPs/image; "
+        f"baseline DeiT: {format_gflops(base)} GFLOPs/image",
         f"  {'threshold':>9} {'accuracy':>9} {'exit rate':>9} {'GFLOPs/image':>12} {'vs baseline':>11}",
     ]
     for p in cal.summary_rows(0.05, current):
@@ -207,7 +228,7 @@ def calibrate(
         c = cal.chosen
         out.print(
             f"chosen threshold {c.threshold:g} ({target.rule}): accuracy {c.accuracy:.4f}, exit rate "
-            f"{c.exit_rate:.3f}, {c.gflops:.4g} GFLOPs/image ({100 * (1 - c.gflops / base):.0f}% fewer than the baseline)",
+            f"{c.exit_rate:.3f}, {format_gflops(c.gflops)} GFLOPs/image ({100 * (1 - c.gflops / base):.0f}% fewer than the baseline)",
             markup=False,
             highlight=False,
         )

@@ -71,7 +71,7 @@ def check(
 ) -> None:
     """Check the exported graphs against TensorRT's ONNX parser (8.5, 8.6, 10, 11) without TensorRT."""
     from sacvit_deploy.core.manifest import Manifest
-    from sacvit_deploy.export.trt_compat import check_folder_versions
+    from sacvit_deploy.export.trt_compat import check_folder_versions, group_problems
 
     versions = trt or list(TRT_FAMILY_NAMES)
     if json_file is not None:
@@ -83,8 +83,8 @@ def check(
     for version, by_role in results.items():
         for role, problems in by_role.items():
             graph = manifest.graphs[role].file
-            for p in problems:
-                out.print(printable(p.line(graph)), markup=False, highlight=False)
+            for group in group_problems(problems):  # one line per distinct problem, with a node count
+                out.print(printable(group.line(graph)), markup=False, highlight=False)
             errors = sum(p.is_error for p in problems)
             warnings = len(problems) - errors
             if errors:
@@ -108,6 +108,7 @@ def check(
     note(
         f"checked {len(manifest.graphs)} graph(s) on TensorRT {', '.join(versions)}; "
         "a static check: still compare every engine with ONNX Runtime"
+        + ("; every problem per node: --json FILE" if json_file is None else "")
     )
     if run:
         failed = _run_parity(folder, manifest) or failed

@@ -1,118 +1,145 @@
-"""`sacvit-deploy demo`: the whole toolkit on the bundled model, offline, in well under a minute."""
+"""`sacvit-deploy demo`: the whole toolkit on the bundled model, offline, in well under a minute.
+
+Everything it makes stays in one folder (``./sacvit-demo`` unless ``--out``), so every command it
+prints, during the run and at the end, runs as printed from the same directory:
+
+    sacvit-demo/model.safetensors   the bundled SAC-ViT (a copy), to export again
+    sacvit-demo/images/             the 10 bundled sample images
+    sacvit-demo/labelled/<digit>/   the same images in the ImageFolder layout, for calibrate
+    sacvit-demo/export/             the verified export (stage1.onnx, stage2.onnx, baseline.onnx, ...)
+"""
 
 from __future__ import annotations
 
+import shlex
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from sacvit_deploy.cli._common import handle_errors, out
+from sacvit_deploy.cli._common import handle_errors, out, run_command
+from sacvit_deploy.core.errors import SacvitError
+
+DEFAULT_FOLDER = Path("sacvit-demo")
+# The demo's profile: enough rounds that the medians of a 10 ms model are stable on a busy CPU.
+PROFILE_ARGS = {"batch_sizes": "1,8", "iters": 20, "warmup": 3}
 
 
-def _step(number: int, title: str, command: str) -> None:
-    out.print(f"\n[bold]{number}. {title}[/]  [dim]$ {command}[/]")
+def _q(path: Path) -> str:
+    """A path as typed in a shell, safe inside Rich markup."""
+    from rich.markup import escape
+
+    return escape(shlex.quote(str(path)))
 
 
-def _run(fn, /, **kwargs) -> int:
-    """Run another command's function; returns its exit code (0 when it returned normally)."""
+def _profile_args() -> list[str]:
+    a = PROFILE_ARGS
+    return ["--batch-sizes", a["batch_sizes"], "--iters", str(a["iters"]), "--warmup", str(a["warmup"])]
+
+
+def _step(number: int, title: str, argv: list[str]) -> int:
+    """Print a step's command line, then run exactly that line through the CLI; its exit code."""
+    from rich.markup import escape
+
+    command = escape(shlex.join(["sacvit-deploy", *argv]))
+    out.print(f"\n[bold]{number}. {title}[/]  [dim]$ {command}[/]", highlight=False)
+    return run_command(argv)
+
+
+def _copy_assets(folder: Path) -> tuple[Path, Path, Path]:
+    """The model and images, copied into the demo folder -> (model, images/, labelled/)."""
+    from sacvit_deploy.demo_assets import demo_model_path, demo_sample_images, sample_label
+
+    model, images, labelled = folder / "model.safetensors", folder / "images", folder / "labelled"
     try:
-        fn(**kwargs)
-    except typer.Exit as exc:
-        return int(exc.exit_code or 0)
-    return 0
+        images.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(demo_model_path(), model)
+        for path in demo_sample_images():
+            shutil.copyfile(path, images / path.name)
+            cls = labelled / str(sample_label(path))
+            cls.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, cls / path.name)
+    except OSError as exc:
+        raise SacvitError(
+            f"{folder}: cannot write the demo's files ({exc.strerror or exc}); choose another --out"
+        ) from None
+    return model, images, labelled
 
 
 @handle_errors
 def demo(
     out_dir: Annotated[
-        Path | None,
-        typer.Option("--out", help="Keep the demo's export here (default: a temporary folder, removed)."),
-    ] = None,
+        Path,
+        typer.Option(
+            "--out",
+            help="Folder for everything the demo makes (model copy, images, export); reused on a re-run.",
+        ),
+    ] = DEFAULT_FOLDER,
     profile: Annotated[bool, typer.Option(help="Finish with a short latency profile.")] = True,
 ) -> None:
     """Export the bundled SAC-ViT, classify the bundled images with both stages, and profile it."""
-    from sacvit_deploy.cli.export import export
-    from sacvit_deploy.cli.infer import infer
-    from sacvit_deploy.cli.profile import profile as profile_cmd
-    from sacvit_deploy.demo_assets import demo_model_path, demo_sample_images, sample_label
+    from sacvit_deploy.demo_assets import sample_label
     from sacvit_deploy.runtime.api import Pipeline
 
-    model = demo_model_path()
-    samples = demo_sample_images()
-    tmp = None
-    if out_dir is None:
-        tmp = tempfile.mkdtemp(prefix="sacvit-demo-")
-        folder = Path(tmp) / "export"
-    else:
-        folder = out_dir
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SacvitError(f"{out_dir}: exists and is not a folder; choose another --out")
+    model, images, labelled = _copy_assets(out_dir)
+    folder = out_dir / "export"
+    samples = sorted(images.glob("*.png"))
     out.print(
         "[bold]sacvit-deploy demo[/]: a small SAC-ViT bundled with the package (handwritten digits on varied "
         "backgrounds, 10 classes). Stage 1 looks at a half-resolution image and answers when it is confident; "
-        "the other images go to stage 2, which re-reads the informative region at full resolution."
+        f"the other images go to stage 2, which re-reads the informative region at full resolution. "
+        f"Everything goes to {out_dir}/.",
+        highlight=False,
     )
-    try:
-        _step(
-            1,
-            "Export to two verified ONNX graphs",
-            f"sacvit-deploy export {model.name} --out {folder} --baseline",
+    code = _step(
+        1, "Export to two verified ONNX graphs", ["export", str(model), "--out", str(folder), "--baseline"]
+    )
+    if code:
+        raise typer.Exit(code)
+
+    _step(
+        2, "Classify the bundled images", ["infer", f"{images}/", "--artifacts", str(folder), "--no-progress"]
+    )
+
+    with Pipeline.from_artifacts(folder, backend="onnxruntime") as pipe:
+        preds = pipe.predict(samples, topk=1)
+    by_stage = {1: [], 2: []}
+    for path, p in zip(samples, preds, strict=True):
+        by_stage[p.stage].append(p.label == sample_label(path))
+    for stage, results in by_stage.items():
+        which = (
+            "stage 1 (half resolution, early exit)"
+            if stage == 1
+            else "stage 2 (target tokens at full resolution)"
         )
-        code = _run(export, checkpoint=model, out_dir=folder, baseline=True)
-        if code:
-            raise typer.Exit(code)
+        out.print(f"  {which}: answered {len(results)} images, {sum(results)} correct")
+    correct = sum(by_stage[1]) + sum(by_stage[2])
+    out.print(f"  overall: {correct}/{len(samples)} correct (the true digit is in each file name)")
 
+    if profile:
         _step(
-            2, "Classify the bundled images", f"sacvit-deploy infer {samples[0].parent}/ --artifacts {folder}"
+            3,
+            "Profile: pipeline vs the single-stage DeiT baseline",
+            ["profile", "--artifacts", str(folder), "--images", str(images), "--baseline", *_profile_args()],
         )
-        _run(infer, images=[str(p) for p in samples], artifacts=folder, progress=False)
+        out.print(
+            "  (this demo model is tiny, ~0.01 GFLOPs, so fixed per-call costs weigh as much as the FLOPs it "
+            "saves; at DeiT-S sizes the pipeline runs about 3x the baseline's throughput on a CPU: "
+            "python benchmarks/headline.py in a source checkout)"
+        )
 
-        with Pipeline.from_artifacts(folder, backend="onnxruntime") as pipe:
-            preds = pipe.predict(samples, topk=1)
-        by_stage = {1: [], 2: []}
-        for path, p in zip(samples, preds, strict=True):
-            by_stage[p.stage].append(p.label == sample_label(path))
-        for stage, results in by_stage.items():
-            which = (
-                "stage 1 (half resolution, early exit)"
-                if stage == 1
-                else "stage 2 (target tokens at full resolution)"
-            )
-            out.print(f"  {which}: answered {len(results)} images, {sum(results)} correct")
-        correct = sum(by_stage[1]) + sum(by_stage[2])
-        out.print(f"  overall: {correct}/{len(samples)} correct (the true digit is in each file name)")
-
-        if profile:
-            _step(
-                3,
-                "Profile: pipeline vs the single-stage DeiT baseline",
-                f"sacvit-deploy profile --artifacts {folder} --baseline",
-            )
-            _run(
-                profile_cmd,
-                artifacts=folder,
-                batch_sizes="1,8",
-                images=samples[0].parent,
-                iters=5,
-                warmup=2,
-                baseline=True,
-            )
-            out.print(
-                "  (this demo model is tiny, ~0.01 GFLOPs, so fixed per-call costs weigh as much as the FLOPs it "
-                "saves; at DeiT-S sizes the pipeline runs about 3x the baseline's throughput on a CPU: "
-                "python benchmarks/headline.py)"
-            )
-    finally:
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
-
+    f, m = _q(folder), _q(model)
     out.print(
-        "\n[bold]Next, with your own checkpoint[/] (LF-ViT / CF-ViT .pth, timm DeiT, or one trained with `sacvit-deploy train`):\n"
-        "  sacvit-deploy export lf-vit_deit_small.pth --format lf-vit --baseline   # -> export/\n"
-        "  sacvit-deploy check export/ --trt 8.6                                    # will your TensorRT parse it?\n"
-        "  sacvit-deploy build-engine --fp16                                        # on the target GPU -> engines/\n"
-        "  sacvit-deploy infer photos/                                              # engines/ if built, else export/\n"
-        "  sacvit-deploy profile --baseline --exit-rate 0.77\n"
-        "  sacvit-deploy calibrate --images val/ --target-accuracy 0.80 --write"
+        f"\n[bold]Next, on the demo's files[/] (each runs as printed from this directory):\n"
+        f"  sacvit-deploy check {f} --trt 8.6,10,11        # will your TensorRT parse the graphs?\n"
+        f"  sacvit-deploy export {m} --target-trt 8.5 --out {_q(out_dir / 'export85')}   # for TensorRT 8.5 (JetPack 5)\n"
+        f"  sacvit-deploy infer {_q(images)}/ --artifacts {f} --topk 3\n"
+        f"  sacvit-deploy profile --artifacts {f} --batch-sizes 1,8 --exit-rate 0.5 --baseline\n"
+        f"  sacvit-deploy calibrate --images {_q(labelled)}/ --artifacts {f} --target-exit-rate 0.5\n"
+        "[bold]Then with your own checkpoint[/] (LF-ViT / CF-ViT .pth, timm DeiT, or one trained with "
+        "`sacvit-deploy train`): the README's workflow, and on the GPU `sacvit-deploy build-engine --fp16`.",
+        highlight=False,
     )

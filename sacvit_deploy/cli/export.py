@@ -10,7 +10,6 @@ import typer
 from sacvit_deploy.cli._common import (
     CheckpointFormatChoice,
     TrtFamilyChoice,
-    err,
     handle_errors,
     note,
     out,
@@ -19,6 +18,7 @@ from sacvit_deploy.cli._common import (
     safe,
     verification_images,
 )
+from sacvit_deploy.cli._progress import spinner
 from sacvit_deploy.core.compare import Tolerance
 from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.core.formats import AUTO
@@ -39,7 +39,7 @@ def parse_batch(value: str) -> int | None:
     return n
 
 
-def print_verification(report: dict) -> None:
+def print_verification(report: dict, target_trt: str, folder: Path) -> None:
     title = (
         f"Verification: ONNX Runtime (CPU) vs PyTorch, fp32, atol {report['atol']:.0e} + "
         f"rtol {report['rtol']:.0e} * max|reference|"
@@ -55,6 +55,12 @@ def print_verification(report: dict) -> None:
             else:
                 verdicts.append(f"{role} will NOT parse ({r['errors']} errors)")
         out.print(f"TensorRT {version} parser check: {', '.join(verdicts)}")
+        if not all(r["parses"] for r in roles.values()):
+            how = " (JetPack 5: LayerNorm decomposed)" if version == "8.5" else ""
+            note(
+                f"  expected for an export made for TensorRT {target_trt}: for {version}, export with "
+                f"--target-trt {version}{how}; `sacvit-deploy check {folder} --trt {version}` lists why"
+            )
 
 
 @handle_errors
@@ -187,22 +193,22 @@ def export(
         real = verification_images(verify_images, model.cfg)
 
     def run_verification(folder, manifest):
-        with err.status("verifying the graphs against PyTorch ..."):
-            report = verify_export(folder, manifest, model, real, Tolerance(atol, rtol))
+        report = verify_export(folder, manifest, model, real, Tolerance(atol, rtol))
         report["tensorrt"] = tensorrt_parser_check(folder, manifest, target_trt.value)
         return report
 
-    result = export_artifacts(
-        model,
-        out_dir,
-        options,
-        loaded.fmt,
-        source={"checkpoint": checkpoint.name, "format": loaded.fmt},
-        verify=run_verification if verify else None,
-        log=lambda msg: note(safe(msg)),
-    )
+    with spinner("exporting" + (" and verifying against PyTorch" if verify else "")):
+        result = export_artifacts(
+            model,
+            out_dir,
+            options,
+            loaded.fmt,
+            source={"checkpoint": checkpoint.name, "format": loaded.fmt},
+            verify=run_verification if verify else None,
+            log=lambda msg: note(safe(msg)),
+        )
     if result.manifest.verification:
-        print_verification(result.manifest.verification.to_dict())
+        print_verification(result.manifest.verification.to_dict(), target_trt.value, result.folder)
     else:
         note("[yellow]verification skipped (--no-verify)[/]")
     sizes = ", ".join(f"{name} {size / 2**20:.1f} MB" for name, size in result.files.items())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import sys
 import time
 from contextlib import closing
 from enum import Enum
@@ -23,7 +22,6 @@ from sacvit_deploy.cli._common import (
     check_batch_size,
     check_output,
     deferred_interrupts,
-    err,
     fail,
     handle_errors,
     note,
@@ -31,6 +29,7 @@ from sacvit_deploy.cli._common import (
     read_labels,
     safe,
 )
+from sacvit_deploy.cli._progress import progress_bar
 from sacvit_deploy.core.errors import SacvitError
 
 IO_PANEL = "Input / output"
@@ -143,18 +142,24 @@ def infer(
         f"threshold {opened.pipeline.threshold:g}"
     )
 
+    if fmt == OutputFormat.table:
+        note(
+            "columns: stage = the stage that answered; conf = stage 1's confidence (its max softmax), "
+            f"the image exits at stage 1 when conf >= {opened.pipeline.threshold:g}; prob = the probability "
+            "of the prediction, from the stage that answered"
+        )
     writer = open_writer(fmt.value, output, topk, clean=printable)
     done = failed = stage1 = 0
     infer_seconds = 0.0
     start = time.perf_counter()
-    bar = _progress(progress and len(paths) > batch_size)
-    task = bar.add_task("classifying", total=len(paths)) if bar else None
     interrupted = False
     write_error: RowWriteError | None = None
     try:
-        if bar:
-            bar.start()
-        with opened.pipeline as pipe:
+        with (
+            progress_bar(progress and len(paths) > batch_size) as bar,
+            opened.pipeline as pipe,
+        ):
+            advance = bar.task("classifying", total=len(paths))
             batches = predict_files(
                 pipe, paths, manifest.preprocess, topk, names, batch_size, workers, threshold
             )
@@ -169,15 +174,12 @@ def infer(
                     failed += batch.failed
                     stage1 += batch.stage1
                     infer_seconds += batch.seconds
-                    if bar:
-                        bar.advance(task, len(batch.predictions))
+                    advance(len(batch.predictions))
     except KeyboardInterrupt:
         interrupted = True
     except RowWriteError as exc:
         write_error = exc
     finally:
-        if bar:
-            bar.stop()
         try:
             writer.close()
         except RowWriteError as exc:
@@ -202,18 +204,3 @@ def infer(
         if not done:
             raise fail(f"none of the {failed} images could be read; see the lines above", EXIT_SOME_FAILED)
         raise typer.Exit(EXIT_SOME_FAILED)
-
-
-def _progress(enabled: bool):  # -> rich.progress.Progress | None
-    if not enabled or not sys.stderr.isatty():
-        return None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-    )

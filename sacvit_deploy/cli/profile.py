@@ -29,6 +29,7 @@ from sacvit_deploy.cli._common import (
     safe,
     write_json,
 )
+from sacvit_deploy.cli._progress import progress_bar
 from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.runtime.jetson import Jetson
 
@@ -212,11 +213,14 @@ def profile(
     runners = {"stage1": opened.pipeline.stage1, "stage2": opened.pipeline.stage2}
     if base_runner is not None:
         runners["baseline"] = base_runner
-    with opened.pipeline as pipe:
+    with opened.pipeline as pipe, progress_bar() as bar:
         if base_runner is not None:
             base_runner.activate()
         try:
-            split, results = run_profile(pipe, pool, settings, base_runner, sampler, log=note)
+            advance = bar.task("timing", total=len(sizes) * (warmup + iters))
+            split, results = run_profile(
+                pipe, pool, settings, base_runner, sampler, log=note, advance=advance
+            )
         finally:
             if base_runner is not None:
                 base_runner.deactivate()

@@ -27,6 +27,7 @@ TRITON_EXTRA = "pip install 'sacvit-deploy[triton]'"
 class TritonBackend(str, Enum):
     onnxruntime = "onnxruntime"
     tensorrt = "tensorrt"
+    python = "python"
 
 
 class InstanceKind(str, Enum):
@@ -71,7 +72,9 @@ def triton(
     backend: Annotated[
         TritonBackend,
         typer.Option(
-            help="Stage models as ONNX Runtime graphs, or TensorRT plans (built for the server's TensorRT).",
+            help="Stage models as ONNX Runtime graphs, TensorRT plans (built for the server's TensorRT), or "
+            "python: the ONNX graphs run by onnxruntime inside Triton's Python backend (servers with only "
+            "that backend, e.g. PyTriton's; `sacvit-deploy serve`).",
             rich_help_panel=REPO,
         ),
     ] = TritonBackend.onnxruntime,
@@ -114,8 +117,12 @@ def triton(
         ),
     ] = 1,
     kind: Annotated[
-        InstanceKind, typer.Option(help="Where the stage models run.", rich_help_panel=SERVING)
-    ] = InstanceKind.gpu,
+        InstanceKind | None,
+        typer.Option(
+            help="Where the stage models run (default: cpu for --backend python, else gpu).",
+            rich_help_panel=SERVING,
+        ),
+    ] = None,
     gpus: Annotated[
         str | None,
         typer.Option(
@@ -150,7 +157,7 @@ def triton(
         backend=backend.value,
         max_batch=max_batch,
         instances=instances,
-        kind=kind.value,
+        kind=kind.value if kind else None,
         gpus=parse_gpus(gpus),
         threshold=threshold,
         name=name,
@@ -171,6 +178,12 @@ def triton(
     if backend == TritonBackend.tensorrt:
         trt = result.manifest.tensorrt.version if result.manifest.tensorrt else "?"
         note(f"the plans were built with TensorRT {trt}: serve them with the Triton release that ships it")
+    if backend == TritonBackend.python:
+        note(
+            "the stages need onnxruntime (and numpy < 2 for PyTriton's stubs) in the Python backend's "
+            f"environment; PyTriton's tritonserver runs it: sacvit-deploy serve --artifacts {artifacts} (docs/triton.md)"
+        )
+        return
     note(
         f"next: docker run --gpus all --shm-size 1g -p8000:8000 -p8001:8001 -p8002:8002 "
         f"-v {out_dir.resolve()}:/models nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models"

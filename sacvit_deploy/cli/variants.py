@@ -9,7 +9,7 @@ from rich.table import Table
 
 from sacvit_deploy.cli._common import handle_errors, out
 from sacvit_deploy.model.config import FORMAT_PRESETS, VARIANTS, make_config
-from sacvit_deploy.model.flops import FlopsReport
+from sacvit_deploy.model.flops import FlopsReport, format_gflops
 
 
 @handle_errors
@@ -48,8 +48,13 @@ def variants(
                 window,
                 str(cfg.num_targets),
                 str(cfg.stage2_tokens),
-                f"{r.baseline:.2f}",
-                f"{r.stage1:.2f}",
-                f"{r.stage2:.2f}",
+                format_gflops(r.baseline),
+                format_gflops(r.stage1),
+                format_gflops(r.stage2),
             )
     out.print(table)
+    out.print(
+        "GFLOPs as this package's graphs compute them (stage 2 embeds only its target patches); LF-ViT's "
+        "papers count all patches: +0.06 G for DeiT-S stage 2 (2.70). docs/spec.md, section FLOPs.",
+        highlight=False,
+    )

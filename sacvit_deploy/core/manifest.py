@@ -301,6 +301,9 @@ class Manifest:
     # Written by `sacvit-deploy calibrate --write`: how exit_threshold was chosen. Optional:
     # manifests without it (older ones) load as None.
     calibration: ExitCalibration | None = None
+    # Written by `sacvit-deploy quantize` (sacvit_deploy/quantize/artifacts.py): precision, format,
+    # method, calibration set, quantized ops, verification. Optional: float manifests have none.
+    quantization: dict[str, Any] | None = None
     source: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     package_version: str = __version__
@@ -320,7 +323,7 @@ class Manifest:
 
     # ---- (de)serialisation ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "schema": SCHEMA,
             "schema_version": SCHEMA_VERSION,
             "created": self.created or _now(),
@@ -338,6 +341,9 @@ class Manifest:
             "verification": self.verification.to_dict() if self.verification else None,
             "calibration": self.calibration.to_dict() if self.calibration else None,
         }
+        if self.quantization is not None:  # only int8 (Q/DQ) folders carry the section
+            d["quantization"] = self.quantization
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "manifest") -> Manifest:
@@ -386,6 +392,7 @@ class Manifest:
                 calibration=ExitCalibration.from_dict(d["calibration"])
                 if d.get("calibration") is not None
                 else None,
+                quantization=_get(d, "quantization", dict, "manifest", required=False),
                 source=_get(d, "source", dict, "manifest", required=False) or {},
                 created=str(d.get("created", "")),
                 package_version=str(d.get("package_version", "")),

@@ -20,8 +20,11 @@ Precision, per TensorRT version (version questions are answered in ``trt_version
 * < 10.12, ``--fp16``: ``BuilderFlag.FP16`` + ``OBEY_PRECISION_CONSTRAINTS`` and the FP32 islands;
 * 10.12+ and 11.x, ``--fp16``: weak typing is deprecated (10.12) or gone (11.0), so the ONNX graph is
   rewritten to float16 with the same islands kept float32 (``fp16.py``) and built ``STRONGLY_TYPED``;
-* ``--int8``: an entropy calibrator on <= 10.x (weakly typed, so deprecated from 10.12); TensorRT 11
-  needs Q/DQ nodes (not supported yet).
+* ``--int8``: an entropy calibrator on <= 10.x (implicit quantization, weakly typed, so deprecated
+  from 10.12; removed in 11);
+* a Q/DQ export (``sacvit-deploy quantize``): explicit quantization, no calibrator. 10.x and 11.x
+  build it STRONGLY_TYPED (the Q/DQ nodes fix INT8, everything else stays FP32); 8.x builds it
+  weakly typed with ``BuilderFlag.INT8``, as its explicit-quantization mode requires.
 
 DLA (``--dla-core``): the DLA runs no dynamic dimension, so each engine gets a static profile
 (min = opt = max, at its opt batch); the runtime pads smaller batches and splits larger ones. The
@@ -86,9 +89,12 @@ class BuildOptions:
     baseline: bool | None = None  # None: build it when the export has one
     parity_images: int = 32
     buffers: str = "auto"  # device buffers for calibration and the parity check: auto | torch | pycuda
+    qdq: bool = False  # set from the export's manifest: its graphs carry Q/DQ nodes (quantize)
 
     @property
     def precision(self) -> str:
+        if self.qdq:
+            return "int8-qdq"
         if self.int8:
             return "int8+fp16" if self.fp16 else "int8"
         return "fp16" if self.fp16 else "fp32"
@@ -310,7 +316,7 @@ def config_for(
     from sacvit_deploy.backends.trt_version import HARDWARE_COMPAT, enum_member
 
     if strongly_typed is None:
-        strongly_typed = version.builds_strongly_typed(options.int8)
+        strongly_typed = version.builds_strongly_typed(options.int8, options.qdq)
 
     config = builder.create_builder_config()
     flags: list[str] = []
@@ -325,8 +331,8 @@ def config_for(
     if version.has_precision_flags() and not strongly_typed:
         if options.fp16:
             flag("FP16")
-        if options.int8:
-            flag("INT8")
+        if options.int8 or (options.qdq and not version.has_strongly_typed_flag()):
+            flag("INT8")  # 8.x explicit quantization: the INT8 flag, no calibrator
         if options.fp16 or options.int8:
             flag(
                 "OBEY_PRECISION_CONSTRAINTS"
@@ -438,10 +444,17 @@ def check_options(trt: Any, version: Any, options: BuildOptions, gpu: Any, manif
     warnings: list[str] = []
     from sacvit_deploy.backends.trt_version import HARDWARE_COMPAT
 
+    if options.qdq and (options.int8 or options.fp16):
+        raise EngineBuildError(
+            "this export is already INT8 (Q/DQ graphs from `sacvit-deploy quantize`): build it without "
+            f"{'--int8' if options.int8 else '--fp16'} (Q/DQ fix INT8 where they are, the rest runs FP32); "
+            "for FP16 build the float export"
+        )
     if options.int8 and not version.has_int8_calibrator():
         raise EngineBuildError(
-            f"--int8 is not supported yet on TensorRT {version}: INT8 on TensorRT 11 needs Q/DQ nodes in the "
-            "ONNX graph (explicit quantization); build --fp16, or use TensorRT 10.x for calibrated INT8"
+            f"--int8 is not supported on TensorRT {version}: its INT8 calibrator is gone, INT8 there needs "
+            "Q/DQ nodes in the ONNX graph; run `sacvit-deploy quantize EXPORT --calib-images DIR` and build "
+            "its output (without --int8), or build --fp16"
         )
     if options.version_compatible and not version.has_version_compatible():
         raise EngineBuildError(
@@ -528,6 +541,7 @@ def build_engines(
             f"--timing-cache {options.timing_cache}: keep the timing cache outside the engines folder (--out {out})"
         )
     roles = _roles(manifest, export_dir, options.baseline)
+    options = replace(options, qdq=bool(manifest.quantization))
     from sacvit_deploy.backends.tensorrt_backend import resolve_buffers
 
     options = replace(options, buffers=resolve_buffers(options.buffers))
@@ -565,7 +579,7 @@ def build_engines(
             _log.warning(message)
     if options.fp16 and version.known_fp16_issue():
         _log.warning(version.known_fp16_issue())
-    strongly_typed = version.builds_strongly_typed(options.int8)
+    strongly_typed = version.builds_strongly_typed(options.int8, options.qdq)
     if options.int8 and version.weak_typing_deprecated():
         _log.warning(
             "TensorRT %s deprecates weak typing: calibrated INT8 still builds weakly typed (BuilderFlag.INT8 "
@@ -693,6 +707,7 @@ def build_engines(
             "network_flags": net_flag_names,
             "strongly_typed": strongly_typed,
             "fp16_path": _fp16_path(options, strongly_typed),
+            "int8_path": _int8_path(options, strongly_typed),
             "version_compatible": options.version_compatible,
             "hardware_compat": options.hardware_compat,
             "dla_core": options.dla_core,
@@ -714,6 +729,7 @@ def build_engines(
             engines=entries,
             exporter=manifest.exporter,
             tensorrt=TensorRTInfo.from_dict(tensorrt_info),
+            quantization=manifest.quantization,
             source={
                 **manifest.source,
                 "export": str(export_dir),
@@ -738,6 +754,15 @@ def build_engines(
         publish(staging, out, engines_manifest, previous)
     files = {e.file: e.size for e in entries.values()}
     return BuildResult(out, engines_manifest, time.perf_counter() - start, files, warnings)
+
+
+def _int8_path(options: BuildOptions, strongly_typed: bool) -> str | None:
+    if options.qdq:
+        how = "STRONGLY_TYPED" if strongly_typed else "BuilderFlag.INT8, no calibrator"
+        return f"explicit quantization: the export's Q/DQ nodes, built {how}"
+    if options.int8:
+        return "implicit quantization: BuilderFlag.INT8 + entropy calibrator"
+    return None
 
 
 def _fp16_path(options: BuildOptions, strongly_typed: bool) -> str | None:

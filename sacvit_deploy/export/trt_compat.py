@@ -33,6 +33,16 @@ _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 # INT64 constants are data (index tables) that 8.x casts down element by element.
 _SHAPE_CONSTANT_MAX = 8
 _DTYPE_NAME = {v: k for k, v in TensorProto.DataType.items()}
+# Integer types whose every value INT32 holds: casting them to INT64 loses nothing on 8.x.
+_FITS_INT32 = {
+    TensorProto.INT64,  # a no-op cast
+    TensorProto.INT32,
+    TensorProto.INT16,
+    TensorProto.INT8,
+    TensorProto.UINT16,
+    TensorProto.UINT8,
+    TensorProto.BOOL,
+}
 
 
 @dataclass(frozen=True)
@@ -57,6 +67,34 @@ class Problem:
         """``stage1.onnx: error [rule] node 'X' (Op): message — fix: ...``"""
         where = f" node '{self.node}' ({self.op})" if self.node or self.op else ""
         return f"{graph}: {self.severity} [{self.rule}]{where}: {self.message} — fix: {self.fix}"
+
+
+@dataclass(frozen=True)
+class ProblemGroup:
+    """The same finding on several nodes (e.g. every LayerNormalization): reported once, counted."""
+
+    first: Problem
+    nodes: tuple[str, ...]
+
+    @property
+    def is_error(self) -> bool:
+        return self.first.is_error
+
+    def line(self, graph: str) -> str:
+        """``stage1.onnx: error [rule] 25 nodes (Op), e.g. 'X': message — fix: ...``"""
+        if len(self.nodes) <= 1:
+            return self.first.line(graph)
+        p = self.first
+        where = f" {len(self.nodes)} nodes ({p.op}), e.g. '{self.nodes[0]}'"
+        return f"{graph}: {p.severity} [{p.rule}]{where}: {p.message} — fix: {p.fix}"
+
+
+def group_problems(problems: list[Problem]) -> list[ProblemGroup]:
+    """One group per distinct finding (same severity, rule, op, message and fix), in first-seen order."""
+    groups: dict[tuple[str, str, str, str, str], list[Problem]] = {}
+    for p in problems:
+        groups.setdefault((p.severity, p.rule, p.op, p.message, p.fix), []).append(p)
+    return [ProblemGroup(ps[0], tuple(p.node for p in ps)) for ps in groups.values()]
 
 
 # ---- loading -------------------------------------------------------------------------------------
@@ -96,6 +134,7 @@ class _Tensor:
     const: bool = False  # an initializer or a Constant node output (the parser's "weights")
     numel: int | None = None  # for constants
     values: np.ndarray | None = None  # for small constants
+    dims: tuple[int, ...] | None = None  # for initializers (per-channel scale counts)
 
 
 def _from_type(tp: onnx.TypeProto) -> _Tensor:
@@ -120,7 +159,7 @@ def _from_tensor(tensor: TensorProto) -> _Tensor:
             values = numpy_helper.to_array(tensor)
         except Exception:  # malformed payload: the value is simply unknown
             values = None
-    return _Tensor(tensor.data_type, len(tensor.dims), True, True, numel, values)
+    return _Tensor(tensor.data_type, len(tensor.dims), True, True, numel, values, tuple(tensor.dims))
 
 
 def _constant_node_tensor(node: onnx.NodeProto) -> _Tensor:
@@ -237,7 +276,7 @@ class _Checker:
                 WARNING, "int64-io", "", "",
                 f"graph {kind} '{name}' is INT64; {self.label} casts it to INT32, so the engine's "
                 f"binding is int32, not the int64 ONNX Runtime uses",
-                "export indices as int32 (`.to(torch.int32)` before returning / after receiving them)",
+                "re-export with `sacvit-deploy export`, whose graphs take and return int32 indices",
             )  # fmt: skip
         self.check_dtype(name, t, "", "", f"graph {kind}")
 
@@ -278,7 +317,9 @@ class _Checker:
         self.add(
             WARNING, "int64-initializer", node, op,
             f"{what} '{name}' is an INT64 tensor of {t.numel} elements; {self.label} casts it to INT32: {detail}",
-            "store index tables as int32 (register the buffer with dtype=torch.int32)",
+            "none needed (the cast is lossless); re-exporting with `sacvit-deploy export` stores the "
+            "table as int32" if fits == "yes" else
+            "re-export with `sacvit-deploy export`, whose graphs keep index tables in int32",
         )  # fmt: skip
 
     # -- nodes -------------------------------------------------------------------------------------
@@ -543,14 +584,118 @@ class _Checker:
     def op_Cast(self, node: onnx.NodeProto, name: str, scope: _Scope) -> None:
         to = _attr(node, "to")
         src = scope.get(_input(node, 0))
-        if src.dtype == TensorProto.INT64 or _shape_like(src):
-            return  # a no-op, or shape arithmetic: INT32 holds every real shape
+        if src.dtype in _FITS_INT32 or _shape_like(src):
+            # A no-op, a widening of values INT32 already holds (torch.gather's int32 -> int64
+            # index cast), or shape arithmetic: INT32 holds every real shape.
+            return
         if to == TensorProto.INT64 and not self.sup.native_int64:
             self.add(
                 WARNING, "int64-cast", name, "Cast",
                 f"Cast to INT64: {self.label} computes it as INT32 (values outside INT32 are clamped)",
-                "cast indices to int32 instead (`.to(torch.int32)`; gather / index accept int32)",
+                "re-export with `sacvit-deploy export` (its graphs only widen int32 indices, which is "
+                "lossless); a graph from another exporter should compute indices in int32",
             )  # fmt: skip
+
+    def _qdq(self, node: onnx.NodeProto, name: str, scope: _Scope) -> None:
+        """INT8 explicit quantization as TensorRT takes it (trt_support: QDQ_*)."""
+        op = node.op_type
+        opset = self.opset or 0
+        if opset < ts.QDQ_MIN_OPSET:
+            self.add(
+                ERROR, "qdq-opset", name, op, f"{op} needs opset {ts.QDQ_MIN_OPSET}+ (the model is opset {opset})",
+                "re-export with opset 17 and quantize again (`sacvit-deploy quantize`)",
+            )  # fmt: skip
+            return
+        x, scale = scope.get(_input(node, 0)), scope.get(_input(node, 1))
+        zp_name = _input(node, 2)
+        zp = scope.get(zp_name) if zp_name else None
+        fix_sym = "quantize symmetrically to signed int8 (`sacvit-deploy quantize` does; onnxruntime: QuantType.QInt8, ActivationSymmetric)"
+        if not scale.const:
+            self.add(
+                ERROR, "qdq-scale", name, op, f"the scale ('{_input(node, 1)}') is computed at run time; "
+                f"{self.label} needs a build-time constant", "calibrate statically (scales as initializers)",
+            )  # fmt: skip
+        # The quantized type: the zero point's, else the input's (DQ) or uint8 (Q, ONNX's default).
+        if zp is not None and zp.dtype is not None:
+            qtype = _dtype_name(zp.dtype)
+        elif op == "DequantizeLinear":
+            qtype = _dtype_name(x.dtype) if x.dtype is not None else "INT8"
+        else:
+            out_dtype = _attr(node, "output_dtype", 0)
+            qtype = _dtype_name(out_dtype) if out_dtype else "UINT8"
+        allowed = ts.QDQ_TYPES.get(self.v, frozenset({"INT8"}))
+        if qtype == "INT32" and op == "DequantizeLinear":
+            self.add(
+                ERROR, "qdq-dtype", name, op, f"dequantizes INT32 (a quantized bias); {self.label} "
+                "dequantizes 8-bit (and narrower) types only", "keep biases float (onnxruntime: QuantizeBias=False)",
+            )  # fmt: skip
+        elif qtype not in allowed:
+            default = (
+                " (no zero point: ONNX's default uint8)" if zp is None and op == "QuantizeLinear" else ""
+            )
+            self.add(
+                ERROR, "qdq-dtype", name, op, f"quantizes to {qtype}{default}; {self.label} takes "
+                f"{', '.join(sorted(allowed))} Q/DQ only", fix_sym,
+            )  # fmt: skip
+        elif qtype != "INT8":
+            self.add(
+                WARNING, "qdq-dtype", name, op, f"{qtype} Q/DQ parse on {self.label}, but this check covers INT8 "
+                "rules only (FP8 needs Ada / Hopper or newer; INT4 is weight-only)",
+                "compare the engine with ONNX Runtime (build-engine's parity check)",
+            )  # fmt: skip
+        if zp is not None:
+            if not zp.const:
+                self.add(
+                    ERROR, "qdq-zero-point", name, op, f"the zero point ('{zp_name}') is computed at run time",
+                    fix_sym,
+                )  # fmt: skip
+            elif zp.values is not None and np.any(zp.values.astype(np.float64) != 0):
+                self.add(
+                    ERROR, "qdq-zero-point", name, op, f"zero point is not 0; {self.label} supports symmetric "
+                    "quantization only", fix_sym,
+                )  # fmt: skip
+        if _attr(node, "block_size", 0):
+            self.add(
+                ERROR, "qdq-block", name, op, f"blocked quantization (block_size={_attr(node, 'block_size')}); "
+                f"{self.label} has it for INT4 weight-only quantization, not INT8",
+                "quantize INT8 per tensor or per channel",
+            )  # fmt: skip
+            return
+        per_channel = scale.rank == 1 and (scale.numel or 0) > 1
+        if scale.rank is not None and scale.rank > 1:
+            self.add(
+                ERROR, "qdq-per-channel", name, op, f"the scale has rank {scale.rank}; per-tensor scales are "
+                "scalars and per-channel scales 1-D", "quantize per tensor or per channel",
+            )  # fmt: skip
+        if not per_channel:
+            return
+        if opset < ts.QDQ_PER_CHANNEL_OPSET:
+            self.add(
+                ERROR, "qdq-per-channel", name, op, f"a per-channel scale needs opset {ts.QDQ_PER_CHANNEL_OPSET}+ "
+                f"(opset {opset} Q/DQ are per tensor)", "re-export with opset 17, or quantize per tensor (--per-tensor)",
+            )  # fmt: skip
+            return
+        if not x.const:
+            self.add(
+                ERROR, "qdq-per-channel", name, op, f"per-channel quantization of an activation "
+                f"('{_input(node, 0)}'); {self.label} quantizes activations per tensor, weights per channel",
+                "quantize activations per tensor (one scale)",
+            )  # fmt: skip
+            return
+        axis = int(_attr(node, "axis", 1))
+        if x.rank is not None and not -x.rank <= axis < x.rank:
+            self.add(
+                ERROR, "qdq-axis", name, op, f"axis {axis} is outside the input's rank {x.rank}",
+                "quantize along the weight's output-channel axis",
+            )  # fmt: skip
+        elif x.dims and x.dims[axis] != scale.numel:
+            self.add(
+                ERROR, "qdq-axis", name, op, f"{scale.numel} scales for axis {axis} of size "
+                f"{x.dims[axis]}", "give one scale per channel of the quantization axis",
+            )  # fmt: skip
+
+    op_QuantizeLinear = _qdq
+    op_DequantizeLinear = _qdq
 
     def op_Constant(self, node: onnx.NodeProto, name: str, scope: _Scope) -> None:
         if node.output:

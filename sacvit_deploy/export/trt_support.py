@@ -230,3 +230,22 @@ def support(version: str) -> ParserSupport:
         return SUPPORT[version]
     except KeyError:
         raise ValueError(f"unknown TensorRT version {version!r}; choose from {', '.join(VERSIONS)}") from None
+
+
+# ---- explicit quantization: QuantizeLinear / DequantizeLinear -----------------------------------------
+# onnx-tensorrt docs/operators.md (8.x and 10.x tables): QuantizeLinear "y_zero_point must be 0",
+# DequantizeLinear "x_zero_point must be zero", INT8 in 8.x; 10.x adds FP8 (E4M3) and INT4 (weight
+# only, blocked). The TensorRT developer guide ("Explicit Quantization"): the scale is a build-time
+# constant; activations are quantized per tensor, weights per tensor or per channel (a 1-D scale, one
+# value per channel of the quantization ``axis``). Opset 10 has per-tensor Q/DQ only; opset 13 added
+# ``axis`` (per-channel); opset 21 added ``block_size`` (blocked quantization).
+QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
+QDQ_MIN_OPSET = 10
+QDQ_PER_CHANNEL_OPSET = 13
+# Q/DQ element types each parser takes (onnx.TensorProto names). sacvit-deploy writes INT8 only.
+QDQ_TYPES: dict[str, frozenset[str]] = {
+    "8.5": frozenset({"INT8"}),
+    "8.6": frozenset({"INT8"}),
+    "10": frozenset({"INT8", "FLOAT8E4M3FN", "INT4"}),
+    "11": frozenset({"INT8", "FLOAT8E4M3FN", "INT4"}),
+}

@@ -126,7 +126,10 @@ class SACViT(_Backbone):
         )
         self.reuse_block = nn.Sequential(nn.LayerNorm(d, eps=cfg.norm_eps), Mlp(d, int(cfg.mlp_ratio * d), d))
         self.selector = TokenSelector(cfg)
-        self.register_buffer("fine_table", fine_index_table(cfg.coarse_grid), persistent=False)
+        # int32, like target_index: the graph's index table and inputs need no INT64 (TensorRT 8.x).
+        self.register_buffer(
+            "fine_table", fine_index_table(cfg.coarse_grid).to(torch.int32), persistent=False
+        )
         self.score_layers = frozenset(cfg.score_layers)
         self._init_weights()
 
@@ -170,8 +173,9 @@ class SACViT(_Backbone):
     ) -> Tensor:
         """Stage 2 on the samples that did not exit: returns their logits."""
         d = self.cfg.embed_dim
-        fine = self.fine_table[target_index.long()].flatten(1)  # (B, 4k), 4 children per target in a row
-        patches = gather_tokens(image_to_patches(image, self.cfg.patch_size), fine)
+        fine = self.fine_table[target_index].flatten(1)  # (B, 4k) int32, 4 children per target in a row
+        # torch.gather takes int64 indices only: this Cast int32 -> INT64 is the graph's one INT64 index.
+        patches = gather_tokens(image_to_patches(image, self.cfg.patch_size), fine.long())
         targets = self.patch_embed.embed_patches(patches)
         # Feature reuse: each fine token gets its parent's reuse feature (LF-ViT: nearest x2 upsample).
         reuse = self.reuse_block(target_features)

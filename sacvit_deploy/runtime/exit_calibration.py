@@ -57,29 +57,36 @@ class LabelledImages:
     root: Path
     paths: list[Path]
     labels: list[int]
-    mapping: str  # "names" (folder name = class name) or "sorted" (folder i = class i)
+    mapping: str  # "names" (folder name = class name), "index" (= class index), "sorted" (folder i = class i)
     folders: dict[str, int]  # folder name -> class index
     empty_folders: list[str] = field(default_factory=list)
     ignored_files: int = 0  # images directly in the root, outside any class folder
 
     def describe(self) -> str:
-        how = (
-            "by name (every folder name is one of the manifest's class names)"
-            if self.mapping == "names"
-            else "by sorted order (folder i = class i)"
-        )
+        how = {
+            "names": "by name (every folder name is one of the manifest's class names)",
+            "index": "by index (folder name = class index)",
+            "sorted": "by sorted order (folder i = class i)",
+        }[self.mapping]
         return f"{len(self.folders)} class folders mapped {how}"
 
 
+FOLDER_MAPPINGS = ("names", "index", "sorted")
+
+
 def find_labelled_images(
-    root: str | Path, num_classes: int, class_names: Sequence[str] | None
+    root: str | Path, num_classes: int, class_names: Sequence[str] | None, mapping: str = "names"
 ) -> LabelledImages:
     """Images and labels of an ImageFolder ``root/<class>/<image>`` (images found recursively).
 
-    Folder names map through ``class_names`` when every folder name is a class name, else by sorted
-    order. Raises :class:`SacvitError` for a missing or unlabelled folder, and for a folder that maps
-    to no class.
+    ``mapping`` says what a folder name means, and is never guessed: ``names``, each folder is named
+    after one of ``class_names``; ``index``, each folder name is a class index (``0`` to
+    ``num_classes - 1``); ``sorted``, the i-th folder in sorted order is class i (how torchvision's
+    ImageFolder numbers classes). Raises :class:`SacvitError` for a missing or unlabelled folder, and
+    for a folder that maps to no class, naming it and the fix.
     """
+    if mapping not in FOLDER_MAPPINGS:
+        raise ValueError(f"mapping must be one of {FOLDER_MAPPINGS}, not {mapping!r}")
     root = Path(root)
     if not root.is_dir():
         raise SacvitError(f"{root}: no such folder; give a labelled folder with one sub-folder per class")
@@ -94,23 +101,36 @@ def find_labelled_images(
             f"{root}: no class sub-folders ({loose} loose images); calibrate needs labelled images in the "
             f"ImageFolder layout: {root}/<class name>/<image>"
         )
-    names = list(class_names) if class_names else None
-    if names is not None and all(f in names for f in folders):
-        mapping, index = "names", {f: names.index(f) for f in folders}
-    else:
-        matching = [f for f in folders if names is not None and f in names]
-        if matching:
-            stray = next(f for f in folders if f not in names)  # type: ignore[operator]
+    other = "say how the folders map: --folder-labels index (folder '3' = class 3) or sorted (i-th folder = class i)"
+    if mapping == "names":
+        names = list(class_names) if class_names else None
+        if names is None:
             raise SacvitError(
-                f"{root / stray}: folder maps to no class: {len(matching)} of {len(folders)} folder names are "
-                f"class names of the manifest, this one is not; rename it to its class name"
+                f"{root}: the model has no class names to match the folder names against; {other}"
             )
+        stray = next((f for f in folders if f not in names), None)
+        if stray is not None:
+            examples = ", ".join(repr(n) for n in names[:3])
+            raise SacvitError(
+                f"{root / stray}: folder name {stray!r} is not one of the model's {len(names)} class names "
+                f"({examples}, ...); rename the folders to class names, or {other}"
+            )
+        index = {f: names.index(f) for f in folders}
+    elif mapping == "index":
+        stray = next((f for f in folders if not (f.isdigit() and int(f) < num_classes)), None)
+        if stray is not None:
+            raise SacvitError(
+                f"{root / stray}: folder name {stray!r} is not a class index 0-{num_classes - 1} "
+                "(--folder-labels index); rename it, or use --folder-labels names or sorted"
+            )
+        index = {f: int(f) for f in folders}
+    else:
         if len(folders) > num_classes:
             raise SacvitError(
                 f"{root / folders[num_classes]}: folder maps to no class: {len(folders)} class folders for a model "
                 f"with {num_classes} classes (sorted order, folder i = class i); remove the extra folders"
             )
-        mapping, index = "sorted", {f: i for i, f in enumerate(folders)}
+        index = {f: i for i, f in enumerate(folders)}
     paths: list[Path] = []
     labels: list[int] = []
     empty = []

@@ -54,7 +54,7 @@ def plot_profile(report: dict[str, Any], path: Path) -> Path:
 
     for row, label, style in (
         ("end_to_end", "pipeline, end to end", "o-"),
-        ("ideal", "ideal (stage 1 + stage 2 alone)", "s--"),
+        ("ideal", "ideal (stage 1 + 2 back to back)", "s--"),
         ("baseline", "baseline DeiT", "^-"),
     ):
         if not all(row in b["latency"] for b in batches):

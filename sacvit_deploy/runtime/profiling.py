@@ -13,10 +13,18 @@ order, on the same batch, so background load and thermal state affect them alike
 - ``stage1_alone``: the stage-1 runner on the same host batch (input copy included, as end to end).
 - ``stage2_alone``: the stage-2 runner on exactly this batch's hard samples, already compacted on
   the device (as inside the pipeline), padded to the same buckets.
+- ``ideal``: stage 1 then stage 2 on the same host batch and hard samples as the two rows above,
+  back to back in ONE timed call ending with one device sync, exactly as ``end_to_end`` is timed:
+  the pipeline without its gate, compaction and scatter. (It is not the sum of the two "alone"
+  rows: two timed calls pay two clock reads and syncs and are disturbed separately, so their sum
+  could even exceed the pipeline.)
 - ``baseline``: the single-stage DeiT runner on the same host batch (input copy included).
 
-``ideal = stage1_alone + stage2_alone`` per round, and ``overhead = end_to_end / ideal - 1`` (medians):
-what the gate, compaction, scatter, syncs and Python cost. Throughput is ``batch / median``.
+``overhead`` is the median over rounds of ``end_to_end / ideal - 1``, both timed in the same round:
+what the gate, compaction, scatter and Python cost. Measured alike, it is >= 0 up to timing noise;
+a negative value means the noise (background load) is larger than the overhead: give more
+``--iters``. Throughput is ``batch / median``. In a round where no sample is hard, stage 2 costs 0,
+so at small batches the median of the stage-2 rows can be 0.
 
 Percentiles interpolate linearly between order statistics (numpy's default); with few iterations
 p99 is close to the maximum: give ``--iters`` >= 100 for a meaningful p99.
@@ -41,7 +49,7 @@ from sacvit_deploy.backends.base import Runner
 from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.core.exit_rule import exit_mask
 from sacvit_deploy.core.version import __version__
-from sacvit_deploy.model.flops import FlopsReport
+from sacvit_deploy.model.flops import FlopsReport, format_gflops
 from sacvit_deploy.runtime.pipeline import EarlyExitPipeline, hard_samples, run_any_batch, run_batched
 
 SCHEMA = "sacvit-deploy/profile"
@@ -58,9 +66,17 @@ ROW_LABELS = {
     "end_to_end": "end to end",
     "stage1_alone": "stage 1 alone",
     "stage2_alone": "stage 2 alone, hard samples",
-    "ideal": "ideal = stage 1 + stage 2 alone",
+    "ideal": "ideal: stage 1 + 2, back to back",
     "baseline": "baseline (single-stage DeiT)",
 }
+ROW_LEGEND = (
+    "rows: 'in pipeline' = the parts of one pipeline.run, clock read (GPU: synced) between them, and",
+    "  'pipeline, synced per stage' their sum; 'end to end' = pipeline.run as an application calls it;",
+    "  'alone' = each stage's runner by itself on the same batch / hard samples; 'ideal' = stage 1 then",
+    "  stage 2 in one timed call, measured like end to end, minus the gate; overhead = end to end over",
+    "  ideal. A round with no hard sample has stage 2 = 0 ms, so a stage-2 median can be 0.",
+    "columns: latency statistics over the timed rounds in ms; images/s = batch / median latency",
+)
 THROUGHPUT_ROWS = ("stage1", "pipeline_staged", "end_to_end", "stage1_alone", "ideal", "baseline")
 
 
@@ -216,6 +232,14 @@ def _prepare(pipe: EarlyExitPipeline, x: torch.Tensor, threshold: float) -> _Pre
     return _Prepared(x, int(hard.numel()), feed)
 
 
+def _stages_back_to_back(pipe: EarlyExitPipeline, p: _Prepared) -> Any:
+    """Stage 1 on the batch, then stage 2 on its (already compacted) hard samples: one call."""
+    out1 = run_any_batch(pipe.stage1, {"image": p.images})
+    if p.n_hard:
+        return run_batched(pipe.stage2, p.stage2_feed, p.n_hard, pipe.buckets)
+    return out1
+
+
 @dataclass
 class BatchProfile:
     """Every timing of one batch size (seconds) and what the pipeline decided."""
@@ -238,9 +262,10 @@ class BatchProfile:
 
     @property
     def overhead(self) -> float:
-        e2e, ideal = self.stats("end_to_end"), self.stats("ideal")
-        assert e2e is not None and ideal is not None
-        return e2e.median / ideal.median - 1.0 if ideal.median > 0 else 0.0
+        """Median over rounds of end_to_end / ideal - 1 (paired: both timed in the same round)."""
+        pairs = zip(self.samples["end_to_end"], self.samples["ideal"], strict=True)
+        ratios = [e / i for e, i in pairs if i > 0]
+        return float(np.median(ratios)) - 1.0 if ratios else 0.0
 
     @property
     def speedup(self) -> float | None:
@@ -259,8 +284,12 @@ def profile_batch(
     warmup: int,
     iters: int,
     baseline: Runner | None = None,
+    advance: Callable[[int], None] = lambda _n: None,
 ) -> BatchProfile:
-    """Time one batch size (see the module docstring for what each row measures)."""
+    """Time one batch size (see the module docstring for what each row measures).
+
+    ``advance(1)`` is called after every round (warm-up included), for a progress bar.
+    """
     if iters < 1 or warmup < 0:
         raise SacvitError(f"--iters must be >= 1 and --warmup >= 0 (got {iters}, {warmup})")
     sync = device_sync(pipe.device)
@@ -282,6 +311,7 @@ def profile_batch(
             calls["stage2_alone"] = lambda p=p: run_batched(
                 pipe.stage2, p.stage2_feed, p.n_hard, pipe.buckets
             )
+        calls["ideal"] = lambda p=p: _stages_back_to_back(pipe, p)
         if baseline is not None:
             calls["baseline"] = lambda x=x: run_any_batch(baseline, {"image": x})
         names = list(calls)
@@ -290,6 +320,7 @@ def profile_batch(
         results: dict[str, Any] = {}
         for name in names[shift:] + names[:shift]:
             seconds[name], results[name] = timed(calls[name], sync)
+        advance(1)
         if i < warmup:
             continue
         staged = results["staged"]
@@ -299,7 +330,7 @@ def profile_batch(
         samples["end_to_end"].append(seconds["end_to_end"])
         samples["stage1_alone"].append(seconds["stage1_alone"])
         samples["stage2_alone"].append(seconds["stage2_alone"])
-        samples["ideal"].append(seconds["stage1_alone"] + seconds["stage2_alone"])
+        samples["ideal"].append(seconds["ideal"])
         if baseline is not None:
             samples["baseline"].append(seconds["baseline"])
         exits += int((results["end_to_end"].stage == 1).sum())
@@ -501,6 +532,7 @@ def format_report(report: dict[str, Any]) -> list[str]:
         f"timing: {s['warmup']} warm-up + {s['iters']} timed rounds per batch size, round-robin; "
         f"images: {s['images']}",
         f"host-device copies: {env['host_device_copies']}",
+        *ROW_LEGEND,
     ]
     head = f"  {'':33}{'median':>9} {'p90':>9} {'p99':>9} {'mean':>9} {'min':>9} {'max':>9}  {'images/s':>10}"
     for b in report["batches"]:
@@ -523,8 +555,12 @@ def format_report(report: dict[str, Any]) -> list[str]:
                 + (f"  {ips:>10.1f}" if ips is not None else f"  {'-':>10}")
             )
         e2e, ideal = b["latency"]["end_to_end"]["median_ms"], b["latency"]["ideal"]["median_ms"]
+        noise = (
+            " (negative: timing noise exceeds the overhead; give more --iters)" if b["overhead"] < 0 else ""
+        )
         lines.append(
-            f"  overhead: end to end {e2e:.3f} ms vs ideal {ideal:.3f} ms = {100 * b['overhead']:+.1f}%"
+            f"  overhead: {100 * b['overhead']:+.1f}% (median of end to end / ideal - 1 per round; medians "
+            f"{e2e:.3f} vs {ideal:.3f} ms){noise}"
         )
         if b["speedup"] is not None:
             lines.append(
@@ -532,14 +568,15 @@ def format_report(report: dict[str, Any]) -> list[str]:
                 f"({b['throughput_ips']['end_to_end']:.1f} vs {b['throughput_ips']['baseline']:.1f} images/s)"
             )
         g = b["gflops_per_image"]
+        gf = format_gflops
         exp = (
-            f", {g['expected']:.3f} expected at exit rate {th['requested_exit_rate']:g}"
+            f", {gf(g['expected'])} expected at exit rate {th['requested_exit_rate']:g}"
             if g["expected"]
             else ""
         )
         lines.append(
-            f"  GFLOPs/image: {g['measured']:.3f} measured ({fl['stage1']:.3f} + {1 - b['exit_rate']:.3f} x "
-            f"{fl['stage2']:.3f}){exp}; baseline {g['baseline']:.3f} ({100 * g['saving']:.0f}% fewer)"
+            f"  GFLOPs/image: {gf(g['measured'])} measured ({gf(fl['stage1'])} + {1 - b['exit_rate']:.3f} x "
+            f"{gf(fl['stage2'])}){exp}; baseline {gf(g['baseline'])} ({100 * g['saving']:.0f}% fewer)"
         )
         if b["power"]:
             lines.append("  power: " + _power_text(b["power"]))
@@ -556,7 +593,7 @@ def format_report(report: dict[str, Any]) -> list[str]:
             f"  {b['batch']:>5} {b['latency']['end_to_end']['median_ms']:>10.3f} "
             f"{b['latency']['ideal']['median_ms']:>10.3f} {100 * b['overhead']:>+8.1f}% "
             f"{b['throughput_ips']['end_to_end']:>10.1f} {base_text:>10} {speedup_text:>8} "
-            f"{100 * b['exit_rate']:>8.1f}% {b['gflops_per_image']['measured']:>7.3f}"
+            f"{100 * b['exit_rate']:>8.1f}% {format_gflops(b['gflops_per_image']['measured']):>7}"
         )
     return lines
 
@@ -615,6 +652,7 @@ def run_profile(
     baseline: Runner | None = None,
     jetson: Any = None,
     log: Callable[[str], None] = lambda _msg: None,
+    advance: Callable[[int], None] = lambda _n: None,
 ) -> tuple[ExitSplit, list[BatchProfile]]:
     """Choose the threshold on the pool, then profile every batch size (runners must be active).
 
@@ -632,7 +670,9 @@ def run_profile(
     results = []
     for batch in settings.batch_sizes:
         log(f"batch {batch}: {settings.warmup} warm-up + {settings.iters} timed rounds ...")
-        bp = profile_batch(pipe, pool, batch, split.threshold, settings.warmup, settings.iters, baseline)
+        bp = profile_batch(
+            pipe, pool, batch, split.threshold, settings.warmup, settings.iters, baseline, advance
+        )
         if jetson is not None:
             sync = device_sync(pipe.device)
             power_seconds = jetson.power_seconds

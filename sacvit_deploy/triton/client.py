@@ -224,9 +224,10 @@ class TritonRunner:
             raise TritonClientError(
                 f"Triton at {self.endpoint.url}: '{self.model}' failed: {_one_line(exc)}"
             ) from None
-        except OSError as exc:
+        except Exception as exc:  # the transport's own: OSError, geventhttpclient's HTTPConnectionClosed
             raise TritonClientError(
-                f"Triton at {self.endpoint.url}: connection lost during a request ({_one_line(exc)})"
+                f"Triton at {self.endpoint.url}: connection lost during a request ({type(exc).__name__}: "
+                f"{_one_line(exc)}); is the server still running?"
             ) from None
         return {name: result.as_numpy(name) for name, _ in tc.BLS_OUTPUTS}
 

@@ -28,7 +28,11 @@ from sacvit_deploy.core.manifest import ArtifactFile, TensorSpec
 CONFIG_NAME = "config.pbtxt"
 VERSION = "1"
 PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}
+# Stage flavours that are Python-backend models (``backend: "python"``, no platform): ``python`` runs
+# the ONNX graph (``1/model.onnx``) with onnxruntime inside the Python backend (``1/model.py``).
+PYTHON_STAGES = ("python",)
 MODEL_FILES = {"onnxruntime": "model.onnx", "tensorrt": "model.plan", "python": "model.py"}
+GRAPH_FILE = "model.onnx"
 TRITON_DTYPES = {
     "float32": "TYPE_FP32",
     "float16": "TYPE_FP16",
@@ -95,21 +99,30 @@ def stage_config(
     max_batch: int,
     placement: Placement,
     opt_batch: int | None = None,
+    queue_delay_us: int | None = None,
 ) -> dict[str, Any]:
     batching: dict[str, Any] = {}
     preferred = preferred_batch_sizes(backend, max_batch, opt_batch)
     if preferred:
         batching["preferred_batch_size"] = preferred
-    batching["max_queue_delay_microseconds"] = QUEUE_DELAY_US[role]
+    batching["max_queue_delay_microseconds"] = (
+        QUEUE_DELAY_US[role] if queue_delay_us is None else queue_delay_us
+    )
+    kind = {"backend": "python"} if backend in PYTHON_STAGES else {"platform": PLATFORMS[backend]}
     return {
         "name": name,
-        "platform": PLATFORMS[backend],
+        **kind,
         "max_batch_size": max_batch,
         "input": [tensor_config(t) for t in entry.inputs],
         "output": [tensor_config(t) for t in entry.outputs],
         "instance_group": placement.instance_group(),
         "dynamic_batching": batching,
     }
+
+
+def describe_stage(backend: str) -> str:
+    """How a stage model runs, for log lines: ``onnxruntime_onnx``, ``tensorrt_plan``, ``python + onnxruntime``."""
+    return "python + onnxruntime" if backend in PYTHON_STAGES else PLATFORMS[backend]
 
 
 def bls_config(
@@ -121,6 +134,7 @@ def bls_config(
     threshold: float,
     stage_models: dict[str, str],
     client_info: dict[str, Any],
+    queue_delay_us: int | None = None,
 ) -> dict[str, Any]:
     """The Python-backend model that runs the gate. It runs on the CPU (numpy); the stages hold the GPU."""
     outputs = []
@@ -134,7 +148,11 @@ def bls_config(
         "input": [tensor_config(image)],
         "output": outputs,
         "instance_group": [{"count": count, "kind": Token(KINDS["cpu"])}],
-        "dynamic_batching": {"max_queue_delay_microseconds": QUEUE_DELAY_US["bls"]},
+        "dynamic_batching": {
+            "max_queue_delay_microseconds": QUEUE_DELAY_US["bls"]
+            if queue_delay_us is None
+            else queue_delay_us
+        },
         "parameters": {
             THRESHOLD_PARAMETER: format_threshold(threshold),
             "stage1_model": stage_models["stage1"],

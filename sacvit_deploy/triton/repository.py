@@ -6,7 +6,7 @@ Layout (``--name sacvit``)::
       sacvit_triton.json          what this command wrote (so a re-run may replace it), file sha256s
       sacvit_stage1/              stage 1 + exit gate: ONNX Runtime or TensorRT plan, dynamic batching
         config.pbtxt
-        1/model.onnx              (or 1/model.plan)
+        1/model.onnx              (or 1/model.plan; --backend python: 1/model.onnx + 1/model.py)
       sacvit_stage2/              stage 2, called for the hard samples only
         config.pbtxt
         1/model.onnx
@@ -50,7 +50,7 @@ from sacvit_deploy.triton.index import (
     RepositoryIndex,
 )
 
-BACKENDS = ("onnxruntime", "tensorrt")
+BACKENDS = ("onnxruntime", "tensorrt", "python")
 DEFAULT_MAX_BATCH = 32
 
 
@@ -59,10 +59,17 @@ class RepositoryOptions:
     backend: str = "onnxruntime"
     max_batch: int | None = None  # None: 32 for ONNX Runtime, the engines' profile max for TensorRT
     instances: int = 1
-    kind: str = "gpu"
+    kind: str | None = None  # None: cpu for --backend python (PyTriton's server has no GPU code), else gpu
     gpus: tuple[int, ...] = ()
     threshold: float | None = None  # None: the manifest's
     name: str = "sacvit"
+    queue_delay_us: int | None = None  # None: the per-model defaults (config.QUEUE_DELAY_US)
+
+    @property
+    def instance_kind(self) -> str:
+        if self.kind is not None:
+            return self.kind
+        return "cpu" if self.backend in tc.PYTHON_STAGES else "gpu"
 
     def model_names(self) -> dict[str, str]:
         return {"bls": self.name, "stage1": f"{self.name}_stage1", "stage2": f"{self.name}_stage2"}
@@ -74,13 +81,13 @@ class RepositoryOptions:
             raise RepositoryError(
                 f"--name {self.name!r}: a Triton model name here is letters, digits, '_' and '-' (e.g. sacvit)"
             )
-        if self.kind not in tc.KINDS:
+        if self.instance_kind not in tc.KINDS:
             raise RepositoryError(f"--kind {self.kind!r}: use gpu or cpu")
-        if self.backend == "tensorrt" and self.kind == "cpu":
+        if self.backend == "tensorrt" and self.instance_kind == "cpu":
             raise RepositoryError(
                 "--backend tensorrt runs on GPUs only; use --kind gpu, or --backend onnxruntime"
             )
-        if self.gpus and self.kind != "gpu":
+        if self.gpus and self.instance_kind != "gpu":
             raise RepositoryError("--gpus places instances on GPUs; drop it with --kind cpu")
         if any(g < 0 for g in self.gpus):
             raise RepositoryError(f"--gpus {self.gpus}: GPU ids are 0, 1, ...")
@@ -88,6 +95,8 @@ class RepositoryOptions:
             raise RepositoryError(f"--instances {self.instances}: use 1 or more")
         if self.max_batch is not None and self.max_batch < 1:
             raise RepositoryError(f"--max-batch {self.max_batch}: use 1 or more")
+        if self.queue_delay_us is not None and self.queue_delay_us < 0:
+            raise RepositoryError(f"--max-queue-delay-us {self.queue_delay_us}: use 0 or more")
         if self.threshold is not None and not (math.isfinite(self.threshold) and self.threshold >= 0):
             raise RepositoryError(
                 f"--threshold {self.threshold}: must be a number >= 0 (0: everything exits, above 1: nothing)"
@@ -108,8 +117,8 @@ class RepositoryResult:
 
 # ---- reading the artifacts --------------------------------------------------------------------------
 def stage_entries(manifest: Manifest, folder: Path, backend: str) -> dict[str, ArtifactFile]:
-    """The stage files the backend needs: ONNX graphs, or TensorRT engines."""
-    section = "graphs" if backend == "onnxruntime" else "engines"
+    """The stage files the backend needs: ONNX graphs (onnxruntime, python), or TensorRT engines."""
+    section = "engines" if backend == "tensorrt" else "graphs"
     entries: dict[str, ArtifactFile] = getattr(manifest, section)
     if backend == "tensorrt" and not entries:
         raise RepositoryError(
@@ -118,8 +127,8 @@ def stage_entries(manifest: Manifest, folder: Path, backend: str) -> dict[str, A
         )
     missing = [r for r in ("stage1", "stage2") if r not in entries]
     if missing:
-        what = "ONNX graphs" if backend == "onnxruntime" else "TensorRT engines"
-        hint = "point --artifacts at an export folder" if backend == "onnxruntime" else "rebuild the engines"
+        what = "TensorRT engines" if backend == "tensorrt" else "ONNX graphs"
+        hint = "rebuild the engines" if backend == "tensorrt" else "point --artifacts at an export folder"
         raise RepositoryError(f"{folder}/manifest.json has no {' or '.join(missing)} {what}; {hint}")
     return {r: entries[r] for r in ("stage1", "stage2")}
 
@@ -185,6 +194,11 @@ def bls_instances(options: RepositoryOptions) -> int:
 
 def bls_source() -> str:
     return (resources.files("sacvit_deploy.triton") / "bls_model.py").read_text(encoding="utf-8")
+
+
+def stage_source() -> str:
+    """``model.py`` of a ``--backend python`` stage: its ONNX graph run by onnxruntime."""
+    return (resources.files("sacvit_deploy.triton") / "stage_model.py").read_text(encoding="utf-8")
 
 
 def _client_info(manifest: Manifest, source: dict[str, Any]) -> dict[str, Any]:
@@ -257,7 +271,7 @@ def write_repository(
     manifest = Manifest.load(artifacts)
     entries = stage_entries(manifest, artifacts, options.backend)
     opt_batch: dict[str, int] = {}
-    if options.backend == "onnxruntime":
+    if options.backend != "tensorrt":
         _check_dynamic_batch(entries, artifacts)
         max_batch = options.max_batch or DEFAULT_MAX_BATCH
     else:
@@ -282,7 +296,7 @@ def write_repository(
         source["tensorrt"] = {
             k: getattr(manifest.tensorrt, k, None) for k in ("version", "gpu", "compute_capability")
         }
-    placement = tc.Placement(options.kind, options.instances, tuple(options.gpus))
+    placement = tc.Placement(options.instance_kind, options.instances, tuple(options.gpus))
     previous = publish.prepare_output_folder(out, RepositoryError, "triton", owned=_owned)
     header_source = f"{artifacts.resolve()}/manifest.json"
     written: dict[str, tuple[int, str]] = {}  # relative path -> (size, sha256)
@@ -292,7 +306,9 @@ def write_repository(
             folder = staging / names[role]
             version = folder / tc.VERSION
             version.mkdir(parents=True)
-            model_file = tc.MODEL_FILES[options.backend]
+            model_file = (
+                tc.GRAPH_FILE if options.backend in tc.PYTHON_STAGES else tc.MODEL_FILES[options.backend]
+            )
             src = manifest.file_path(artifacts, entry)
             if options.backend == "onnxruntime":
                 from sacvit_deploy.core.onnx_files import external_data_files
@@ -306,8 +322,17 @@ def write_repository(
                 data_sha = entry.external_sha256 or ""
                 data_size = copy_verified(src, version / entry.external_data, data_sha)
                 written[f"{names[role]}/{tc.VERSION}/{entry.external_data}"] = (data_size, data_sha)
+            if options.backend in tc.PYTHON_STAGES:
+                _write_text(version / tc.MODEL_FILES["python"], stage_source(), written, staging)
             cfg = tc.stage_config(
-                names[role], role, entry, options.backend, max_batch, placement, opt_batch.get(role)
+                names[role],
+                role,
+                entry,
+                options.backend,
+                max_batch,
+                placement,
+                opt_batch.get(role),
+                options.queue_delay_us,
             )
             caller = f"called by the BLS model '{options.name}' ({'every sample' if role == 'stage1' else 'hard samples only'})"
             header = [
@@ -315,7 +340,7 @@ def write_repository(
                 f"Written by sacvit-deploy {__version__} from {header_source} ({entry.file}, sha256 {entry.sha256[:16]}…).",
             ]
             _write_text(folder / tc.CONFIG_NAME, tc.render_pbtxt(cfg, header), written, staging)
-            log(f"wrote {names[role]}/ ({tc.PLATFORMS[options.backend]}, {size / 2**20:.1f} MB)")
+            log(f"wrote {names[role]}/ ({tc.describe_stage(options.backend)}, {size / 2**20:.1f} MB)")
 
         bls = staging / names["bls"]
         model_json = _model_json(manifest, entries, options, max_batch, threshold, source)
@@ -332,6 +357,7 @@ def write_repository(
             threshold,
             {"stage1": names["stage1"], "stage2": names["stage2"]},
             _client_info(manifest, source),
+            options.queue_delay_us,
         )
         header = [
             "SAC-ViT early exit (Python backend, BLS): clients send preprocessed `image`, get `logits`,",
@@ -351,9 +377,10 @@ def write_repository(
             options={
                 "max_batch": max_batch,
                 "instances": options.instances,
-                "kind": options.kind,
+                "kind": options.instance_kind,
                 "gpus": list(options.gpus),
                 "threshold": threshold,
+                "queue_delay_us": options.queue_delay_us,
             },
             created=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
         )

@@ -283,16 +283,25 @@ def _check_stage(
     enum: _EnumNames,
 ) -> None:
     model = index.models[role]
-    platform = tc.PLATFORMS.get(index.backend, "?")
-    ok = cfg.platform == platform and cfg.backend in ("", index.backend)
-    report.add(model, "platform", ok, f"platform {cfg.platform!r}, expected {platform!r}")
-    model_file = folder / model / tc.VERSION / tc.MODEL_FILES[index.backend]
+    version = folder / model / tc.VERSION
+    if index.backend in tc.PYTHON_STAGES:
+        ok = cfg.backend == "python" and not cfg.platform
+        report.add(
+            model, "backend", ok, f"backend {cfg.backend!r}, platform {cfg.platform!r}, expected python"
+        )
+        _check_python_source(report, model, version / tc.MODEL_FILES["python"])
+        model_file = version / tc.GRAPH_FILE
+    else:
+        platform = tc.PLATFORMS.get(index.backend, "?")
+        ok = cfg.platform == platform and cfg.backend in ("", index.backend)
+        report.add(model, "platform", ok, f"platform {cfg.platform!r}, expected {platform!r}")
+        model_file = version / tc.MODEL_FILES[index.backend]
     report.add(model, "model file", model_file.is_file(), str(model_file))
     _check_common(report, model, cfg, kind_gpu_only=index.backend == "tensorrt")
     specs = model_json[role]
     _compare_io(report, model, "inputs", _io_summary(cfg.input, enum), _expected_io(specs["inputs"]))
     _compare_io(report, model, "outputs", _io_summary(cfg.output, enum), _expected_io(specs["outputs"]))
-    if index.backend == "onnxruntime" and model_file.is_file():
+    if index.backend != "tensorrt" and model_file.is_file():
         try:
             graph = _onnx_io(model_file)
         except Exception as exc:  # a damaged file fails in protobuf or onnx, in many ways
@@ -320,6 +329,15 @@ def _check_stage(
             )
 
 
+def _check_python_source(report: ValidationReport, model: str, source: Path) -> None:
+    try:
+        tree = ast.parse(source.read_text(encoding="utf-8"), filename=str(source))
+        classes = {n.name for n in tree.body if isinstance(n, ast.ClassDef)}
+        report.add(model, "model.py", "TritonPythonModel" in classes, "defines TritonPythonModel")
+    except (OSError, SyntaxError, ValueError) as exc:
+        report.add(model, "model.py", False, f"{source}: {exc}")
+
+
 def _check_bls(
     report: ValidationReport,
     folder: Path,
@@ -332,13 +350,7 @@ def _check_bls(
     cfg = configs["bls"]
     report.add(model, "backend", cfg.backend == "python" and not cfg.platform, f"backend {cfg.backend!r}")
     _check_common(report, model, cfg, kind_gpu_only=False)
-    source = folder / model / tc.VERSION / tc.MODEL_FILES["python"]
-    try:
-        tree = ast.parse(source.read_text(encoding="utf-8"), filename=str(source))
-        classes = {n.name for n in tree.body if isinstance(n, ast.ClassDef)}
-        report.add(model, "model.py", "TritonPythonModel" in classes, "defines TritonPythonModel")
-    except (OSError, SyntaxError, ValueError) as exc:
-        report.add(model, "model.py", False, f"{source}: {exc}")
+    _check_python_source(report, model, folder / model / tc.VERSION / tc.MODEL_FILES["python"])
 
     image = next((t for t in model_json["stage1"]["inputs"] if t.name == "image"), None)
     num_classes = int(model_json["model"]["num_classes"])

@@ -81,6 +81,8 @@ _LAYER_TYPES = {
     "Resize": "RESIZE",
     "Where": "SELECT",
     "ConstantOfShape": "FILL",
+    "QuantizeLinear": "QUANTIZE",
+    "DequantizeLinear": "DEQUANTIZE",
 }
 
 
@@ -371,6 +373,7 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
             self._onnx_bytes: bytes | None = None
             self._errors: list[str] = []
             self.name = "network"
+            self._has_qdq = False  # explicit quantization: Q/DQ layers fix INT8 where they are
 
         num_layers = property(lambda self: len(self._layers))
         num_inputs = property(lambda self: len(self._inputs))
@@ -523,6 +526,7 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
             net = self._network
             net._onnx_bytes = data
             net.name = proto.graph.name
+            net._has_qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in proto.graph.node)
             inferred = onnx.shape_inference.infer_shapes(proto)
             types_ = {
                 v.name: v.type.tensor_type.elem_type
@@ -814,10 +818,13 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
                     dla_layers = sum(config.can_run_on_DLA(layer) for layer in network._layers)
             calibration = None
             if "INT8" in flag_names:
-                if config._calibrator is None:
-                    problems.append("INT8 without a calibrator or Q/DQ nodes")
-                else:
+                if config._calibrator is not None:
                     calibration = _calibrate(network, config)
+                elif not network._has_qdq:
+                    problems.append("INT8 without a calibrator or Q/DQ nodes")
+            if network._has_qdq and not network._strongly_typed and "INT8" not in flag_names:
+                # TensorRT 8.x: explicit quantization in a weakly typed network needs the INT8 flag.
+                problems.append("Q/DQ layers in a weakly typed network without BuilderFlag.INT8")
             if problems or m.state.build_returns_none:
                 for p in problems:
                     log(self._logger, Severity.ERROR, p)
@@ -845,6 +852,7 @@ def make_fake_tensorrt(version: str = "10.3.0") -> types.ModuleType:
                     layer.name for layer in network._layers if layer._precision == m.DataType.FLOAT
                 ),
                 "calibration": calibration,
+                "qdq": network._has_qdq,
             }
             m.state.builds.append(
                 {**header, "timing_cache_hit": hit, "pools": {p.name: v for p, v in config._pools.items()}}
