@@ -32,6 +32,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _timing import timed
 
 from sacvit_deploy.export.onnx_export import ExportOptions, export_artifacts
 from sacvit_deploy.model import SACViT, make_config
@@ -53,20 +56,6 @@ def random_model(variant: str, fmt: str) -> SACViT:
         model.head.weight.mul_(LOGIT_STD / std)
         model.head.bias.zero_()
     return model
-
-
-def timed(fns: dict, warmup: int, iters: int) -> dict[str, float]:
-    """Median seconds per call, callables timed round-robin."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(iters):
-        for name, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
-    return {name: statistics.median(v) for name, v in times.items()}
 
 
 def split_threshold(conf: torch.Tensor, n_hard: int) -> float:
@@ -148,7 +137,7 @@ def main() -> None:
             for name, b in baselines.items():
                 fns[f"baseline {name}"] = lambda b=b, x=x: b.infer({"image": x})
             iters = args.iters if bs > 1 else 4 * args.iters
-            t = timed(fns, args.warmup, iters)
+            t = {name: statistics.median(v) for name, v in timed(fns, args.warmup, iters).items()}
             if bs == 1:
                 h = args.hard_fraction
                 for name in opened:

@@ -17,7 +17,6 @@ import json
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -26,25 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _random_export import export_random_weights
+from _timing import timed
 
 from sacvit_deploy.model import FlopsReport
 from sacvit_deploy.model.flops import format_gflops as gf
 from sacvit_deploy.runtime.loader import open_pipeline
 from sacvit_deploy.runtime.pipeline import hard_samples, run_any_batch
-
-
-def timed(fns: dict, warmup: int, iters: int) -> dict[str, list[float]]:
-    """Time several callables round-robin, so background load affects them alike."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(iters):
-        for name, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
-    return times
 
 
 def main() -> None:
