@@ -639,3 +639,8 @@ def test_opset_above_the_documented_one_warns_and_strict_refuses(export, tmp_pat
     )
     with pytest.raises(EngineBuildError, match="opset 21, above 20.*--strict refuses it"):
         check_options(fake, TrtVersion(10, 3), BuildOptions(strict=True), FAKE_GPU, manifest)
+
+
+def test_profile_batch_sizes_are_bounded():
+    with pytest.raises(EngineBuildError, match="--max-batch 1000000: at most 1024"):
+        BuildOptions(max_batch=1_000_000).validate()

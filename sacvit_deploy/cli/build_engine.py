@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
-from sacvit_deploy.cli._common import handle_errors, note, out, parity_table
+from sacvit_deploy.cli._common import handle_errors, note, out, parity_table, safe
 from sacvit_deploy.cli._progress import spinner
 
 ENGINES = "Engines"
@@ -36,7 +35,7 @@ class _NoteHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         prefix = _STYLES.get(record.levelno, "")
-        note(prefix + escape(record.getMessage()))
+        note(prefix + safe(record.getMessage()))
 
 
 @contextmanager
@@ -207,7 +206,9 @@ def build_engine(
     if parity and parity.get("rows"):
         print_parity(parity)
     sizes = ", ".join(f"{name} {size / 2**20:.1f} MB" for name, size in result.files.items())
-    out.print(f"built {len(result.files)} engines into {result.folder}/ in {result.seconds:.1f} s: {sizes}")
+    out.print(
+        f"built {len(result.files)} engines into {safe(result.folder)}/ in {result.seconds:.1f} s: {sizes}"
+    )
     for warning in result.warnings:
-        note(f"[bold yellow]warning:[/] {escape(warning)}")
-    note(f"next: sacvit-deploy infer IMAGES --artifacts {result.folder} --backend tensorrt")
+        note(f"[bold yellow]warning:[/] {safe(warning)}")
+    note(f"next: sacvit-deploy infer IMAGES --artifacts {safe(result.folder)} --backend tensorrt")

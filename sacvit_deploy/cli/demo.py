@@ -18,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from sacvit_deploy.cli._common import handle_errors, out, run_command
+from sacvit_deploy.cli._common import handle_errors, out, run_command, safe
 from sacvit_deploy.core.errors import SacvitError
 
 DEFAULT_FOLDER = Path("sacvit-demo")
@@ -27,10 +27,8 @@ PROFILE_ARGS = {"batch_sizes": "1,8", "iters": 20, "warmup": 3}
 
 
 def _q(path: Path) -> str:
-    """A path as typed in a shell, safe inside Rich markup."""
-    from rich.markup import escape
-
-    return escape(shlex.quote(str(path)))
+    """A path as typed in a shell, safe inside Rich markup and on the terminal."""
+    return safe(shlex.quote(str(path)))
 
 
 def _profile_args() -> list[str]:
@@ -40,9 +38,7 @@ def _profile_args() -> list[str]:
 
 def _step(number: int, title: str, argv: list[str]) -> int:
     """Print a step's command line, then run exactly that line through the CLI; its exit code."""
-    from rich.markup import escape
-
-    command = escape(shlex.join(["sacvit-deploy", *argv]))
+    command = safe(shlex.join(["sacvit-deploy", *argv]))
     out.print(f"\n[bold]{number}. {title}[/]  [dim]$ {command}[/]", highlight=False)
     return run_command(argv)
 

@@ -11,7 +11,15 @@ from typing import Annotated
 
 import typer
 
-from sacvit_deploy.cli._common import InitFormatChoice, TrainFormatChoice, err, handle_errors, out
+from sacvit_deploy.cli._common import (
+    InitFormatChoice,
+    TrainFormatChoice,
+    err,
+    handle_errors,
+    out,
+    printable,
+    safe,
+)
 from sacvit_deploy.core.errors import ConfigError, SacvitError
 from sacvit_deploy.model.config import ModelConfig
 from sacvit_deploy.training import TrainOptions
@@ -324,16 +332,18 @@ def train(
     if math.isfinite(result.best_metric):
         out.print(
             f"best val accuracy (early exit at threshold {result.cfg.exit_threshold:g}): "
-            f"{100 * result.best_metric:.2f}% -> {result.best_path}",
+            f"{100 * result.best_metric:.2f}% -> {safe(result.best_path)}",
             highlight=False,
         )
     if result.ema_model is not None and result.best_ema_path.is_file():
-        out.print(f"best EMA weights: {result.best_ema_path}", highlight=False)
-    out.print(f"resumable checkpoint: {result.last_path} (epoch {result.epochs_done}, step {result.steps})")
+        out.print(f"best EMA weights: {safe(result.best_ema_path)}", highlight=False)
+    out.print(
+        f"resumable checkpoint: {safe(result.last_path)} (epoch {result.epochs_done}, step {result.steps})"
+    )
 
 
 def _line(message: str) -> None:
-    err.print(message, highlight=False, markup=False)
+    err.print(printable(message), highlight=False, markup=False)  # it quotes paths and class names
 
 
 def _epoch_progress():  # -> rich.progress.Progress

@@ -71,6 +71,9 @@ class EngineBuildError(SacvitError):
     """An engine cannot be built: bad option, parse failure, build failure, failed parity with --strict."""
 
 
+MAX_PROFILE_BATCH = 1024
+
+
 @dataclass
 class BuildOptions:
     fp16: bool = False
@@ -102,6 +105,11 @@ class BuildOptions:
     def validate(self) -> None:
         from sacvit_deploy.backends.trt_version import HARDWARE_COMPAT
 
+        if self.max_batch > MAX_PROFILE_BATCH:
+            raise EngineBuildError(
+                f"--max-batch {self.max_batch}: at most {MAX_PROFILE_BATCH} (the profile's buffers are allocated "
+                "for it: 1024 images of 224 px are 0.6 GB of input)"
+            )
         if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
             raise EngineBuildError(
                 f"batch sizes must satisfy 1 <= --min-batch ({self.min_batch}) <= --opt-batch ({self.opt_batch}) "

@@ -93,8 +93,8 @@ class RepositoryOptions:
             raise RepositoryError(f"--gpus {self.gpus}: GPU ids are 0, 1, ...")
         if self.instances < 1:
             raise RepositoryError(f"--instances {self.instances}: use 1 or more")
-        if self.max_batch is not None and self.max_batch < 1:
-            raise RepositoryError(f"--max-batch {self.max_batch}: use 1 or more")
+        if self.max_batch is not None and not 1 <= self.max_batch <= 1024:
+            raise RepositoryError(f"--max-batch {self.max_batch}: use 1 to 1024")
         if self.queue_delay_us is not None and self.queue_delay_us < 0:
             raise RepositoryError(f"--max-queue-delay-us {self.queue_delay_us}: use 0 or more")
         if self.threshold is not None and not (math.isfinite(self.threshold) and self.threshold >= 0):
