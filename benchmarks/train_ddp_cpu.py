@@ -25,22 +25,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from sacvit_deploy.model import load_checkpoint, tiny_config
 
-
-def write_folder(root: Path, n_train: int, n_val: int) -> None:
-    rng = np.random.default_rng(0)
-    colours = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
-    for split, n in (("train", n_train), ("val", n_val)):
-        for name, colour in colours.items():
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(n):
-                h, w = rng.integers(64, 97, size=2)
-                pixels = np.asarray(colour)[None, None] + rng.normal(0, 25, (h, w, 3))
-                Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(folder / f"{i}.png")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the test pictures, in a source checkout
+from tests.fakes.pictures import write_colour_folder
 
 
 def free_port() -> int:
@@ -59,7 +48,7 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="sacvit-ddp-"))
     try:
-        write_folder(tmp / "data", args.images // 3, 4)
+        write_colour_folder(tmp / "data", args.images // 3, 4)
         cfg = tmp / "cfg.json"
         cfg.write_text(json.dumps(tiny_config().to_dict()))
         cli = shutil.which("sacvit-deploy") or str(Path(sys.executable).with_name("sacvit-deploy"))

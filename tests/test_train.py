@@ -29,22 +29,11 @@ from sacvit_deploy.training import (
     train,
 )
 from sacvit_deploy.training.loop import load_init_weights
-
-COLOURS = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
+from tests.fakes.pictures import write_colour_folder
 
 
 def write_folder(root: Path, n_train: int = 8, n_val: int = 3, seed: int = 0) -> Path:
-    """A tiny ImageFolder: noisy solid colours, one class per colour, 64-96 px images."""
-    rng = np.random.default_rng(seed)
-    for split, n in (("train", n_train), ("val", n_val)):
-        for name, colour in COLOURS.items():
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(n):
-                h, w = rng.integers(64, 97, size=2)
-                pixels = np.asarray(colour)[None, None] + rng.normal(0, 25, (h, w, 3))
-                Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(folder / f"{i}.png")
-    return root
+    return write_colour_folder(root, n_train, n_val, seed)
 
 
 @pytest.fixture(scope="module")

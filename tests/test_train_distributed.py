@@ -35,25 +35,16 @@ from sacvit_deploy.training.augment import OPS, MixupCutmix, RandAugment, Random
 from sacvit_deploy.training.data import default_workers
 from sacvit_deploy.training.distributed import World, resolve_device, world_from_env
 from sacvit_deploy.training.recipe import param_groups
+from tests.fakes.pictures import write_colour_folder
 
 TESTS = Path(__file__).resolve().parent
-COLOURS = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
 # Weights after the same steps on 1 and on 2 processes (lr 1e-3): float summation order differs, nothing else.
 PARITY_ATOL = 2e-4
 LOSS_RTOL = 1e-5
 
 
 def write_folder(root: Path, n_train: int = 12, n_val: int = 3, seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    for split, n in (("train", n_train), ("val", n_val)):
-        for name, colour in COLOURS.items():
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(n):
-                h, w = rng.integers(64, 97, size=2)
-                pixels = np.asarray(colour)[None, None] + rng.normal(0, 25, (h, w, 3))
-                Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(folder / f"{i}.png")
-    return root
+    return write_colour_folder(root, n_train, n_val, seed)
 
 
 def quiet():

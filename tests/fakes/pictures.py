@@ -29,3 +29,21 @@ def make_images(folder: Path, count: int = 6, size: tuple[int, int] = (160, 140)
         img.save(path)
         paths.append(path)
     return paths
+
+
+COLOURS = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
+
+
+def write_colour_folder(root: Path, n_train: int = 8, n_val: int = 3, seed: int = 0) -> Path:
+    """A tiny ImageFolder for training: noisy solid colours, one class per colour, 64-96 px images,
+    ``root/train/<colour>/i.png`` and ``root/val/<colour>/i.png``."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("val", n_val)):
+        for name, colour in COLOURS.items():
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(n):
+                h, w = rng.integers(64, 97, size=2)
+                pixels = np.asarray(colour)[None, None] + rng.normal(0, 25, (h, w, 3))
+                Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(folder / f"{i}.png")
+    return root
