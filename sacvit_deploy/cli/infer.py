@@ -168,12 +168,14 @@ def infer(
                     for row in batch.predictions:
                         if row.error is not None:
                             note(f"[yellow]skipped[/] {safe(row.source)}: {safe(row.error)}")
-                    with deferred_interrupts():  # a signal waits until the batch's rows are written
+                    # A signal waits until the batch's rows are written AND counted, so the summary
+                    # always says what the file holds.
+                    with deferred_interrupts():
                         writer.write(batch.predictions)
-                    done += batch.classified
-                    failed += batch.failed
-                    stage1 += batch.stage1
-                    infer_seconds += batch.seconds
+                        done += batch.classified
+                        failed += batch.failed
+                        stage1 += batch.stage1
+                        infer_seconds += batch.seconds
                     advance(len(batch.predictions))
     except KeyboardInterrupt:
         interrupted = True
