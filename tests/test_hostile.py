@@ -1333,7 +1333,12 @@ def test_hostile_input(case: Case, corpus):
 
 # ---- signals: whole rows and a summary ----------------------------------------------------------------
 def _signal_run(
-    base: Path, tmp_path: Path, sig: int, wait_for_rows: bool
+    base: Path,
+    tmp_path: Path,
+    sig: int,
+    wait_for_rows: bool,
+    after: float = 1.0,
+    command: list[str] = CLI,
 ) -> tuple[subprocess.CompletedProcess, Path]:
     shutil.copytree(base / "export", tmp_path / "export")
     (tmp_path / "imgs").mkdir()
@@ -1341,7 +1346,7 @@ def _signal_run(
         _png(tmp_path / "imgs" / f"{i:03d}.png", colour=(i % 255, 9, 9))
     out = tmp_path / "out.jsonl"
     proc = subprocess.Popen(
-        [*CLI, *infer("imgs", "--format", "jsonl", "--output", "out.jsonl", "--batch-size", "2")],
+        [*command, *infer("imgs", "--format", "jsonl", "--output", "out.jsonl", "--batch-size", "2")],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -1352,7 +1357,7 @@ def _signal_run(
         while time.monotonic() < deadline and (not out.exists() or out.stat().st_size < 600):
             time.sleep(0.05)
     else:
-        time.sleep(1.0)  # still importing torch / onnxruntime
+        time.sleep(after)  # still importing typer / torch / onnxruntime
     proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=120)
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr), out
@@ -1368,10 +1373,45 @@ def test_signal_mid_run_keeps_whole_rows_and_prints_a_summary(base, tmp_path, si
     assert f"interrupted: {len(rows)} images classified" in result.stderr, result.stderr
 
 
-def test_ctrl_c_while_importing_gives_no_traceback(base, tmp_path):
-    result, _ = _signal_run(base, tmp_path, signal.SIGINT, wait_for_rows=False)
-    assert result.returncode in (1, 130), result.stderr
+_SCRIPT = [str(Path(sys.executable).with_name("sacvit-deploy"))]
+
+
+@pytest.mark.parametrize("after", [0.4, 1.0, 1.7])
+@pytest.mark.parametrize("command", [CLI, _SCRIPT], ids=["python-m", "console-script"])
+def test_ctrl_c_while_importing_gives_no_traceback(base, tmp_path, command, after):
+    """Across the import window: a KeyboardInterrupt inside an extension's initialisation once
+    aborted the process (pybind11 -> std::terminate, rc -6) or, under ``python -m``, turned exit
+    code 130 into death by SIGINT (rc -2) after "interrupted" was printed."""
+    if not Path(command[0]).exists():
+        pytest.skip("the console script is not installed next to this Python")
+    result, _ = _signal_run(base, tmp_path, signal.SIGINT, wait_for_rows=False, after=after, command=command)
+    assert result.returncode == 130, (result.returncode, result.stderr)  # 400 images: still running
     assert "Traceback" not in result.stderr, result.stderr
+    assert "terminate called" not in result.stderr, result.stderr
+    assert "interrupted" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("body", "stderr"),
+    [
+        ("raise KeyboardInterrupt", "interrupted\n"),  # typer makes this a silent exit 130
+        ("print('interrupted: 3 rows', file=sys.stderr); raise typer.Exit(130)", "interrupted: 3 rows\n"),
+    ],
+    ids=["ctrl-c-in-a-command", "command-reports-its-own-interruption"],
+)
+def test_an_interrupted_command_says_so_once_and_exits_130(tmp_path, body, stderr):
+    program = (
+        "import sys, typer\n"
+        "import sacvit_deploy.cli as cli\n"
+        "app = typer.Typer()\n"
+        "@app.command()\n"
+        f"def run():\n    {body}\n"
+        "cli.main = app\n"
+        "from sacvit_deploy.__main__ import main\n"
+        "main()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stderr) == (130, stderr)
 
 
 # ---- the image decoder under mutation ---------------------------------------------------------------

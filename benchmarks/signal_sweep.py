@@ -1,0 +1,71 @@
+"""Ctrl-C / SIGTERM at every moment of a command's start: how does the program end?
+
+Starts ``sacvit-deploy infer`` on an empty folder (it imports everything, then stops with one error
+line) and sends the signal after 0.05 s, 0.10 s, ... up to --until seconds, for both entry points.
+Every run should end with exit code 130 and "interrupted", or (signal after the command ended) with
+its own exit code 1 and its error line; anything else is counted as bad and printed.
+
+    python benchmarks/signal_sweep.py [--until 3.0] [--step 0.05] [--signal INT|TERM]
+
+The test suite samples three moments (tests/test_hostile.py::test_ctrl_c_while_importing_*); this
+sweep is what found the rare endings (rc -2, rc -6) those samples can miss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def sweep(command: list[str], sig: int, until: float, step: float, cwd: Path) -> collections.Counter:
+    outcomes: collections.Counter = collections.Counter()
+    steps = round(until / step)
+    for i in range(1, steps + 1):
+        after = i * step
+        proc = subprocess.Popen(
+            [*command, "infer", "imgs", "--artifacts", "export", "--backend", "onnxruntime"],
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(after)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+        rc = proc.returncode
+        ok = (rc == 130 and "interrupted" in err) or (rc == 1 and err.startswith("error:"))
+        ok = ok and "Traceback" not in err
+        outcomes["ok" if ok else f"bad rc {rc}"] += 1
+        if not ok:
+            last = (err.strip().splitlines() or ["(nothing on stderr)"])[-1]
+            print(f"  after {after:.2f}s: rc {rc}: {last[:160]!r}")
+    return outcomes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--until", type=float, default=3.0)
+    parser.add_argument("--step", type=float, default=0.05)
+    parser.add_argument("--signal", choices=["INT", "TERM"], default="INT")
+    args = parser.parse_args()
+    sig = signal.SIGINT if args.signal == "INT" else signal.SIGTERM
+    script = Path(sys.executable).with_name("sacvit-deploy")
+    entries = {"python -m sacvit_deploy": [sys.executable, "-m", "sacvit_deploy"]}
+    if script.exists():
+        entries["sacvit-deploy"] = [str(script)]
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "imgs").mkdir()
+        for name, command in entries.items():
+            print(f"{name}: SIG{args.signal} every {args.step:g}s up to {args.until:g}s")
+            outcomes = sweep(command, sig, args.until, args.step, Path(tmp))
+            print(f"  {dict(sorted(outcomes.items()))}")
+
+
+if __name__ == "__main__":
+    main()
