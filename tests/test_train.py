@@ -267,6 +267,42 @@ def test_init_copies_weights_and_reinitialises_a_head_of_another_size(data_dir, 
     assert result.cfg.num_classes == 3 and result.cfg.variant == "tiny_test"
 
 
+def test_run_folder_refusals_leave_every_file_as_it_was(data_dir, tmp_path):
+    """Outputs are never inputs: --out in the data, on a file, on the --init checkpoint or on an
+    earlier run's files is refused before any work, and nothing is written or truncated."""
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "log.jsonl").write_text('{"epoch": 1}\n')
+    (earlier / "best.safetensors").write_bytes(b"someone's weights")
+    init = tmp_path / "init"
+    init.mkdir()
+    save_checkpoint(SACViT(tiny_config()), init / "best.safetensors")
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep")
+    cases = [
+        (data_dir, "is inside the training data"),
+        (data_dir / "train" / "run", "is inside the training data"),
+        (a_file, "is a file; --out takes the run folder"),
+        (earlier, r"already holds best.safetensors, log.jsonl from an earlier run"),
+    ]
+
+    def snapshot() -> dict[str, bytes]:
+        return {str(p): p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+
+    before = snapshot()
+    for out, message in cases:
+        with pytest.raises(SacvitError, match=message):
+            train(options(data_dir, out, epochs=1, max_steps=1), log=quiet())
+    with pytest.raises(SacvitError, match="is the run's own best.safetensors, which this run overwrites"):
+        train(options(data_dir, init, init=init / "best.safetensors", epochs=1, max_steps=1), log=quiet())
+    assert snapshot() == before
+    assert not (data_dir / "train" / "run").exists()
+    # Through the CLI: one line, no traceback.
+    result = CliRunner().invoke(app, ["train", str(data_dir), "--out", str(data_dir), "--device", "cpu"])
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    assert "is inside the training data" in result.output
+
+
 def test_device_and_amp_refusals(data_dir, tmp_path):
     with pytest.raises(SacvitError, match="--amp needs --device cuda"):
         train(options(data_dir, tmp_path / "a", amp=True), log=quiet())

@@ -380,6 +380,56 @@ def _epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
 
 
+RUN_FILES = ("last.pt", "best.safetensors", "best_ema.safetensors", "log.jsonl")
+
+
+def _resolved(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # a link loop: compare the plain absolute path
+        return Path(os.path.abspath(path))
+
+
+def check_run_folder(opts: TrainOptions) -> None:
+    """Refuse, before any work, a run folder that is not a folder, lies in the training data, cannot
+    be written, holds another run's files, or would overwrite the --init checkpoint."""
+    out, data = Path(opts.out_dir), Path(opts.data_dir)
+    where = f"--out {out}"
+    if out.exists() and not out.is_dir():
+        raise TrainError(f"{where}: is a file; --out takes the run folder ({', '.join(RUN_FILES)} go there)")
+    target, data_root = _resolved(out), _resolved(data)
+    if target == data_root or data_root in target.parents:
+        raise TrainError(
+            f"{where}: is inside the training data {data}; the run's files would mix with the images "
+            "(a folder under train/ would become a class); pick a folder outside it"
+        )
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise TrainError(f"{where}: cannot write in {existing}; pick another folder or fix its permissions")
+    if opts.resume:
+        return
+    if opts.init is not None:
+        init = _resolved(Path(opts.init))
+        for name in RUN_FILES:
+            if init == target / name:
+                raise TrainError(
+                    f"--init {opts.init}: is the run's own {name}, which this run overwrites; "
+                    "copy it elsewhere or pick another --out"
+                )
+    if (target / "last.pt").exists():
+        raise TrainError(
+            f"{out / 'last.pt'}: a run is already there; pass --resume to continue it or another --out"
+        )
+    earlier = [name for name in RUN_FILES if (target / name).exists()]
+    if earlier:
+        raise TrainError(
+            f"{where}: already holds {', '.join(earlier)} from an earlier run; this run would overwrite "
+            "them: pick another --out or move them away"
+        )
+
+
 def _check_options(opts: TrainOptions, recipe: Recipe) -> int:
     """Validate numeric options; returns the number of selection warm-up epochs."""
     checks = [
@@ -537,10 +587,7 @@ def _train(
     resumed, error = None, None
     if world.is_main:  # only process 0 reads and writes the run folder; it need not be shared
         try:
-            if not opts.resume and last_path.exists():
-                raise TrainError(
-                    f"{last_path}: a run is already there; pass --resume to continue it or another --out"
-                )
+            check_run_folder(opts)
             resumed = load_resumable(last_path, cfg) if opts.resume else None
         except SacvitError as exc:
             error = str(exc)
