@@ -1414,6 +1414,39 @@ def test_an_interrupted_command_says_so_once_and_exits_130(tmp_path, body, stder
     assert (result.returncode, result.stderr) == (130, stderr)
 
 
+def _jpeg_with_truncated_exif(path: Path) -> Path:
+    """A JPEG whose EXIF directory promises two entries and holds one and a bit: Pillow decodes the
+    pixels and warns "Corrupt EXIF data" (from TiffImagePlugin, which names no file)."""
+    entry = struct.pack("<HHL4s", 0x010E, 2, 4, b"abc\x00")
+    tiff = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 2) + entry + b"\x00\x01\x02\x03"
+    Image.new("RGB", (40, 30), (30, 200, 30)).save(path, "JPEG", exif=b"Exif\x00\x00" + tiff)
+    return path
+
+
+def test_a_pillow_warning_is_one_escaped_line_naming_the_image(base, tmp_path):
+    shutil.copytree(base / "export", tmp_path / "export")
+    (tmp_path / "imgs").mkdir()
+    _jpeg_with_truncated_exif(tmp_path / "imgs" / "a\x1b[2Jcam.jpg")
+    _jpeg_with_truncated_exif(tmp_path / "imgs" / "b.jpg")
+    _png(tmp_path / "imgs" / "c.png")
+    result = subprocess.run(
+        [*CLI, *infer("imgs", "--format", "jsonl", "--workers", "2")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 3  # the images still run
+    warned = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert sorted(warned) == [
+        "warning: imgs/a\\x1b[2Jcam.jpg: Corrupt EXIF data.  Expecting to read 12 bytes but only got 4.",
+        "warning: imgs/b.jpg: Corrupt EXIF data.  Expecting to read 12 bytes but only got 4.",
+    ], result.stderr
+    assert "warnings.warn" not in result.stderr and "PIL" not in result.stderr, result.stderr
+    assert not _CONTROL.search(result.stderr), result.stderr
+
+
 # ---- the image decoder under mutation ---------------------------------------------------------------
 def _seeds(folder: Path) -> list[bytes]:
     rng = np.random.default_rng(0)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from sacvit_deploy.cli._common import register_app
+from sacvit_deploy.cli._common import print_warnings_as_lines, register_app
 from sacvit_deploy.cli.build_engine import build_engine
 from sacvit_deploy.cli.calibrate import calibrate
 from sacvit_deploy.cli.check import check
@@ -62,4 +62,5 @@ register_app(app)  # lets the demo run its steps as command lines
 
 
 def main() -> None:
+    print_warnings_as_lines()
     app()

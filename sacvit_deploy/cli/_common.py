@@ -134,6 +134,40 @@ def note(message: str) -> None:
     err.print(message, highlight=False)
 
 
+def print_warnings_as_lines() -> None:
+    """Python warnings (Pillow's about a file's metadata, torch's about a checkpoint) print as one
+    escaped line, ``warning: <image>: <message>``, naming the image being decoded when there is one,
+    instead of Python's two lines of library path, line number and source. Pillow's are shown once
+    for every image they concern, like the "skipped" lines."""
+    import warnings
+
+    warnings.filterwarnings("always", module=r"PIL(\.|$)")
+    warnings.showwarning = _show_warning
+
+
+_SHOWN_WARNINGS: set[tuple[str, str]] = set()
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: object = None,
+    line: str | None = None,
+) -> None:
+    from sacvit_deploy.runtime.images import decoding
+
+    path = decoding()
+    text = str(message).strip()
+    key = (str(path), text)
+    if key in _SHOWN_WARNINGS:  # the header peek and the decode of one file both warn
+        return
+    _SHOWN_WARNINGS.add(key)
+    where = f"{safe(path)}: " if path is not None else ""
+    note(f"[yellow]warning:[/] {where}{safe(text)}")
+
+
 # ---- options shared by the commands that run artifacts (infer, profile, calibrate) --------------------
 RUN = "Runtime"
 # The largest batch a command accepts: 1024 images of 224 px are 0.6 GB of float32 input (profile keeps

@@ -26,13 +26,14 @@ Conversion choices (timm's loader just calls ``Image.open(f).convert("RGB")``):
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import math
 import os
 import re
 import threading
 from collections import deque
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
@@ -79,6 +80,25 @@ class ImageLoadError(SacvitError):
 
 
 # ---- loading ------------------------------------------------------------------------------------
+_decoding = threading.local()
+
+
+def decoding() -> Path | None:
+    """The file this thread is loading now, if any: what a warning Pillow raises while it parses a
+    file's metadata ("Corrupt EXIF data", "Tag data larger than file") is about, though the warning
+    does not say so."""
+    return getattr(_decoding, "path", None)
+
+
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    _decoding.path = path
+    try:
+        yield
+    finally:
+        _decoding.path = None
+
+
 def load_image(
     source: str | os.PathLike[str] | Image.Image | np.ndarray, *, min_side: int | None = None
 ) -> Image.Image:
@@ -96,7 +116,9 @@ def load_image(
     if isinstance(source, np.ndarray):
         return _from_array(source)
     if isinstance(source, (str, os.PathLike)):
-        return _load_file(Path(source), min_side)
+        path = Path(source)
+        with _naming(path):
+            return _load_file(path, min_side)
     raise TypeError(f"load_image takes a path, a PIL image or a numpy array, not {type(source).__name__}")
 
 
@@ -541,7 +563,7 @@ def _is_large(path: Path) -> bool:
     if not_a_regular_file(path) is not None:  # a FIFO would block Image.open; the load names it
         return False
     try:
-        with Image.open(path) as im:  # the header only
+        with _naming(path), Image.open(path) as im:  # the header only
             return im.size[0] * im.size[1] > LARGE_PIXELS
     except Exception:  # unreadable: the real load reports it
         return False
