@@ -587,7 +587,10 @@ def test_prefetch_bounds_the_work_ahead(monkeypatch):
     gen = iter_batches([f"{i}.png" for i in range(20)], SMALL, batch_size=2, prefetch=1)
     first = next(gen)
     assert first.paths == [Path("0.png"), Path("1.png")]
-    time.sleep(0.2)
+    deadline = time.monotonic() + 30  # a loaded machine may take a while to decode one batch ahead
+    while loader.calls < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)  # time to go further, if the bound did not hold
     assert loader.calls == 4  # the batch held by the consumer and one batch ahead
     gen.close()
     assert not decode_threads()
