@@ -149,6 +149,27 @@ BAD_FIELDS = {
     ),
     "unknown role": ("graphs.stage3", {"file": "x.onnx"}, "unknown roles ['stage3']"),
     "no model": ("model", _DELETE, "no field 'model'"),
+    "quantization not an object": ("quantization", [1], "manifest.quantization [1] must be"),
+    "quantization fp8": (
+        "quantization",
+        {"precision": "fp8", "format": "QDQ"},
+        "quantization: precision 'fp8', format 'QDQ'; only int8 QDQ",
+    ),
+    "quantization float_export a string": (
+        "quantization",
+        {"precision": "int8", "format": "QDQ", "float_export": "export"},
+        "quantization.float_export 'export' must be",
+    ),
+    "quantization float folder missing": (
+        "quantization",
+        {"precision": "int8", "format": "QDQ", "float_export": {"graphs": {}}},
+        "quantization.float_export: field 'folder' is missing",
+    ),
+    "quantization float sha256 short": (
+        "quantization",
+        {"precision": "int8", "format": "QDQ", "float_export": {"folder": "e", "graphs": {"stage1": "ab"}}},
+        "quantization.float_export.graphs.stage1: sha256 'ab' is not 64 hex digits",
+    ),
 }
 
 

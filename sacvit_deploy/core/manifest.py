@@ -392,7 +392,7 @@ class Manifest:
                 calibration=ExitCalibration.from_dict(d["calibration"])
                 if d.get("calibration") is not None
                 else None,
-                quantization=_get(d, "quantization", dict, "manifest", required=False),
+                quantization=_quantization(d),
                 source=_get(d, "source", dict, "manifest", required=False) or {},
                 created=str(d.get("created", "")),
                 package_version=str(d.get("package_version", "")),
@@ -585,6 +585,29 @@ def _sha(value: Any, what: str) -> str:
     if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{64}", value):
         raise ValueError(f"{what}: sha256 {_short(value)} is not 64 hex digits")
     return value
+
+
+def _quantization(d: dict[str, Any]) -> dict[str, Any] | None:
+    """The int8 (Q/DQ) section, written by ``sacvit-deploy quantize``: what it is (int8, QDQ) and
+    the float export it came from are checked, since the tools act on them; the rest (method,
+    calibration, per-graph counts, verification) is a record for people, kept as written."""
+    q = _get(d, "quantization", dict, "manifest", required=False)
+    if q is None:
+        return None
+    if q.get("precision") != "int8" or q.get("format") != "QDQ":
+        raise ValueError(
+            f"quantization: precision {_short(q.get('precision'))}, format {_short(q.get('format'))}; "
+            "only int8 QDQ graphs (from `sacvit-deploy quantize`) are known"
+        )
+    source = _get(q, "float_export", dict, "quantization")
+    _get(source, "folder", str, "quantization.float_export")
+    graphs = _get(source, "graphs", dict, "quantization.float_export")
+    unknown = sorted(set(graphs) - set(GRAPH_ROLES))
+    if unknown:
+        raise ValueError(f"quantization.float_export.graphs: unknown roles {unknown}")
+    for role, sha in graphs.items():
+        _sha(sha, f"quantization.float_export.graphs.{role}")
+    return q
 
 
 def _entries(d: dict[str, Any], section: str) -> dict[str, ArtifactFile]:

@@ -177,7 +177,7 @@ def quantize_artifacts(
     if is_quantized(manifest):
         raise QuantizeError(
             f"{float_dir}: is already an int8 (Q/DQ) folder; quantize the float export it came from "
-            f"({manifest.quantization.get('float_export', {}).get('folder', 'see its manifest')})"
+            f"({manifest.quantization['float_export']['folder']})"
         )
     if out.resolve() == float_dir.resolve():
         raise QuantizeError(
