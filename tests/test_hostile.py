@@ -1414,6 +1414,53 @@ def test_an_interrupted_command_says_so_once_and_exits_130(tmp_path, body, stder
     assert (result.returncode, result.stderr) == (130, stderr)
 
 
+_INTERRUPTED_IMPORT = """\
+import os, signal
+try:
+    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while this module initialises
+    for _ in range(100_000):
+        pass
+except KeyboardInterrupt:
+    raise ImportError("import slowmod failed") from None  # what numpy's C code makes of it
+LOADED = True
+"""
+
+
+def test_ctrl_c_during_a_commands_own_import_is_an_interruption(tmp_path):
+    """A command's lazy import (onnxruntime, the exporter) interrupted by Ctrl-C: held until the
+    import is done, then "interrupted" and 130; not the import's own error ("onnxruntime is not
+    installed", a RuntimeError from a class body) or a traceback."""
+    (tmp_path / "slowmod.py").write_text(_INTERRUPTED_IMPORT)
+    program = (
+        "import sys, typer\n"
+        f"sys.path.insert(0, {str(tmp_path)!r})\n"
+        "import sacvit_deploy.cli as cli\n"
+        "app = typer.Typer()\n"
+        "@app.command()\n"
+        "def run():\n"
+        "    import slowmod\n"
+        "    print('still running:', slowmod.LOADED)\n"
+        "cli.main = app\n"
+        "from sacvit_deploy.__main__ import main\n"
+        "main()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stdout, result.stderr) == (130, "", "interrupted\n")
+    # The hook alone: the import completes, the KeyboardInterrupt comes right after it.
+    program = (
+        "import builtins, sys\n"
+        f"sys.path.insert(0, {str(tmp_path)!r})\n"
+        "from sacvit_deploy.__main__ import _ImportsHoldSignals\n"
+        "builtins.__import__ = _ImportsHoldSignals(builtins.__import__)\n"
+        "try:\n"
+        "    import slowmod\n"
+        "except KeyboardInterrupt:\n"
+        "    print('after the import:', sys.modules['slowmod'].LOADED)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert result.stdout == "after the import: True\n", result.stderr
+
+
 def _jpeg_with_truncated_exif(path: Path) -> Path:
     """A JPEG whose EXIF directory promises two entries and holds one and a bit: Pillow decodes the
     pixels and warns "Corrupt EXIF data" (from TiffImagePlugin, which names no file)."""
