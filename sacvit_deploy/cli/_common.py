@@ -17,6 +17,7 @@ from rich.segment import Segment
 
 from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.core.extras import is_optional, missing_extra_message
+from sacvit_deploy.core.fileinfo import resolved
 from sacvit_deploy.core.formats import AUTO, FORMAT_NAMES, INIT_FORMATS, TRAIN_FORMATS
 from sacvit_deploy.core.trt_families import TRT_FAMILY_NAMES
 
@@ -310,9 +311,9 @@ def check_output(
     shown = f"{option} {path}"
     if path.is_dir():
         raise SacvitError(f"{shown}: is a folder; give a file name, e.g. {path / 'results.out'}")
-    target = _resolved(path)
+    target = resolved(path)
     if artifacts is not None and not str(artifacts).startswith(("http://", "https://", "grpc://")):
-        folder = _resolved(Path(artifacts))
+        folder = resolved(Path(artifacts))
         if target == folder or (folder in target.parents and _is_artifact(folder, target)):
             raise SacvitError(
                 f"{shown}: is a file of the artifact folder {artifacts}, which it would damage; write elsewhere"
@@ -369,15 +370,8 @@ def _is_artifact(folder: Path, target: Path) -> bool:
         return False
 
 
-def _resolved(path: Path) -> Path:
-    try:
-        return path.expanduser().resolve()
-    except (OSError, RuntimeError):  # a link loop: compare the plain absolute path
-        return Path(os.path.abspath(path))
-
-
 def _same_file(path: Path, target: Path, other: Path) -> bool:
-    if _resolved(other) == target:
+    if resolved(other) == target:
         return True
     try:
         return os.path.samefile(path, other)  # hard links too

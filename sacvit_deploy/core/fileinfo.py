@@ -1,7 +1,8 @@
 """What a path that is not a plain file is, in words: link loops, broken links, FIFOs, devices.
 
 ``open()`` on a FIFO blocks forever and a link loop reads as "no such file"; commands name these
-for what they are instead.
+for what they are instead. Also :func:`resolved`, the one way paths are compared ("is this output
+one of the inputs?").
 """
 
 from __future__ import annotations
@@ -38,3 +39,12 @@ def not_a_regular_file(path: Path | str) -> str | None:
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         return "a device, not a file"
     return "not a regular file"
+
+
+def resolved(path: Path | str) -> Path:
+    """``path`` made absolute (``~`` expanded) with its links followed; a link loop gives the plain
+    absolute path."""
+    try:
+        return Path(path).expanduser().resolve()
+    except (OSError, RuntimeError):
+        return Path(os.path.abspath(path))

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.core.exit_rule import exit_mask
+from sacvit_deploy.core.fileinfo import resolved
 from sacvit_deploy.core.formats import INIT_FORMATS, TRAIN_FORMATS
 from sacvit_deploy.model.checkpoint import FORMAT_TAG, load_checkpoint, save_checkpoint
 from sacvit_deploy.model.config import FORMAT_PRESETS, ModelConfig, make_config
@@ -383,13 +384,6 @@ def _epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
 RUN_FILES = ("last.pt", "best.safetensors", "best_ema.safetensors", "log.jsonl")
 
 
-def _resolved(path: Path) -> Path:
-    try:
-        return path.resolve()
-    except (OSError, RuntimeError):  # a link loop: compare the plain absolute path
-        return Path(os.path.abspath(path))
-
-
 def check_run_folder(opts: TrainOptions) -> None:
     """Refuse, before any work, a run folder that is not a folder, lies in the training data, cannot
     be written, holds another run's files, or would overwrite the --init checkpoint."""
@@ -397,7 +391,7 @@ def check_run_folder(opts: TrainOptions) -> None:
     where = f"--out {out}"
     if out.exists() and not out.is_dir():
         raise TrainError(f"{where}: is a file; --out takes the run folder ({', '.join(RUN_FILES)} go there)")
-    target, data_root = _resolved(out), _resolved(data)
+    target, data_root = resolved(out), resolved(data)
     if target == data_root or data_root in target.parents:
         raise TrainError(
             f"{where}: is inside the training data {data}; the run's files would mix with the images "
@@ -411,7 +405,7 @@ def check_run_folder(opts: TrainOptions) -> None:
     if opts.resume:
         return
     if opts.init is not None:
-        init = _resolved(Path(opts.init))
+        init = resolved(Path(opts.init))
         for name in RUN_FILES:
             if init == target / name:
                 raise TrainError(
