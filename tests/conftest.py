@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
 from sacvit_deploy.model import SACViT, tiny_config
+from sacvit_deploy.runtime.images import sample_images
 
 
 def make_tiny(fmt: str = "sacvit", seed: int = 0, **overrides) -> SACViT:
@@ -59,4 +62,13 @@ def exported_tiny(tmp_path_factory):
     model = make_tiny("sacvit")
     folder = tmp_path_factory.mktemp("exported-tiny") / "export"
     export_artifacts(model, folder, ExportOptions(), "sacvit", verify=lambda f, m: verify_export(f, m, model))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def images_dir(tmp_path_factory):
+    """The real photos bundled with the package, copied into a folder of their own."""
+    folder = tmp_path_factory.mktemp("images")
+    for p in sample_images():
+        shutil.copyfile(p, folder / p.name)
     return folder

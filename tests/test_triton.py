@@ -25,7 +25,6 @@ from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.core.manifest import ArtifactError, ArtifactFile, Manifest, TensorRTInfo
 from sacvit_deploy.core.publish import publish, staging_folder
 from sacvit_deploy.export.onnx_export import ExportOptions, export_artifacts
-from sacvit_deploy.runtime.images import sample_images
 from sacvit_deploy.runtime.loader import open_pipeline
 from sacvit_deploy.runtime.pipeline import mixed_threshold
 from sacvit_deploy.triton.client import Endpoint, TritonClientError, open_triton
@@ -448,14 +447,6 @@ def test_stage_errors_reach_every_request_and_big_batches_are_split(
 
 
 # ---- the client -------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def images_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("images")
-    for p in sample_images():
-        shutil.copyfile(p, folder / p.name)
-    return folder
-
-
 def use_fake_client(monkeypatch, server, ready=True):
     from tests.fake_triton import make_tritonclient
 

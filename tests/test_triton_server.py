@@ -31,7 +31,6 @@ from typer.testing import CliRunner
 
 from sacvit_deploy.cli import app
 from sacvit_deploy.export.onnx_export import ExportOptions, export_artifacts
-from sacvit_deploy.runtime.images import sample_images
 from sacvit_deploy.runtime.loader import open_pipeline
 from sacvit_deploy.runtime.pipeline import mixed_threshold
 from sacvit_deploy.triton.client import TritonClientError, open_triton
@@ -91,14 +90,6 @@ def local(built):
     opened = open_pipeline(built / "export", backend="onnxruntime", device="cpu")
     with opened.pipeline as pipe:
         yield pipe
-
-
-@pytest.fixture(scope="module")
-def images_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("images")
-    for p in sample_images():
-        shutil.copyfile(p, folder / p.name)
-    return folder
 
 
 def local_rows(built, images, *args) -> list[dict]:
