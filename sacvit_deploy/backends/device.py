@@ -29,6 +29,7 @@ numpy only at import: cuda-python, pycuda and torch are imported when a memory o
 from __future__ import annotations
 
 import abc
+import contextlib
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -122,9 +123,11 @@ def open_memory(implementation: str = "auto", device_id: int = 0) -> DeviceMemor
 class _Block:
     """One device allocation (or a wrapped foreign one); back to the pool when the last array drops it."""
 
-    __slots__ = ("memory", "ptr", "size", "owned", "keep", "__weakref__")
+    __slots__ = ("__weakref__", "keep", "memory", "owned", "ptr", "size")
 
-    def __init__(self, memory: DeviceMemory, ptr: int, size: int, owned: bool = True, keep: Any = None) -> None:
+    def __init__(
+        self, memory: DeviceMemory, ptr: int, size: int, owned: bool = True, keep: Any = None
+    ) -> None:
         self.memory = memory
         self.ptr = ptr
         self.size = size
@@ -134,10 +137,8 @@ class _Block:
     def __del__(self) -> None:
         memory = self.memory
         if memory is not None and self.owned and not memory.closed:
-            try:
+            with contextlib.suppress(Exception):  # at interpreter shutdown
                 memory._recycle(self.ptr, self.size)
-            except Exception:  # interpreter shutdown
-                pass
 
 
 class DeviceMemory(abc.ABC):
@@ -274,7 +275,7 @@ class DeviceMemory(abc.ABC):
 class DeviceArray:
     """A C-contiguous array of rows in device memory: the runner currency's device array."""
 
-    __slots__ = ("_block", "_offset", "shape", "dtype", "nbytes", "__weakref__")
+    __slots__ = ("__weakref__", "_block", "_offset", "dtype", "nbytes", "shape")
 
     def __init__(self, block: _Block, offset: int, shape: tuple[int, ...], dtype: np.dtype) -> None:
         self._block: _Block | None = block
@@ -345,7 +346,7 @@ class DeviceArray:
         starts = np.concatenate(([0], breaks))
         stops = np.concatenate((breaks, [index.size]))
         src, dst = self.ptr, out.ptr
-        for a, b in zip(starts.tolist(), stops.tolist()):
+        for a, b in np.stack((starts, stops), axis=1).tolist():
             memory.dtod(dst + a * row, src + int(index[a]) * row, (b - a) * row)
         return out
 
@@ -355,7 +356,9 @@ class DeviceArray:
         start, stop, _ = slice(start, stop).indices(n)
         stop = max(start, stop)
         block = self._live()
-        return DeviceArray(block, self._offset + start * self._row_bytes, (stop - start, *self.shape[1:]), self.dtype)
+        return DeviceArray(
+            block, self._offset + start * self._row_bytes, (stop - start, *self.shape[1:]), self.dtype
+        )
 
     def pad_rows(self, size: int) -> DeviceArray:
         """A new array of ``size`` rows: these, then the last row repeated (this array when already that long)."""
@@ -429,7 +432,9 @@ class CudaPythonMemory(DeviceMemory):
             result = getattr(self.cudart, function)(*args)
         except DeviceError:
             raise
-        except Exception as exc:  # no driver: the old cudart raises RuntimeError("Failed to dlopen libcuda.so.1")
+        except (
+            Exception
+        ) as exc:  # no driver: the old cudart raises RuntimeError("Failed to dlopen libcuda.so.1")
             raise DeviceError(f"{self.module_name}.{function} failed: {_first_line(exc)}") from None
         err = result[0]
         if err != self._success:
@@ -555,7 +560,9 @@ class TorchMemory(DeviceMemory):
         for start, t in self._regions.items():
             if start <= ptr and ptr + nbytes <= start + t.numel():
                 return t[ptr - start : ptr - start + nbytes]
-        raise DeviceError(f"address {ptr:#x} (+{nbytes} bytes) is not in memory this torch device memory knows")
+        raise DeviceError(
+            f"address {ptr:#x} (+{nbytes} bytes) is not in memory this torch device memory knows"
+        )
 
     def _malloc(self, nbytes: int) -> int:
         t = self.torch.empty(nbytes, dtype=self.torch.uint8, device=self.device)
@@ -573,7 +580,9 @@ class TorchMemory(DeviceMemory):
         torch = self.torch
         if not tensor.is_contiguous():
             tensor = tensor.contiguous()
-        flat = tensor.reshape(-1).view(torch.uint8) if tensor.numel() else tensor.new_empty(0, dtype=torch.uint8)
+        flat = (
+            tensor.reshape(-1).view(torch.uint8) if tensor.numel() else tensor.new_empty(0, dtype=torch.uint8)
+        )
         if tensor.numel():
             self._regions[int(flat.data_ptr())] = flat
         self.stream.wait_stream(torch.cuda.current_stream(self.device))
@@ -640,7 +649,12 @@ def gpu_properties(index: int = 0) -> tuple[str, tuple[int, int], int, str]:
             if err != rt.cudaError_t.cudaSuccess:
                 raise DeviceError(f"{module}.cudaGetDeviceProperties: {error_name(rt, err)}")
             name = prop.name.decode(errors="replace") if isinstance(prop.name, bytes) else str(prop.name)
-            return name.rstrip("\x00"), (int(prop.major), int(prop.minor)), int(prop.totalGlobalMem), "cuda-python"
+            return (
+                name.rstrip("\x00"),
+                (int(prop.major), int(prop.minor)),
+                int(prop.totalGlobalMem),
+                "cuda-python",
+            )
         except DeviceError as exc:
             if "does not exist" in str(exc):
                 raise
@@ -661,7 +675,9 @@ def gpu_properties(index: int = 0) -> tuple[str, tuple[int, int], int, str]:
         import torch
 
         if index >= torch.cuda.device_count():
-            raise DeviceError(f"GPU {index} does not exist: torch sees {torch.cuda.device_count()} CUDA GPU(s)")
+            raise DeviceError(
+                f"GPU {index} does not exist: torch sees {torch.cuda.device_count()} CUDA GPU(s)"
+            )
         p = torch.cuda.get_device_properties(index)
         return p.name, (int(p.major), int(p.minor)), int(p.total_memory), "torch"
     if not reasons:

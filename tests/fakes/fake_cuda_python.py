@@ -36,7 +36,7 @@ def make_fake_cuda_python(gpus: int = 1) -> types.ModuleType:
     rt.streams = []
     current = {"device": 0}
 
-    class cudaError_t(enum.IntEnum):  # noqa: N801 (the real name)
+    class cudaError_t(enum.IntEnum):
         cudaSuccess = 0
         cudaErrorInvalidValue = 1
         cudaErrorMemoryAllocation = 2
@@ -44,19 +44,19 @@ def make_fake_cuda_python(gpus: int = 1) -> types.ModuleType:
         cudaErrorInvalidResourceHandle = 400
         cudaErrorIllegalAddress = 700
 
-    class cudaMemcpyKind(enum.IntEnum):  # noqa: N801
+    class cudaMemcpyKind(enum.IntEnum):
         cudaMemcpyHostToHost = 0
         cudaMemcpyHostToDevice = 1
         cudaMemcpyDeviceToHost = 2
         cudaMemcpyDeviceToDevice = 3
         cudaMemcpyDefault = 4
 
-    class cudaStream_t:  # noqa: N801
+    class cudaStream_t:
         def __init__(self) -> None:
             self._cell = ctypes.create_string_buffer(8)
             self._destroyed = False
 
-        def getPtr(self) -> int:  # noqa: N802 (the real name)
+        def getPtr(self) -> int:
             return ctypes.addressof(self._cell)
 
         def __int__(self) -> int:
@@ -64,7 +64,7 @@ def make_fake_cuda_python(gpus: int = 1) -> types.ModuleType:
 
         __index__ = __int__
 
-    class cudaDeviceProp:  # noqa: N801
+    class cudaDeviceProp:
         def __init__(self) -> None:
             self.name = b"Fake GPU"
             self.major = 8
@@ -92,21 +92,21 @@ def make_fake_cuda_python(gpus: int = 1) -> types.ModuleType:
             return not stream._destroyed
         return isinstance(stream, int)  # 0: the legacy default stream; ints are accepted as handles
 
-    def cudaMalloc(size: int) -> tuple:  # noqa: N802
+    def cudaMalloc(size: int) -> tuple:
         if not isinstance(size, int) or size < 0:
             return (bad, None)
         a = _Allocation(max(size, 1))
         rt.allocations.append(a)
         return (ok, a.start)
 
-    def cudaFree(devPtr: Any) -> tuple:  # noqa: N802, N803
+    def cudaFree(devPtr: Any) -> tuple:
         for a in rt.allocations:
             if a.start == int(devPtr) and not a.freed:
                 a.freed = True
                 return (ok,)
         return (bad,)
 
-    def cudaMemcpyAsync(dst: Any, src: Any, count: int, kind: Any, stream: Any) -> tuple:  # noqa: N802
+    def cudaMemcpyAsync(dst: Any, src: Any, count: int, kind: Any, stream: Any) -> tuple:
         kind = cudaMemcpyKind(kind)
         if kind.value not in KINDS or not _stream_ok(stream):
             return (bad,)
@@ -120,46 +120,46 @@ def make_fake_cuda_python(gpus: int = 1) -> types.ModuleType:
         rt.copies.append((name, count))
         return (ok,)
 
-    def cudaStreamCreateWithFlags(flags: int) -> tuple:  # noqa: N802
+    def cudaStreamCreateWithFlags(flags: int) -> tuple:
         stream = cudaStream_t()
         rt.streams.append(stream)
         return (ok, stream)
 
-    def cudaStreamSynchronize(stream: Any) -> tuple:  # noqa: N802
+    def cudaStreamSynchronize(stream: Any) -> tuple:
         if not _stream_ok(stream):
             return (cudaError_t.cudaErrorInvalidResourceHandle,)
         rt.syncs += 1
         return (ok,)
 
-    def cudaStreamDestroy(stream: Any) -> tuple:  # noqa: N802
+    def cudaStreamDestroy(stream: Any) -> tuple:
         if not isinstance(stream, cudaStream_t) or stream._destroyed:
             return (cudaError_t.cudaErrorInvalidResourceHandle,)
         stream._destroyed = True
         rt.streams.remove(stream)
         return (ok,)
 
-    def cudaDeviceSynchronize() -> tuple:  # noqa: N802
+    def cudaDeviceSynchronize() -> tuple:
         rt.syncs += 1
         return (ok,)
 
-    def cudaSetDevice(device: int) -> tuple:  # noqa: N802
+    def cudaSetDevice(device: int) -> tuple:
         if not 0 <= device < gpus:
             return (cudaError_t.cudaErrorInvalidDevice,)
         current["device"] = device
         return (ok,)
 
-    def cudaGetDevice() -> tuple:  # noqa: N802
+    def cudaGetDevice() -> tuple:
         return (ok, current["device"])
 
-    def cudaGetDeviceCount() -> tuple:  # noqa: N802
+    def cudaGetDeviceCount() -> tuple:
         return (ok, gpus)
 
-    def cudaGetDeviceProperties(device: int) -> tuple:  # noqa: N802
+    def cudaGetDeviceProperties(device: int) -> tuple:
         if not 0 <= device < gpus:
             return (cudaError_t.cudaErrorInvalidDevice, None)
         return (ok, cudaDeviceProp())
 
-    def cudaGetErrorName(error: Any) -> tuple:  # noqa: N802
+    def cudaGetErrorName(error: Any) -> tuple:
         return (ok, cudaError_t(error).name.encode())
 
     for value in list(locals().values()):
