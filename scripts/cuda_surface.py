@@ -7,7 +7,7 @@ What is recorded, from the imported module (its calls need a driver, importing d
 
 * ``module``: every public name of the module;
 * ``classes``: public members (and ``__int__``/``__index__``) of the classes the project uses;
-* ``enums``: every member of the enums the project uses;
+* ``enums``: every member of the enums the project uses, with its value;
 * ``functions``: for each function the project calls, the signature line of its docstring and the
   ``Returns`` section's entries (cuda-python returns a tuple: the ``cudaError_t`` first, then one entry
   per listed value), as ``["cudaError_t", "devPtr : Any"]``;
@@ -112,7 +112,8 @@ def surface(module_name: str) -> dict:
         cls = getattr(module, name)
         data["classes"][name] = sorted(n for n in dir(cls) if not n.startswith("_") or n in DUNDERS)
     for name in ENUMS:
-        data["enums"][name] = sorted(getattr(module, name).__members__)
+        members = getattr(module, name).__members__
+        data["enums"][name] = {m: int(v) for m, v in sorted(members.items())}
     for name in FUNCTIONS:
         doc = getattr(module, name).__doc__ or ""
         data["functions"][name] = {"signature": signature(doc, name), "returns": returns_section(doc)}

@@ -21,7 +21,7 @@ DATA = Path(__file__).resolve().parents[1] / "data" / "trt_surface"
 # Which real surface each fake version is held against.
 REAL_VERSIONS = {"8.6.1": "8.6.1", "10.3.0": "10.3.0", "10.16.1": "10.16.1.11", "11.4.0": "11.4.0.106"}
 # Fake-only helpers for the tests (no TensorRT or pycuda attribute): never compared.
-FAKE_ONLY = {"calls", "called", "state", "allocations", "copies", "contexts", "sizes"}
+FAKE_ONLY = {"calls", "called", "state", "allocations", "copies", "contexts", "sizes", "syncs", "streams"}
 
 Surface = dict[str, set[str]]
 
@@ -34,6 +34,24 @@ def real_surface(name: str) -> Surface:
     surface[""] = {n for n in surface[""] if "." not in n}
     for owner, members in [*data["classes"].items(), *data["enums"].items()]:
         surface[owner] = set(members)
+    return surface
+
+
+CUDA_DATA = DATA.parent / "cuda_surface"
+# The recorded real cuda-python runtime modules (scripts/cuda_surface.py), per API of the fake.
+CUDA_REAL = {"bindings": "cuda-bindings-13.5.0", "cudart": "cuda-python-12.2.1"}
+
+
+def cuda_surface_data(api: str) -> dict[str, Any]:
+    return json.loads((CUDA_DATA / f"{CUDA_REAL[api]}.json").read_text())
+
+
+def real_cuda_surface(api: str) -> Surface:
+    """The real cuda-python runtime module of ``api`` ("bindings" or "cudart") as a surface."""
+    data = cuda_surface_data(api)
+    surface: Surface = {"": set(data["module"])}
+    for owner, members in [*data["classes"].items(), *data["enums"].items()]:
+        surface[owner] = {m for m in members if not m.startswith("_")}
     return surface
 
 
