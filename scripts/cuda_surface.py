@@ -20,8 +20,15 @@ Regenerate (each in an environment with that wheel; nothing needs a GPU)::
     python scripts/cuda_surface.py --module cuda.bindings.runtime   # cuda-bindings 12.x/13.x
     python scripts/cuda_surface.py --module cuda.cudart             # cuda-python 11.x/12.x (old API)
 
-e.g. the old API from a throwaway venv: ``python3 -m venv /tmp/v && /tmp/v/bin/pip install --no-deps
-cuda-python==12.2.1 numpy && /tmp/v/bin/python scripts/cuda_surface.py --module cuda.cudart``.
+The recorded ones: cuda-bindings 13.5.0 (the project venv); cuda-python 12.2.1 (old API only), and
+cuda-bindings 11.8.7 (what ``pip install cuda-python==11.8.7``, the last 11.x for CUDA 11 / JetPack 5,
+brings: both modules), each from a throwaway venv, e.g.::
+
+    python3 -m venv /tmp/v && /tmp/v/bin/pip install --no-deps cuda-python==12.2.1 numpy
+    /tmp/v/bin/python scripts/cuda_surface.py --module cuda.cudart
+    python3 -m venv /tmp/w && /tmp/w/bin/pip install --no-deps cuda-bindings==11.8.7 numpy
+    /tmp/w/bin/python scripts/cuda_surface.py --module cuda.cudart
+    /tmp/w/bin/python scripts/cuda_surface.py --module cuda.bindings.runtime
 """
 
 from __future__ import annotations
@@ -129,7 +136,7 @@ def main() -> None:
     args = parser.parse_args()
     data = surface(args.module)
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{data['distribution']}-{data['version']}.json"
+    path = args.out / f"{data['module_name']}-{data['distribution']}-{data['version']}.json"
     path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     print(f"wrote {path} ({len(data['module'])} module names)")
 

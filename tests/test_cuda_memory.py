@@ -2,8 +2,9 @@
 
 tests/data/cuda_surface/*.json are the real runtime modules, recorded by scripts/cuda_surface.py from
 cuda-bindings 13.5.0 (``cuda.bindings.runtime``, the new API; installed in the project venv, so its
-recording is re-made and compared byte for byte here) and cuda-python 12.2.1 (``cuda.cudart``, the old
-API of cuda-python 11.x/12.x that JetPack 5 uses). The fake may only offer names and enum values the
+recording is re-made and compared byte for byte here), cuda-python 12.2.1 (``cuda.cudart``, the old
+API) and cuda-bindings 11.8.7 (both modules; what ``pip install cuda-python==11.8.7``, the CUDA 11 line
+JetPack 5 needs, installs). The fake may only offer names and enum values the
 real modules have, must answer with tuples shaped as the real docstrings say, and the project's
 device code may only read names that both real modules have and the script records.
 
@@ -35,6 +36,7 @@ from tests.fakes.fake_pycuda import install_fake_pycuda, is_freed
 from tests.fakes.surface import (
     CUDA_DATA,
     CUDA_REAL,
+    CUDA_RECORDINGS,
     Tracer,
     cuda_surface_data,
     fake_surface,
@@ -44,6 +46,8 @@ from tests.fakes.surface import (
 
 ROOT = Path(__file__).resolve().parents[1]
 APIS = list(CUDA_REAL)
+# (fake API, recording of the real module it stands for)
+PAIRS = [pytest.param(api, rec, id=rec) for api, recordings in CUDA_REAL.items() for rec in recordings]
 
 
 def _script():
@@ -66,17 +70,17 @@ def test_the_new_api_recording_is_reproduced_byte_for_byte_from_the_installed_wh
     from importlib import metadata
 
     version = metadata.version("cuda-bindings")
-    recorded = CUDA_DATA / f"cuda-bindings-{version}.json"
+    recorded = CUDA_DATA / f"cuda.bindings.runtime-cuda-bindings-{version}.json"
     if not recorded.exists():
-        pytest.skip(f"cuda-bindings {version} installed; the recording is of {CUDA_REAL['bindings']}")
+        pytest.skip(f"cuda-bindings {version} installed; recorded are {CUDA_REAL['bindings']}")
     script = _script()
     text = json.dumps(script.surface("cuda.bindings.runtime"), indent=1, sort_keys=True) + "\n"
     assert text == recorded.read_text()
 
 
-@pytest.mark.parametrize("api", APIS)
-def test_recorded_surface_is_complete_and_consistent(api):
-    data = cuda_surface_data(api)
+@pytest.mark.parametrize(("api", "recording"), PAIRS)
+def test_recorded_surface_is_complete_and_consistent(api, recording):
+    data = cuda_surface_data(recording)
     script = _script()
     assert data["module_name"] == API_MODULES[api]
     assert set(data["functions"]) == set(script.FUNCTIONS) <= set(data["module"])
@@ -91,12 +95,12 @@ def test_recorded_surface_is_complete_and_consistent(api):
 
 
 # ---- the fake against them -------------------------------------------------------------------------------
-@pytest.mark.parametrize("api", APIS)
-def test_fake_offers_only_what_the_real_module_has(api):
+@pytest.mark.parametrize(("api", "recording"), PAIRS)
+def test_fake_offers_only_what_the_real_module_has(api, recording):
     fake = make_fake_cuda_python()
-    real = real_cuda_surface(api)
+    real = real_cuda_surface(recording)
     assert missing(fake_surface(fake), real) == []
-    data = cuda_surface_data(api)
+    data = cuda_surface_data(recording)
     for enum_name, members in data["enums"].items():
         for member in getattr(fake, enum_name):
             assert members[member.name] == member.value, f"{enum_name}.{member.name}"
@@ -108,10 +112,10 @@ def test_fake_offers_only_what_the_real_module_has(api):
         assert hasattr(stream, dunder) and dunder in data["classes"]["cudaStream_t"]
 
 
-@pytest.mark.parametrize("api", APIS)
-def test_fake_answers_with_tuples_shaped_as_the_real_docstrings(api):
+@pytest.mark.parametrize(("api", "recording"), PAIRS)
+def test_fake_answers_with_tuples_shaped_as_the_real_docstrings(api, recording):
     fake = make_fake_cuda_python()
-    returns = {n: f["returns"] for n, f in cuda_surface_data(api)["functions"].items()}
+    returns = {n: f["returns"] for n, f in cuda_surface_data(recording)["functions"].items()}
     ptr = fake.cudaMalloc(64)[1]
     stream = fake.cudaStreamCreateWithFlags(fake.cudaStreamNonBlocking)[1]
     host = np.zeros(16, np.uint8)
@@ -152,8 +156,9 @@ def test_device_code_reads_only_names_both_real_modules_have(api, monkeypatch):
         tracer.remove()
     used = tracer.used
     assert {("", "cudaMalloc"), ("", "cudaMemcpyAsync"), ("cudaError_t", "cudaSuccess")} <= used
-    recorded = set(cuda_surface_data(api)["functions"]) | set(cuda_surface_data(api)["constants"])
-    for other in APIS:  # what one API's code path reads must exist in both real modules
+    data = cuda_surface_data(CUDA_REAL[api][0])
+    recorded = set(data["functions"]) | set(data["constants"])
+    for other in CUDA_RECORDINGS:  # what one API's code path reads must exist in every real module
         real = real_cuda_surface(other)
         assert [f"{o}.{n}" for o, n in sorted(used) if n not in real.get(o, set())] == [], other
     functions = {n for o, n in used if o == "" and not isinstance(getattr(rt, n), (type, int))}
@@ -322,3 +327,104 @@ def test_a_failing_cuda_call_names_the_call(monkeypatch):
     with pytest.raises(DeviceError, match="cudaMemcpyAsync failed: cudaErrorIllegalAddress"):
         mem.dtod(1 << 20, 2 << 20, 16)  # no allocation there: the device faults
     mem.close()
+
+
+# ---- on a real GPU (scripts/gpu_check.sh runs these with -m gpu; skipped with the reason elsewhere) ----------
+def _real_memory(kind: str):
+    try:
+        mem = open_memory(kind)
+    except DeviceError as exc:
+        pytest.skip(f"{kind}: {exc}")
+    return mem
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["cuda-python", "pycuda", "torch"])
+def test_real_device_memory_matches_numpy(kind):
+    """The device array's operations on real device memory, against numpy on the host."""
+    with _real_memory(kind) as mem:
+        rng = np.random.default_rng(0)
+        host = rng.standard_normal((37, 5, 3)).astype(np.float32)
+        a = mem.from_host(host)
+        np.testing.assert_array_equal(a.to_host(), host)
+        index = np.array([0, 1, 2, 7, 8, 30, 36, 3])
+        np.testing.assert_array_equal(a.take_rows(index).to_host(), host[index])
+        np.testing.assert_array_equal(a.slice_rows(4, 9).to_host(), host[4:9])
+        np.testing.assert_array_equal(
+            a.slice_rows(30, 37).pad_rows(16).to_host()[7:], np.repeat(host[-1:], 9, 0)
+        )
+        c = a.take_rows([5]).concat_rows([a.slice_rows(0, 2), mem.from_host(host[:1])])
+        np.testing.assert_array_equal(c.to_host(), np.concatenate([host[5:6], host[:2], host[:1]]))
+        ints = mem.from_host(np.arange(12, dtype=np.int64).reshape(6, 2))
+        assert ints.take_rows([5, 0]).to_host().tolist() == [[10, 11], [0, 1]]
+        assert mem.stream_handle != 0
+
+
+@pytest.mark.gpu
+def test_real_gpu_properties_agree_between_libraries():
+    try:
+        name, cc, total, source = device.gpu_properties(0)
+    except DeviceError as exc:
+        pytest.skip(str(exc))
+    assert name and total > 0 and cc[0] >= 3
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        assert (name, cc, total) == (p.name, (p.major, p.minor), p.total_memory), source
+
+
+@pytest.mark.gpu
+def test_real_torch_tensors_are_wrapped_without_a_copy():
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU visible to torch")
+    t = torch.arange(24, dtype=torch.float32, device="cuda").reshape(6, 4)
+    a = device.wrap_torch(t)
+    assert a.ptr == t.data_ptr() and a.shape == (6, 4) and a.dtype == np.float32
+    np.testing.assert_array_equal(a.take_rows([4, 5, 1]).to_host(), t.cpu().numpy()[[4, 5, 1]])
+
+
+class _CpuTorchMemory(device.TorchMemory):
+    """TorchMemory's allocation and copy logic on CPU tensors (no CUDA here): the stream parts stubbed."""
+
+    def __init__(self) -> None:
+        device.DeviceMemory.__init__(self, 0)
+        import torch
+
+        self.torch, self.device, self.stream = torch, torch.device("cpu"), None
+        self._regions = {}
+        self.copies = []
+
+    def _after_current_stream(self) -> None:
+        self.pending = True
+
+    def _copy(self, dst, src) -> None:
+        self.copies.append(dst.numel())
+        dst.copy_(src)
+
+    def _sync(self) -> None:
+        pass
+
+    @property
+    def stream_handle(self) -> int:
+        return 1
+
+
+def test_torch_memory_regions_and_zero_copy_wrapping():
+    torch = pytest.importorskip("torch")
+    mem = _CpuTorchMemory()
+    t = torch.arange(30, dtype=torch.float32).reshape(10, 3)
+    a = mem.wrap(t)
+    assert a.ptr == t.data_ptr() and a.shape == (10, 3) and a.dtype == np.float32 and mem.copies == []
+    rows = a.take_rows([2, 3, 4, 9])  # two runs: two copies into memory of the torch memory's own
+    assert mem.copies == [36, 12]
+    np.testing.assert_array_equal(rows.to_host(), t.numpy()[[2, 3, 4, 9]])
+    np.testing.assert_array_equal(a.slice_rows(8, 10).pad_rows(4).to_host(), t.numpy()[[8, 9, 9, 9]])
+    b = mem.from_host(np.ones((2, 3), np.float32))
+    np.testing.assert_array_equal(
+        b.concat_rows([a.slice_rows(0, 1)]).to_host(), [[1, 1, 1]] * 2 + [[0, 1, 2]]
+    )
+    with pytest.raises(DeviceError, match="not in memory this torch device memory knows"):
+        mem.dtod(b.ptr, 12345, 4)
+    mem.close()
+    assert mem._regions == {}

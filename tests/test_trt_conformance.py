@@ -27,6 +27,7 @@ from tests.fakes.fake_tensorrt import make_fake_tensorrt
 from tests.fakes.fixtures import build, install_fake_tensorrt, shared_export
 from tests.fakes.pictures import make_images
 from tests.fakes.surface import (
+    CUDA_REAL,
     DATA,
     REAL_VERSIONS,
     Tracer,
@@ -189,7 +190,7 @@ def test_code_reads_only_attributes_the_real_version_has(export, tmp_path, monke
         expected = {("", "mem_alloc"), ("", "memcpy_htod_async"), ("Stream", "handle")}
     else:
         cuda_module = sys.modules[API_MODULES[memory]]
-        cuda_file, cuda_real = fake_cuda_python.__file__, real_cuda_surface(memory)
+        cuda_file, cuda_real = fake_cuda_python.__file__, real_cuda_surface(CUDA_REAL[memory][0])
         expected = {("", "cudaMalloc"), ("", "cudaMemcpyAsync"), ("", "cudaStreamCreateWithFlags")}
     trt_tracer, cuda_tracer = Tracer(), Tracer()
     trt_tracer.install(trt, fake_tensorrt.__file__)

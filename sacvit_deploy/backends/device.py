@@ -585,12 +585,16 @@ class TorchMemory(DeviceMemory):
         )
         if tensor.numel():
             self._regions[int(flat.data_ptr())] = flat
-        self.stream.wait_stream(torch.cuda.current_stream(self.device))
-        self.pending = True
+        self._after_current_stream()
         dtype = np.dtype(str(tensor.dtype).replace("torch.", ""))
         block = _Block(self, int(tensor.data_ptr()), int(flat.numel()), owned=False, keep=flat)
         self._blocks.add(block)
         return DeviceArray(block, 0, tuple(int(d) for d in tensor.shape), dtype)
+
+    def _after_current_stream(self) -> None:
+        """Order this memory's stream after the work torch's current stream has queued (the caller's)."""
+        self.stream.wait_stream(self.torch.cuda.current_stream(self.device))
+        self.pending = True
 
     def _copy(self, dst: Any, src: Any) -> None:
         with self.torch.cuda.stream(self.stream):

@@ -38,17 +38,23 @@ def real_surface(name: str) -> Surface:
 
 
 CUDA_DATA = DATA.parent / "cuda_surface"
-# The recorded real cuda-python runtime modules (scripts/cuda_surface.py), per API of the fake.
-CUDA_REAL = {"bindings": "cuda-bindings-13.5.0", "cudart": "cuda-python-12.2.1"}
+# The recorded real cuda-python runtime modules (scripts/cuda_surface.py), per API of the fake: the new
+# cuda.bindings.runtime of cuda-bindings 13.5.0 and 11.8.7, the old cuda.cudart of cuda-python 12.2.1 and
+# of cuda-bindings 11.8.7 (what `pip install cuda-python==11.8.7`, the CUDA 11 / JetPack 5 line, brings).
+CUDA_REAL = {
+    "bindings": ["cuda.bindings.runtime-cuda-bindings-13.5.0", "cuda.bindings.runtime-cuda-bindings-11.8.7"],
+    "cudart": ["cuda.cudart-cuda-python-12.2.1", "cuda.cudart-cuda-bindings-11.8.7"],
+}
+CUDA_RECORDINGS = [r for recordings in CUDA_REAL.values() for r in recordings]
 
 
-def cuda_surface_data(api: str) -> dict[str, Any]:
-    return json.loads((CUDA_DATA / f"{CUDA_REAL[api]}.json").read_text())
+def cuda_surface_data(recording: str) -> dict[str, Any]:
+    return json.loads((CUDA_DATA / f"{recording}.json").read_text())
 
 
-def real_cuda_surface(api: str) -> Surface:
-    """The real cuda-python runtime module of ``api`` ("bindings" or "cudart") as a surface."""
-    data = cuda_surface_data(api)
+def real_cuda_surface(recording: str) -> Surface:
+    """A recorded real cuda-python runtime module (a :data:`CUDA_RECORDINGS` name) as a surface."""
+    data = cuda_surface_data(recording)
     surface: Surface = {"": set(data["module"])}
     for owner, members in [*data["classes"].items(), *data["enums"].items()]:
         surface[owner] = {m for m in members if not m.startswith("_")}
