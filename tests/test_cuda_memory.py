@@ -428,3 +428,16 @@ def test_torch_memory_regions_and_zero_copy_wrapping():
         mem.dtod(b.ptr, 12345, 4)
     mem.close()
     assert mem._regions == {}
+
+
+def test_arrays_of_two_memories_are_ordered_between_their_streams(monkeypatch):
+    """Stage 1's memory and stage 2's: a copy across them waits for the writer's stream, then its own."""
+    rt = install_fake_cuda_python(monkeypatch, "bindings")
+    with open_memory("cuda-python") as one, open_memory("cuda-python") as two:
+        a = one.from_host(np.arange(6, dtype=np.float32).reshape(3, 2))
+        b = two.from_host(np.ones((1, 2), np.float32))
+        assert one.pending and two.pending
+        before = rt.syncs
+        c = a.concat_rows([b])
+        assert not two.pending and not one.pending and rt.syncs - before == 2
+        np.testing.assert_array_equal(c.to_host(), [[0, 1], [2, 3], [4, 5], [1, 1]])

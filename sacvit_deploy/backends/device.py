@@ -391,15 +391,21 @@ class DeviceArray:
                     f"cannot concatenate rows of {tuple(p.shape)} {p.dtype} to rows of {self.shape} {self.dtype}"
                 )
         memory = self.memory
+        foreign = False
         for p in parts[1:]:
-            if isinstance(p, DeviceArray) and p.memory is not memory and p.memory.pending:
-                p.memory.synchronize()  # written on another stream: finished before this one reads it
+            other = getattr(p, "memory", None)
+            if other is not memory:
+                foreign = True
+                if other is not None and other.pending:
+                    other.synchronize()  # written on another stream: finished before this one reads it
         out = memory.empty((sum(len(p) for p in parts), *self.shape[1:]), self.dtype)
         offset = out.ptr
         for p in parts:
             if p.nbytes:
                 memory.dtod(offset, int(p.ptr), int(p.nbytes))
             offset += int(p.nbytes)
+        if foreign:
+            memory.synchronize()  # the other memories may reuse their blocks once this returns
         return out
 
 

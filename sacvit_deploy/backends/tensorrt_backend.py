@@ -350,7 +350,7 @@ class TensorRTRunner(Runner):
 
 def _profiles_from_info(info: Mapping[str, Any]) -> dict[str, tuple[tuple[int, ...], ...]]:
     """The profiles build-engine recorded: {input: {"min": [...], "opt": [...], "max": [...]}}."""
-    out = {}
+    out: dict[str, tuple[tuple[int, ...], ...]] = {}
     for name, p in (info.get("profiles") or {}).items():
         try:
             out[name] = (tuple(p["min"]), tuple(p["opt"]), tuple(p["max"]))
