@@ -314,3 +314,14 @@ def test_tensorrt_not_installed(built, monkeypatch):
         BackendError, match=r"TensorRT is not installed: pip install 'sacvit-deploy\[tensorrt\]'"
     ):
         runner(engines, "stage1").activate()
+
+
+def test_the_torch_bridge_goes_once_the_numpy_runtime_is_merged():
+    """The TORCH_BRIDGE exists only while this branch's runtime/ speaks torch: once helper rt's numpy
+    runtime (backends/arrays.py) is here, it must be off (better: deleted with its code)."""
+    import importlib.util
+
+    numpy_runtime = importlib.util.find_spec("sacvit_deploy.backends.arrays") is not None
+    assert tensorrt_backend.TORCH_BRIDGE is not numpy_runtime, (
+        "backends/arrays.py exists: delete TORCH_BRIDGE and its branches in tensorrt_backend.py"
+    )
