@@ -142,7 +142,7 @@ class _Block:
 
 
 class DeviceMemory(abc.ABC):
-    """Allocations, a stream, and asynchronous copies on it. Subclasses implement the ``_raw`` calls."""
+    """Allocations, a stream, and asynchronous copies on it. Subclasses implement the ``_`` primitives."""
 
     name = "abstract"
 
