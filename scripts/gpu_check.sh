@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
 # The GPU checks in one command, for a CUDA machine WITHOUT TensorRT and without network (torch with
 # CUDA, onnx, onnxruntime, safetensors, typer, rich, pillow and pytest already installed; nothing is
-# installed or downloaded). Runs in under 8 minutes (time limits: 150 s for the tests, 300 s for the benchmark):
+# installed or downloaded). Runs in under 9 minutes (time limits: 150 s for the tests, 60 s for the
+# cuda-python check, 300 s for the benchmark):
 #
 #   1. the environment: torch, CUDA, the GPU, nvidia-smi                      -> env.txt
-#   2. the gpu-marked tests (pytest -m gpu; the TensorRT ones skip without TensorRT)
-#                                                                             -> pytest-gpu.log, .xml
+#   2. the gpu-marked tests (pytest -m gpu; the TensorRT ones skip without TensorRT): among them the device
+#      memory (backends/device.py) on real GPU memory through cuda-python, pycuda and torch, each where it
+#      imports                                                                -> pytest-gpu.log, .xml
+#   2b. cuda-python end to end: the device array's operations through cuda-python's runtime API (the
+#      default TensorRT buffers), the GPU query through cuda-python, and which API was used (the new
+#      cuda.bindings.runtime or the old cuda.cudart). cuda-python is not installed by this script: pass
+#      CUDA_PYTHON_SITE=DIR, a folder with cuda/ (e.g. a copy of a venv's site-packages/cuda and
+#      cuda_pathfinder*), to put it on the path; without it the step says so and counts as failed
+#                                                                             -> cuda-python.log
 #   3. benchmarks/headline.py --backend torch --device cuda: SAC-ViT pipeline vs the single-stage DeiT-S
 #      baseline (random DeiT-S weights, 23% of images to stage 2) at batch 32 and batch 1
 #                                                                             -> headline.log, .json
@@ -16,7 +24,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 results="${1:-${OUT:-gpu-check-results}}"
 mkdir -p "$results"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+export PYTHONPATH="$PWD${CUDA_PYTHON_SITE:+:$CUDA_PYTHON_SITE}${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 python="${PYTHON:-python3}"
 failed=0
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, output to RESULTS/NAME.log
@@ -47,11 +55,15 @@ for name in ("onnx", "onnxruntime", "tensorrt", "pycuda"):
         print(name, __import__(name).__version__)
     except Exception as exc:
         print(name, "missing:", type(exc).__name__)
+from sacvit_deploy.backends.device import import_cudart
+found = import_cudart()
+print("cuda-python:", found[1] if found else "missing")
 EOF
 } >"$results/env.txt" 2>&1
 cat "$results/env.txt"
 
 step pytest-gpu 150 "$python" -m pytest -m gpu -rs -q -p no:cacheprovider --junitxml "$results/pytest-gpu.xml" tests
+step cuda-python 60 "$python" scripts/cuda_check.py
 step headline 300 "$python" benchmarks/headline.py --backend torch --device cuda --batch 32 --iters 30 \
     --iters-batch1 50 --json "$results/headline.json"
 

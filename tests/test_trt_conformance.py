@@ -20,18 +20,21 @@ import pytest
 import torch
 
 from sacvit_deploy.core.manifest import Manifest
-from tests.fakes import fake_pycuda, fake_tensorrt
+from tests.fakes import fake_cuda_python, fake_pycuda, fake_tensorrt
+from tests.fakes.fake_cuda_python import API_MODULES
 from tests.fakes.fake_pycuda import make_fake_pycuda
 from tests.fakes.fake_tensorrt import make_fake_tensorrt
 from tests.fakes.fixtures import build, install_fake_tensorrt, shared_export
 from tests.fakes.pictures import make_images
 from tests.fakes.surface import (
+    CUDA_REAL,
     DATA,
     REAL_VERSIONS,
     Tracer,
     fake_surface,
     missing,
     present,
+    real_cuda_surface,
     real_surface,
 )
 
@@ -42,6 +45,7 @@ CODE = [
     Path("sacvit_deploy/backends/gpu.py"),
     Path("sacvit_deploy/backends/trt_version.py"),
     Path("sacvit_deploy/backends/tensorrt_backend.py"),
+    Path("sacvit_deploy/backends/device.py"),
 ]
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -168,13 +172,29 @@ def _run_everything(export: Path, tmp: Path, version: str) -> None:
     build(export, tmp / "dla", fp16=True, dla_core=0, baseline=False)
 
 
+# The device memory each version's run uses (every implementation is traced by some version, the old
+# cuda-python API on the release JetPack 5 is nearest to, pycuda on JetPack 6's 10.3).
+MEMORY_OF_VERSION = {"8.6.1": "cudart", "10.3.0": "pycuda", "10.16.1": "bindings", "11.4.0": "bindings"}
+
+
 @pytest.mark.parametrize("version", FAKE_VERSIONS)
 def test_code_reads_only_attributes_the_real_version_has(export, tmp_path, monkeypatch, version):
-    trt = install_fake_tensorrt(monkeypatch, tmp_path, version)
-    driver = sys.modules["pycuda.driver"]
+    memory = MEMORY_OF_VERSION[version]
+    trt = install_fake_tensorrt(monkeypatch, tmp_path, version, cuda=None if memory == "pycuda" else memory)
+    if memory == "pycuda":
+        cuda_module, cuda_file, cuda_real = (
+            sys.modules["pycuda.driver"],
+            fake_pycuda.__file__,
+            real_surface("pycuda"),
+        )
+        expected = {("", "mem_alloc"), ("", "memcpy_htod_async"), ("Stream", "handle")}
+    else:
+        cuda_module = sys.modules[API_MODULES[memory]]
+        cuda_file, cuda_real = fake_cuda_python.__file__, real_cuda_surface(CUDA_REAL[memory][0])
+        expected = {("", "cudaMalloc"), ("", "cudaMemcpyAsync"), ("", "cudaStreamCreateWithFlags")}
     trt_tracer, cuda_tracer = Tracer(), Tracer()
     trt_tracer.install(trt, fake_tensorrt.__file__)
-    cuda_tracer.install(driver, fake_pycuda.__file__)
+    cuda_tracer.install(cuda_module, cuda_file)
     try:
         _run_everything(export, tmp_path, version)
     finally:
@@ -187,10 +207,10 @@ def test_code_reads_only_attributes_the_real_version_has(export, tmp_path, monke
         ("IExecutionContext", "execute_async_v3"),
         ("BuilderFlag", "VERSION_COMPATIBLE"),
     } <= trt_tracer.used
-    assert {("", "mem_alloc"), ("", "memcpy_htod_async"), ("Stream", "handle")} <= cuda_tracer.used
-    real, pycuda = real_surface(REAL_VERSIONS[version]), real_surface("pycuda")
+    assert expected <= cuda_tracer.used
+    real = real_surface(REAL_VERSIONS[version])
     assert [f"{o}.{n}" for o, n in sorted(trt_tracer.used) if n not in real.get(o, set())] == []
-    assert [f"{o}.{n}" for o, n in sorted(cuda_tracer.used) if n not in pycuda.get(o, set())] == []
+    assert [f"{o}.{n}" for o, n in sorted(cuda_tracer.used) if n not in cuda_real.get(o, set())] == []
 
 
 def test_class_attribute_chains_in_the_code_exist_in_every_version():

@@ -1,4 +1,4 @@
-"""The CUDA GPU that builds or runs engines: name and compute capability, via torch or pycuda."""
+"""The CUDA GPU that builds or runs engines: name and compute capability, via cuda-python, pycuda or torch."""
 
 from __future__ import annotations
 
@@ -26,24 +26,13 @@ NO_GPU = (
 
 
 def detect_gpu(index: int = 0) -> GpuInfo:
-    """The GPU ``index``, asked of torch (CUDA build) or else of pycuda."""
-    import torch
+    """The GPU ``index``, asked of cuda-python, else pycuda, else torch (a CUDA build)."""
+    from sacvit_deploy.backends.device import DeviceError, gpu_properties
 
-    if torch.cuda.is_available():
-        if index >= torch.cuda.device_count():
-            raise NoGpuError(
-                f"GPU {index} does not exist: torch sees {torch.cuda.device_count()} CUDA GPU(s)"
-            )
-        props = torch.cuda.get_device_properties(index)
-        return GpuInfo(props.name, f"{props.major}.{props.minor}", index, int(props.total_memory))
     try:
-        import pycuda.driver as cuda
-    except ImportError:
-        raise NoGpuError(NO_GPU) from None
-    try:
-        cuda.init()
-        device = cuda.Device(index)
-        major, minor = device.compute_capability()
-        return GpuInfo(device.name(), f"{major}.{minor}", index, int(device.total_memory()))
-    except Exception as exc:  # pycuda raises its own error types when there is no driver or device
-        raise NoGpuError(f"{NO_GPU} (pycuda: {str(exc).splitlines()[0][:120]})") from None
+        name, (major, minor), memory, _source = gpu_properties(index)
+    except DeviceError as exc:
+        if "does not exist" in str(exc):
+            raise NoGpuError(str(exc)) from None
+        raise NoGpuError(f"{NO_GPU} ({exc})") from None
+    return GpuInfo(name, f"{major}.{minor}", index, memory)

@@ -8,34 +8,42 @@ tensors by name (``num_io_tensors``, ``get_tensor_name``, ``get_tensor_mode``, `
 ``get_tensor_profile_shape``). ``infer`` sets each input's shape (``set_input_shape``), every tensor's
 address (``set_tensor_address``) and enqueues the engine (``execute_async_v3``).
 
-Buffers:
+Currency (PROTOCOL of issue 20): ``infer(feed)`` takes numpy arrays or device arrays and returns
+device arrays (:class:`sacvit_deploy.backends.device.DeviceArray`): outputs stay on the GPU.
 
-* ``buffers="torch"``: inputs and outputs are torch CUDA tensors, the engine runs on a torch stream of
-  its own, ordered after the caller's current stream;
-* ``buffers="pycuda"``: device memory from pycuda, for machines without a CUDA build of torch (common
-  on Jetson). The runner's currency is then torch CPU tensors: inputs are copied to the device,
-  outputs back;
-* ``buffers="auto"`` (default): torch when it has CUDA, else pycuda when it imports.
+* a numpy input is copied to the device (host-to-device, on the runner's stream);
+* a device array input (any object with ``ptr``/``shape``/``dtype``, e.g. a previous runner's output,
+  a ``take_rows`` compaction of one, or a torch CUDA tensor wrapped by ``device.wrap_torch``) is bound
+  as it is, without a copy. Device arrays are C-contiguous by construction; the feed check rejects a
+  wrong dtype. One still being written on another memory's stream is waited for first;
+* each output is a fresh device array per call (from the runner's pool, so steady-state calls allocate
+  nothing). It stays valid until it (and every view of it) is dropped or ``free()``-d, or until the
+  runner is deactivated, whichever comes first; ``to_host()`` copies it to numpy.
 
-pycuda's ``DeviceAllocation`` has no size (only ``__int__``, ``__index__``, ``as_buffer``, ``free``),
-so the runner keeps each allocation's size itself.
+One stream per runner; ``infer`` synchronizes it once, after the engine, so its outputs are complete
+when it returns. Every buffer whose address TensorRT holds stays referenced until then.
 
-Every tensor whose address TensorRT holds stays referenced until the stream is synchronized. Output
-buffers are grow-only and reused across calls (same address for the same or a smaller batch); what
-``infer`` returns are fresh tensors (clones), valid after the next call.
+Buffers (device memory, :mod:`sacvit_deploy.backends.device`):
+
+* ``buffers="cuda-python"``: NVIDIA's cuda-python, the new ``cuda.bindings.runtime`` (cuda-bindings
+  12.x/13.x) or the old ``cuda.cudart`` (cuda-python 11.x/12.x, e.g. 11.8 for JetPack 5's CUDA 11.4);
+* ``buffers="pycuda"``: pycuda's driver API on the device's primary context (the one TensorRT uses).
+  pycuda's ``DeviceAllocation`` has no size (only ``__int__``, ``__index__``, ``as_buffer``, ``free``),
+  so the memory keeps each allocation's size itself;
+* ``buffers="torch"``: torch CUDA tensors as allocations, on a torch stream of the runner's own;
+* ``buffers="auto"`` (default): cuda-python when it imports, else pycuda, else torch when it has CUDA;
+  with none of them, ``activate()`` says what to install.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from sacvit_deploy.backends.base import DTYPE_NAMES, TORCH_DTYPES, BackendError, Runner
+from sacvit_deploy.backends.base import BackendError, Runner, format_shape
 from sacvit_deploy.core.manifest import ArtifactFile
 
 # TensorRT DataType member name -> the manifest's dtype name.
@@ -47,20 +55,37 @@ TRT_DTYPES = {
     "BOOL": "bool",
     "UINT8": "uint8",
 }
-BUFFERS = ("auto", "torch", "pycuda")
+BUFFERS = ("auto", "cuda-python", "pycuda", "torch")
+
+# BRIDGE (issue 20; delete when helper rt's numpy runtime/ is merged, which feeds numpy and device arrays).
+# This branch's runtime/ (pipeline, parity, calibration) still speaks torch tensors. While this is True:
+# ``infer`` given torch tensors converts them (CPU -> numpy, CUDA -> device.wrap_torch) and returns torch
+# tensors (device arrays copied to the host; on the GPU again for buffers="torch"), and ``device`` is a
+# torch.device ("cpu" unless buffers="torch"), as before issue 20. numpy/device-array feeds follow the
+# protocol whatever this says; with it False, ``device`` is the protocol's string "cuda:N".
+TORCH_BRIDGE = True
 
 
 def resolve_buffers(buffers: str) -> str:
-    """``auto`` -> ``torch`` when torch has CUDA, else ``pycuda`` when it imports, else ``torch``."""
-    if buffers != "auto":
-        return buffers
-    if torch.cuda.is_available():
-        return "torch"
+    """``auto`` -> cuda-python when it imports, else pycuda, else torch with CUDA; still ``auto`` when
+    none is installed (``activate()`` then says what to install)."""
+    from sacvit_deploy.backends.device import DeviceError, resolve
+
+    if buffers not in BUFFERS:
+        raise BackendError(f"unknown TensorRT buffers {buffers!r}; use one of {', '.join(BUFFERS)}")
     try:
-        import pycuda.driver  # noqa: F401
-    except ImportError:
-        return "torch"  # _TorchBuffers then says what to install
-    return "pycuda"
+        return resolve(buffers)
+    except DeviceError:
+        return "auto"
+
+
+def is_device_array(a: Any) -> bool:
+    """The protocol's duck type: a device address and a way back to the host (no GPU import needed)."""
+    return hasattr(a, "ptr") and hasattr(a, "to_host")
+
+
+def _is_torch(a: Any) -> bool:
+    return type(a).__module__.startswith("torch")
 
 
 class TensorRTRunner(Runner):
@@ -76,8 +101,6 @@ class TensorRTRunner(Runner):
         **_other_backends: Any,  # options meant for other backends (threads, fp16, cache_dir) are ignored
     ) -> None:
         super().__init__(Path(path).name, entry.inputs, entry.outputs)
-        if buffers not in BUFFERS:
-            raise BackendError(f"unknown TensorRT buffers {buffers!r}; use one of {', '.join(BUFFERS)}")
         self.path = Path(path)
         self.entry = entry
         self.build_info = dict(tensorrt)
@@ -87,17 +110,32 @@ class TensorRTRunner(Runner):
         self._runtime: Any = None
         self._engine: Any = None
         self._context: Any = None
-        self._io: Any = None
+        self._memory: Any = None  # device.DeviceMemory while active
         self._version = ""
+        # Per-input (name, numpy dtype, rank, {axis: static dim}) for the feed check, computed once.
+        self._feed_specs = [
+            (
+                name,
+                np.dtype(spec.dtype),
+                len(spec.shape),
+                {i: d for i, d in enumerate(spec.shape) if isinstance(d, int)},
+                format_shape(spec.shape),
+            )
+            for name, spec in self.input_specs.items()
+        ]
+        self._output_dtypes = {name: np.dtype(spec.dtype) for name, spec in self.output_specs.items()}
         self._gpu: Any = None
         self._profiles: dict[str, tuple[tuple[int, ...], ...]] = {}
 
     # ---- properties ------------------------------------------------------------------------------
     @property
-    def device(self) -> torch.device:
-        if self.buffers == "pycuda":
-            return torch.device("cpu")
-        return torch.device("cuda", self.device_id)
+    def device(self) -> Any:
+        """The protocol's "cuda:N" (a torch.device while :data:`TORCH_BRIDGE` is on, see there)."""
+        if TORCH_BRIDGE:
+            import torch
+
+            return torch.device("cuda", self.device_id) if self.buffers == "torch" else torch.device("cpu")
+        return f"cuda:{self.device_id}"
 
     @property
     def max_batch(self) -> int | None:
@@ -149,33 +187,47 @@ class TensorRTRunner(Runner):
         problem = engine_compatibility_problem(self.build_info, version, self._gpu.compute_capability)
         if problem:
             raise BackendError(f"{self.path}: {problem}; {self._rebuild_hint()}")
-        logger = trt.Logger(trt.Logger.WARNING)
-        runtime = trt.Runtime(logger)
-        if self.build_info.get("version_compatible"):
-            # A version-compatible engine carries its own lean runtime: host code TensorRT must load.
-            runtime.engine_host_code_allowed = True
-        engine = runtime.deserialize_cuda_engine(self.path.read_bytes())
-        if engine is None:
-            raise BackendError(
-                f"{self.path}: TensorRT {version} cannot load this engine (see TensorRT's message above); "
-                f"{self._rebuild_hint()}"
-            )
-        self._check_io(trt, engine)
-        context = engine.create_execution_context()
-        if context is None:
-            raise BackendError(
-                f"{self.path}: TensorRT cannot create an execution context (out of GPU memory?); "
-                "close other GPU programs or rebuild with a smaller --max-batch"
-            )
-        io = _PycudaBuffers(self.device_id) if self.buffers == "pycuda" else _TorchBuffers(self.device)
-        self._trt, self._runtime, self._engine, self._context, self._io = trt, runtime, engine, context, io
+        from sacvit_deploy.backends.device import DeviceError, open_memory
+
+        try:
+            # Before deserializing: the memory makes the device's primary context current (TensorRT's).
+            memory = open_memory(self.buffers, self.device_id)
+        except DeviceError as exc:
+            raise BackendError(str(exc)) from None
+        try:
+            logger = trt.Logger(trt.Logger.WARNING)
+            runtime = trt.Runtime(logger)
+            if self.build_info.get("version_compatible"):
+                # A version-compatible engine carries its own lean runtime: host code TensorRT must load.
+                runtime.engine_host_code_allowed = True
+            engine = runtime.deserialize_cuda_engine(self.path.read_bytes())
+            if engine is None:
+                raise BackendError(
+                    f"{self.path}: TensorRT {version} cannot load this engine (see TensorRT's message above); "
+                    f"{self._rebuild_hint()}"
+                )
+            self._check_io(trt, engine)
+            context = engine.create_execution_context()
+            if context is None:
+                raise BackendError(
+                    f"{self.path}: TensorRT cannot create an execution context (out of GPU memory?); "
+                    "close other GPU programs or rebuild with a smaller --max-batch"
+                )
+        except BaseException:
+            memory.close()
+            raise
+        self._trt, self._runtime, self._engine, self._context = trt, runtime, engine, context
+        self._memory = memory
+        self.buffers = memory.name
         self._version = str(version)
 
     def _deactivate(self) -> None:
-        if self._io is not None:
-            self._io.close()
-        # The context before the engine before the runtime: each holds memory of the next.
-        self._context = self._engine = self._runtime = self._io = None
+        # The context before the engine before the runtime: each holds memory of the next. The device
+        # memory last: closing it waits for the stream and frees every buffer (outputs included).
+        self._context = self._engine = self._runtime = None
+        if self._memory is not None:
+            self._memory.close()
+        self._memory = None
 
     def _rebuild_hint(self) -> str:
         return f"rebuild the engines on this device: sacvit-deploy build-engine EXPORT_DIR --out {self.path.parent}"
@@ -203,8 +255,42 @@ class TensorRTRunner(Runner):
             self._profiles[name] = shapes
 
     # ---- running ---------------------------------------------------------------------------------
-    def _infer(self, feed: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        context, io = self._context, self._io
+    def check_feed(self, feed: Mapping[str, Any]) -> None:
+        """Names, dtypes, ranks, static dims and the batch, via ``.shape``/``.dtype`` (numpy or device arrays).
+
+        Overrides base.Runner's (which reads torch attributes in this branch); torch tensors (the
+        :data:`TORCH_BRIDGE`) still go to it.
+        """
+        if TORCH_BRIDGE and any(_is_torch(a) for a in feed.values()):
+            super().check_feed(feed)
+            return
+        if len(feed) != len(self._feed_specs) or any(name not in feed for name, *_ in self._feed_specs):
+            raise BackendError(
+                f"{self.name}: feed has inputs {sorted(feed)} but the graph takes {sorted(self.input_specs)}"
+            )
+        batch = None
+        for name, dtype, rank, static, shown in self._feed_specs:
+            a = feed[name]
+            if a.dtype != dtype:
+                raise BackendError(f"{self.name}: input '{name}' is {a.dtype}, expected {dtype}")
+            shape = a.shape
+            if len(shape) != rank or any(shape[i] != d for i, d in static.items()):
+                raise BackendError(f"{self.name}: input '{name}' has shape {tuple(shape)}, expected {shown}")
+            if batch is None:
+                batch = shape[0]
+            elif shape[0] != batch:
+                raise BackendError(
+                    f"{self.name}: inputs disagree on the batch size ({batch} vs {shape[0]} for '{name}')"
+                )
+
+    def _infer(self, feed: Mapping[str, Any]) -> dict[str, Any]:
+        if TORCH_BRIDGE and any(_is_torch(a) for a in feed.values()):
+            return self._infer_torch(feed)
+        return self._run(feed)
+
+    def _run(self, feed: Mapping[str, Any]) -> dict[str, Any]:
+        """numpy / device arrays in, fresh device arrays out; one stream synchronization."""
+        context, memory = self._context, self._memory
         n = next(iter(feed.values())).shape[0]
         high = self.max_batch
         if (high is not None and n > high) or n < self.min_batch:
@@ -212,164 +298,62 @@ class TensorRTRunner(Runner):
                 f"{self.name}: batch {n} is outside the engine's profile ({self.min_batch}..{high}); "
                 "split the batch, or rebuild with other --min-batch/--max-batch"
             )
+        staged = []  # device copies of host inputs: TensorRT holds their addresses until the sync
         try:
             for name in self.input_specs:
-                tensor = feed[name]
-                address = io.input(name, tensor)
-                if not context.set_input_shape(name, tuple(int(d) for d in tensor.shape)):
-                    raise BackendError(
-                        f"{self.name}: TensorRT refused the shape {tuple(tensor.shape)} for input '{name}'"
-                    )
+                a = feed[name]
+                if is_device_array(a):
+                    other = getattr(a, "memory", None)
+                    if other is not None and other is not memory and other.pending:
+                        other.synchronize()  # written on another stream: wait before this one reads it
+                    address = int(a.ptr)
+                else:
+                    a = memory.from_host(a)
+                    staged.append(a)
+                    address = a.ptr
+                shape = tuple(int(d) for d in a.shape)
+                if not context.set_input_shape(name, shape):
+                    raise BackendError(f"{self.name}: TensorRT refused the shape {shape} for input '{name}'")
                 context.set_tensor_address(name, address)
-            shapes = {}
-            for name, spec in self.output_specs.items():
+            outputs = {}
+            for name, dtype in self._output_dtypes.items():
                 shape = tuple(int(d) for d in context.get_tensor_shape(name))
                 if any(d < 0 for d in shape):
                     raise BackendError(f"{self.name}: TensorRT could not infer the shape of output '{name}'")
-                shapes[name] = shape
-                context.set_tensor_address(name, io.output(name, shape, TORCH_DTYPES[spec.dtype]))
-            io.before_execute()
-            if not context.execute_async_v3(io.stream_handle):
+                outputs[name] = memory.empty(shape, dtype)
+                context.set_tensor_address(name, outputs[name].ptr)
+            if not context.execute_async_v3(memory.stream_handle):
                 raise BackendError(
                     f"{self.name}: TensorRT failed to run the engine (see TensorRT's message above)"
                 )
-            return io.finish(shapes)
         finally:
-            io.release()
+            memory.synchronize()  # the one sync of the call (also after a failure: staged inputs in flight)
+            staged.clear()
+        return outputs
+
+    def _infer_torch(self, feed: Mapping[str, Any]) -> dict[str, Any]:
+        """The :data:`TORCH_BRIDGE`: torch tensors in, torch tensors out (as before issue 20)."""
+        import torch
+
+        from sacvit_deploy.backends.device import wrap_torch
+
+        arrays = {
+            name: wrap_torch(t) if t.is_cuda else np.ascontiguousarray(t.detach().numpy())
+            for name, t in feed.items()
+        }
+        out = self._run(arrays)
+        tensors = {name: torch.from_numpy(a.to_host()) for name, a in out.items()}
+        if self.buffers == "torch":
+            tensors = {name: t.to(self.device) for name, t in tensors.items()}
+        return tensors
 
 
 def _profiles_from_info(info: Mapping[str, Any]) -> dict[str, tuple[tuple[int, ...], ...]]:
     """The profiles build-engine recorded: {input: {"min": [...], "opt": [...], "max": [...]}}."""
-    out = {}
+    out: dict[str, tuple[tuple[int, ...], ...]] = {}
     for name, p in (info.get("profiles") or {}).items():
         try:
             out[name] = (tuple(p["min"]), tuple(p["opt"]), tuple(p["max"]))
         except (KeyError, TypeError):
             continue
     return out
-
-
-class _TorchBuffers:
-    """torch CUDA tensors as TensorRT buffers, on a stream of the runner's own."""
-
-    def __init__(self, device: torch.device) -> None:
-        if not torch.cuda.is_available():
-            raise BackendError(
-                "buffers='torch' needs a CUDA build of torch; install one, or pycuda for buffers='pycuda' "
-                "(pip install 'sacvit-deploy[pycuda]')"
-            )
-        self.device = device
-        self.stream = torch.cuda.Stream(device)
-        self._storage: dict[str, torch.Tensor] = {}  # grow-only, flat
-        self._views: dict[str, torch.Tensor] = {}
-        self._held: list[torch.Tensor] = []  # inputs whose addresses TensorRT holds
-
-    @property
-    def stream_handle(self) -> int:
-        return int(self.stream.cuda_stream)
-
-    def input(self, name: str, tensor: torch.Tensor) -> int:
-        t = tensor.to(self.device, non_blocking=True).contiguous()
-        self._held.append(t)
-        return int(t.data_ptr())
-
-    def output(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> int:
-        numel = math.prod(shape)
-        storage = self._storage.get(name)
-        if storage is None or storage.dtype != dtype or storage.numel() < numel:
-            storage = torch.empty(max(numel, 1), dtype=dtype, device=self.device)
-            self._storage[name] = storage
-        self._views[name] = storage[:numel].view(shape)
-        return int(storage.data_ptr())
-
-    def before_execute(self) -> None:
-        # The inputs were written on the caller's stream; the last call's clones read the outputs there.
-        self.stream.wait_stream(torch.cuda.current_stream(self.device))
-
-    def finish(self, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
-        self.stream.synchronize()
-        # Clones on the caller's stream: the buffers are reused by the next call.
-        return {name: self._views[name].clone() for name in shapes}
-
-    def release(self) -> None:
-        self._held.clear()
-        self._views.clear()
-
-    def close(self) -> None:
-        self.stream.synchronize()
-        self.release()
-        self._storage.clear()
-
-
-class _PycudaBuffers:
-    """pycuda device memory (grow-only, per tensor), a pycuda stream, host copies in and out."""
-
-    def __init__(self, device_id: int) -> None:
-        try:
-            import pycuda.driver as cuda
-        except ImportError:
-            raise BackendError(
-                "buffers='pycuda' needs pycuda: pip install 'sacvit-deploy[pycuda]' (or use buffers='torch')"
-            ) from None
-        cuda.init()
-        self.cuda = cuda
-        # The primary context is the one the CUDA runtime (and so TensorRT) uses.
-        self.context = cuda.Device(device_id).retain_primary_context()
-        self.context.push()
-        self.stream = cuda.Stream()
-        self._allocations: dict[str, tuple[Any, int]] = {}  # name -> (DeviceAllocation, its size)
-        self._pending: dict[str, tuple[Any, np.dtype]] = {}
-        self._held: list[np.ndarray] = []  # host arrays being copied asynchronously
-
-    @property
-    def stream_handle(self) -> int:
-        return int(self.stream.handle)
-
-    def _allocation(self, name: str, nbytes: int) -> Any:
-        current, size = self._allocations.get(name, (None, 0))
-        if current is None or size < nbytes:
-            if current is not None:
-                self.stream.synchronize()
-                current.free()
-            size = max(nbytes, 1)
-            current = self.cuda.mem_alloc(size)
-            self._allocations[name] = (current, size)
-        return current
-
-    def input(self, name: str, tensor: torch.Tensor) -> int:
-        host = np.ascontiguousarray(tensor.detach().cpu().numpy())
-        allocation = self._allocation(name, host.nbytes)
-        self.cuda.memcpy_htod_async(allocation, host, self.stream)
-        self._held.append(host)
-        return int(allocation)
-
-    def output(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> int:
-        np_dtype = np.dtype(DTYPE_NAMES[dtype])
-        allocation = self._allocation(name, math.prod(shape) * np_dtype.itemsize)
-        self._pending[name] = (allocation, np_dtype)
-        return int(allocation)
-
-    def before_execute(self) -> None:
-        pass
-
-    def finish(self, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
-        hosts = {}
-        for name, shape in shapes.items():
-            allocation, np_dtype = self._pending[name]
-            hosts[name] = np.empty(shape, dtype=np_dtype)
-            self.cuda.memcpy_dtoh_async(hosts[name], allocation, self.stream)
-        self.stream.synchronize()
-        return {name: torch.from_numpy(host) for name, host in hosts.items()}
-
-    def release(self) -> None:
-        self.stream.synchronize()  # the asynchronous copies may still read the held host arrays
-        self._held.clear()
-        self._pending.clear()
-
-    def close(self) -> None:
-        self.stream.synchronize()
-        for allocation, _size in self._allocations.values():
-            allocation.free()
-        self._allocations.clear()
-        self.release()
-        self.context.pop()

@@ -91,7 +91,7 @@ class BuildOptions:
     strict: bool = False
     baseline: bool | None = None  # None: build it when the export has one
     parity_images: int = 32
-    buffers: str = "auto"  # device buffers for calibration and the parity check: auto | torch | pycuda
+    buffers: str = "auto"  # device memory (calibration, parity check): auto|cuda-python|pycuda|torch
     qdq: bool = False  # set from the export's manifest: its graphs carry Q/DQ nodes (quantize)
 
     @property

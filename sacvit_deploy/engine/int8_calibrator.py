@@ -81,48 +81,34 @@ def calibration_batches(feeds: dict[str, np.ndarray], batch_size: int) -> list[d
 
 
 class _DeviceFeed:
-    """Device copies of one calibration batch, kept alive until the next batch (TensorRT holds the pointers)."""
+    """Device copies of one calibration batch, kept alive until the next batch (TensorRT holds the pointers).
+
+    Through :mod:`sacvit_deploy.backends.device` (cuda-python, pycuda or torch, as ``buffers`` says).
+    """
 
     def __init__(self, buffers: str) -> None:
         self.buffers = buffers
         self._held: list[Any] = []
-        self._context: Any = None
+        self._memory: Any = None
 
     def upload(self, arrays: dict[str, np.ndarray], names: Sequence[str]) -> list[int]:
+        from sacvit_deploy.backends.device import open_memory
+
         self.free()
-        if self.buffers == "pycuda":
-            import pycuda.driver as cuda
-
-            if self._context is None:
-                # TensorRT uses the CUDA runtime, i.e. the device's primary context.
-                cuda.init()
-                self._context = cuda.Device(0).retain_primary_context()
-                self._context.push()
-            pointers = []
-            for name in names:
-                allocation = cuda.mem_alloc(arrays[name].nbytes)
-                cuda.memcpy_htod(allocation, arrays[name])
-                self._held.append(allocation)
-                pointers.append(int(allocation))
-            return pointers
-        import torch
-
-        tensors = [torch.from_numpy(arrays[name]).to("cuda") for name in names]
-        torch.cuda.synchronize()
-        self._held = tensors
-        return [int(t.data_ptr()) for t in tensors]
+        if self._memory is None:
+            self._memory = open_memory(self.buffers, 0)
+        self._held = [self._memory.from_host(arrays[name]) for name in names]
+        self._memory.synchronize()  # TensorRT reads them on its own stream once get_batch returns
+        return [a.ptr for a in self._held]
 
     def free(self) -> None:
-        for item in self._held:
-            if hasattr(item, "free"):
-                item.free()
-        self._held = []
+        self._held = []  # back to the memory's pool, reused by the next batch
 
     def close(self) -> None:
         self.free()
-        if self._context is not None:
-            self._context.pop()
-            self._context = None
+        if self._memory is not None:
+            self._memory.close()
+            self._memory = None
 
 
 def make_entropy_calibrator(
@@ -130,7 +116,7 @@ def make_entropy_calibrator(
     batches: list[dict[str, np.ndarray]],
     cache_out: Path,
     cache_in: bytes | None = None,
-    buffers: str = "torch",
+    buffers: str = "auto",
 ) -> Any:
     """An ``IInt8EntropyCalibrator2`` feeding ``batches``; the cache is written to ``cache_out``.
 

@@ -2,7 +2,7 @@
 
 ``install_fake_pycuda(monkeypatch)`` puts ``pycuda`` and ``pycuda.driver`` in ``sys.modules`` and
 returns the driver module; ``driver.allocations`` lists every allocation (live or freed), and
-``driver.copies`` every host<->device copy.
+``driver.copies`` every copy as ``(kind, nbytes)``, kind ``htod``/``dtoh``/``dtod``.
 
 Its classes have exactly the members of pycuda's (tests/test_trt_conformance.py holds them against
 src/wrapper/wrap_cudadrv.cpp): a ``DeviceAllocation`` has ``__int__``, ``__index__``, ``__long__``,
@@ -115,6 +115,12 @@ def make_fake_pycuda() -> tuple[types.ModuleType, types.ModuleType]:
         ctypes.memmove(dest.ctypes.data, int(src), dest.nbytes)
         driver.copies.append(("dtoh", dest.nbytes))
 
+    def memcpy_dtod_async(dest: Any, src: Any, size: int, stream: Stream | None = None) -> None:
+        if size > _room(dest) or size > _room(src):
+            raise ValueError(f"dtod copy of {size} bytes beyond a device allocation")
+        ctypes.memmove(int(dest), int(src), size)
+        driver.copies.append(("dtod", size))
+
     def memcpy_htod(dest: Any, src: np.ndarray) -> None:
         memcpy_htod_async(dest, src)
 
@@ -127,6 +133,7 @@ def make_fake_pycuda() -> tuple[types.ModuleType, types.ModuleType]:
     driver.mem_alloc = mem_alloc
     driver.memcpy_htod_async = memcpy_htod_async
     driver.memcpy_dtoh_async = memcpy_dtoh_async
+    driver.memcpy_dtod_async = memcpy_dtod_async
     package = types.ModuleType("pycuda")
     package.driver = driver
     package.__path__ = []

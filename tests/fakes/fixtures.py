@@ -1,8 +1,8 @@
 """Helpers for the TensorRT tests: a tiny export, the fake TensorRT installed, engines built with it.
 
-Host memory stands in for device memory through the fake pycuda (tests/fakes/fake_pycuda.py): with
-torch on the CPU, ``buffers="auto"`` picks pycuda, the production path of torch-free machines, so
-the production code needs no test switch.
+Host memory stands in for device memory through the fake cuda-python (tests/fakes/fake_cuda_python.py)
+and the fake pycuda (tests/fakes/fake_pycuda.py): ``buffers="auto"`` picks cuda-python, the production
+default, so the production code needs no test switch.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from sacvit_deploy.backends import gpu as gpu_module
 from sacvit_deploy.engine.build import BuildOptions, BuildResult, build_engines
 from sacvit_deploy.export.onnx_export import ExportOptions, export_artifacts
 from tests.conftest import make_tiny
+from tests.fakes.fake_cuda_python import hide_cuda_python, install_fake_cuda_python
 from tests.fakes.fake_pycuda import install_fake_pycuda
 from tests.fakes.fake_tensorrt import make_fake_tensorrt
 
@@ -45,12 +46,24 @@ def shared_export(
 
 
 def install_fake_tensorrt(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, version: str = "10.3.0", gpu: Any = FAKE_GPU
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    version: str = "10.3.0",
+    gpu: Any = FAKE_GPU,
+    cuda: str | None = "bindings",
 ) -> Any:
-    """Put a fake ``tensorrt`` and a fake ``pycuda`` (host memory as device memory) in sys.modules,
-    and a fake GPU in detect_gpu."""
+    """Put a fake ``tensorrt``, a fake cuda-python and a fake ``pycuda`` (host memory as device memory)
+    in sys.modules, and a fake GPU in detect_gpu.
+
+    ``cuda``: the cuda-python API installed ("bindings": ``cuda.bindings.runtime``, "cudart": the old
+    ``cuda.cudart``), or None for no cuda-python (``buffers="auto"`` then picks pycuda). The real
+    cuda-bindings wheel is importable here, so it is always replaced: its calls need a driver."""
     fake = make_fake_tensorrt(version)
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    if cuda is None:
+        hide_cuda_python(monkeypatch)
+    else:
+        install_fake_cuda_python(monkeypatch, cuda)
     install_fake_pycuda(monkeypatch)
     monkeypatch.setattr(gpu_module, "detect_gpu", lambda index=0: gpu)
     return fake

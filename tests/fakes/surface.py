@@ -21,7 +21,7 @@ DATA = Path(__file__).resolve().parents[1] / "data" / "trt_surface"
 # Which real surface each fake version is held against.
 REAL_VERSIONS = {"8.6.1": "8.6.1", "10.3.0": "10.3.0", "10.16.1": "10.16.1.11", "11.4.0": "11.4.0.106"}
 # Fake-only helpers for the tests (no TensorRT or pycuda attribute): never compared.
-FAKE_ONLY = {"calls", "called", "state", "allocations", "copies", "contexts", "sizes"}
+FAKE_ONLY = {"calls", "called", "state", "allocations", "copies", "contexts", "sizes", "syncs", "streams"}
 
 Surface = dict[str, set[str]]
 
@@ -34,6 +34,30 @@ def real_surface(name: str) -> Surface:
     surface[""] = {n for n in surface[""] if "." not in n}
     for owner, members in [*data["classes"].items(), *data["enums"].items()]:
         surface[owner] = set(members)
+    return surface
+
+
+CUDA_DATA = DATA.parent / "cuda_surface"
+# The recorded real cuda-python runtime modules (scripts/cuda_surface.py), per API of the fake: the new
+# cuda.bindings.runtime of cuda-bindings 13.5.0 and 11.8.7, the old cuda.cudart of cuda-python 12.2.1 and
+# of cuda-bindings 11.8.7 (what `pip install cuda-python==11.8.7`, the CUDA 11 / JetPack 5 line, brings).
+CUDA_REAL = {
+    "bindings": ["cuda.bindings.runtime-cuda-bindings-13.5.0", "cuda.bindings.runtime-cuda-bindings-11.8.7"],
+    "cudart": ["cuda.cudart-cuda-python-12.2.1", "cuda.cudart-cuda-bindings-11.8.7"],
+}
+CUDA_RECORDINGS = [r for recordings in CUDA_REAL.values() for r in recordings]
+
+
+def cuda_surface_data(recording: str) -> dict[str, Any]:
+    return json.loads((CUDA_DATA / f"{recording}.json").read_text())
+
+
+def real_cuda_surface(recording: str) -> Surface:
+    """A recorded real cuda-python runtime module (a :data:`CUDA_RECORDINGS` name) as a surface."""
+    data = cuda_surface_data(recording)
+    surface: Surface = {"": set(data["module"])}
+    for owner, members in [*data["classes"].items(), *data["enums"].items()]:
+        surface[owner] = {m for m in members if not m.startswith("_")}
     return surface
 
 
