@@ -28,7 +28,6 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "onnxruntime", "onnx", "numpy", "PIL", "tensorrt")
 TARGETS = {"--help": 0.5, "infer --help": 0.5, "infer: first row": 2.0}
 
@@ -42,22 +41,33 @@ PROBE = (
 )
 
 
+# Every command runs outside the checkout, so it imports the package the interpreter has installed (an
+# editable install: the checkout; or what PYTHONPATH names), not ./sacvit_deploy by accident.
+CWD = tempfile.gettempdir()
+
+
 def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
-    return env
+    return dict(os.environ)
+
+
+def package_location(python: str) -> str:
+    code = "import sacvit_deploy, os; print(os.path.dirname(sacvit_deploy.__file__))"
+    r = subprocess.run([python, "-c", code], capture_output=True, text=True, env=_env(), cwd=CWD)
+    return r.stdout.strip() or r.stderr.strip()[-200:]
 
 
 def time_command(argv: list[str]) -> float:
     t = time.perf_counter()
-    subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, env=_env())
+    subprocess.run(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, env=_env(), cwd=CWD
+    )
     return time.perf_counter() - t
 
 
 def time_first_row(argv: list[str]) -> float:
     """Seconds from the start of ``argv`` to its first line on stdout; the process is then stopped."""
     t = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(), cwd=CWD)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     elapsed = time.perf_counter() - t
@@ -70,7 +80,7 @@ def time_first_row(argv: list[str]) -> float:
 
 
 def heavy_imports(python: str, args: list[str]) -> str:
-    r = subprocess.run([python, "-c", PROBE, *args], capture_output=True, text=True, env=_env())
+    r = subprocess.run([python, "-c", PROBE, *args], capture_output=True, text=True, env=_env(), cwd=CWD)
     found = [line[6:] for line in r.stderr.splitlines() if line.startswith("HEAVY ")]
     return (found[-1] or "none") if found else "? (" + r.stderr.strip()[-200:] + ")"
 
@@ -82,6 +92,7 @@ def demo_export(python: str, folder: Path) -> tuple[Path, Path]:
         stderr=subprocess.PIPE,
         check=True,
         env=_env(),
+        cwd=CWD,
     )
     return folder / "export", folder / "images"
 
@@ -102,7 +113,7 @@ def main() -> None:
         tmp = Path(tempfile.mkdtemp(prefix="startup-"))
         artifacts, images = demo_export(args.python, tmp / "demo")
     else:
-        artifacts, images = args.artifacts, args.images or args.artifacts
+        artifacts, images = args.artifacts.resolve(), (args.images or args.artifacts).resolve()
     try:
         py, cli = [args.python], [args.python, "-m", "sacvit_deploy"]
         infer = [*cli, "infer", str(images), "--artifacts", str(artifacts), "--format", "jsonl"]
@@ -129,7 +140,8 @@ def main() -> None:
 
     load = os.getloadavg()
     floor = statistics.median(times["python -c pass"])
-    print(f"start-up of sacvit-deploy ({args.python}), median of {rounds} interleaved rounds")
+    print(f"start-up of sacvit-deploy ({args.python}: {package_location(args.python)})")
+    print(f"median of {rounds} interleaved rounds")
     print(f"load average: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs")
     print(f"{'command':<18} {'median s':>9} {'/ python':>9} {'target s':>9}  heavy modules imported")
     report = {"python": args.python, "rounds": rounds, "loadavg": load, "rows": {}}
