@@ -134,3 +134,16 @@ def test_export_defaults_are_the_comparators():
     from sacvit_deploy.core.compare import Tolerance
 
     assert Tolerance() == Tolerance(DEFAULT_ATOL, DEFAULT_RTOL)
+
+
+def test_demo_no_export_without_an_export_says_so(tmp_path):
+    """`demo --no-export` (its inference half, for an environment without torch) needs an export
+    from an earlier demo in --out: without one, one line naming the folder and the fix."""
+    plain = NO_TORCH.replace('sys.modules["torch"] = None', "")  # torch or not: the same refusal
+    r = _run(plain, "demo", "--out", str(tmp_path / "d"), "--no-export", "--no-profile", cwd=tmp_path)
+    assert r.returncode == 1, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "no export to reuse" in errors[0] and "drop --no-export" in errors[0], (
+        r.stderr
+    )
+    assert "Traceback" not in r.stderr
