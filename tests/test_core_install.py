@@ -3,6 +3,8 @@ that needs an extra must say which one in one line.
 
 The optional modules are hidden in a subprocess by a meta-path finder that refuses them, which is
 what a core-only environment looks like to Python; CI also runs this in a real core-only venv.
+torch stays visible here (until the runtime runs without it, `infer` would name torch's extra first);
+tests/test_torch_optional.py and CI's no-torch job (scripts/no_torch_check.sh) hide it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ HIDE = textwrap.dedent(
     import sys
     class _Hide:
         def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in {sorted(EXTRAS)!r}:
+            if name.split(".")[0] in {sorted(set(EXTRAS) - {"torch"})!r}:
                 raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
             return None
     sys.meta_path.insert(0, _Hide())

@@ -120,7 +120,11 @@ def handle_errors(fn: F) -> F:
             if not is_optional(exc.name):
                 raise  # a missing core dependency is a broken install: keep the traceback
             raise fail(
-                safe(missing_extra_message(exc.name or "", f"`sacvit-deploy {_command_name(fn)}`"))
+                safe(
+                    missing_extra_message(
+                        exc.name or "", f"`sacvit-deploy {_command_name(fn)}`", command=_command_name(fn)
+                    )
+                )
             ) from None
 
     return wrapper  # type: ignore[return-value]

@@ -73,6 +73,14 @@ def demo(
         ),
     ] = DEFAULT_FOLDER,
     profile: Annotated[bool, typer.Option(help="Finish with a short latency profile.")] = True,
+    export_step: Annotated[
+        bool,
+        typer.Option(
+            "--export/--no-export",
+            help="--no-export: reuse the export already in --out (made by an earlier demo), skipping the "
+            "step that needs torch: the demo's inference half, with onnx and ONNX Runtime only.",
+        ),
+    ] = True,
 ) -> None:
     """Export the bundled SAC-ViT, classify the bundled images with both stages, and profile it."""
     from sacvit_deploy.demo_assets import sample_label
@@ -90,11 +98,23 @@ def demo(
         f"Everything goes to {out_dir}/.",
         highlight=False,
     )
-    code = _step(
-        1, "Export to two verified ONNX graphs", ["export", str(model), "--out", str(folder), "--baseline"]
-    )
-    if code:
-        raise typer.Exit(code)
+    if not export_step:
+        from sacvit_deploy.core.manifest import MANIFEST_NAME
+
+        if not (folder / MANIFEST_NAME).is_file():
+            raise SacvitError(
+                f"{folder}: no export to reuse (--no-export); run `sacvit-deploy demo --out "
+                f"{out_dir}` once where torch is installed, or drop --no-export"
+            )
+        out.print(f"\n[bold]1. Export[/]: skipped (--no-export), reusing {safe(folder)}/", highlight=False)
+    else:
+        code = _step(
+            1,
+            "Export to two verified ONNX graphs",
+            ["export", str(model), "--out", str(folder), "--baseline"],
+        )
+        if code:
+            raise typer.Exit(code)
 
     _step(
         2, "Classify the bundled images", ["infer", f"{images}/", "--artifacts", str(folder), "--no-progress"]

@@ -19,12 +19,14 @@ from sacvit_deploy.cli._common import (
     verification_images,
 )
 from sacvit_deploy.cli._progress import spinner
-from sacvit_deploy.core.compare import Tolerance
 from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.core.formats import AUTO
 
 EXPORT = "Export"
 VERIFY = "Verification"
+# core.compare.Tolerance's defaults, written out so that --help does not import numpy (a test holds
+# them equal).
+DEFAULT_ATOL = DEFAULT_RTOL = 1e-4
 
 
 def parse_batch(value: str) -> int | None:
@@ -146,16 +148,17 @@ def export(
             help="Absolute part of the parity limit: max|ONNX Runtime - PyTorch| <= atol + rtol * max|PyTorch|.",
             rich_help_panel=VERIFY,
         ),
-    ] = Tolerance().atol,
+    ] = DEFAULT_ATOL,
     rtol: Annotated[
         float,
         typer.Option(
             help="Relative part of the parity limit, times the reference tensor's max |value|.",
             rich_help_panel=VERIFY,
         ),
-    ] = Tolerance().rtol,
+    ] = DEFAULT_RTOL,
 ) -> None:
     """Export a checkpoint to two verified ONNX graphs (stage 1 + exit gate, stage 2) and a manifest."""
+    from sacvit_deploy.core.compare import Tolerance  # numpy: imported by the command, not by --help
     from sacvit_deploy.export.onnx_export import ExportOptions, export_artifacts
     from sacvit_deploy.export.verify import tensorrt_parser_check, verify_export
     from sacvit_deploy.model.checkpoint import load_checkpoint

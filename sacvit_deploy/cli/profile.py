@@ -54,16 +54,15 @@ def parse_batch_sizes(text: str) -> list[int]:
     return sizes
 
 
-def _pool(images: Path | None, synthetic: bool, cfg, largest: int, seed: int):  # -> (tensor, description)
+def _pool(images: Path | None, synthetic: bool, cfg, largest: int, seed: int):  # -> (array, description)
     import numpy as np
-    import torch
 
     from sacvit_deploy.runtime.images import collect_images, iter_batches
 
     if images is None:
-        g = torch.Generator().manual_seed(seed)
         size = cfg.input_size
-        return torch.randn(largest, 3, size, size, generator=g), f"synthetic: N(0, 1) noise, seed {seed}"
+        noise = np.random.default_rng(seed).standard_normal((largest, 3, size, size), dtype=np.float32)
+        return _host_batch(noise), f"synthetic: N(0, 1) noise, seed {seed}"
     if not images.is_dir():
         raise SacvitError(f"--images {images}: not a folder; give a folder of images, or use --synthetic")
     paths = collect_images([images])
@@ -81,11 +80,22 @@ def _pool(images: Path | None, synthetic: bool, cfg, largest: int, seed: int):  
         raise SacvitError(
             f"--images {images}: none of the {len(paths)} images could be read; see the lines above"
         )
-    pool = torch.from_numpy(np.concatenate(arrays))
+    pool = np.concatenate(arrays)
     loaded = pool.shape[0]
     if loaded < largest:  # cycle the images to fill the largest batch
-        pool = pool.repeat((largest + loaded - 1) // loaded, 1, 1, 1)[:largest]
-    return pool, f"{images} ({loaded} images{', cycled to ' + str(largest) if loaded < largest else ''})"
+        pool = np.tile(pool, ((largest + loaded - 1) // loaded, 1, 1, 1))[:largest]
+    cycled = f", cycled to {largest}" if loaded < largest else ""
+    return _host_batch(pool), f"{images} ({loaded} images{cycled})"
+
+
+def _host_batch(pool):  # numpy -> what the runtime takes
+    """The pool is numpy (profile runs without torch). Until the runtime takes numpy (issue 20's
+    numpy currency), a torch tensor when torch is installed; drop this once it does."""
+    try:
+        import torch
+    except ModuleNotFoundError:
+        return pool
+    return torch.from_numpy(pool)
 
 
 @handle_errors

@@ -22,8 +22,6 @@ from sacvit_deploy.cli._common import (
 )
 from sacvit_deploy.core.errors import ConfigError, SacvitError
 from sacvit_deploy.model.config import ModelConfig
-from sacvit_deploy.training import TrainOptions
-from sacvit_deploy.training import train as run_training
 
 
 def is_main_process() -> bool:
@@ -279,6 +277,9 @@ def train(
     On several GPUs or machines, start it with torchrun, e.g.
     torchrun --nproc-per-node 8 --no-python sacvit-deploy train DATA --device cuda ...
     """
+    from sacvit_deploy.training import TrainOptions  # torch: imported by the command, not by --help
+    from sacvit_deploy.training import train as run_training
+
     opts = TrainOptions(
         data_dir=data_dir,
         out_dir=out_dir,

@@ -1,45 +1,47 @@
-"""The SAC-ViT reference model: config, DeiT layers, the two stages, checkpoints and FLOPs."""
+"""The SAC-ViT reference model: config, DeiT layers, the two stages, checkpoints and FLOPs.
 
-from sacvit_deploy.model.checkpoint import load_baseline, load_checkpoint, save_checkpoint
-from sacvit_deploy.model.config import (
-    FORMATS,
-    VARIANTS,
-    ModelConfig,
-    PreprocessConfig,
-    make_config,
-    tiny_config,
-)
-from sacvit_deploy.model.flops import FlopsReport
-from sacvit_deploy.model.sacvit import (
-    STAGE1_INPUTS,
-    STAGE1_OUTPUTS,
-    STAGE2_INPUTS,
-    STAGE2_OUTPUTS,
-    DeiT,
-    EarlyExitOutput,
-    SACViT,
-    Stage1Output,
-    build_model,
-)
+The names below are imported on first use, so that ``sacvit_deploy.model.config`` and
+``sacvit_deploy.model.flops`` (pure Python: variants, GFLOPs) load without torch; the modules that
+need torch (``sacvit``, ``checkpoint``, ``layers``) import it themselves.
+"""
 
-__all__ = [
-    "FORMATS",
-    "STAGE1_INPUTS",
-    "STAGE1_OUTPUTS",
-    "STAGE2_INPUTS",
-    "STAGE2_OUTPUTS",
-    "VARIANTS",
-    "DeiT",
-    "EarlyExitOutput",
-    "FlopsReport",
-    "ModelConfig",
-    "PreprocessConfig",
-    "SACViT",
-    "Stage1Output",
-    "build_model",
-    "load_baseline",
-    "load_checkpoint",
-    "make_config",
-    "save_checkpoint",
-    "tiny_config",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# public name -> the submodule that defines it
+_LAZY = {
+    "load_baseline": "checkpoint",
+    "load_checkpoint": "checkpoint",
+    "save_checkpoint": "checkpoint",
+    "FORMATS": "config",
+    "VARIANTS": "config",
+    "ModelConfig": "config",
+    "PreprocessConfig": "config",
+    "make_config": "config",
+    "tiny_config": "config",
+    "FlopsReport": "flops",
+    "STAGE1_INPUTS": "sacvit",
+    "STAGE1_OUTPUTS": "sacvit",
+    "STAGE2_INPUTS": "sacvit",
+    "STAGE2_OUTPUTS": "sacvit",
+    "DeiT": "sacvit",
+    "EarlyExitOutput": "sacvit",
+    "SACViT": "sacvit",
+    "Stage1Output": "sacvit",
+    "build_model": "sacvit",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sacvit_deploy.model' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"sacvit_deploy.model.{module}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
