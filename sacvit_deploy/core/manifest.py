@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 from sacvit_deploy.core.config import ModelConfig
 from sacvit_deploy.core.errors import ConfigError, SacvitError
-from sacvit_deploy.core.formats import FORMAT_NAMES
+from sacvit_deploy.core.formats import CHECKPOINT_FORMATS
 from sacvit_deploy.core.trt_families import TRT_FAMILY_NAMES
 from sacvit_deploy.core.version import __version__
 
@@ -364,8 +364,8 @@ class Manifest:
         try:
             model = ModelConfig.from_dict(d["model"])
             fmt = _get(d, "source_format", str, "manifest")
-            if fmt not in FORMAT_NAMES:
-                raise ValueError(f"source_format {fmt!r} is not one of {', '.join(FORMAT_NAMES)}")
+            if fmt not in CHECKPOINT_FORMATS:
+                raise ValueError(f"source_format {fmt!r} is not one of {', '.join(CHECKPOINT_FORMATS)}")
             threshold = d.get("exit_threshold")
             if not _finite(threshold) or threshold < 0:
                 raise ValueError(
