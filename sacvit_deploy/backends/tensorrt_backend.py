@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from sacvit_deploy.backends.base import DTYPE_NAMES, TORCH_DTYPES, BackendError, Runner
+from sacvit_deploy.core.extras import install_hint, missing_module_message
 from sacvit_deploy.core.manifest import ArtifactFile
 
 # TensorRT DataType member name -> the manifest's dtype name.
@@ -256,7 +257,7 @@ class _TorchBuffers:
         if not torch.cuda.is_available():
             raise BackendError(
                 "buffers='torch' needs a CUDA build of torch; install one, or pycuda for buffers='pycuda' "
-                "(pip install 'sacvit-deploy[pycuda]')"
+                f"({install_hint('pycuda')})"
             )
         self.device = device
         self.stream = torch.cuda.Stream(device)
@@ -307,9 +308,9 @@ class _PycudaBuffers:
     def __init__(self, device_id: int) -> None:
         try:
             import pycuda.driver as cuda
-        except ImportError:
+        except ImportError as exc:
             raise BackendError(
-                "buffers='pycuda' needs pycuda: pip install 'sacvit-deploy[pycuda]' (or use buffers='torch')"
+                missing_module_message("pycuda", exc, "buffers='pycuda'") + " (or use buffers='torch')"
             ) from None
         cuda.init()
         self.cuda = cuda

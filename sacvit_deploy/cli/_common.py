@@ -16,7 +16,7 @@ from rich.console import Console, ConsoleRenderable, RenderHook
 from rich.segment import Segment
 
 from sacvit_deploy.core.errors import SacvitError
-from sacvit_deploy.core.extras import is_optional, missing_extra_message
+from sacvit_deploy.core.extras import import_failure
 from sacvit_deploy.core.fileinfo import resolved
 from sacvit_deploy.core.formats import AUTO, FORMAT_NAMES, INIT_FORMATS, TRAIN_FORMATS
 from sacvit_deploy.core.trt_families import TRT_FAMILY_NAMES
@@ -117,11 +117,10 @@ def handle_errors(fn: F) -> F:
         except SacvitError as exc:
             raise fail(safe(exc)) from None
         except ModuleNotFoundError as exc:
-            if not is_optional(exc.name):
+            message = import_failure(exc, f"`sacvit-deploy {_command_name(fn)}`")
+            if message is None:
                 raise  # a missing core dependency is a broken install: keep the traceback
-            raise fail(
-                safe(missing_extra_message(exc.name or "", f"`sacvit-deploy {_command_name(fn)}`"))
-            ) from None
+            raise fail(safe(message)) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from sacvit_deploy.core.errors import SacvitError
+from sacvit_deploy.core.extras import install_hint
 from sacvit_deploy.core.manifest import (
     ArtifactFile,
     Manifest,
@@ -804,7 +805,7 @@ def _active_reference(export_dir: Path, manifest: Manifest) -> dict[str, Any]:
     if not runners:
         raise EngineBuildError(
             "--int8 calibrates stage 2 on stage 1's outputs, which needs onnxruntime or model.safetensors in "
-            f"{export_dir}; pip install 'sacvit-deploy[cpu]'"
+            f"{export_dir}; {install_hint('cpu')}"
         )
     for runner in runners.values():
         runner.activate()
