@@ -260,27 +260,14 @@ PARITY_CAPTION = (
 
 def verification_images(folder: Path | None, cfg, limit: int = 16):  # -> torch.Tensor
     """Real images for parity checks: the user's folder, else the samples bundled with the package."""
-    import numpy as np
     import torch
 
-    from sacvit_deploy.runtime.images import (
-        ImageLoadError,
-        collect_images,
-        load_image,
-        preprocess,
-        sample_images,
-    )
+    from sacvit_deploy.runtime.image_folder import load_image_folder
 
-    paths = collect_images([folder])[:limit] if folder is not None else sample_images()[:limit]
-    arrays = []
-    for p in paths:
-        try:
-            arrays.append(preprocess(load_image(p), cfg.preprocess))
-        except ImageLoadError as exc:
-            note(f"[yellow]skipped[/] {safe(exc)}")
-    if not arrays:
-        return None
-    return torch.from_numpy(np.stack(arrays))
+    loaded = load_image_folder(
+        folder, cfg.preprocess, limit, on_skip=lambda m: note(f"[yellow]skipped[/] {safe(m)}")
+    )
+    return torch.from_numpy(loaded.images) if loaded.paths else None
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
