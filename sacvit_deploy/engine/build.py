@@ -731,19 +731,13 @@ def build_engines(
             "calibration": calibration,
             "sacvit_deploy": __version__,
         }
-        engines_manifest = Manifest(
-            model=manifest.model,
-            source_format=manifest.source_format,
-            exit_threshold=manifest.exit_threshold,
-            engines=entries,
-            exporter=manifest.exporter,
-            tensorrt=TensorRTInfo.from_dict(tensorrt_info),
-            quantization=manifest.quantization,
+        engines_manifest = manifest.derive(
             source={
-                **manifest.source,
                 "export": str(export_dir),
                 "graphs": {role: manifest.graphs[role].sha256 for role in roles},
             },
+            engines=entries,
+            tensorrt=TensorRTInfo.from_dict(tensorrt_info),
         )
         report = _parity(export_dir, manifest, staging, engines_manifest, roles, images, options)
         engines_manifest.tensorrt.parity = report
