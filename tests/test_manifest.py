@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
 from sacvit_deploy.core.manifest import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
     ArtifactError,
     ArtifactFile,
+    ExitCalibration,
     Manifest,
+    migrate,
     safe_child,
     sha256_file,
 )
@@ -40,7 +45,7 @@ def test_round_trip(tmp_path):
     assert loaded.graphs["stage1"].input("image").shape == ("batch", 3, 128, 128)
     assert loaded.graphs["stage1"].input("image").is_dynamic
     data = json.loads((tmp_path / "manifest.json").read_text())
-    assert data["schema_version"] == 1 and data["num_classes"] == 10
+    assert data["schema_version"] == 2 and "num_classes" not in data  # v2: model.num_classes only
     loaded.verify(tmp_path)
 
 
@@ -118,7 +123,7 @@ BAD_FIELDS = {
     "schema_version -1": ("schema_version", -1, "not a schema version"),
     "schema_version string": ("schema_version", "1", "not a schema version"),
     "schema_version bool": ("schema_version", True, "not a schema version"),
-    "schema_version newer": ("schema_version", 99, "newer than the 1 this sacvit-deploy reads"),
+    "schema_version newer": ("schema_version", 99, "newer than the 2 this sacvit-deploy reads"),
     "threshold NaN": ("exit_threshold", float("nan"), "exit_threshold nan must be a finite number"),
     "threshold negative": ("exit_threshold", -0.5, "exit_threshold"),
     "threshold string": ("exit_threshold", "0.5", "exit_threshold"),
@@ -127,7 +132,6 @@ BAD_FIELDS = {
         1000,
         "gives 10 logits but the model config has 1000",
     ),
-    "num_classes disagrees": ("num_classes", 11, "num_classes 11 disagrees"),
     "std 0": ("model.preprocess.std", [0.229, 0.0, 0.225], "preprocess.std"),
     "mean of 2": ("model.preprocess.mean", [0.5, 0.5], "preprocess.mean"),
     "resize 0": ("model.preprocess.resize_size", 0, "preprocess.resize_size 0"),
@@ -193,3 +197,51 @@ def test_deeply_nested_json_is_one_line(tmp_path):
     (tmp_path / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(ArtifactError, match="nested too deep"):
         Manifest.load(tmp_path)
+
+
+V1 = Path(__file__).parent / "data" / "manifest_v1"  # written by sacvit-deploy's v1 code (an lf-vit export)
+
+
+def test_stored_v1_manifest_migrates_on_load_and_saves_as_v2(tmp_path):
+    raw = json.loads((V1 / "manifest.json").read_text())
+    assert raw["schema_version"] == 1 and raw["num_classes"] == 10
+    m = Manifest.load(V1)
+    assert (
+        m.num_classes == 10
+        and m.source_format == "lf-vit"
+        and set(m.graphs) == {"stage1", "stage2", "baseline"}
+    )
+    assert m.verification is not None and m.verification.passed and m.exporter is not None
+    m.save(tmp_path)
+    saved = json.loads((tmp_path / "manifest.json").read_text())
+    assert saved["schema_version"] == SCHEMA_VERSION == 2 and "num_classes" not in saved
+    again = Manifest.load(tmp_path)
+    assert again.to_dict() == {**m.to_dict(), "created": again.to_dict()["created"]}
+    # the step's own check: v1's copy of num_classes must agree with the model's
+    raw["num_classes"] = 11
+    (tmp_path / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(ArtifactError, match="num_classes 11 disagrees with the model config's 10"):
+        Manifest.load(tmp_path)
+
+
+def test_every_schema_version_has_a_migration_step():
+    assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION))
+    assert migrate(
+        {"schema_version": 1, "model": {"num_classes": 3}, "num_classes": 3, "exporter": {}}, 1
+    ) == {
+        "schema_version": 2,
+        "model": {"num_classes": 3},
+        "exporter": None,
+    }
+
+
+def test_derive_and_with_calibration(tmp_path):
+    m = Manifest.load(V1)
+    record = ExitCalibration(0.42, {"kind": "accuracy", "value": 0.9}, 0.91, 0.5, 1.2, 64, {"rule": "x"})
+    calibrated = m.with_calibration(record)
+    assert calibrated.exit_threshold == 0.42 and calibrated.calibration is record
+    assert calibrated.graphs == m.graphs and m.exit_threshold != 0.42  # the original is unchanged
+    engines = calibrated.derive(source={"export": "e"}, engines={})
+    assert engines.graphs == {} and engines.verification is None and engines.weights is None
+    assert engines.exit_threshold == 0.42 and engines.calibration is record and engines.model == m.model
+    assert engines.source == {**m.source, "export": "e"}

@@ -499,9 +499,11 @@ class PycudaMemory(DeviceMemory):
         super().__init__(device_id)
         try:
             import pycuda.driver as cuda
-        except ImportError:
+        except ImportError as exc:
+            from sacvit_deploy.core.extras import missing_module_message
+
             raise DeviceError(
-                "buffers='pycuda' needs pycuda: pip install 'sacvit-deploy[pycuda]' (or use buffers='cuda-python')"
+                missing_module_message("pycuda", exc, "buffers='pycuda'") + " (or use buffers='cuda-python')"
             ) from None
         self.cuda = cuda
         try:

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from sacvit_deploy.backends.base import BackendError, Runner
+from sacvit_deploy.core.extras import install_hint
 from sacvit_deploy.core.manifest import Manifest
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
@@ -81,12 +82,12 @@ def choose_backend(
             if manifest.weights is not None:
                 dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
                 return BackendChoice("torch", dev, None, "onnxruntime is not installed")
-            raise BackendError("onnxruntime is not installed; pip install 'sacvit-deploy[cpu]' (or '[gpu]')")
+            raise BackendError(f"onnxruntime is not installed; {install_hint('cpu', 'gpu')}")
         if gpu_ok and "CUDAExecutionProvider" in providers:
             return BackendChoice("onnxruntime", "cuda", "cuda", "ONNX Runtime has the CUDA provider")
         if device == "cuda":
             raise BackendError(
-                "--device cuda: ONNX Runtime has no CUDA provider here (pip install 'sacvit-deploy[gpu]'); use --device cpu"
+                f"--device cuda: ONNX Runtime has no CUDA provider here ({install_hint('gpu')}); use --device cpu"
             )
         return BackendChoice("onnxruntime", "cpu", "cpu", "no GPU backend available")
     if manifest.engines:

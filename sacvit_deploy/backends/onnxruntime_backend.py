@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from sacvit_deploy.backends.base import TORCH_DTYPES, BackendError, Runner
+from sacvit_deploy.core.extras import missing_module_message
 from sacvit_deploy.core.manifest import TensorSpec
 
 PROVIDERS = {
@@ -27,9 +28,10 @@ PROVIDERS = {
 def import_onnxruntime() -> Any:
     try:
         import onnxruntime as ort
-    except ImportError:
+    except ImportError as exc:
         raise BackendError(
-            "onnxruntime is not installed; pip install 'sacvit-deploy[cpu]' (or '[gpu]' for CUDA/TensorRT providers)"
+            missing_module_message("onnxruntime", exc, "ONNX Runtime")
+            + " ('[gpu]' for the CUDA/TensorRT providers)"
         ) from None
     return ort
 

@@ -40,12 +40,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from sacvit_deploy.backends.base import BackendError
+from sacvit_deploy.core.extras import install_hint
 from sacvit_deploy.core.trt_families import family_of, max_opset
 
 MIN_SUPPORTED = (8, 5)
 INSTALL_HINT = (
-    "pip install 'sacvit-deploy[tensorrt]' (on Jetson, TensorRT comes with JetPack: "
-    "sudo apt install python3-libnvinfer, then pip install 'sacvit-deploy[jetson]')"
+    f"{install_hint('tensorrt')} (on Jetson, TensorRT comes with JetPack: "
+    f"sudo apt install python3-libnvinfer, then {install_hint('jetson')})"
 )
 # --hardware-compat value -> HardwareCompatibilityLevel member name, and the version that has it.
 HARDWARE_COMPAT = {

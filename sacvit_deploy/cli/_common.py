@@ -16,7 +16,7 @@ from rich.console import Console, ConsoleRenderable, RenderHook
 from rich.segment import Segment
 
 from sacvit_deploy.core.errors import SacvitError
-from sacvit_deploy.core.extras import is_optional, missing_extra_message
+from sacvit_deploy.core.extras import import_failure
 from sacvit_deploy.core.fileinfo import resolved
 from sacvit_deploy.core.formats import AUTO, FORMAT_NAMES, INIT_FORMATS, TRAIN_FORMATS
 from sacvit_deploy.core.trt_families import TRT_FAMILY_NAMES
@@ -117,15 +117,10 @@ def handle_errors(fn: F) -> F:
         except SacvitError as exc:
             raise fail(safe(exc)) from None
         except ModuleNotFoundError as exc:
-            if not is_optional(exc.name):
+            message = import_failure(exc, f"`sacvit-deploy {_command_name(fn)}`", command=_command_name(fn))
+            if message is None:
                 raise  # a missing core dependency is a broken install: keep the traceback
-            raise fail(
-                safe(
-                    missing_extra_message(
-                        exc.name or "", f"`sacvit-deploy {_command_name(fn)}`", command=_command_name(fn)
-                    )
-                )
-            ) from None
+            raise fail(safe(message)) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -265,27 +260,14 @@ PARITY_CAPTION = (
 
 def verification_images(folder: Path | None, cfg, limit: int = 16):  # -> torch.Tensor
     """Real images for parity checks: the user's folder, else the samples bundled with the package."""
-    import numpy as np
     import torch
 
-    from sacvit_deploy.runtime.images import (
-        ImageLoadError,
-        collect_images,
-        load_image,
-        preprocess,
-        sample_images,
-    )
+    from sacvit_deploy.runtime.image_folder import load_image_folder
 
-    paths = collect_images([folder])[:limit] if folder is not None else sample_images()[:limit]
-    arrays = []
-    for p in paths:
-        try:
-            arrays.append(preprocess(load_image(p), cfg.preprocess))
-        except ImageLoadError as exc:
-            note(f"[yellow]skipped[/] {safe(exc)}")
-    if not arrays:
-        return None
-    return torch.from_numpy(np.stack(arrays))
+    loaded = load_image_folder(
+        folder, cfg.preprocess, limit, on_skip=lambda m: note(f"[yellow]skipped[/] {safe(m)}")
+    )
+    return torch.from_numpy(loaded.images) if loaded.paths else None
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -7,8 +7,6 @@ and the sweep: :mod:`sacvit_deploy.runtime.exit_calibration`.
 
 from __future__ import annotations
 
-import datetime as _dt
-from contextlib import closing
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -127,20 +125,10 @@ def calibrate(
     ] = None,
 ) -> None:
     """Choose the exit threshold on labelled images: accuracy / GFLOPs / exit-rate target."""
-    from sacvit_deploy.core.manifest import MANIFEST_NAME, ExitCalibration
-    from sacvit_deploy.core.version import __version__
-    from sacvit_deploy.model.flops import FlopsReport
-    from sacvit_deploy.runtime.exit_calibration import (
-        UnreachableTarget,
-        find_labelled_images,
-        images_and_labels,
-        predict_both_stages,
-        write_csv,
-    )
-    from sacvit_deploy.runtime.exit_calibration import calibrate as sweep
-    from sacvit_deploy.runtime.images import iter_batches
-    from sacvit_deploy.runtime.labels import default_class_names
-    from sacvit_deploy.runtime.loader import default_artifacts, open_pipeline
+    from sacvit_deploy.core.manifest import MANIFEST_NAME
+    from sacvit_deploy.runtime.calibrate_exit import ExitCalibrationJob
+    from sacvit_deploy.runtime.exit_calibration import write_csv
+    from sacvit_deploy.runtime.loader import default_artifacts
     from sacvit_deploy.runtime.plotting import plot_calibration, require_matplotlib
 
     if plot is not None:
@@ -158,12 +146,10 @@ def calibrate(
     for option, path in (("--csv", csv_file), ("--plot", plot)):
         if path is not None:
             check_output(path, option, [], folder)
-    opened = open_pipeline(
-        artifacts, backend=backend.value, device=device.value if device else None, threads=threads
+    job = ExitCalibrationJob(
+        artifacts, images, backend.value, device.value if device else None, threads, folder_labels.value
     )
-    manifest = opened.manifest
-    names = manifest.class_names or default_class_names(manifest.num_classes)
-    labelled = find_labelled_images(images, manifest.num_classes, names, folder_labels.value)
+    opened, labelled = job.opened, job.labelled
     for option, path in (("--csv", csv_file), ("--plot", plot)):
         if path is not None:
             check_output(path, option, labelled.paths, folder)
@@ -176,38 +162,27 @@ def calibrate(
             f"[yellow]note[/] {labelled.ignored_files} images directly in {safe(images)} ignored (no class folder)"
         )
 
-    failed = 0
+    with progress_bar() as bar:
+        advance = bar.task("both stages on every image", total=len(labelled.paths))
 
-    def batches(source, advance):
-        nonlocal failed
-        for batch in source:
+        def on_batch(batch) -> None:
             for failure in batch.failures:
                 note(f"[yellow]skipped[/] {safe(failure)}")
-            failed += len(batch.failures)
-            yield batch
             advance(len(batch.paths) + len(batch.failures))
 
-    with (
-        progress_bar() as bar,
-        opened.pipeline as pipe,
-        closing(iter_batches(labelled.paths, manifest.preprocess, batch_size)) as source,
-    ):
-        advance = bar.task("both stages on every image", total=len(labelled.paths))
-        pred = predict_both_stages(
-            pipe.stage1, pipe.stage2, images_and_labels(labelled, batches(source, advance)), pipe.buckets
-        )
-
-    flops = FlopsReport.of(manifest.model)
+        run = job.run(target, batch_size, on_batch)
+    manifest, cal, flops, unreachable, failed = (
+        run.manifest,
+        run.calibration,
+        run.flops,
+        run.unreachable,
+        run.unreadable,
+    )
     current = [manifest.exit_threshold] if 0.0 <= manifest.exit_threshold <= 1.0 else []
-    try:
-        cal = sweep(pred, flops, target, extra=current)
-        unreachable = None
-    except UnreachableTarget as exc:
-        cal, unreachable = sweep(pred, flops, None, extra=current), exc
 
     base = flops.baseline
     lines = [
-        f"calibration on {pred.n} images ({len(labelled.folders)} class folders"
+        f"calibration on {cal.n} images ({len(labelled.folders)} class folders"
         + (f", {failed} unreadable skipped" if failed else "")
         + "), stage 1 and stage 2 run on every image",
         f"reference: stage 1 only: accuracy {cal.stage1_accuracy:.4f} at {format_gflops(flops.stage1)} GFLOPs/image; "
@@ -252,24 +227,7 @@ def calibrate(
     if write:
         assert cal.chosen is not None
         previous = manifest.exit_threshold
-        record = cal.record()
-        record.update(
-            images_folder=str(images),
-            label_mapping=labelled.mapping,
-            unreadable_images=failed,
-            backend=opened.choice.describe(),
-            previous_threshold=previous,
-            created=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
-            package_version=__version__,
-        )
-        manifest.exit_threshold = cal.chosen.threshold
-        manifest.calibration = ExitCalibration.from_record(record)
-        try:
-            path = manifest.save(opened.folder)
-        except OSError as exc:
-            raise SacvitError(
-                f"{opened.folder}/manifest.json: cannot write it ({exc.strerror or exc}); check the folder's permissions"
-            ) from None
+        path = run.write()  # Manifest.with_calibration(record).save(folder)
         note(
             f"manifest: {safe(path)}: exit_threshold {previous:g} -> {cal.chosen.threshold:g}, calibration record stored"
         )

@@ -68,13 +68,17 @@ def print_verification(report: dict, target_trt: str, folder: Path) -> None:
 @handle_errors
 def export(
     checkpoint: Annotated[
-        Path, typer.Argument(help="Checkpoint file (.pth, .pt, .safetensors).", show_default=False)
+        Path,
+        typer.Argument(
+            help="Checkpoint file (.pth, .pt, .safetensors), or a Hugging Face save_pretrained folder.",
+            show_default=False,
+        ),
     ],
     fmt: Annotated[
         CheckpointFormatChoice,
         typer.Option(
             "--format",
-            help="Checkpoint format; auto tells sacvit and deit apart, and LF/CF-ViT by their flops key.",
+            help="Checkpoint format; auto asks each format in turn (LF/CF-ViT: by their flops key).",
             rich_help_panel=EXPORT,
         ),
     ] = CheckpointFormatChoice(AUTO),

@@ -17,11 +17,12 @@ from rich.table import Table
 
 from sacvit_deploy.cli._common import fail, handle_errors, note, out, safe
 from sacvit_deploy.core.errors import SacvitError
+from sacvit_deploy.core.extras import install_hint
 
 REPO = "Repository"
 SERVING = "Serving"
 EXIT_CHECK_FAILED = 2
-TRITON_EXTRA = "pip install 'sacvit-deploy[triton]'"
+TRITON_EXTRA = install_hint("triton")
 
 
 class TritonBackend(str, Enum):

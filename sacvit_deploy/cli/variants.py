@@ -8,7 +8,8 @@ import typer
 from rich.table import Table
 
 from sacvit_deploy.cli._common import handle_errors, out
-from sacvit_deploy.model.config import FORMAT_PRESETS, VARIANTS, make_config
+from sacvit_deploy.core.formats import CHECKPOINT_FORMATS
+from sacvit_deploy.model.config import VARIANTS, make_config
 from sacvit_deploy.model.flops import FlopsReport, format_gflops
 
 
@@ -17,12 +18,14 @@ def variants(
     fmt: Annotated[
         str,
         typer.Option(
-            "--format", help="Checkpoint format whose stage-2 rules to show: sacvit, lf-vit, cf-vit."
+            "--format",
+            help=f"Checkpoint format whose stage-2 rules to show (default: all of {', '.join(f.name for f in CHECKPOINT_FORMATS.values() if f.variants_table)}).",
         ),
     ] = "all",
 ) -> None:
     """List the model variants: grids, stage-2 token counts and GFLOPs (multiply-accumulates)."""
-    formats = [f for f in FORMAT_PRESETS if f != "deit"] if fmt == "all" else [fmt]
+    own_rules = [f.name for f in CHECKPOINT_FORMATS.values() if f.variants_table]
+    formats = own_rules if fmt == "all" else [fmt]
     table = Table(title="SAC-ViT variants (GFLOPs = G multiply-accumulates per image)")
     for col in (
         "variant",

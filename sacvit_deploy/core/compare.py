@@ -1,8 +1,9 @@
 """The one comparator: do two named runners of the same early-exit model give the same answers?
 
 Export verification (ONNX Runtime vs the eager PyTorch model), ``check --run`` (ONNX Runtime vs the
-saved weights) and the build-engine parity check (TensorRT vs ONNX Runtime) all call
-:func:`compare`. A *named runner* is a name plus one callable per graph role (``stage1``, ``stage2``,
+saved weights), the build-engine parity check (TensorRT vs ONNX Runtime) and quantize's int8-vs-float
+folder check all call :func:`compare` (or :func:`compare_detailed`, which also returns each side's
+answers, for accuracy against labels). A *named runner* is a name plus one callable per graph role (``stage1``, ``stage2``,
 optionally ``baseline``) that maps a feed of numpy arrays to a dict of numpy arrays; the eager PyTorch
 model is just another one. The higher layers adapt their runners (``runtime.parity``).
 
@@ -31,8 +32,9 @@ Decisions must agree exactly (``min_agreement`` 1.0 by default) on every sample 
 not within a hair of its boundary, where the hair is the numeric limit itself: top-1 where the
 reference's top-2 margin exceeds twice the logits' limit, the exit decision where the reference's
 confidence is farther than the confidence limit from the threshold. Target-token sets must be equal.
-For reduced precision (FP16 / INT8 engines) numbers are reported, not gated (``tolerance=None``), and
-decisions must agree on ``min_agreement`` of the samples farther than ``hair`` from their boundary.
+For reduced precision (FP16 / INT8 engines, INT8 Q/DQ graphs) numbers are reported, not gated
+(``tolerance=None``), and decisions must agree on ``min_agreement`` of the samples farther than
+``hair`` from their boundary: :func:`reduced_precision`.
 """
 
 from __future__ import annotations
@@ -80,6 +82,15 @@ class Criteria:
 
 
 EXACT = Criteria()
+# Reduced precision keeps ~3 decimal digits: a confidence within 5e-3 of the threshold (or a top-2
+# logit margin under 1e-2) may flip without anything being wrong.
+DECISION_HAIR = 5e-3
+REDUCED_MIN_AGREEMENT = 0.99
+
+
+def reduced_precision(min_agreement: float = REDUCED_MIN_AGREEMENT, hair: float = DECISION_HAIR) -> Criteria:
+    """The decision-agreement criteria: numbers reported, decisions gated away from their boundary."""
+    return Criteria(tolerance=None, min_agreement=min_agreement, hair=hair)
 
 
 @dataclass(frozen=True)
@@ -103,6 +114,7 @@ class ParityRow:
     undecided: int = 0  # samples left out of a decision because they sit within a hair of its boundary
     passed: bool = True
     reason: str = ""  # why it failed
+    relative_diff: float | None = None  # max_abs_diff / std of that tensor's reference values
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -146,6 +158,8 @@ class _Row:
         if ratio > self._worst:
             self._worst = ratio
             self.row.max_abs_diff, self.row.limit = d, limit
+            std = float(_f64(ref).std()) if np.size(ref) > 1 else 0.0
+            self.row.relative_diff = d / std if std > 0 else (float("inf") if d > 0 else 0.0)
         if limit is not None and not d <= limit:  # NaN fails too
             self.failures.append(f"{what} differ by {d:.2e}, over the {limit:.1e} limit")
         return limit
@@ -185,6 +199,8 @@ def mixed_threshold(confidence: np.ndarray) -> float:
     Not the median itself: a threshold equal to a sample's confidence makes that sample's exit
     decision depend on the last float bit, which differs between backends.
     """
+    if hasattr(confidence, "detach"):  # a torch tensor at the API edge (no torch import here)
+        confidence = confidence.detach().cpu().numpy()
     c = np.sort(np.asarray(confidence, dtype=np.float64).ravel())
     if c.size < 2:
         return float(c[0]) if c.size else 0.5
@@ -211,6 +227,24 @@ def _early_exit(
     return logits, stage
 
 
+@dataclass
+class Answers:
+    """One side's outputs on the whole batch: what accuracy against labels needs."""
+
+    logits1: np.ndarray  # stage 1
+    logits2: np.ndarray  # stage 2 fed the REFERENCE's stage-1 outputs (the same feed for both sides)
+    final: np.ndarray  # the early exit's answer at the comparison's threshold (own decisions)
+    stage: np.ndarray  # 1 or 2: where each sample was answered
+    baseline: np.ndarray | None = None
+
+
+@dataclass
+class Comparison:
+    rows: list[ParityRow]
+    reference: Answers
+    candidate: Answers
+
+
 def compare(
     reference: NamedRunner,
     candidate: NamedRunner,
@@ -220,6 +254,18 @@ def compare(
     criteria: Criteria = EXACT,
 ) -> list[ParityRow]:
     """Parity rows of ``candidate`` against ``reference`` on one preprocessed image batch."""
+    return compare_detailed(reference, candidate, images, threshold, label, criteria).rows
+
+
+def compare_detailed(
+    reference: NamedRunner,
+    candidate: NamedRunner,
+    images: np.ndarray,
+    threshold: float,
+    label: str = "random",
+    criteria: Criteria = EXACT,
+) -> Comparison:
+    """:func:`compare`, plus both sides' answers (for accuracy against labels)."""
     images = np.ascontiguousarray(images, dtype=np.float32)
     n = images.shape[0]
     rows: list[ParityRow] = []
@@ -242,11 +288,13 @@ def compare(
 
     ref_conf = np.asarray(ref1["confidence"])
     hair = conf_limit if conf_limit is not None else criteria.hair
+    answers: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
     for th in dict.fromkeys((float(threshold), mixed_threshold(ref_conf))):
         rule = ExitRule(th)
         ref_stage = rule.stage(ref_conf)
         ref_logits = np.where((ref_stage == 1)[:, None], _f64(ref1["logits"]), _f64(ref2))
         got_logits, got_stage = _early_exit(candidate.stages, images, got1, th)
+        answers.append((ref_logits, ref_stage, got_logits, got_stage))
         decidable = ~rule.near(ref_conf, hair)
         row = _Row(f"pipeline@{th:.3f}", label, n, criteria)
         row.exits(got_stage, ref_stage, decidable)
@@ -256,13 +304,19 @@ def compare(
             row.top1(got_logits[same], ref_logits[same], lim)
         rows.append(row.done())
 
+    refb = gotb = None
     if "baseline" in reference.stages and "baseline" in candidate.stages:
         refb = reference.stages["baseline"]({"image": images})["logits"]
         gotb = candidate.stages["baseline"]({"image": images})["logits"]
         row = _Row("baseline", label, n, criteria)
         row.top1(gotb, refb, row.numbers("logits", gotb, refb))
         rows.append(row.done())
-    return rows
+    ref_final, ref_stage, got_final, got_stage = answers[0]  # at ``threshold``
+    return Comparison(
+        rows,
+        Answers(np.asarray(ref1["logits"]), np.asarray(ref2), ref_final, ref_stage, refb),
+        Answers(np.asarray(got1["logits"]), np.asarray(got2), got_final, got_stage, gotb),
+    )
 
 
 def first_failure(rows: list[ParityRow]) -> ParityRow | None:

@@ -7,10 +7,17 @@ file its name, sha256 and tensor specs.
 
 Artifacts are untrusted: file entries must be bare names inside the manifest's folder (no ``/``,
 no ``..``, no links out), and every file is checked against its sha256 before use.
+
+Versions: a manifest of an older schema is migrated on load, one step at a time
+(:data:`MIGRATIONS`: v1 -> v2 first), then validated as the current schema; ``save`` writes the
+current one. A folder made from another (int8 graphs from a float export, engines from graphs) gets
+its manifest from :meth:`Manifest.derive`; a new exit threshold from :meth:`Manifest.with_calibration`.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
@@ -18,19 +25,20 @@ import math
 import os
 import re
 import stat
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from sacvit_deploy.core.config import ModelConfig
 from sacvit_deploy.core.errors import ConfigError, SacvitError
-from sacvit_deploy.core.formats import FORMAT_NAMES
+from sacvit_deploy.core.formats import CHECKPOINT_FORMATS
 from sacvit_deploy.core.trt_families import TRT_FAMILY_NAMES
 from sacvit_deploy.core.version import __version__
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA = "sacvit-deploy/manifest"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 GRAPH_ROLES = ("stage1", "stage2", "baseline")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
 DTYPES = ("float32", "float16", "int32", "int64", "bool", "uint8")
@@ -288,6 +296,75 @@ class ExporterInfo:
 
 
 @dataclass
+class Quantization:
+    """``sacvit-deploy quantize``'s section of an int8 (Q/DQ) folder. What the tools act on is typed
+    and checked (precision, format, the float export it came from); the rest (method, calibration
+    set, per-graph counts, verification) is a record for people, kept as written in ``details``."""
+
+    float_folder: str
+    float_graphs: dict[str, str]  # role -> sha256 of the float graph it was quantized from
+    precision: str = "int8"
+    format: str = "QDQ"
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.details,
+            "precision": self.precision,
+            "format": self.format,
+            "float_export": {"folder": self.float_folder, "graphs": dict(self.float_graphs)},
+        }
+
+    @classmethod
+    def from_dict(cls, q: Any) -> Quantization:
+        q = _obj(q, "quantization")
+        if q.get("precision") != "int8" or q.get("format") != "QDQ":
+            raise ValueError(
+                f"quantization: precision {_short(q.get('precision'))}, format {_short(q.get('format'))}; "
+                "only int8 QDQ graphs (from `sacvit-deploy quantize`) are known"
+            )
+        source = _get(q, "float_export", dict, "quantization")
+        folder = _get(source, "folder", str, "quantization.float_export")
+        graphs = _get(source, "graphs", dict, "quantization.float_export")
+        unknown = sorted(set(graphs) - set(GRAPH_ROLES))
+        if unknown:
+            raise ValueError(f"quantization.float_export.graphs: unknown roles {unknown}")
+        for role, sha in graphs.items():
+            _sha(sha, f"quantization.float_export.graphs.{role}")
+        details = {k: v for k, v in q.items() if k not in ("precision", "format", "float_export")}
+        return cls(folder, dict(graphs), "int8", "QDQ", details)
+
+
+# ---- schema migrations: version N -> N + 1, on the raw JSON, before validation ---------------------
+def _v1_to_v2(d: dict[str, Any]) -> dict[str, Any]:
+    """v2 drops v1's top-level ``num_classes`` (a copy of ``model.num_classes``: checked, then
+    dropped) and writes an absent exporter as null, not ``{}``."""
+    model = d.get("model")
+    if "num_classes" in d and isinstance(model, dict):
+        n = d.pop("num_classes")
+        if n != model.get("num_classes") or isinstance(n, bool):
+            raise ValueError(
+                f"num_classes {_short(n)} disagrees with the model config's {_short(model.get('num_classes'))}"
+            )
+    if d.get("exporter") == {}:
+        d["exporter"] = None
+    return d
+
+
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
+
+
+def migrate(d: dict[str, Any], version: int) -> dict[str, Any]:
+    """``d`` (a manifest of schema ``version``) as the current schema: every step from ``version`` on."""
+    d = copy.deepcopy(d)
+    while version < SCHEMA_VERSION:
+        d = MIGRATIONS[version](d)
+        version += 1
+        d["schema_version"] = version
+    return d
+
+
+@dataclass
 class Manifest:
     model: ModelConfig
     source_format: str
@@ -303,7 +380,7 @@ class Manifest:
     calibration: ExitCalibration | None = None
     # Written by `sacvit-deploy quantize` (sacvit_deploy/quantize/artifacts.py): precision, format,
     # method, calibration set, quantized ops, verification. Optional: float manifests have none.
-    quantization: dict[str, Any] | None = None
+    quantization: Quantization | None = None
     source: dict[str, Any] = field(default_factory=dict)
     created: str = ""
     package_version: str = __version__
@@ -321,6 +398,28 @@ class Manifest:
     def preprocess(self):  # -> PreprocessConfig
         return self.model.preprocess
 
+    # ---- deriving ------------------------------------------------------------------------------
+    def derive(self, source: dict[str, Any] | None = None, **changes: Any) -> Manifest:
+        """The manifest of a folder made from this one's (int8 graphs, TensorRT engines): the model,
+        source format, exit threshold, exporter, calibration and quantization carry over; the files,
+        verification and TensorRT sections do not (pass the new ones); ``source`` adds to this
+        one's; ``created`` and ``package_version`` are the new folder's."""
+        fields: dict[str, Any] = {
+            "model": self.model,
+            "source_format": self.source_format,
+            "exit_threshold": self.exit_threshold,
+            "exporter": self.exporter,
+            "calibration": self.calibration,
+            "quantization": self.quantization,
+            "source": {**self.source, **(source or {})},
+        }
+        fields.update(changes)
+        return Manifest(**fields)
+
+    def with_calibration(self, calibration: ExitCalibration) -> Manifest:
+        """This folder's manifest with the exit threshold an exit calibration chose, and its record."""
+        return dataclasses.replace(self, exit_threshold=calibration.threshold, calibration=calibration)
+
     # ---- (de)serialisation ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         d = {
@@ -331,9 +430,8 @@ class Manifest:
             "source_format": self.source_format,
             "source": self.source,
             "exit_threshold": self.exit_threshold,
-            "num_classes": self.model.num_classes,
             "model": self.model.to_dict(),
-            "exporter": self.exporter.to_dict() if self.exporter else {},
+            "exporter": self.exporter.to_dict() if self.exporter else None,
             "graphs": {k: v.to_dict() for k, v in self.graphs.items()},
             "engines": {k: v.to_dict() for k, v in self.engines.items()},
             "weights": self.weights.to_dict() if self.weights else None,
@@ -342,7 +440,7 @@ class Manifest:
             "calibration": self.calibration.to_dict() if self.calibration else None,
         }
         if self.quantization is not None:  # only int8 (Q/DQ) folders carry the section
-            d["quantization"] = self.quantization
+            d["quantization"] = self.quantization.to_dict()
         return d
 
     @classmethod
@@ -362,20 +460,16 @@ class Manifest:
                 "sacvit-deploy reads; upgrade sacvit-deploy"
             )
         try:
+            d = migrate(d, version)
             model = ModelConfig.from_dict(d["model"])
             fmt = _get(d, "source_format", str, "manifest")
-            if fmt not in FORMAT_NAMES:
-                raise ValueError(f"source_format {fmt!r} is not one of {', '.join(FORMAT_NAMES)}")
+            if fmt not in CHECKPOINT_FORMATS:
+                raise ValueError(f"source_format {fmt!r} is not one of {', '.join(CHECKPOINT_FORMATS)}")
             threshold = d.get("exit_threshold")
             if not _finite(threshold) or threshold < 0:
                 raise ValueError(
                     f"exit_threshold {_short(threshold)} must be a finite number >= 0 "
                     "(0: everything exits, above 1: nothing does)"
-                )
-            num_classes = d.get("num_classes", model.num_classes)
-            if num_classes != model.num_classes or isinstance(num_classes, bool):
-                raise ValueError(
-                    f"num_classes {_short(num_classes)} disagrees with the model config's {model.num_classes}"
                 )
             m = cls(
                 model=model,
@@ -392,7 +486,9 @@ class Manifest:
                 calibration=ExitCalibration.from_dict(d["calibration"])
                 if d.get("calibration") is not None
                 else None,
-                quantization=_quantization(d),
+                quantization=Quantization.from_dict(_get(d, "quantization", dict, "manifest"))
+                if d.get("quantization") is not None
+                else None,
                 source=_get(d, "source", dict, "manifest", required=False) or {},
                 created=str(d.get("created", "")),
                 package_version=str(d.get("package_version", "")),
@@ -585,29 +681,6 @@ def _sha(value: Any, what: str) -> str:
     if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{64}", value):
         raise ValueError(f"{what}: sha256 {_short(value)} is not 64 hex digits")
     return value
-
-
-def _quantization(d: dict[str, Any]) -> dict[str, Any] | None:
-    """The int8 (Q/DQ) section, written by ``sacvit-deploy quantize``: what it is (int8, QDQ) and
-    the float export it came from are checked, since the tools act on them; the rest (method,
-    calibration, per-graph counts, verification) is a record for people, kept as written."""
-    q = _get(d, "quantization", dict, "manifest", required=False)
-    if q is None:
-        return None
-    if q.get("precision") != "int8" or q.get("format") != "QDQ":
-        raise ValueError(
-            f"quantization: precision {_short(q.get('precision'))}, format {_short(q.get('format'))}; "
-            "only int8 QDQ graphs (from `sacvit-deploy quantize`) are known"
-        )
-    source = _get(q, "float_export", dict, "quantization")
-    _get(source, "folder", str, "quantization.float_export")
-    graphs = _get(source, "graphs", dict, "quantization.float_export")
-    unknown = sorted(set(graphs) - set(GRAPH_ROLES))
-    if unknown:
-        raise ValueError(f"quantization.float_export.graphs: unknown roles {unknown}")
-    for role, sha in graphs.items():
-        _sha(sha, f"quantization.float_export.graphs.{role}")
-    return q
 
 
 def _entries(d: dict[str, Any], section: str) -> dict[str, ArtifactFile]:

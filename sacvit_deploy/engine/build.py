@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from sacvit_deploy.core.errors import SacvitError
+from sacvit_deploy.core.extras import install_hint
 from sacvit_deploy.core.manifest import (
     ArtifactFile,
     Manifest,
@@ -730,19 +731,13 @@ def build_engines(
             "calibration": calibration,
             "sacvit_deploy": __version__,
         }
-        engines_manifest = Manifest(
-            model=manifest.model,
-            source_format=manifest.source_format,
-            exit_threshold=manifest.exit_threshold,
-            engines=entries,
-            exporter=manifest.exporter,
-            tensorrt=TensorRTInfo.from_dict(tensorrt_info),
-            quantization=manifest.quantization,
+        engines_manifest = manifest.derive(
             source={
-                **manifest.source,
                 "export": str(export_dir),
                 "graphs": {role: manifest.graphs[role].sha256 for role in roles},
             },
+            engines=entries,
+            tensorrt=TensorRTInfo.from_dict(tensorrt_info),
         )
         report = _parity(export_dir, manifest, staging, engines_manifest, roles, images, options)
         engines_manifest.tensorrt.parity = report
@@ -804,7 +799,7 @@ def _active_reference(export_dir: Path, manifest: Manifest) -> dict[str, Any]:
     if not runners:
         raise EngineBuildError(
             "--int8 calibrates stage 2 on stage 1's outputs, which needs onnxruntime or model.safetensors in "
-            f"{export_dir}; pip install 'sacvit-deploy[cpu]'"
+            f"{export_dir}; {install_hint('cpu')}"
         )
     for runner in runners.values():
         runner.activate()

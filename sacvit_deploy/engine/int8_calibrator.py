@@ -37,30 +37,12 @@ def load_images(
 
     Unreadable files are skipped (logged as warnings). Raises :class:`ImagesError` when none loads.
     """
-    try:
-        from sacvit_deploy.runtime import images as image_io
-    except ImportError:
-        raise ImagesError(
-            "this sacvit-deploy install has no image loader (sacvit_deploy.runtime.images); reinstall sacvit-deploy"
-        ) from None
-    if folder is not None:
-        paths = image_io.collect_images([folder])
-        source = str(folder)
-    else:
-        paths = image_io.sample_images()
-        source = "bundled sample images"
-    if limit is not None:
-        paths = paths[:limit]
-    arrays = []
-    for batch in image_io.iter_batches(paths, preprocess_cfg, batch_size=16, workers=2):
-        for failure in batch.failures:
-            _log.warning("skipped %s", failure)
-        if len(batch.paths):
-            arrays.append(np.asarray(batch.images, dtype=np.float32))
-    if not arrays:
-        raise ImagesError(f"{source}: no image could be loaded; pass a folder of JPEG/PNG images")
-    images = np.concatenate(arrays)
-    return images, f"{source} ({images.shape[0]} images)"
+    from sacvit_deploy.runtime.image_folder import load_image_folder
+
+    loaded = load_image_folder(folder, preprocess_cfg, limit, on_skip=lambda m: _log.warning("skipped %s", m))
+    if not loaded.paths:
+        raise ImagesError(f"{loaded.source}: no image could be loaded; pass a folder of JPEG/PNG images")
+    return loaded.images, loaded.describe()
 
 
 def fingerprint(arrays: Sequence[np.ndarray]) -> str:

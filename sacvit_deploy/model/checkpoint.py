@@ -1,16 +1,10 @@
 """Checkpoint loading and saving. Checkpoints are untrusted input.
 
-Formats (the user names one; ``auto`` decides where the file itself says):
-
-* ``sacvit``: this project's own, the config travels with the weights. A ``.safetensors`` file whose
-  metadata holds the config, or a weights-only torch file ``{"format": "sacvit-deploy", "config": {...},
-  "model": state_dict, ...}`` (what ``train`` writes, optimizer state included).
-* ``lf-vit`` / ``cf-vit``: the official ``.pth`` files, ``{"model": state_dict, "flops" | "flop": ...,
-  "anytime_classification": ..., ...}``. Same key names for both, so the user says which; ``auto``
-  uses the ``flops`` (LF-ViT) / ``flop`` (CF-ViT) key when it is there.
-* ``deit``: timm / facebookresearch DeiT weights (``pos_embed`` for the 14x14 grid). Stage 2 takes
-  ``pos_embed`` (resampled if the grid differs), stage 1 a resampling of it to S x S, and the reuse
-  block is freshly initialised: for training init and the single-stage baseline.
+Formats are rows of ``core.formats.CHECKPOINT_FORMATS``; each row names an adapter module under
+``model/formats/`` (detect, config, tensor names). This module reads files safely and dispatches:
+the user names a format, or ``auto`` asks each adapter in the table's order. A single-stage row
+(``two_stage`` False: timm DeiT, Hugging Face ViT) gets stage 1's position embedding resampled from
+the fine grid and a freshly initialised reuse block.
 
 Nothing is ever unpickled beyond tensors and plain containers: safetensors, or
 ``torch.load(weights_only=True)`` with only ``argparse.Namespace`` allowed (training scripts store
@@ -34,25 +28,25 @@ from torch import Tensor
 
 from sacvit_deploy.core.errors import CheckpointError, ConfigError
 from sacvit_deploy.core.fileinfo import not_a_regular_file
-from sacvit_deploy.core.formats import AUTO, CHECKPOINT_FORMATS
+from sacvit_deploy.core.formats import AUTO, CHECKPOINT_FORMATS, CheckpointFormat
 from sacvit_deploy.core.version import __version__
-from sacvit_deploy.model.config import FORMATS, VARIANTS, ModelConfig, make_config
+from sacvit_deploy.model.config import ModelConfig
+from sacvit_deploy.model.formats import FormatAdapter, RawCheckpoint, adapter_for
+from sacvit_deploy.model.formats.base import grid_side, guess_variant, kind_of
 from sacvit_deploy.model.sacvit import DeiT, SACViT
 
 FORMAT_TAG = "sacvit-deploy"
 FORMAT_VERSION = 1
-_HEADS_BY_DIM = {192: 3, 384: 6, 768: 12}
-_NAME_BY_DIM = {192: "tiny", 384: "small", 768: "base"}
-
-
-@dataclass
-class RawCheckpoint:
-    """Tensors and plain metadata read from a file, before any interpretation."""
-
-    path: Path
-    state_dict: dict[str, Tensor]
-    metadata: dict[str, Any] = field(default_factory=dict)
-    config: ModelConfig | None = None  # only for this project's format
+__all__ = [
+    "LoadedCheckpoint",
+    "RawCheckpoint",
+    "guess_variant",
+    "load_baseline",
+    "load_checkpoint",
+    "read_checkpoint",
+    "resample_pos_embed",
+    "save_checkpoint",
+]
 
 
 @dataclass
@@ -183,103 +177,41 @@ def read_checkpoint(path: str | Path) -> RawCheckpoint:
 
 
 # ---- understanding what is inside ------------------------------------------------------------------
-def _kind_of(sd: dict[str, Tensor]) -> str:
-    if "pos_embed_list.0" in sd or "pos_embed_list.1" in sd:
-        return "two-stage"
-    if "pos_embed" in sd:
-        return "deit"
-    return "unknown"
-
-
-def _grid(n_tokens: int, extra: int = 1) -> int | None:
-    side = round((n_tokens - extra) ** 0.5)
-    return side if side * side == n_tokens - extra else None
-
-
-def guess_variant(sd: dict[str, Tensor]) -> str | None:
-    """The named variant whose shapes these tensors have, or None."""
-    try:
-        dim = sd["cls_token"].shape[-1]
-        depth = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k)))
-        if "pos_embed_list.0" in sd:
-            s = _grid(sd["pos_embed_list.0"].shape[1])
-            img = 32 * s if s else None
-        else:
-            g = _grid(sd["pos_embed"].shape[1])
-            img = 16 * g if g else None
-    except (KeyError, ValueError, IndexError, TypeError):
-        return None
-    name = f"deit_{_NAME_BY_DIM.get(dim, '?')}_{img}"
-    return name if name in VARIANTS and depth == 12 else None
-
-
-def _shape_summary(sd: dict[str, Tensor]) -> str:
-    try:
-        dim = sd["cls_token"].shape[-1]
-        depth = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k)))
-        return f"embed_dim {dim}, depth {depth}"
-    except (KeyError, ValueError):
-        return "no DeiT-shaped tensors"
-
-
-def resolve_format(raw: RawCheckpoint, fmt: str) -> str:
-    """Check the user's format flag against the file, or decide it for ``auto``."""
-    if fmt not in (*FORMATS, AUTO):
-        raise CheckpointError(f"unknown checkpoint format {fmt!r}; use one of: auto, {', '.join(FORMATS)}")
-    kind = _kind_of(raw.state_dict)
-    p = raw.path
-    if kind == "unknown" and raw.config is None:
+def open_checkpoint(path: str | Path, fmt: str) -> tuple[RawCheckpoint, CheckpointFormat, FormatAdapter]:
+    """Read the file (or the folder's weights file) and decide its format: the user's, checked against
+    the file, or for ``auto`` the first row whose adapter recognises it."""
+    if fmt != AUTO and fmt not in CHECKPOINT_FORMATS:
         raise CheckpointError(
-            f"{p}: no DeiT / SAC-ViT weights inside (no cls_token/pos_embed keys); is this the right file?"
+            f"unknown checkpoint format {fmt!r}; use one of: {AUTO}, {', '.join(CHECKPOINT_FORMATS)}"
         )
+    path = Path(path)
+    names = list(CHECKPOINT_FORMATS) if fmt == AUTO else [fmt]
+    for name in names:  # folder layouts (save_pretrained): the adapter names the weights file inside
+        weights = adapter_for(name).locate(path)
+        if weights is not None:
+            path = weights
+            break
+    raw = read_checkpoint(path)
     if fmt == AUTO:
-        if raw.config is not None:
-            return "sacvit"
-        if kind == "deit":
-            return "deit"
-        for f in CHECKPOINT_FORMATS.values():
-            if f.detect_key is not None and f.detect_key in raw.metadata:
-                return f.name
-        raise CheckpointError(
-            f"{p}: an LF-ViT/CF-ViT-layout checkpoint, and the two cannot be told apart from the keys; "
-            "pass --format lf-vit or --format cf-vit"
-        )
-    if fmt == "sacvit" and raw.config is None:
-        other = "deit" if kind == "deit" else "lf-vit or --format cf-vit"
-        raise CheckpointError(
-            f"{p}: not a sacvit-deploy checkpoint (no config inside); pass --format {other}"
-        )
-    if fmt in ("lf-vit", "cf-vit"):
-        if raw.config is not None:
+        for name in CHECKPOINT_FORMATS:
+            if adapter_for(name).detect(raw):
+                fmt = name
+                break
+        else:
+            if kind_of(raw.state_dict) == "two-stage":
+                raise CheckpointError(
+                    f"{raw.path}: an LF-ViT/CF-ViT-layout checkpoint, and the two cannot be told apart from "
+                    "the keys; pass --format lf-vit or --format cf-vit"
+                )
             raise CheckpointError(
-                f"{p}: a sacvit-deploy checkpoint (it carries its config); pass --format sacvit"
+                f"{raw.path}: no DeiT / SAC-ViT weights inside (no cls_token/pos_embed keys) and no format "
+                f"recognises it ({', '.join(CHECKPOINT_FORMATS)}); is this the right file?"
             )
-        if kind == "deit":
-            raise CheckpointError(
-                f"{p}: a timm DeiT checkpoint (single pos_embed), not {fmt}; pass --format deit"
-            )
-    if fmt == "deit" and kind == "two-stage" and raw.config is None:
-        raise CheckpointError(
-            f"{p}: a two-stage checkpoint (pos_embed_list.*), not timm DeiT; pass --format lf-vit or cf-vit"
-        )
-    return fmt
-
-
-def _config_for(raw: RawCheckpoint, fmt: str, variant: str | None) -> ModelConfig:
-    sd = raw.state_dict
-    guessed = guess_variant(sd)
-    name = variant or guessed
-    if name is None:
-        raise CheckpointError(
-            f"{raw.path}: shapes ({_shape_summary(sd)}) match no named variant; pass --variant "
-            f"({', '.join(sorted(VARIANTS))}) or use a sacvit-format checkpoint that carries its config"
-        )
-    head = sd.get("head.weight")
-    classes = int(head.shape[0]) if isinstance(head, Tensor) and head.dim() == 2 else 1000
-    try:
-        return make_config(name, fmt, num_classes=classes)
-    except ConfigError as exc:
-        raise CheckpointError(f"{raw.path}: {exc}") from None
+    adapter = adapter_for(fmt)
+    problem = adapter.mismatch(raw)
+    if problem is not None:
+        raise CheckpointError(f"{raw.path}: {problem}")
+    return raw, CHECKPOINT_FORMATS[fmt], adapter
 
 
 def _mismatch_error(
@@ -378,7 +310,7 @@ def _load_into(model: torch.nn.Module, sd: dict[str, Tensor], raw: RawCheckpoint
 def resample_pos_embed(pos_embed: Tensor, new_grid: int, num_prefix: int = 1) -> Tensor:
     """Resample a (1, prefix + G*G, D) position embedding to new_grid x new_grid (bicubic, like timm)."""
     prefix, grid_tokens = pos_embed[:, :num_prefix], pos_embed[:, num_prefix:]
-    old = _grid(grid_tokens.shape[1], extra=0)
+    old = grid_side(grid_tokens.shape[1], extra=0)
     if old is None:
         raise CheckpointError(
             f"position embedding with {grid_tokens.shape[1]} grid tokens is not a square grid"
@@ -394,18 +326,9 @@ def resample_pos_embed(pos_embed: Tensor, new_grid: int, num_prefix: int = 1) ->
     return torch.cat([prefix, g], dim=1)
 
 
-def _check_deit(raw: RawCheckpoint) -> dict[str, Tensor]:
-    sd = dict(raw.state_dict)
-    if "dist_token" in sd or "head_dist.weight" in sd:
-        raise CheckpointError(
-            f"{raw.path}: a distilled DeiT (dist_token, head_dist); use the non-distilled deit_*_patch16_* weights"
-        )
-    return sd
-
-
-def deit_to_sacvit_state(raw: RawCheckpoint, model: SACViT) -> dict[str, Tensor]:
-    """timm DeiT state dict -> SAC-ViT state dict (fresh reuse block from ``model``)."""
-    sd = _check_deit(raw)
+def single_stage_to_sacvit(sd: dict[str, Tensor], model: SACViT) -> dict[str, Tensor]:
+    """A single-stage DeiT state dict (timm names) -> SAC-ViT's (fresh reuse block from ``model``)."""
+    sd = dict(sd)
     pos = sd.pop("pos_embed")
     cfg = model.cfg
     sd["pos_embed_list.1"] = resample_pos_embed(pos, cfg.fine_grid)
@@ -418,46 +341,38 @@ def deit_to_sacvit_state(raw: RawCheckpoint, model: SACViT) -> dict[str, Tensor]
 
 # ---- public API -------------------------------------------------------------------------------------
 def load_checkpoint(path: str | Path, fmt: str = "auto", variant: str | None = None) -> LoadedCheckpoint:
-    """Load any supported checkpoint into a SACViT in eval mode."""
-    raw = read_checkpoint(path)
-    fmt = resolve_format(raw, fmt)
-    notes: list[str] = []
-    if fmt == "sacvit" and raw.config is not None:
-        cfg = raw.config
-        if variant and variant != cfg.variant:
-            raise CheckpointError(
-                f"{raw.path}: carries variant {cfg.variant}, not {variant}; drop --variant for sacvit checkpoints"
-            )
-        _check_config_against_tensors(raw, raw.state_dict, cfg, from_file=True)
+    """Load any supported checkpoint (a file, or a folder a format owns) into a SACViT in eval mode."""
+    raw, row, adapter = open_checkpoint(path, fmt)
+    cfg = adapter.config(raw, variant)
+    sd = adapter.state_dict(raw)
+    notes = list(raw.notes)
+    if row.two_stage:
+        _check_config_against_tensors(raw, sd, cfg, from_file=adapter.config_in_file)
         model = SACViT(cfg)
-        _load_into(model, raw.state_dict, raw, cfg)
-    elif fmt == "deit":
-        cfg = _config_for(raw, "deit", variant)
-        _check_config_against_tensors(raw, _check_deit(raw), cfg, skip=("pos_embed", "reuse_block."))
+    else:
+        skip = ("pos_embed", "reuse_block.")
+        _check_config_against_tensors(raw, sd, cfg, skip=skip, from_file=adapter.config_in_file)
         model = SACViT(cfg)
         torch.manual_seed(0)  # the fresh reuse block is reproducible
-        sd = deit_to_sacvit_state(raw, model)
-        _load_into(model, sd, raw, cfg)
+        sd = single_stage_to_sacvit(sd, model)
         notes.append(
-            "timm DeiT weights: stage-1 position embedding resampled, reuse block freshly initialised"
+            f"{row.description}: stage-1 position embedding resampled, reuse block freshly initialised"
         )
-    else:
-        cfg = _config_for(raw, fmt, variant)
-        _check_config_against_tensors(raw, raw.state_dict, cfg)
-        model = SACViT(cfg)
-        _load_into(model, raw.state_dict, raw, cfg)
-    return LoadedCheckpoint(model.eval(), cfg, fmt, raw.path, notes)
+    _load_into(model, sd, raw, cfg)
+    return LoadedCheckpoint(model.eval(), cfg, row.name, raw.path, notes)
 
 
 def load_baseline(path: str | Path, fmt: str = "auto", variant: str | None = None) -> DeiT:
-    """The single-stage DeiT from a timm DeiT file, or from a two-stage checkpoint's shared weights."""
-    raw = read_checkpoint(path)
-    fmt = resolve_format(raw, fmt)
-    if fmt != "deit":
-        return DeiT.from_sacvit(load_checkpoint(path, fmt, variant).model)
-    cfg = _config_for(raw, "deit", variant)
+    """The single-stage DeiT from a single-stage file, or from a two-stage checkpoint's shared weights."""
+    raw, row, adapter = open_checkpoint(path, fmt)
+    if row.two_stage:
+        return DeiT.from_sacvit(load_checkpoint(path, row.name, variant).model)
+    cfg = adapter.config(raw, variant)
+    sd = adapter.state_dict(raw)
+    _check_config_against_tensors(
+        raw, sd, cfg, skip=("pos_embed", "reuse_block."), from_file=adapter.config_in_file
+    )
     model = DeiT(cfg)
-    sd = _check_deit(raw)
     sd["pos_embed"] = resample_pos_embed(sd["pos_embed"], cfg.fine_grid)
     _load_into(model, sd, raw, cfg)
     return model.eval()

@@ -19,8 +19,8 @@ from sacvit_deploy.core.config import (
     PreprocessConfig,
 )
 from sacvit_deploy.core.errors import ConfigError
+from sacvit_deploy.core.formats import CHECKPOINT_FORMATS, stage2_preset
 from sacvit_deploy.core.formats import FORMAT_NAMES as FORMATS
-from sacvit_deploy.core.formats import stage2_preset
 
 __all__ = [
     "ATTENTIONS",
@@ -58,8 +58,8 @@ def make_config(variant: str = "deit_small_224", fmt: str = "sacvit", **override
     """Build the config of a named variant for a checkpoint format, with optional overrides."""
     if variant not in VARIANTS:
         raise ConfigError(f"unknown variant {variant!r}; choose one of: {', '.join(sorted(VARIANTS))}")
-    if fmt not in FORMAT_PRESETS:
-        raise ConfigError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    if fmt not in CHECKPOINT_FORMATS:
+        raise ConfigError(f"unknown format {fmt!r}; choose one of: {', '.join(CHECKPOINT_FORMATS)}")
     base = dict(VARIANTS[variant])
     s = base["img_size"] // 32
     fields: dict[str, Any] = {
@@ -68,7 +68,7 @@ def make_config(variant: str = "deit_small_224", fmt: str = "sacvit", **override
         "exit_threshold": _LF_THRESHOLD.get(s, 0.76),
         "preprocess": PreprocessConfig.for_resolution(base["img_size"]),
         **base,
-        **FORMAT_PRESETS[fmt],
+        **stage2_preset(fmt),
     }
     fields.update(overrides)
     if "img_size" in overrides and "preprocess" not in overrides:
@@ -92,7 +92,7 @@ def tiny_config(fmt: str = "sacvit", **overrides: Any) -> ModelConfig:
         "score_layers": (1, 2, 3),
         "exit_threshold": 0.5,
         "preprocess": PreprocessConfig(input_size=128, resize_size=146),
-        **FORMAT_PRESETS[fmt],
+        **stage2_preset(fmt),
     }
     fields.update(overrides)
     return ModelConfig(**fields)

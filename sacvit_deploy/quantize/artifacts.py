@@ -28,7 +28,7 @@ import numpy as np
 
 from sacvit_deploy.core import publish
 from sacvit_deploy.core.errors import SacvitError
-from sacvit_deploy.core.manifest import ArtifactFile, Manifest, sha256_file
+from sacvit_deploy.core.manifest import ArtifactFile, Manifest, Quantization, sha256_file
 from sacvit_deploy.quantize.qdq import (
     METHODS,
     PER_CHANNEL_AXIS,
@@ -90,7 +90,8 @@ def load_calibration_images(
     folder: Path, preprocess_cfg: Any, limit: int = MAX_CALIBRATION_IMAGES, log: Callable[[str], None] = print
 ) -> CalibrationImages:
     """Up to ``limit`` images of ``folder`` (recursive), preprocessed exactly as the runtime does."""
-    from sacvit_deploy.runtime.images import collect_images, iter_batches
+    from sacvit_deploy.runtime.image_folder import load_image_folder
+    from sacvit_deploy.runtime.images import collect_images
 
     if not folder.is_dir():
         raise QuantizeError(
@@ -101,21 +102,12 @@ def load_calibration_images(
         raise QuantizeError(
             f"{folder}: holds no images; --calib-images needs a folder of representative images"
         )
-    if len(paths) > limit:
-        # An even spread over the sorted list: ImageFolder layouts are sorted by class.
-        pick = np.linspace(0, len(paths) - 1, limit).round().astype(int)
-        paths = [paths[i] for i in sorted(set(pick.tolist()))]
-    arrays, used, skipped = [], [], 0
-    for batch in iter_batches(paths, preprocess_cfg, batch_size=16, workers=2):
-        for failure in batch.failures:
-            skipped += 1
-            log(f"skipped {failure}")
-        if len(batch.paths):
-            arrays.append(np.asarray(batch.images, dtype=np.float32))
-            used += batch.paths
-    if not arrays:
-        raise QuantizeError(f"{folder}: none of its {len(paths)} images could be read; see the notes above")
-    return CalibrationImages(np.concatenate(arrays), str(folder), used, skipped)
+    loaded = load_image_folder(
+        folder, preprocess_cfg, limit, spread=True, on_skip=lambda m: log(f"skipped {m}")
+    )
+    if not loaded.paths:
+        raise QuantizeError(f"{folder}: none of its {loaded.found} images could be read; see the notes above")
+    return CalibrationImages(loaded.images, str(folder), loaded.paths, len(loaded.skipped))
 
 
 @dataclass
@@ -177,7 +169,7 @@ def quantize_artifacts(
     if is_quantized(manifest):
         raise QuantizeError(
             f"{float_dir}: is already an int8 (Q/DQ) folder; quantize the float export it came from "
-            f"({manifest.quantization['float_export']['folder']})"
+            f"({manifest.quantization.float_folder})"
         )
     if out.resolve() == float_dir.resolve():
         raise QuantizeError(
@@ -255,17 +247,7 @@ def quantize_artifacts(
                 f"quantized {role}.onnx: {sum(plan.quantize_ops.values())} layers int8 "
                 f"({graphs[role].size / 2**20:.1f} MB, {time.perf_counter() - t:.1f} s)"
             )
-        int8 = Manifest(
-            model=manifest.model,
-            source_format=manifest.source_format,
-            exit_threshold=manifest.exit_threshold,
-            graphs=graphs,
-            exporter=manifest.exporter,
-            source={**manifest.source, "float_export": str(float_dir)},
-        )
-        int8.quantization = {
-            "precision": "int8",
-            "format": "QDQ",
+        details: dict[str, Any] = {
             "method": {
                 "tool": f"onnxruntime.quantization.quantize_static (onnxruntime {_ort_version()})",
                 "calibration": options.method,
@@ -278,13 +260,15 @@ def quantize_artifacts(
             },
             "calibration": calibration.record(),
             "graphs": per_role,
-            "float_export": {
-                "folder": str(float_dir),
-                "graphs": {role: e.sha256 for role, e in manifest.graphs.items()},
-            },
         }
+        quantization = Quantization(
+            str(float_dir), {role: e.sha256 for role, e in manifest.graphs.items()}, details=details
+        )
+        int8 = manifest.derive(
+            source={"float_export": str(float_dir)}, graphs=graphs, quantization=quantization
+        )
         if verify is not None:
-            int8.quantization["verification"] = verify(staging, int8)
+            quantization.details["verification"] = verify(staging, int8)
         publish.publish(staging, out, int8, previous)
     return QuantizeResult(out, int8, time.perf_counter() - start, {e.file: e.size for e in graphs.values()})
 

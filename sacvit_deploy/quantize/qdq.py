@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from sacvit_deploy.core.errors import SacvitError
+from sacvit_deploy.core.extras import missing_module_message
 
 QUANTIZABLE_OPS = ("MatMul", "Gemm", "Conv")
 METHODS = ("minmax", "entropy", "percentile")
@@ -171,10 +172,8 @@ def quantize_graph(
             QuantType,
             quantize_static,
         )
-    except ImportError:
-        raise QuantizeError(
-            "quantize needs onnxruntime (with its quantization tools); pip install 'sacvit-deploy[cpu]'"
-        ) from None
+    except ImportError as exc:
+        raise QuantizeError(missing_module_message("onnxruntime", exc, "quantize")) from None
     if method not in METHODS:
         raise QuantizeError(f"--method {method}: use one of {', '.join(METHODS)}")
 

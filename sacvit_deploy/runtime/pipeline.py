@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from sacvit_deploy.backends.base import Runner
+from sacvit_deploy.core.compare import mixed_threshold  # noqa: F401  (re-exported: the one definition)
 from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.core.exit_rule import ExitRule
 from sacvit_deploy.model.sacvit import STAGE2_INPUTS
@@ -200,19 +201,6 @@ def _now(enabled: bool, device: torch.device) -> float:
         return 0.0
     _sync(device)
     return time.perf_counter()
-
-
-def mixed_threshold(confidence: torch.Tensor) -> float:
-    """A threshold that splits a batch roughly in half, midway between two samples' confidences.
-
-    Not the median itself: a threshold equal to a sample's confidence makes that sample's exit
-    decision depend on the last float bit, which differs between backends.
-    """
-    c = confidence.detach().flatten().sort().values
-    if c.numel() < 2:
-        return float(c[0]) if c.numel() else 0.5
-    mid = c.numel() // 2
-    return float((c[mid - 1] + c[mid]) / 2)
 
 
 def bucket_for(n: int, buckets: Sequence[int] | None) -> int:

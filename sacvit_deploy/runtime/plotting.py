@@ -10,16 +10,17 @@ from pathlib import Path
 from typing import Any
 
 from sacvit_deploy.core.errors import SacvitError
+from sacvit_deploy.core.extras import install_hint, missing_module_message
 
-INSTALL_HINT = "pip install 'sacvit-deploy[plot]'"
+INSTALL_HINT = install_hint("plot")
 
 
 def require_matplotlib() -> None:
     """Fail early, in one line, when --plot is asked without matplotlib."""
     try:
         import matplotlib  # noqa: F401
-    except ImportError:
-        raise SacvitError(f"--plot needs matplotlib, which is not installed: {INSTALL_HINT}") from None
+    except ImportError as exc:
+        raise SacvitError(missing_module_message("matplotlib", exc, "--plot")) from None
 
 
 def _figure(width: float, height: float) -> Any:

@@ -25,12 +25,13 @@ import numpy as np
 import torch
 
 from sacvit_deploy.core.errors import ConfigError, SacvitError
+from sacvit_deploy.core.extras import install_hint
 from sacvit_deploy.core.manifest import Manifest
 from sacvit_deploy.model.config import ModelConfig
 from sacvit_deploy.runtime.pipeline import PipelineOutput
 from sacvit_deploy.triton import config as tc
 
-TRITON_EXTRA = "pip install 'sacvit-deploy[triton]'"
+TRITON_EXTRA = install_hint("triton")
 SCHEMES = {"http": ("http", False), "https": ("http", True), "grpc": ("grpc", False), "grpcs": ("grpc", True)}
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001}
 TIMEOUT_S = 60.0

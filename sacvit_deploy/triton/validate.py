@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sacvit_deploy.core.errors import ConfigError, SacvitError
+from sacvit_deploy.core.extras import install_hint
 from sacvit_deploy.core.manifest import TensorSpec, sha256_file
 from sacvit_deploy.model.config import ModelConfig
 from sacvit_deploy.triton import config as tc
@@ -31,7 +32,7 @@ from sacvit_deploy.triton.index import (
     RepositoryIndex,
 )
 
-TRITON_EXTRA = "pip install 'sacvit-deploy[triton]'"
+TRITON_EXTRA = install_hint("triton")
 _ONNX_DTYPES = {1: "float32", 10: "float16", 6: "int32", 7: "int64", 9: "bool", 2: "uint8"}
 _TENSOR_MODES = ("numpy", "torch")
 

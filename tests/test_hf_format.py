@@ -1,0 +1,175 @@
+"""Hugging Face checkpoints, held against real transformers: a random ViTForImageClassification built
+offline from a config and written with save_pretrained exports through the CLI, and ONNX Runtime's
+baseline logits equal transformers' forward. A distilled DeiT is refused with the reason."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from sacvit_deploy.cli import app
+from sacvit_deploy.core.errors import CheckpointError
+from sacvit_deploy.model import DeiT, SACViT, load_baseline, load_checkpoint
+
+transformers = pytest.importorskip("transformers")
+ort = pytest.importorskip("onnxruntime")
+
+NAMES = ["apple", "banana", "cherry", "date", "elder", "fig"]
+
+
+def hf_vit(seed: int = 0, **changes):
+    config = transformers.ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=128,
+        image_size=128,
+        patch_size=16,
+        id2label=dict(enumerate(NAMES)),
+        label2id={n: i for i, n in enumerate(NAMES)},
+        **changes,
+    )
+    torch.manual_seed(seed)
+    model = transformers.ViTForImageClassification(config).eval()
+    with torch.no_grad():  # trained scale: HF's 0.02 init gives logits ~1e-2; a trained head has std ~4
+        for p in model.parameters():
+            p.mul_(torch.empty_like(p).uniform_(4.0, 6.0) if p.dim() == 3 else 1.0)
+        model.classifier.weight.mul_(60.0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def hf_folder(tmp_path_factory):
+    model = hf_vit()
+    folder = tmp_path_factory.mktemp("hf") / "vit"
+    model.save_pretrained(folder)
+    return model, folder
+
+
+def test_export_matches_transformers_forward_in_onnx_runtime(hf_folder, tmp_path):
+    model, folder = hf_folder
+    out = tmp_path / "export"
+    result = CliRunner().invoke(app, ["export", str(folder), "--out", str(out), "--baseline"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["source_format"] == "hf"  # auto recognised the save_pretrained folder
+    assert manifest["model"]["class_names"] == NAMES  # from id2label
+
+    x = torch.randn(5, 3, 128, 128, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        reference = model(pixel_values=x).logits.numpy()
+    assert reference.std() > 2.0, "the test's weights must be trained-scale"
+    session = ort.InferenceSession(str(out / "baseline.onnx"), providers=["CPUExecutionProvider"])
+    (name,) = [i.name for i in session.get_inputs()]
+    (logits,) = session.run(None, {name: x.numpy()})
+    diff = float(np.abs(logits - reference).max())
+    assert diff <= 1e-4 * (1.0 + float(np.abs(reference).max())), diff
+    assert (logits.argmax(1) == reference.argmax(1)).all()
+
+
+def test_sacvit_init_and_baseline_carry_the_vit_exactly(hf_folder):
+    model, folder = hf_folder
+    x = torch.randn(3, 3, 128, 128, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        reference = model(pixel_values=x).logits
+        loaded = load_checkpoint(folder / "model.safetensors")  # the weights file: auto, config beside it
+        assert loaded.fmt == "hf" and loaded.cfg.norm_eps == pytest.approx(1e-12)
+        assert any("reuse block freshly initialised" in n for n in loaded.notes)
+        from_sacvit = DeiT.from_sacvit(loaded.model)(x)
+        baseline = load_baseline(folder, "hf")(x)
+    scale = float(reference.abs().max())
+    torch.testing.assert_close(from_sacvit, reference, atol=1e-4 * (1 + scale), rtol=0)
+    torch.testing.assert_close(baseline, reference, atol=1e-4 * (1 + scale), rtol=0)
+    assert isinstance(loaded.model, SACViT) and loaded.cfg.class_names == tuple(NAMES)
+
+
+def test_preprocessor_config_gives_normalisation_and_resampling(hf_folder, tmp_path):
+    _, folder = hf_folder
+    copy = tmp_path / "vit"
+    copy.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (copy / name).write_bytes((folder / name).read_bytes())
+    processor = transformers.ViTImageProcessor(size={"height": 128, "width": 128}, resample=2)
+    processor.save_pretrained(copy)
+    loaded = load_checkpoint(copy)
+    assert loaded.cfg.preprocess.mean == pytest.approx(processor.image_mean)
+    assert loaded.cfg.preprocess.std == pytest.approx(processor.image_std)
+    assert loaded.cfg.preprocess.interpolation == "bilinear"
+    assert any("without a shortest-edge center crop" in n for n in loaded.notes)
+    (copy / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5, 0.5], "resample": 2}))
+    with pytest.raises(CheckpointError, match="image_mean is .*not 3 numbers"):
+        load_checkpoint(copy)
+
+
+def test_train_init_from_hf_folder(hf_folder, tmp_path):
+    from sacvit_deploy.training.loop import TrainOptions, load_init_weights, train
+    from tests.fakes.pictures import write_colour_folder
+
+    _, folder = hf_folder
+    cfg = load_checkpoint(folder, "hf").cfg
+    target = SACViT(cfg.replace(num_classes=3, class_names=None))
+    data = write_colour_folder(tmp_path / "data", 6, 3, 0)
+    opts = TrainOptions(
+        data_dir=data,
+        out_dir=tmp_path / "run",
+        model_config=target.cfg,
+        init=folder,
+        init_format="hf",
+        epochs=1,
+        max_steps=1,
+        batch_size=6,
+        workers=0,
+        device="cpu",
+    )
+    lines: list[str] = []
+    load_init_weights(target, opts, lines.append)
+    source = load_checkpoint(folder, "hf").model
+    assert torch.equal(target.blocks[3].attn.qkv.weight, source.blocks[3].attn.qkv.weight)
+    assert any("head re-initialised" in line for line in lines)
+    result = train(opts, log=lambda *a, **k: None)
+    assert result.cfg.num_classes == 3
+
+
+def test_distilled_deit_is_refused_with_the_reason(tmp_path):
+    config = transformers.DeiTConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, image_size=64
+    )
+    transformers.DeiTForImageClassificationWithTeacher(config).save_pretrained(tmp_path / "deit")
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "deit"), "--out", str(tmp_path / "o")])
+    assert result.exit_code != 0
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "distillation token" in lines[0], result.output
+    assert "Traceback" not in result.output
+    with pytest.raises(CheckpointError, match="distillation token"):
+        load_checkpoint(tmp_path / "deit", "hf")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"hidden_act": "gelu_new"}, "exact GELU"),
+        ({"model_type": "swin"}, "model_type 'swin'"),
+        ({"hidden_size": "32"}, "hidden_size is '32', not an integer"),
+        ({"num_hidden_layers": 10**9}, "num_hidden_layers is 1000000000"),
+        ({"layer_norm_eps": float("nan")}, "layer_norm_eps"),
+        ({"id2label": {"0": "a"}}, "id2label has 1 entries for 6 classes"),
+        ({"id2label": {str(i): i for i in range(6)}}, "id2label entry"),
+        ({"architectures": ["ViTModel"]}, "only ViTForImageClassification"),
+        ({"num_hidden_layers": 3}, "depth"),
+    ],
+)
+def test_every_config_field_is_validated(hf_folder, tmp_path, change, message):
+    _, folder = hf_folder
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
+    config = json.loads((folder / "config.json").read_text())
+    config.update(change)
+    (bad / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=message) as info:
+        load_checkpoint(bad)
+    assert str(bad) in str(info.value)
