@@ -497,7 +497,9 @@ def write_folder(folder, graphs: dict[str, onnx.ModelProto | bytes], target_trt:
             outputs=graph_specs(cfg, role)[1],
         )
     exporter = ExporterInfo(opset=17, target_trt=target_trt, layernorm="native") if target_trt else None
-    Manifest(model=cfg, source_format="sacvit", exit_threshold=0.5, graphs=entries, exporter=exporter).save(folder)
+    Manifest(model=cfg, source_format="sacvit", exit_threshold=0.5, graphs=entries, exporter=exporter).save(
+        folder
+    )
 
 
 def test_check_folder(tmp_path):
@@ -568,7 +570,9 @@ def test_cli_default_families_follow_the_export_target(tmp_path):
     write_folder(tmp_path, {"stage1": model([layernorm_node()], inits=LN_INITS)}, target_trt="10")
     result = runner.invoke(app, ["check", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert "stage1.onnx: will NOT parse on TensorRT 8.5 (1 error); not a target of this export" in result.stdout
+    assert (
+        "stage1.onnx: will NOT parse on TensorRT 8.5 (1 error); not a target of this export" in result.stdout
+    )
     assert result.stdout.splitlines()[-1] == (
         "verdict: OK (parser check: every graph parses on TensorRT 8.6, 10, 11; exit code 0)"
     )

@@ -125,7 +125,9 @@ def test_readme_and_demo_commands_run_as_printed(tmp_path, monkeypatch):
     # "Runs on a CPU as written" holds only when the Start line installs what the workflow's options need.
     if any("--plot" in line for _, line in workflow):
         install = next(x for x in start_section.splitlines() if "pip install -e" in x)
-        assert "plot" in install, f"the workflow uses --plot, the Start line does not install [plot]: {install}"
+        assert "plot" in install, (
+            f"the workflow uses --plot, the Start line does not install [plot]: {install}"
+        )
     # The parity check "later", as the README writes it, ends with its verdict and exit code 0.
     assert ("1. Export a checkpoint", "sacvit-deploy check export/ --run") in [
         (h, c.split("#")[0].strip()) for h, c in workflow
