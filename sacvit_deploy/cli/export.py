@@ -83,9 +83,14 @@ def _calibration_to_keep(out_dir: Path, checkpoint_sha: str | None, threshold: f
     same = checkpoint_sha is not None and previous.source.get("sha256") == checkpoint_sha
     if threshold is None and same:
         return cal
-    why = "--threshold replaces it" if threshold is not None else (
-        "it was chosen for another checkpoint" if previous.source.get("sha256") else
-        "the folder does not record which checkpoint it was chosen for"
+    why = (
+        "--threshold replaces it"
+        if threshold is not None
+        else (
+            "it was chosen for another checkpoint"
+            if previous.source.get("sha256")
+            else "the folder does not record which checkpoint it was chosen for"
+        )
     )
     note(
         f"[yellow]warning[/]: {safe(out_dir)}/ had the exit threshold {cal.threshold:g} from `calibrate "
@@ -193,13 +198,12 @@ def export(
     ] = Tolerance().rtol,
 ) -> None:
     """Export a checkpoint to two verified ONNX graphs (stage 1 + exit gate, stage 2) and a manifest."""
+    from sacvit_deploy.core.manifest import Manifest, sha256_file
     from sacvit_deploy.export.onnx_export import ExportOptions, export_artifacts
     from sacvit_deploy.export.verify import tensorrt_parser_check, verify_export
     from sacvit_deploy.model.checkpoint import load_checkpoint
     from sacvit_deploy.model.sacvit import SACViT
     from sacvit_deploy.runtime.labels import default_class_names
-
-    from sacvit_deploy.core.manifest import Manifest, sha256_file
 
     started = time.perf_counter()  # the whole command: checkpoint load, export, verification, publish
     checkpoint_sha = sha256_file(checkpoint) if checkpoint.is_file() else None
