@@ -96,3 +96,39 @@ def test_export_times_the_whole_command(checkpoints, tmp_path):
     shown = _export(str(checkpoints[0]), "--out", str(tmp_path / "e"))
     assert "Python start-up not counted)" in shown
     assert json.loads((tmp_path / "e" / "manifest.json").read_text())["source"]["sha256"]
+
+
+def _commands() -> list[str]:
+    import typer.main
+
+    return sorted(typer.main.get_command(app).commands)  # every command, one added later included
+
+
+def test_help_shows_no_bool_or_list_metavars_and_one_bracket_style():
+    names = _commands()
+    assert {"infer", "check", "export", "profile", "calibrate"} <= set(names)
+    for argv in ([], *([n] for n in names)):
+        result = runner.invoke(app, [*argv, "--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, (argv, result.output)
+        text = result.output
+        assert "<bool>" not in text and "list[" not in text, (argv, text)
+        assert "[8.5|" not in text  # choices are <a|b|c> everywhere
+    infer = runner.invoke(app, ["infer", "--help"], env={"COLUMNS": "200"}).output
+    # The bound shown is the bound checked (by check_batch_size: one line naming the option, exit 1).
+    assert "Images per batch, 1 to 1024." in infer and "[x>=1]" not in infer.split("--batch-size")[1][:60]
+    result = runner.invoke(app, ["infer", "x.png", "--batch-size", "5000"])
+    assert result.exit_code == 1 and "from 1 to 1024" in result.output
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["infer", "x.png", "--format", "json"],
+        ["check", "--trt", "9"],
+        ["profile", "--backend", "gpu"],
+    ],
+)
+def test_usage_errors_exit_2_without_pydantic_wording(argv):
+    result = runner.invoke(app, argv)
+    assert result.exit_code == 2, result.output
+    assert "Value error" not in result.output and "Invalid value for" in result.output

@@ -90,7 +90,7 @@ def calibrate(
     device: DeviceOption = None,
     threads: ThreadsOption = None,
     batch_size: Annotated[
-        int, typer.Option(min=1, help=f"Images per batch (at most {MAX_BATCH}).", rich_help_panel=RUN)
+        int, typer.Option(help=f"Images per batch, 1 to {MAX_BATCH}.", rich_help_panel=RUN)
     ] = 32,
     target_accuracy: Annotated[
         float | None,

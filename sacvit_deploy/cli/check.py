@@ -52,7 +52,7 @@ def check(
         list[str] | None,
         typer.Option(
             "--trt",
-            metavar="[" + "|".join(TRT_FAMILY_NAMES) + "]",
+            metavar="<" + "|".join(TRT_FAMILY_NAMES) + ">",  # the style of every other choice
             callback=_parse_trt,
             help="TensorRT version(s) to check: repeat the option or give a comma list. Default: all four, "
             "where only the export's target and later ones decide the exit code.",

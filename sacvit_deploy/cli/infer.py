@@ -49,7 +49,9 @@ EXIT_SOME_FAILED = 2
 def infer(
     images: Annotated[
         list[str],
-        typer.Argument(help="Image files, folders (recursive) or glob patterns.", show_default=False),
+        typer.Argument(
+            metavar="IMAGES", help="Image files, folders (recursive) or glob patterns.", show_default=False
+        ),
     ],
     artifacts: ArtifactsOption = None,
     backend: BackendOption = BackendName.auto,
@@ -58,7 +60,7 @@ def infer(
         float | None, typer.Option(help="Exit threshold (default: the manifest's).", rich_help_panel=RUN)
     ] = None,
     batch_size: Annotated[
-        int, typer.Option(min=1, help=f"Images per batch (at most {MAX_BATCH}).", rich_help_panel=RUN)
+        int, typer.Option(help=f"Images per batch, 1 to {MAX_BATCH}.", rich_help_panel=RUN)
     ] = 32,
     threads: ThreadsOption = None,
     topk: Annotated[
