@@ -120,7 +120,7 @@ def main() -> None:
                 "throughput_ratio": b / p,
                 "latency_ratio": p / b,
                 # paired per round: both timed in the same round, so background load cancels
-                "overhead": med([a / i - 1.0 for a, i in zip(t_pipe, t["ideal"])]),
+                "overhead": med([a / i - 1.0 for a, i in zip(t_pipe, t["ideal"], strict=True)]),
             }
             results.append(row)
 
