@@ -132,3 +132,14 @@ def test_usage_errors_exit_2_without_pydantic_wording(argv):
     result = runner.invoke(app, argv)
     assert result.exit_code == 2, result.output
     assert "Value error" not in result.output and "Invalid value for" in result.output
+
+
+def test_profile_load_lines_warn_when_the_load_moves_or_the_machine_is_busy():
+    from sacvit_deploy.cli.profile import load_lines
+
+    assert len(load_lines((0.5, 0, 0), (0.6, 0, 0), 2)) == 1
+    moved = load_lines((0.5, 0, 0), (3.0, 0, 0), 2)
+    assert moved[0].startswith("load average (1 min): 0.50 before, 3.00 after") and "moved" in moved[1]
+    busy = load_lines((9.0, 0, 0), (9.2, 0, 0), 2)
+    assert "busy" in busy[1]
+    assert load_lines(None, None, 2) == ["load average: not available on this OS"]

@@ -314,7 +314,11 @@ def test_infer_profile_calibrate_run_the_int8_folder(int8, calib, tmp_path):
         ],
     )
     assert result.exit_code == 0, result.output
-    assert json.loads(report.read_text())
+    profiled = json.loads(report.read_text())
+    # Every report names an int8 folder as such (issue 24 point 5), with the load average beside it.
+    assert result.stdout.startswith("precision: INT8 (Q/DQ graphs written by `sacvit-deploy quantize`")
+    assert "load average (1 min):" in result.stdout
+    assert set(profiled["environment"]["load_average"]) == {"before", "after"}
 
 
 # ---- the bundled demo model (trained weights) ---------------------------------------------------------------
