@@ -319,6 +319,7 @@ def profile(
             "img_size": cfg.img_size,
             "artifacts": str(opened.folder),
             "manifest_threshold": manifest.exit_threshold,
+            "precision": "int8" if manifest.quantization else "float32",
         },
         settings.to_dict(),
         split,

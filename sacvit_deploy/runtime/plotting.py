@@ -106,7 +106,11 @@ def plot_profile(report: dict[str, Any], path: Path) -> Path:
     right.set_title("stage breakdown (pipeline synced per stage)")
     right.legend(fontsize=8)
     env = report["environment"]
-    fig.suptitle(f"{report['model']['variant']}: {env['backend_choice']}", fontsize=9)
+    precision = report["model"].get("precision", "float32")
+    fig.suptitle(
+        f"{report['model']['variant']} ({precision}, {report['model']['artifacts']}): {env['backend_choice']}",
+        fontsize=9,
+    )
     return _save(fig, path)
 
 
