@@ -62,9 +62,14 @@ def _targets(accuracy: float | None, gflops: float | None, exit_rate: float | No
     return Target(*given[0]) if given else None
 
 
+def _th(value: float) -> str:
+    """Thresholds as calibrate prints them everywhere: 4 decimals (the column, the choice, the manifest)."""
+    return f"{value:.4f}"
+
+
 def _row(p, baseline: float, mark: str = "") -> str:
     return (
-        f"  {p.threshold:>9.3f} {p.accuracy:>9.4f} {p.exit_rate:>9.3f} {p.gflops:>12.4g} "
+        f"  {_th(p.threshold):>9} {p.accuracy:>9.4f} {p.exit_rate:>9.3f} {format_gflops(p.gflops):>12} "
         f"{p.gflops / baseline:>10.2f}x  {mark}"
     ).rstrip()
 
@@ -227,7 +232,7 @@ def calibrate(
     if cal.chosen is not None and target is not None:
         c = cal.chosen
         out.print(
-            f"chosen threshold {c.threshold:g} ({target.rule}): accuracy {c.accuracy:.4f}, exit rate "
+            f"chosen threshold {_th(c.threshold)} ({target.rule}): accuracy {c.accuracy:.4f}, exit rate "
             f"{c.exit_rate:.3f}, {format_gflops(c.gflops)} GFLOPs/image ({100 * (1 - c.gflops / base):.0f}% fewer than the baseline)",
             markup=False,
             highlight=False,
@@ -271,7 +276,7 @@ def calibrate(
                 f"{opened.folder}/manifest.json: cannot write it ({exc.strerror or exc}); check the folder's permissions"
             ) from None
         note(
-            f"manifest: {safe(path)}: exit_threshold {previous:g} -> {cal.chosen.threshold:g}, calibration record stored"
+            f"manifest: {safe(path)}: exit_threshold {_th(previous)} -> {_th(cal.chosen.threshold)}, calibration record stored"
         )
     elif target is not None:
-        note(f"manifest: unchanged (add --write to store threshold {cal.chosen.threshold:g})")  # type: ignore[union-attr]
+        note(f"manifest: unchanged (add --write to store threshold {_th(cal.chosen.threshold)})")  # type: ignore[union-attr]

@@ -149,6 +149,12 @@ def infer(
             "columns: stage = the stage that answered; conf = stage 1's confidence (its max softmax), "
             f"the image exits at stage 1 when conf >= {opened.pipeline.threshold:g}; prob = the probability "
             "of the prediction, from the stage that answered"
+            + (
+                f"; (class prob, ...) after the path = the next {topk - 1} classes of --topk {topk} and "
+                "their probabilities"
+                if topk > 1
+                else ""
+            )
         )
     writer = open_writer(fmt.value, output, topk, clean=printable)
     done = failed = stage1 = 0
