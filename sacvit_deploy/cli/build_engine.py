@@ -13,8 +13,8 @@ import typer
 from rich.table import Table
 
 from sacvit_deploy.cli._common import handle_errors, note, out, parity_table, safe
-from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.cli._progress import spinner
+from sacvit_deploy.core.errors import SacvitError
 
 ENGINES = "Engines"
 PRECISION = "Precision"
