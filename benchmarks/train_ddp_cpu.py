@@ -2,6 +2,7 @@
 
     python benchmarks/train_ddp_cpu.py                       # 120 images, global batch 24, 3 epochs
     python benchmarks/train_ddp_cpu.py --images 360 --epochs 2
+    python benchmarks/train_ddp_cpu.py --quick               # 24 images, 1 epoch: that it runs (CI)
 
 Writes a synthetic ImageFolder (noisy solid colours, 3 classes) and the tiny test model's config to a
 temporary folder, trains it with ``sacvit-deploy train`` once in one process and once under
@@ -44,7 +45,11 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=24, help="global batch")
     ap.add_argument("--recipe", default="ours")
+    ap.add_argument("--quick", action="store_true", help="24 images, global batch 12, 1 epoch (CI)")
     args = ap.parse_args()
+    if args.quick:
+        args.images, args.batch_size, args.epochs = 24, 12, 1
+    load_before = os.getloadavg()
 
     tmp = Path(tempfile.mkdtemp(prefix="sacvit-ddp-"))
     try:
@@ -89,7 +94,13 @@ def main() -> None:
                 f"{n} process(es): seconds per epoch {', '.join(f'{x:.2f}' for x in t)}  (median {np.median(t):.2f})"
             )
         print(f"max |weight difference| 1 vs 2 processes after {args.epochs} epochs: {diff:.2e}")
-        print(f"load average: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+        ratio = np.median(times[1]) / np.median(times[2])
+        print(f"1 / 2 processes, median seconds per epoch: {ratio:.2f}x (statistic: median over epochs)")
+        after = os.getloadavg()
+        print(
+            f"load average (1/5/15 min) before {'/'.join(f'{x:.2f}' for x in load_before)}, "
+            f"after {'/'.join(f'{x:.2f}' for x in after)} on {os.cpu_count()} CPUs"
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

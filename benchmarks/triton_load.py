@@ -3,6 +3,11 @@
     python benchmarks/triton_load.py                              # random DeiT-Ti weights, 64 requests per level
     python benchmarks/triton_load.py --variant deit_small_224 --requests 128 --concurrency 1,4,16
     python benchmarks/triton_load.py --protocol grpc --triton-env .triton/env
+    python benchmarks/triton_load.py --quick        # tiny model, 8 requests, concurrency 1 and 4 (CI)
+
+Without a Triton environment it prints why and exits with code 77 (tests/test_benchmarks.py skips
+it then, unless SACVIT_REQUIRE_TRITON=1 as in CI). Statistics: images/s = requests / wall time of
+the level; p50 / p99 are latency percentiles per request.
 
 The server is PyPI's nvidia-pytriton tritonserver on 127.0.0.1 (sacvit_deploy.triton.server), serving
 the repository `sacvit-deploy triton --backend python` writes: the BLS gate, and the stages' ONNX graphs
@@ -33,7 +38,9 @@ from _random_export import export_random_weights
 from sacvit_deploy.runtime.loader import open_pipeline
 from sacvit_deploy.triton.client import open_triton
 from sacvit_deploy.triton.repository import RepositoryOptions, write_repository
-from sacvit_deploy.triton.server import TritonInstall, TritonServer
+from sacvit_deploy.triton.server import TritonInstall, TritonServer, TritonServerError, TritonUnsupported
+
+SKIPPED = 77  # no Triton environment here: nothing was measured
 
 
 def cpu_name() -> str:
@@ -107,11 +114,18 @@ def main() -> None:
     ap.add_argument("--stage2-share", type=float, default=0.23)
     ap.add_argument("--protocol", choices=("http", "grpc"), default="http")
     ap.add_argument("--triton-env", default=None, help="venv with nvidia-pytriton, numpy<2, onnxruntime")
+    ap.add_argument("--quick", action="store_true", help="tiny model, 8 requests, concurrency 1,4 (CI)")
     args = ap.parse_args()
+    if args.quick:
+        args.variant, args.requests, args.concurrency = "tiny", 8, "1,4"
     levels = [int(c) for c in args.concurrency.split(",")]
 
-    install = TritonInstall.find(args.triton_env)
-    versions = install.check_python()
+    try:
+        install = TritonInstall.find(args.triton_env)
+        versions = install.check_python()
+    except (TritonServerError, TritonUnsupported) as exc:
+        print(f"skipped: no Triton environment: {exc}")
+        sys.exit(SKIPPED)
     tmp, export = export_random_weights(args.variant, args.fmt)
     with tmp:
         repo = Path(tmp.name) / "model_repository"

@@ -294,7 +294,7 @@ def test_calibrate_write_updates_the_manifest(workdir, tmp_path):
     assert rec["target"] == {"kind": "exit_rate", "value": 0.5} and rec["exit_rate"] >= 0.5
     assert rec["images"] == 12 and rec["previous_threshold"] == before.exit_threshold
     assert rec["label_mapping"] == "sorted" and rec["unreadable_images"] == 1
-    assert f"chosen threshold {after.exit_threshold:g} " in result.stdout
+    assert f"chosen threshold {after.exit_threshold:.4f} " in result.stdout  # one format throughout
     assert after.graphs.keys() == before.graphs.keys() and after.model == before.model
     # the pipeline now runs at the calibrated threshold
     assert open_pipeline(workdir / "export", backend="onnxruntime").pipeline.threshold == rec["threshold"]

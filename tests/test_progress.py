@@ -37,3 +37,15 @@ def test_bar_counts_on_a_terminal(monkeypatch):
         assert progress is not None and progress.tasks[0].completed == 4
         progress.refresh()
     assert "classifying" in stream.getvalue() and "4/4" in stream.getvalue()
+
+
+def test_spinner_shows_elapsed_time_and_no_count(monkeypatch):
+    """A call of unknown length: a spinner and the elapsed time, never a count stuck at 0/?."""
+    stream = io.StringIO()
+    console = Console(file=stream, force_terminal=True, width=100)
+    monkeypatch.setattr(_progress, "terminal", lambda: True)
+    monkeypatch.setattr(_progress, "err", console)
+    with _progress.spinner("exporting"):
+        pass
+    shown = stream.getvalue()
+    assert "exporting" in shown and "0:00:00" in shown and "/?" not in shown and "eta" not in shown

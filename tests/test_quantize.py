@@ -23,6 +23,7 @@ from sacvit_deploy.quantize.qdq import (
     KEPT_ATTENTION,
     KEPT_HEAD,
     KEPT_SCORE_PATH,
+    METHODS,
     QuantizeError,
     plan_nodes,
 )
@@ -316,7 +317,11 @@ def test_infer_profile_calibrate_run_the_int8_folder(int8, calib, tmp_path):
         ],
     )
     assert result.exit_code == 0, result.output
-    assert json.loads(report.read_text())
+    profiled = json.loads(report.read_text())
+    # Every report names an int8 folder as such (issue 24 point 5), with the load average beside it.
+    assert result.stdout.startswith("precision: INT8 (Q/DQ graphs written by `sacvit-deploy quantize`")
+    assert "load average (1 min):" in result.stdout
+    assert set(profiled["environment"]["load_average"]) == {"before", "after"}
 
 
 # ---- the bundled demo model (trained weights) ---------------------------------------------------------------
@@ -384,3 +389,47 @@ def test_cli_fails_on_a_broken_quantization_and_writes_nothing(float_export, cal
         and "nothing was written" in last
     )
     assert not (out / "manifest.json").exists() and not list(out.glob("*.onnx"))
+
+
+# ---- every calibration method the CLI offers, end to end on the demo-size model -----------------------------
+@pytest.fixture(scope="module")
+def demo_export(tmp_path_factory):
+    from sacvit_deploy.demo_assets import demo_model_path
+    from sacvit_deploy.model import load_checkpoint
+
+    folder = tmp_path_factory.mktemp("demo") / "export"
+    export_artifacts(load_checkpoint(demo_model_path()).model, folder, ExportOptions(weights=False), "sacvit")
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", METHODS)
+def test_every_cli_method_quantizes_the_demo_model(method, demo_export, tmp_path):
+    """The bundled 10 sample images make a short last calibration batch (8 + 2), which broke the
+    histogram methods (entropy, percentile) inside onnxruntime.quantization (issue 24 point 14)."""
+    from sacvit_deploy.demo_assets import demo_sample_images
+
+    images = demo_sample_images()[0].parent
+    out, report = tmp_path / "int8", tmp_path / "report.json"
+    result = runner.invoke(
+        app,
+        [
+            *("quantize", str(demo_export), "--calib-images", str(images), "--out", str(out)),
+            *("--method", method, "--json", str(report)),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    manifest = Manifest.load(out)
+    assert manifest.quantization["method"]["calibration"] == method
+    rows = {r["check"]: r for r in json.loads(report.read_text())["rows"]}
+    assert rows["pipeline@0.610"]["top1_agreement"] >= 0.9 and rows["pipeline@0.610"]["exit_agreement"] >= 0.9
+
+
+def test_even_batches_keep_every_sample_once():
+    from sacvit_deploy.quantize.qdq import even_batch, feed_batches
+
+    for n, batch in ((10, 8), (12, 8), (7, 8), (13, 8), (3, 1)):
+        size = even_batch(n, batch)
+        parts = list(feed_batches({"x": np.arange(n)[:, None]}, size, fixed=False))
+        assert {p["x"].shape for p in parts} == {(size, 1)} and size <= batch
+        assert np.concatenate([p["x"] for p in parts])[:, 0].tolist() == list(range(n))

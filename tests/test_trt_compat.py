@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 from sacvit_deploy.cli import app
-from sacvit_deploy.core.manifest import ArtifactError, ArtifactFile, Manifest, sha256_file
+from sacvit_deploy.core.manifest import ArtifactError, ArtifactFile, ExporterInfo, Manifest, sha256_file
 from sacvit_deploy.export import trt_support as ts
 from sacvit_deploy.export.trt_compat import Problem, check_folder, check_model
 from sacvit_deploy.model import tiny_config
@@ -480,7 +480,7 @@ def test_unreadable_file_is_an_artifact_error(tmp_path):
 
 
 # ---- folders and the CLI -------------------------------------------------------------------------------
-def write_folder(folder, graphs: dict[str, onnx.ModelProto | bytes]) -> None:
+def write_folder(folder, graphs: dict[str, onnx.ModelProto | bytes], target_trt: str | None = None) -> None:
     folder.mkdir(exist_ok=True)
     cfg = tiny_config()
     entries = {}
@@ -496,7 +496,10 @@ def write_folder(folder, graphs: dict[str, onnx.ModelProto | bytes]) -> None:
             inputs=graph_specs(cfg, role)[0],
             outputs=graph_specs(cfg, role)[1],
         )
-    Manifest(model=cfg, source_format="sacvit", exit_threshold=0.5, graphs=entries).save(folder)
+    exporter = ExporterInfo(opset=17, target_trt=target_trt, layernorm="native") if target_trt else None
+    Manifest(model=cfg, source_format="sacvit", exit_threshold=0.5, graphs=entries, exporter=exporter).save(
+        folder
+    )
 
 
 def test_check_folder(tmp_path):
@@ -521,6 +524,7 @@ def test_cli_groups_the_same_problem_on_many_nodes(tmp_path):
     assert lines[1:] == [
         "stage1.onnx: will NOT parse on TensorRT 8.5 (3 errors)",
         "stage2.onnx: parses on TensorRT 8.5",
+        "verdict: FAIL (parser check: some graph will NOT parse on TensorRT 8.5; exit code 2)",
     ]
     # the JSON report keeps every node
     report = json.loads((tmp_path / "r.json").read_text())
@@ -532,7 +536,9 @@ def test_cli_clean_folder_exits_0(tmp_path):
     result = runner.invoke(app, ["check", str(tmp_path)])
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines == [f"stage{s}.onnx: parses on TensorRT {v}" for v in VERSIONS for s in (1, 2)]
+    assert lines == [f"stage{s}.onnx: parses on TensorRT {v}" for v in VERSIONS for s in (1, 2)] + [
+        f"verdict: OK (parser check: every graph parses on TensorRT {', '.join(VERSIONS)}; exit code 0)"
+    ]
 
 
 def test_cli_reports_problems_and_exits_2(tmp_path):
@@ -545,6 +551,7 @@ def test_cli_reports_problems_and_exits_2(tmp_path):
         "(decomposed LayerNorm)",
         "stage1.onnx: will NOT parse on TensorRT 8.5 (1 error)",
         "stage2.onnx: parses on TensorRT 8.5",
+        "verdict: FAIL (parser check: some graph will NOT parse on TensorRT 8.5; exit code 2)",
     ]
     report = json.loads((tmp_path / "r.json").read_text())
     first = report["results"][0]
@@ -558,6 +565,27 @@ def test_cli_reports_problems_and_exits_2(tmp_path):
         assert "TensorRT 8.5" not in result.stdout
 
 
+def test_cli_default_families_follow_the_export_target(tmp_path):
+    """Without --trt, a family older than the export's target is a note, not exit 2 (issue 24)."""
+    write_folder(tmp_path, {"stage1": model([layernorm_node()], inits=LN_INITS)}, target_trt="10")
+    result = runner.invoke(app, ["check", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert (
+        "stage1.onnx: will NOT parse on TensorRT 8.5 (1 error); not a target of this export" in result.stdout
+    )
+    assert result.stdout.splitlines()[-1] == (
+        "verdict: OK (parser check: every graph parses on TensorRT 8.6, 10, 11; exit code 0)"
+    )
+    assert "for 8.5, export with --target-trt 8.5" in result.stderr
+    # Named, the family counts.
+    result = runner.invoke(app, ["check", str(tmp_path), "--trt", "8.5"])
+    assert result.exit_code == 2 and result.stdout.splitlines()[-1].startswith("verdict: FAIL")
+    # A failure on the target itself (or a later family) always counts.
+    write_folder(tmp_path, {"stage1": model([layernorm_node()], inits=LN_INITS)}, target_trt="8.5")
+    result = runner.invoke(app, ["check", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+
+
 def test_cli_warnings_keep_exit_0(tmp_path):
     gs = helper.make_node("GridSample", ["x", "grid"], ["y"], name="gs")
     m = model(
@@ -569,7 +597,7 @@ def test_cli_warnings_keep_exit_0(tmp_path):
     write_folder(tmp_path, {"stage1": m})
     result = runner.invoke(app, ["check", str(tmp_path), "--trt", "11"])
     assert result.exit_code == 0, result.output
-    assert result.stdout.splitlines()[-1] == "stage1.onnx: parses on TensorRT 11 (1 warning)"
+    assert result.stdout.splitlines()[-2] == "stage1.onnx: parses on TensorRT 11 (1 warning)"
     assert result.stdout.startswith("stage1.onnx: warning [gridsample] node 'gs' (GridSample): ")
 
 
@@ -577,8 +605,9 @@ def test_cli_user_errors_exit_1(tmp_path):
     result = runner.invoke(app, ["check", str(tmp_path / "nope")])
     assert result.exit_code == 1 and "no such artifact folder" in result.output
     write_folder(tmp_path, {"stage1": clean_model()})
+    # A typo in an option is a usage error: exit 2, like every other command's bad option value.
     result = runner.invoke(app, ["check", str(tmp_path), "--trt", "8.5,9"])
-    assert result.exit_code == 1 and "'9' is not one of 8.5, 8.6, 10, 11" in result.output
+    assert result.exit_code == 2 and "'9' is not one of 8.5, 8.6, 10, 11" in result.output
     (tmp_path / "stage1.onnx").write_bytes(onnx.ModelProto().SerializeToString() + b"tampered")
     result = runner.invoke(app, ["check", str(tmp_path)])
     assert result.exit_code == 1 and "sha256 mismatch" in result.output

@@ -50,7 +50,7 @@ def _commands(markdown: str) -> list[tuple[str, str]]:
             headings = re.findall(r"^#+ (.*)$", block_or_text, re.M)
             heading = headings[-1] if headings else heading
             continue
-        body = block_or_text.removeprefix("```bash\n").removesuffix("```").replace("\\\n", " ")
+        body = block_or_text[len("```bash\n") : -len("```")].replace("\\\n", " ")
         for line in body.splitlines():
             for part in line.split("&&"):
                 part = part.strip()
@@ -91,7 +91,8 @@ def test_readme_and_demo_commands_run_as_printed(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     text = README.read_text(encoding="utf-8")
 
-    start = [c for _, c in _commands(_section(text, "## Start"))]
+    start_section = _section(text, "## Start")
+    start = [c for _, c in _commands(start_section)]
     assert [shlex.split(c, comments=True) for c in start] == [["sacvit-deploy", "demo"]]
     demo = _run(start[0])
     # The demo shows both stages at work and keeps its files where it says.
@@ -113,7 +114,7 @@ def test_readme_and_demo_commands_run_as_printed(tmp_path, monkeypatch):
     tail = demo[demo.index("Next, on the demo's files") :]
     printed = [x.strip() for x in tail.splitlines() if x.strip().startswith("sacvit-deploy ")]
     hints = [x for x in demo.splitlines() if x.startswith("next: ")]
-    printed += [p.strip() for h in hints for p in h.removeprefix("next: ").split("|")]
+    printed += [p.strip() for h in hints for p in h[len("next: ") :].split("|")]
     assert len(printed) >= 6, printed
     for line in printed:
         _run(substitute(line))
@@ -121,17 +122,30 @@ def test_readme_and_demo_commands_run_as_printed(tmp_path, monkeypatch):
     skipped = []
     workflow = _commands(_section(text, "## The real workflow"))
     assert len(workflow) >= 12, workflow
+    # "Runs on a CPU as written" holds only when the Start line installs what the workflow's options need.
+    if any("--plot" in line for _, line in workflow):
+        install = next(x for x in start_section.splitlines() if "pip install -e" in x)
+        assert "plot" in install, (
+            f"the workflow uses --plot, the Start line does not install [plot]: {install}"
+        )
+    # The parity check "later", as the README writes it, ends with its verdict and exit code 0.
+    assert ("1. Export a checkpoint", "sacvit-deploy check export/ --run") in [
+        (h, c.split("#")[0].strip()) for h, c in workflow
+    ]
     for heading, line in workflow:
         line = substitute(line)
         reason = _needs(heading, shlex.split(line, comments=True))
         if reason:
             skipped.append(f"{line}: {reason}")
             continue
-        _run(line)
+        output = _run(line)
+        if line.startswith("sacvit-deploy check export/ --run"):
+            assert "verdict: OK" in output and "parity: every row passes" in output, output
     # The workflow left what it promised.
     assert (tmp_path / "export" / "baseline.onnx").is_file() and (tmp_path / "export85").is_dir()
     assert (tmp_path / "predictions.jsonl").stat().st_size > 0
     assert (tmp_path / "profile.json").is_file() and (tmp_path / "curve.csv").is_file()
+    assert (tmp_path / "profile.png").stat().st_size > 0 and (tmp_path / "curve.png").stat().st_size > 0
     assert (tmp_path / "model_repository").is_dir()
     # build-engine x3 (one of the int8 export), infer --triton, serve, train x3 (one fine-tuning), 2 exports
     assert len(skipped) <= 10, skipped

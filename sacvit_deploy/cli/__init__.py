@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from sacvit_deploy.cli._common import print_warnings_as_lines, register_app
+from sacvit_deploy.cli._help import SacvitGroup
 from sacvit_deploy.cli.build_engine import build_engine
 from sacvit_deploy.cli.calibrate import calibrate
 from sacvit_deploy.cli.check import check
@@ -28,6 +29,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
+    cls=SacvitGroup,  # every command's help and usage errors tidied in one place
 )
 
 

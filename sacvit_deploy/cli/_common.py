@@ -304,6 +304,11 @@ def check_output(
             raise SacvitError(
                 f"{shown}: is a file of the artifact folder {artifacts}, which it would damage; write elsewhere"
             )
+        if folder in target.parents:  # a stranger in the folder: the next export into it refuses it
+            raise SacvitError(
+                f"{shown}: inside the artifact folder {artifacts}, where a later export or build-engine "
+                "would refuse a file it did not write; write it elsewhere (e.g. the current folder)"
+            )
     for item in inputs:
         if _same_file(path, target, Path(item)):
             raise SacvitError(f"{shown}: is one of the inputs ({item}); writing it would destroy it")

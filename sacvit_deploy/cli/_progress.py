@@ -87,7 +87,17 @@ def progress_bar(enabled: bool = True) -> Iterator[Bar]:
 
 @contextmanager
 def spinner(description: str, enabled: bool = True) -> Iterator[None]:
-    """A spinner with elapsed time for work whose length is unknown (one long call)."""
-    with progress_bar(enabled) as bar:
-        bar.task(description, total=None)
+    """A spinner with elapsed time for work whose length is unknown (one long call).
+
+    No bar, count or eta: a count would sit at ``0/?`` for the whole call.
+    """
+    if not enabled or not terminal():
+        yield
+        return
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err, transient=True
+    ) as progress:
+        progress.add_task(description, total=None)
         yield

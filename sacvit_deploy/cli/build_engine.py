@@ -14,6 +14,7 @@ from rich.table import Table
 
 from sacvit_deploy.cli._common import handle_errors, note, out, parity_table, safe
 from sacvit_deploy.cli._progress import spinner
+from sacvit_deploy.core.errors import SacvitError
 
 ENGINES = "Engines"
 PRECISION = "Precision"
@@ -179,7 +180,9 @@ def build_engine(
         ),
     ] = None,
 ) -> None:
-    """Build TensorRT engines for both stages from an export folder, then check them against ONNX Runtime."""
+    """Build TensorRT engines for both stages from an export folder, then check them against ONNX Runtime.
+
+    Runs on the machine with the NVIDIA GPU the engines are for, with TensorRT installed."""
     from sacvit_deploy.engine.build import BuildOptions, build_engines
 
     options = BuildOptions(
@@ -199,8 +202,16 @@ def build_engine(
         baseline=baseline,
     )
     options.validate()  # option mistakes before TensorRT is even imported
-    with engine_notes(), spinner("building TensorRT engines"):
-        result = build_engines(export_dir, out_dir, options)
+    try:
+        with engine_notes(), spinner("building TensorRT engines"):
+            result = build_engines(export_dir, out_dir, options)
+    except SacvitError as exc:
+        if not str(exc).startswith("TensorRT is not installed"):
+            raise
+        raise SacvitError(
+            f"{exc}. build-engine also needs an NVIDIA GPU: an engine is built on, and for, the GPU it "
+            f"runs on. Without one, run the ONNX graphs: sacvit-deploy infer IMAGES --artifacts {export_dir}"
+        ) from None
     print_engines(result)
     parity = result.manifest.tensorrt.parity if result.manifest.tensorrt else None
     if parity and parity.get("rows"):

@@ -60,9 +60,14 @@ def _targets(accuracy: float | None, gflops: float | None, exit_rate: float | No
     return Target(*given[0]) if given else None
 
 
+def _th(value: float) -> str:
+    """Thresholds as calibrate prints them everywhere: 4 decimals (the column, the choice, the manifest)."""
+    return f"{value:.4f}"
+
+
 def _row(p, baseline: float, mark: str = "") -> str:
     return (
-        f"  {p.threshold:>9.3f} {p.accuracy:>9.4f} {p.exit_rate:>9.3f} {p.gflops:>12.4g} "
+        f"  {_th(p.threshold):>9} {p.accuracy:>9.4f} {p.exit_rate:>9.3f} {format_gflops(p.gflops):>12} "
         f"{p.gflops / baseline:>10.2f}x  {mark}"
     ).rstrip()
 
@@ -88,7 +93,7 @@ def calibrate(
     device: DeviceOption = None,
     threads: ThreadsOption = None,
     batch_size: Annotated[
-        int, typer.Option(min=1, help=f"Images per batch (at most {MAX_BATCH}).", rich_help_panel=RUN)
+        int, typer.Option(help=f"Images per batch, 1 to {MAX_BATCH}.", rich_help_panel=RUN)
     ] = 32,
     target_accuracy: Annotated[
         float | None,
@@ -202,7 +207,7 @@ def calibrate(
     if cal.chosen is not None and target is not None:
         c = cal.chosen
         out.print(
-            f"chosen threshold {c.threshold:g} ({target.rule}): accuracy {c.accuracy:.4f}, exit rate "
+            f"chosen threshold {_th(c.threshold)} ({target.rule}): accuracy {c.accuracy:.4f}, exit rate "
             f"{c.exit_rate:.3f}, {format_gflops(c.gflops)} GFLOPs/image ({100 * (1 - c.gflops / base):.0f}% fewer than the baseline)",
             markup=False,
             highlight=False,
@@ -229,7 +234,7 @@ def calibrate(
         previous = manifest.exit_threshold
         path = run.write()  # Manifest.with_calibration(record).save(folder)
         note(
-            f"manifest: {safe(path)}: exit_threshold {previous:g} -> {cal.chosen.threshold:g}, calibration record stored"
+            f"manifest: {safe(path)}: exit_threshold {_th(previous)} -> {_th(cal.chosen.threshold)}, calibration record stored"
         )
     elif target is not None:
-        note(f"manifest: unchanged (add --write to store threshold {cal.chosen.threshold:g})")  # type: ignore[union-attr]
+        note(f"manifest: unchanged (add --write to store threshold {_th(cal.chosen.threshold)})")  # type: ignore[union-attr]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -63,6 +64,47 @@ def print_verification(report: dict, target_trt: str, folder: Path) -> None:
                 f"  expected for an export made for TensorRT {target_trt}: for {version}, export with "
                 f"--target-trt {version}{how}; `sacvit-deploy check {folder} --trt {version}` lists why"
             )
+
+
+def _calibration_to_keep(out_dir: Path, checkpoint_sha: str | None, threshold: float | None):
+    """The calibration record of the folder being replaced, when it applies to this export.
+
+    ``calibrate --write`` stores a threshold chosen for one model's confidences: a re-export of the
+    same checkpoint (same sha256, no --threshold) keeps it; any other export resets the threshold and
+    says so, with the old value and how to get it back.
+    """
+    from sacvit_deploy.core.manifest import Manifest
+
+    try:
+        previous = Manifest.load(out_dir)
+    except Exception:  # no folder, not an export, or an unreadable manifest: nothing to keep
+        return None
+    cal = previous.calibration
+    if cal is None:
+        return None
+    same = checkpoint_sha is not None and previous.source.get("sha256") == checkpoint_sha
+    if threshold is None and same:
+        return cal
+    why = (
+        "--threshold replaces it"
+        if threshold is not None
+        else (
+            "it was chosen for another checkpoint"
+            if previous.source.get("sha256")
+            else "the folder does not record which checkpoint it was chosen for"
+        )
+    )
+    note(
+        f"[yellow]warning[/]: {safe(out_dir)}/ had the exit threshold {cal.threshold:g} from `calibrate "
+        f"--write` ({_describe(cal)}); this export resets it ({why}). To restore it: add --threshold "
+        f"{cal.threshold:g}, or run `sacvit-deploy calibrate ... --artifacts {safe(out_dir)} --write` again"
+    )
+    return None
+
+
+def _describe(cal) -> str:
+    target = cal.target
+    return f"target {target.get('kind')} {target.get('value')} on {cal.images} images"
 
 
 @handle_errors
@@ -163,12 +205,18 @@ def export(
 ) -> None:
     """Export a checkpoint to two verified ONNX graphs (stage 1 + exit gate, stage 2) and a manifest."""
     from sacvit_deploy.core.compare import Tolerance  # numpy: imported by the command, not by --help
+    from sacvit_deploy.core.manifest import Manifest, sha256_file
     from sacvit_deploy.export.onnx_export import ExportOptions, export_artifacts
     from sacvit_deploy.export.verify import tensorrt_parser_check, verify_export
     from sacvit_deploy.model.checkpoint import load_checkpoint
     from sacvit_deploy.model.sacvit import SACViT
     from sacvit_deploy.runtime.labels import default_class_names
 
+    started = time.perf_counter()  # the whole command: checkpoint load, export, verification, publish
+    checkpoint_sha = sha256_file(checkpoint) if checkpoint.is_file() else None
+    kept = _calibration_to_keep(out_dir, checkpoint_sha, threshold)
+    if kept is not None:
+        threshold = kept.threshold
     options = ExportOptions(
         batch=parse_batch(batch),
         opset=opset,
@@ -210,16 +258,27 @@ def export(
             out_dir,
             options,
             loaded.fmt,
-            source={"checkpoint": checkpoint.name, "format": loaded.fmt},
+            source={"checkpoint": checkpoint.name, "format": loaded.fmt, "sha256": checkpoint_sha},
             verify=run_verification if verify else None,
             log=lambda msg: note(safe(msg)),
+        )
+    if kept is not None:  # the same checkpoint: its calibrated threshold stays, with its record
+        manifest = Manifest.load(result.folder)
+        manifest.calibration = kept
+        manifest.save(result.folder)
+        note(
+            f"kept the calibrated exit threshold {kept.threshold:g} ({_describe(kept)}): the same checkpoint "
+            "(sha256) was calibrated in this folder; --threshold X sets another"
         )
     if result.manifest.verification:
         print_verification(result.manifest.verification.to_dict(), target_trt.value, result.folder)
     else:
         note("[yellow]verification skipped (--no-verify)[/]")
     sizes = ", ".join(f"{name} {size / 2**20:.1f} MB" for name, size in result.files.items())
-    out.print(f"exported to {safe(result.folder)}/ in {result.seconds:.1f} s: {sizes}")
+    out.print(
+        f"exported to {safe(result.folder)}/ in {time.perf_counter() - started:.1f} s "
+        f"(checkpoint load, export{', verification' if verify else ''}; Python start-up not counted): {sizes}"
+    )
     note(
         f"next: sacvit-deploy check {safe(result.folder)} --trt {target_trt.value}   |   "
         f"sacvit-deploy infer IMAGES --artifacts {safe(result.folder)}"

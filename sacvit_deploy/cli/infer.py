@@ -49,7 +49,9 @@ EXIT_SOME_FAILED = 2
 def infer(
     images: Annotated[
         list[str],
-        typer.Argument(help="Image files, folders (recursive) or glob patterns.", show_default=False),
+        typer.Argument(
+            metavar="IMAGES", help="Image files, folders (recursive) or glob patterns.", show_default=False
+        ),
     ],
     artifacts: ArtifactsOption = None,
     backend: BackendOption = BackendName.auto,
@@ -58,7 +60,7 @@ def infer(
         float | None, typer.Option(help="Exit threshold (default: the manifest's).", rich_help_panel=RUN)
     ] = None,
     batch_size: Annotated[
-        int, typer.Option(min=1, help=f"Images per batch (at most {MAX_BATCH}).", rich_help_panel=RUN)
+        int, typer.Option(help=f"Images per batch, 1 to {MAX_BATCH}.", rich_help_panel=RUN)
     ] = 32,
     threads: ThreadsOption = None,
     topk: Annotated[
@@ -147,6 +149,12 @@ def infer(
             "columns: stage = the stage that answered; conf = stage 1's confidence (its max softmax), "
             f"the image exits at stage 1 when conf >= {opened.pipeline.threshold:g}; prob = the probability "
             "of the prediction, from the stage that answered"
+            + (
+                f"; (class prob, ...) after the path = the next {topk - 1} classes of --topk {topk} and "
+                "their probabilities"
+                if topk > 1
+                else ""
+            )
         )
     writer = open_writer(fmt.value, output, topk, clean=printable)
     done = failed = stage1 = 0

@@ -9,6 +9,7 @@ the same backend. Exactly what each row measures: :mod:`sacvit_deploy.runtime.pr
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -37,6 +38,75 @@ WORK = "Workload"
 TIMING = "Timing"
 OUTPUT = "Output"
 MAX_POOL = 256  # real images kept in memory for the pool (beyond the largest batch)
+# A 1-minute load average that moves by more than this (per CPU) during the run: the rounds met
+# different competition, and medians from different moments are not comparable.
+LOAD_CHANGE_PER_CPU = 0.5
+
+
+def load_average() -> tuple[float, float, float] | None:
+    try:
+        return os.getloadavg()
+    except (AttributeError, OSError):  # not on this OS
+        return None
+
+
+def load_lines(before, after, cpus: int) -> list[str]:
+    """The load average beside the timings, and a warning when it moved or the machine is busy."""
+    if before is None or after is None:
+        return ["load average: not available on this OS"]
+    lines = [
+        f"load average (1 min): {before[0]:.2f} before, {after[0]:.2f} after the timing, on {cpus} CPUs "
+        "(other work on the machine stretches every row alike only if it stays steady)"
+    ]
+    if abs(after[0] - before[0]) > LOAD_CHANGE_PER_CPU * cpus:
+        lines.append(
+            f"warning: the load average moved from {before[0]:.2f} to {after[0]:.2f} during the run: the "
+            "rounds met different competition; rerun on a quieter machine, or with more --iters"
+        )
+    elif max(before[0], after[0]) > cpus:
+        lines.append(
+            f"warning: the machine is busy (load {max(before[0], after[0]):.2f} on {cpus} CPUs): absolute "
+            "times are inflated; the ratios, timed round-robin, hold better"
+        )
+    return lines
+
+
+def precision_lines(manifest, folder) -> list[str]:
+    """Say when the graphs are int8 (a `quantize` folder), and what that means for speed here."""
+    q = manifest.quantization
+    if not q:
+        return []
+    source = (q.get("float_export") or {}).get("folder", "?")
+    method = (q.get("method") or {}).get("calibration", "?")
+    return [
+        f"precision: INT8 (Q/DQ graphs written by `sacvit-deploy quantize` from {source}, {method} "
+        f"calibration) in {folder}",
+        "  on ONNX Runtime's CPU kernels each int8 layer adds a quantize step and an int-to-float "
+        "conversion: at a small width these fixed costs can outweigh the saved arithmetic, so int8 may "
+        f"run slower than float here (compare: sacvit-deploy profile --artifacts {source} with the same "
+        "options; at DeiT-S size: python benchmarks/int8.py)",
+    ]
+
+
+def exit_rate_lines(report) -> list[str]:
+    """Why a batch size's exit rate can differ from the pool's (and between int8 and float)."""
+    th = report["threshold"]
+    pool = th["pool_size"]
+    lines = []
+    for b in report["batches"]:
+        timed = min(pool, b["distinct_batches"] * b["batch"])
+        if timed < pool and abs(b["exit_rate"] - th["pool_exit_rate"]) > 1e-9:
+            lines.append(
+                f"batch {b['batch']}: exit rate {100 * b['exit_rate']:.1f}% over the {timed} images its "
+                f"{b['distinct_batches']} distinct batch(es) hold, a subset of the {pool} pool images the "
+                f"threshold was set on ({100 * th['pool_exit_rate']:.1f}% there)"
+            )
+    if lines:
+        lines.append(
+            "  (which images of a subset exit depends on confidences near the threshold: synthetic noise "
+            "images crowd there, so int8 and float graphs can differ on them while agreeing on real ones)"
+        )
+    return lines
 
 
 def parse_batch_sizes(text: str) -> list[int]:
@@ -207,6 +277,7 @@ def profile(
     sampler = jetson if jetson_info is not None and jetson_info.tegrastats else None
 
     pool, source = _pool(images, synthetic, manifest.preprocess, max(sizes), seed)
+    load_before = load_average()
     settings = ProfileSettings(
         sizes,
         warmup,
@@ -235,6 +306,7 @@ def profile(
             if base_runner is not None:
                 base_runner.deactivate()
 
+    load_after = load_average()
     cfg = manifest.model
     notes = []
     if opened.choice.backend == "torch" and baseline:
@@ -257,12 +329,20 @@ def profile(
             "img_size": cfg.img_size,
             "artifacts": str(opened.folder),
             "manifest_threshold": manifest.exit_threshold,
+            "precision": "int8" if manifest.quantization else "float32",
         },
         settings.to_dict(),
         split,
         notes,
     )
-    for line in format_report(report):
+    report["environment"]["load_average"] = {"before": load_before, "after": load_after}
+    lines = [
+        *precision_lines(manifest, opened.folder),
+        *format_report(report),
+        *exit_rate_lines(report),
+        *load_lines(load_before, load_after, os.cpu_count() or 1),
+    ]
+    for line in lines:
         out.print(printable(line), markup=False, highlight=False)
     if json_file is not None:
         write_json(json_file, report)

@@ -19,6 +19,9 @@ from sacvit_deploy.cli._common import err, handle_errors, note, out, write_json
 
 QUANT = "Quantization"
 VERIFY = "Verification"
+# Below this many GFLOPs per image (the demo model: 0.0137; DeiT-Ti 1.3), int8 on ONNX Runtime CPU may be
+# slower than float: measured 0.64-0.84x on the demo model (issue 24), 1.78x faster at DeiT-S (README).
+SMALL_GFLOPS = 1.0
 
 
 class CalibrationMethod(str, Enum):
@@ -234,6 +237,16 @@ def quantize(
         out.print(
             f"early-exit accuracy: float {100 * acc['float']['early_exit']:.2f}%, int8 {100 * acc['int8']['early_exit']:.2f}% "
             f"({acc['early_exit_delta_points']:+.2f} points)"
+        )
+    from sacvit_deploy.model.flops import FlopsReport, format_gflops
+
+    gflops = FlopsReport.of(float_manifest.model).baseline
+    if gflops < SMALL_GFLOPS:
+        note(
+            f"note: at {format_gflops(gflops)} GFLOPs per image this model is small: on ONNX Runtime's CPU "
+            "kernels each int8 layer adds a quantize step and an int-to-float conversion, which can make the "
+            "int8 graphs SLOWER than the float ones here (int8 pays at DeiT-S size: README, section 9); "
+            f"measure both: sacvit-deploy profile --artifacts {artifacts}   and   --artifacts {result.folder}"
         )
     note(
         f"next: sacvit-deploy check {result.folder} --trt 10,11   |   sacvit-deploy profile --artifacts {result.folder}"

@@ -564,9 +564,20 @@ class Manifest:
     def load(cls, folder: str | Path) -> Manifest:
         folder = Path(folder)
         path = folder / MANIFEST_NAME
+        if folder.is_file():  # a checkpoint or a graph given where an export folder belongs
+            raise ArtifactError(
+                f"{folder}: a file, not an artifact folder; if it is a checkpoint, export it first "
+                f"(`sacvit-deploy export {folder} --out DIR`) and give DIR"
+            )
         if not folder.is_dir():
             raise ArtifactError(f"{folder}: no such artifact folder; run `sacvit-deploy export CKPT` first")
         if not path.is_file():
+            inside = _export_folders_inside(folder)
+            if inside:
+                raise ArtifactError(
+                    f"{path}: missing; {folder} holds the export folder(s) "
+                    f"{', '.join(str(p) for p in inside)}: give one of those"
+                )
             raise ArtifactError(
                 f"{path}: missing; {folder} is not an artifact folder (run `sacvit-deploy export CKPT --out {folder}`)"
             )
@@ -681,6 +692,15 @@ def _sha(value: Any, what: str) -> str:
     if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{64}", value):
         raise ValueError(f"{what}: sha256 {_short(value)} is not 64 hex digits")
     return value
+
+
+def _export_folders_inside(folder: Path, limit: int = 5) -> list[Path]:
+    """Direct subfolders holding a manifest.json (``sacvit-demo`` -> ``sacvit-demo/export``)."""
+    try:
+        children = sorted(p for p in folder.iterdir() if p.is_dir() and (p / MANIFEST_NAME).is_file())
+    except OSError:
+        return []
+    return children[:limit]
 
 
 def _entries(d: dict[str, Any], section: str) -> dict[str, ArtifactFile]:

@@ -139,6 +139,19 @@ def _name_nodes(model: Any) -> None:
             node.name = f"{node.op_type}#{i}"
 
 
+def even_batch(n: int, batch: int) -> int:
+    """The largest batch size <= ``batch`` that splits ``n`` samples into equal batches.
+
+    The histogram calibrators (entropy, percentile) of onnxruntime.quantization stack every batch's
+    activations with ``np.asarray(list_of_batches)``, which fails on a short last batch ("an
+    inhomogeneous shape"); equal batches keep every sample, once (no padding, no duplicate).
+    """
+    batch = max(1, min(batch, n))
+    while n % batch:
+        batch -= 1
+    return batch
+
+
 def feed_batches(feeds: dict[str, np.ndarray], batch: int, fixed: bool) -> Iterator[dict[str, np.ndarray]]:
     """Calibration feeds in batches of ``batch``; a fixed-batch graph gets its last batch padded."""
     n = next(iter(feeds.values())).shape[0]
@@ -176,6 +189,9 @@ def quantize_graph(
         raise QuantizeError(missing_module_message("onnxruntime", exc, "quantize")) from None
     if method not in METHODS:
         raise QuantizeError(f"--method {method}: use one of {', '.join(METHODS)}")
+
+    if fixed_batch is None and method != "minmax":
+        batch = even_batch(next(iter(feeds.values())).shape[0], batch)
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:

@@ -1,0 +1,84 @@
+"""One place where every command's help and usage errors are tidied (issue 24 points 8, 9).
+
+typer shows a type beside every parameter: ``<bool>`` beside each flag (which takes no value),
+``<list[str]>`` beside a repeatable argument; and its pydantic-based coercion words a bad choice as
+"Value error, 'json' is not one of ...". :class:`SacvitGroup` is the root group's class, so every
+command, including one added later, passes through it: flags show no type, a list shows its item
+type once with ``...``, and a usage error reads like click's own. The exit code of a usage error
+stays click's 2.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import typer
+from typer.core import TyperGroup
+
+_PYDANTIC_PREFIX = re.compile(r"^(Value error|Assertion failed), ")
+
+
+# typer carries its own copy of click (typer._click): its classes, not click's, are duck-typed here.
+def _tidy_type(shown: str | None, param: Any) -> str | None:
+    if shown is None:
+        return None
+    if getattr(param, "param_type_name", "") == "option" and getattr(param, "is_flag", False):
+        return None  # a flag takes no value
+    m = re.fullmatch(r"<list\[(.*)\]>", shown)
+    if m:
+        return f"<{m.group(1)}>..."
+    return shown
+
+
+def tidy_params(command: Any) -> None:
+    """Wrap each parameter's help type display once (idempotent), --help's included."""
+    get_params = command.get_params
+    if not getattr(get_params, "_sacvit_tidy", False):
+
+        def all_params(ctx: Any) -> Any:
+            params = get_params(ctx)
+            _tidy_each(params)
+            return params
+
+        all_params._sacvit_tidy = True  # type: ignore[attr-defined]
+        command.get_params = all_params
+    _tidy_each(command.params)
+
+
+def _tidy_each(params: Any) -> None:
+    for param in params:
+        show = getattr(param, "display_type_rich", None)
+        if show is None or getattr(show, "_sacvit_tidy", False):
+            continue
+
+        def tidy(ctx: Any, _show: Any = show, _param: Any = param) -> str | None:
+            return _tidy_type(_show(ctx=ctx), _param)
+
+        tidy._sacvit_tidy = True  # type: ignore[attr-defined]
+        param.display_type_rich = tidy  # type: ignore[method-assign]
+
+
+def plain_message(message: str) -> str:
+    """A usage error without pydantic's "Value error, " prefix."""
+    return _PYDANTIC_PREFIX.sub("", message)
+
+
+class SacvitGroup(TyperGroup):
+    def get_params(self, ctx: Any) -> Any:  # the root's own --version / --help
+        params = super().get_params(ctx)
+        _tidy_each(params)
+        return params
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            tidy_params(command)
+        return command
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except typer.BadParameter as exc:
+            exc.message = plain_message(exc.message)
+            raise
