@@ -342,7 +342,7 @@ def check_manifest_writable(path: Path) -> None:
     if not path.is_file():
         return  # the artifact folder's own check names the problem
     st = path.stat()
-    if not os.access(path, os.W_OK):
+    if not os.access(path, os.W_OK) or not st.st_mode & 0o222:  # mode bits: root can write anything
         raise SacvitError(
             f"{path}: read-only; make it writable (chmod u+w) to store the threshold, or drop --write"
         )
