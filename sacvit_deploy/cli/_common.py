@@ -21,11 +21,26 @@ from sacvit_deploy.core.fileinfo import resolved
 from sacvit_deploy.core.formats import AUTO, FORMAT_NAMES, INIT_FORMATS, TRAIN_FORMATS
 from sacvit_deploy.core.trt_families import TRT_FAMILY_NAMES
 
+
+class _Console(Console):
+    """The one printer. Markup is only ever what our own templates write: a message whose markup
+    does not parse (a ``[/]`` in a path interpolated without :func:`safe`) prints as written,
+    never as a MarkupError traceback. Control characters are escaped by :class:`_VisibleText`."""
+
+    def render_str(self, text: str, *args: Any, **kwargs: Any) -> Any:
+        from rich.errors import MarkupError
+
+        try:
+            return super().render_str(text, *args, **kwargs)
+        except MarkupError:
+            return super().render_str(text, *args, **{**kwargs, "markup": False})
+
+
 # Results go to stdout, everything else (progress, notes, errors) to stderr, so pipes stay clean.
 # Piped output gets a wide fixed width so tables are never squeezed to 80 columns.
 # emoji=False: ":smile:" in a file name prints as written.
-out = Console(soft_wrap=True, emoji=False, width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, soft_wrap=True, emoji=False, width=None if sys.stderr.isatty() else 200)
+out = _Console(soft_wrap=True, emoji=False, width=None if sys.stdout.isatty() else 200)
+err = _Console(stderr=True, soft_wrap=True, emoji=False, width=None if sys.stderr.isatty() else 200)
 
 
 class _VisibleText(RenderHook):
@@ -108,11 +123,21 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def handle_errors(fn: F) -> F:
-    """User mistakes (SacvitError) become one line on stderr and exit code 1; bugs keep tracebacks."""
+    """What every command passes through (so a new one cannot forget it):
+
+    * its path parameters must each be declared as input or output (:class:`PathRole`); the output
+      policy (:func:`check_paths`) runs for all of them before the command does any work;
+    * the package's log records (and ONNX Runtime's own logger, quietened to errors) print as
+      escaped notes through the one printer;
+    * user mistakes (SacvitError) become one line on stderr and exit code 1; bugs keep tracebacks.
+    """
+    roles = path_roles(fn)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
+            _route_logs()
+            check_paths(fn, roles, args, kwargs)
             return fn(*args, **kwargs)
         except SacvitError as exc:
             raise fail(safe(exc)) from None
@@ -126,6 +151,186 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+# ---- path options: every one declared as input or output, one policy for all -------------------------
+class PathRole:
+    """Annotated metadata declaring what a command does with a path parameter (typer ignores it):
+
+    ``INPUT`` a file or folder it reads; ``ARTIFACTS`` an artifact folder it reads (no output may go
+    into it); ``OUTPUT_FILE`` / ``OUTPUT_FOLDER`` what it writes; ``CACHE_FILE`` a file it reads if
+    present and rewrites (checked as an output, but may be itself).
+    """
+
+    def __init__(self, kind: str, default: Callable[[], Path | None] | None = None) -> None:
+        self.kind = kind
+        self.default = default  # the folder used when the option is not given (artifacts)
+
+    def __repr__(self) -> str:
+        return f"PathRole({self.kind})"
+
+
+INPUT = PathRole("input")
+ARTIFACTS = PathRole("artifacts")
+OUTPUT_FILE = PathRole("output file")
+OUTPUT_FOLDER = PathRole("output folder")
+CACHE_FILE = PathRole("cache file")
+
+
+def _default_artifacts() -> Path | None:
+    from sacvit_deploy.runtime.loader import default_artifacts
+
+    try:
+        return Path(default_artifacts())
+    except SacvitError:
+        return None
+
+
+RUN_ARTIFACTS = PathRole("artifacts", default=_default_artifacts)
+
+
+def _is_path_type(tp: Any) -> bool:
+    import typing
+
+    if tp is Path:
+        return True
+    return any(_is_path_type(a) for a in typing.get_args(tp) if a is not type(None))
+
+
+def path_roles(fn: Callable[..., Any]) -> dict[str, tuple[PathRole, str]]:
+    """parameter -> (role, option as typed) for every path parameter of command ``fn``. A path
+    parameter without a role is a bug of the command, raised when it is defined."""
+    import inspect
+    import typing
+
+    from typer.models import ArgumentInfo, ParameterInfo
+
+    try:
+        hints = typing.get_type_hints(fn, include_extras=True)
+    except Exception:  # an annotation this Python cannot evaluate: tests/test_mechanisms.py checks
+        return {}
+    roles: dict[str, tuple[PathRole, str]] = {}
+    for name in inspect.signature(fn).parameters:
+        hint = hints.get(name)
+        if typing.get_origin(hint) is not Annotated:
+            continue
+        base, *meta = typing.get_args(hint)
+        if not _is_path_type(base):
+            continue
+        role = next((m for m in meta if isinstance(m, PathRole)), None)
+        if role is None:
+            raise TypeError(
+                f"command {fn.__name__}: parameter {name} is a path; declare it INPUT, ARTIFACTS, "
+                "OUTPUT_FILE, OUTPUT_FOLDER or CACHE_FILE (cli/_common.py) in its Annotated[...]"
+            )
+        info = next((m for m in meta if isinstance(m, ParameterInfo)), None)
+        decls = [d for d in (getattr(info, "param_decls", None) or ()) if d.startswith("--")]
+        if isinstance(info, ArgumentInfo):
+            option = name.upper()
+        else:
+            option = decls[0] if decls else "--" + name.replace("_", "-")
+        roles[name] = (role, option)
+    return roles
+
+
+def _paths(value: Any) -> list[Path]:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return [Path(v) for v in value if v is not None]
+    text = str(value)
+    if text.startswith(("http://", "https://", "grpc://")) or text == "-":
+        return []
+    return [Path(value)]
+
+
+def check_paths(
+    fn: Callable[..., Any], roles: dict[str, tuple[PathRole, str]], args: tuple, kwargs: dict
+) -> None:
+    """The output policy, for every declared output of a command, before it does any work: an output
+    is never one of the inputs, never inside an artifact folder it reads (nor one of its files), never
+    another output; a file's folder, and the nearest existing folder of an output folder, must be
+    a folder it can write in."""
+    if not roles:
+        return
+    import inspect
+
+    bound = inspect.signature(fn).bind_partial(*args, **kwargs)
+    bound.apply_defaults()
+    inputs: list[Path] = []
+    artifacts: list[Path] = []
+    outputs: list[tuple[Path, str, PathRole]] = []
+    given = {name: _paths(bound.arguments.get(name)) for name in roles}
+    if not any(given[name] for name, (role, _) in roles.items() if role.kind not in ("input", "artifacts")):
+        return  # nothing written: no default folder to look up
+    for name, (role, option) in roles.items():
+        value = given[name]
+        if not value and role.default is not None:
+            default = role.default()
+            value = [] if default is None else [default]
+        if role.kind in ("input", "artifacts"):
+            inputs += value
+            if role.kind == "artifacts":
+                artifacts += value
+        else:
+            outputs += [(p, option, role) for p in value]
+    seen: dict[Path, str] = {}
+    for path, option, role in outputs:
+        target = resolved(path)
+        if target in seen:
+            raise SacvitError(f"{option} {path}: is also {seen[target]}; give each output its own path")
+        seen[target] = f"{option} {path}"
+        if role.kind == "output folder":
+            check_output_folder(path, option, inputs, artifacts)
+        else:
+            for folder in artifacts or [None]:
+                check_output(path, option, inputs, folder, self_ok=role.kind == "cache file")
+
+
+def check_output_folder(
+    path: Path, option: str, inputs: Iterable[Path] = (), artifacts: Iterable[Path] = ()
+) -> Path:
+    """Refuse, before any work, an output folder that is a file, is or lies inside one of the inputs
+    (an artifact folder, the data), or whose nearest existing folder cannot be written in."""
+    shown = f"{option} {path}"
+    try:
+        if path.exists() and not path.is_dir():
+            raise SacvitError(
+                f"{shown}: exists and is not a folder; give a folder (it is created if missing)"
+            )
+    except PermissionError:
+        raise SacvitError(
+            f"{shown}: cannot look into its parent folder (permission denied); pick another"
+        ) from None
+    target = resolved(path)
+    for item in inputs:
+        source = resolved(item)
+        if target == source or source in target.parents:
+            what = "the artifact folder" if Path(item) in list(artifacts) else "the input"
+            raise SacvitError(
+                f"{shown}: is inside {what} {item}, which it would change; write elsewhere"
+                if target != source
+                else f"{shown}: is {what} {item}; writing there would replace what it reads; write elsewhere"
+            )
+    existing = target
+    while True:
+        try:
+            if existing.exists():
+                break
+        except PermissionError:
+            raise SacvitError(
+                f"{shown}: cannot look into {existing.parent} (permission denied); pick another folder"
+            ) from None
+        if existing == existing.parent:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        raise SacvitError(f"{shown}: {existing} is a file, not a folder; pick another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SacvitError(
+            f"{shown}: cannot create or write in {existing}; pick another folder or fix its permissions"
+        )
+    return path
+
+
 def _command_name(fn: Callable[..., Any]) -> str:
     return fn.__name__.replace("_", "-")
 
@@ -133,6 +338,73 @@ def _command_name(fn: Callable[..., Any]) -> str:
 def note(message: str) -> None:
     """A line on stderr (``message`` may hold markup; interpolate values through :func:`safe`)."""
     err.print(message, highlight=False)
+
+
+_LOG_STYLES = {"WARNING": "[yellow]warning:[/] ", "ERROR": "[red]error:[/] ", "CRITICAL": "[red]error:[/] "}
+
+
+def _note_handler() -> Any:  # -> logging.Handler
+    """Log records of the package as escaped notes (WARNING and above)."""
+    import logging
+
+    class NoteHandler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            note(_LOG_STYLES.get(record.levelname, "") + safe(record.getMessage()))
+
+    return NoteHandler(logging.WARNING)
+
+
+_ROUTED: list[Any] = []
+
+
+def _route_logs() -> None:
+    """Once per process: warnings the package logs print through the one printer (escaped), not
+    through Python's last-resort handler; ONNX Runtime's own C++ logger, which writes raw colour
+    codes to stderr, is turned down to errors (which also reach us as exceptions) as soon as it is
+    imported, whichever command imports it."""
+    if _ROUTED:
+        return
+    import logging
+
+    handler = _note_handler()
+    logging.getLogger("sacvit_deploy").addHandler(handler)
+    _ROUTED.append(handler)
+    _after_import("onnxruntime", _quiet_onnxruntime)
+
+
+def _quiet_onnxruntime(module: Any) -> None:
+    setter = getattr(module, "set_default_logger_severity", None)
+    if setter is not None:
+        setter(3)  # 3 = ERROR: no raw warning lines on the terminal
+
+
+def _after_import(name: str, hook: Callable[[Any], None]) -> None:
+    """Run ``hook(module)`` right after ``name`` is imported (now, if it already is)."""
+    import importlib.abc
+    import importlib.util
+
+    if name in sys.modules:
+        hook(sys.modules[name])
+        return
+
+    class Finder(importlib.abc.MetaPathFinder):
+        def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+            if fullname != name:
+                return None
+            sys.meta_path.remove(self)
+            spec = importlib.util.find_spec(name)
+            if spec is None or spec.loader is None:
+                return spec
+            exec_module = spec.loader.exec_module
+
+            def run(module: Any) -> None:
+                exec_module(module)
+                hook(module)
+
+            spec.loader.exec_module = run  # type: ignore[method-assign]
+            return spec
+
+    sys.meta_path.insert(0, Finder())
 
 
 def print_warnings_as_lines() -> None:
@@ -201,6 +473,7 @@ ArtifactsOption = Annotated[
     typer.Option(
         help="Artifact folder (default: engines/ if it holds engines, else export/).", rich_help_panel=RUN
     ),
+    RUN_ARTIFACTS,
 ]
 BackendOption = Annotated[
     BackendName, typer.Option(help="auto: TensorRT, then ONNX Runtime GPU, then CPU.", rich_help_panel=RUN)
@@ -288,12 +561,9 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     """A JSON report the user asked for (--json FILE); an unwritable path is a one-line error."""
     import json
 
-    try:
-        path.write_text(json.dumps(data, indent=2) + "\n")
-    except OSError as exc:
-        raise SacvitError(
-            f"{path}: cannot write the JSON report ({exc.strerror or exc}); pick a writable path"
-        ) from None
+    from sacvit_deploy.core.atomic import write_text
+
+    write_text(path, json.dumps(data, indent=2) + "\n")  # a full disk or a read-only folder: one line
 
 
 def check_output(
@@ -301,6 +571,7 @@ def check_output(
     option: str,
     inputs: Iterable[Path] = (),
     artifacts: Path | str | None = None,
+    self_ok: bool = False,
 ) -> Path:
     """Refuse, before any work, an output file that would destroy an input or cannot be written.
 
@@ -309,8 +580,13 @@ def check_output(
     must exist and be writable.
     """
     shown = f"{option} {path}"
-    if path.is_dir():
-        raise SacvitError(f"{shown}: is a folder; give a file name, e.g. {path / 'results.out'}")
+    try:
+        if path.is_dir():
+            raise SacvitError(f"{shown}: is a folder; give a file name, e.g. {path / 'results.out'}")
+    except PermissionError:
+        raise SacvitError(
+            f"{shown}: cannot look into its folder (permission denied); pick another path"
+        ) from None
     target = resolved(path)
     if artifacts is not None and not str(artifacts).startswith(("http://", "https://", "grpc://")):
         folder = resolved(Path(artifacts))
@@ -319,6 +595,8 @@ def check_output(
                 f"{shown}: is a file of the artifact folder {artifacts}, which it would damage; write elsewhere"
             )
     for item in inputs:
+        if self_ok and resolved(item) == target:
+            continue
         if _same_file(path, target, Path(item)):
             raise SacvitError(f"{shown}: is one of the inputs ({item}); writing it would destroy it")
     parent = target.parent

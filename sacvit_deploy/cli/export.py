@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 
 from sacvit_deploy.cli._common import (
+    INPUT,
+    OUTPUT_FOLDER,
     CheckpointFormatChoice,
     TrtFamilyChoice,
     handle_errors,
@@ -66,7 +68,9 @@ def print_verification(report: dict, target_trt: str, folder: Path) -> None:
 @handle_errors
 def export(
     checkpoint: Annotated[
-        Path, typer.Argument(help="Checkpoint file (.pth, .pt, .safetensors).", show_default=False)
+        Path,
+        typer.Argument(help="Checkpoint file (.pth, .pt, .safetensors).", show_default=False),
+        INPUT,
     ],
     fmt: Annotated[
         CheckpointFormatChoice,
@@ -83,9 +87,9 @@ def export(
             rich_help_panel=EXPORT,
         ),
     ] = None,
-    out_dir: Annotated[Path, typer.Option("--out", help="Output folder.", rich_help_panel=EXPORT)] = Path(
-        "export"
-    ),
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Output folder.", rich_help_panel=EXPORT), OUTPUT_FOLDER
+    ] = Path("export"),
     batch: Annotated[
         str, typer.Option(help="'dynamic' batch axis, or a fixed batch size N.", rich_help_panel=EXPORT)
     ] = "dynamic",
@@ -121,6 +125,7 @@ def export(
             help="Class names, one per line (default: the checkpoint's, or ImageNet's for 1000 classes).",
             rich_help_panel=EXPORT,
         ),
+        INPUT,
     ] = None,
     weights: Annotated[
         bool,
@@ -139,6 +144,7 @@ def export(
         typer.Option(
             help="Folder of real images for verification (default: bundled samples).", rich_help_panel=VERIFY
         ),
+        INPUT,
     ] = None,
     atol: Annotated[
         float,

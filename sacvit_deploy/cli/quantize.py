@@ -15,7 +15,17 @@ from typing import Annotated
 
 import typer
 
-from sacvit_deploy.cli._common import err, handle_errors, note, out, write_json
+from sacvit_deploy.cli._common import (
+    ARTIFACTS,
+    INPUT,
+    OUTPUT_FILE,
+    OUTPUT_FOLDER,
+    err,
+    handle_errors,
+    note,
+    out,
+    write_json,
+)
 
 QUANT = "Quantization"
 VERIFY = "Verification"
@@ -91,7 +101,9 @@ def accuracy_table(acc: dict):  # -> rich Table
 @handle_errors
 def quantize(
     artifacts: Annotated[
-        Path, typer.Argument(help="The float export folder (from `sacvit-deploy export`).")
+        Path,
+        typer.Argument(help="The float export folder (from `sacvit-deploy export`)."),
+        ARTIFACTS,
     ] = Path("export"),
     calib_images: Annotated[
         Path,
@@ -100,9 +112,12 @@ def quantize(
             show_default=False,
             rich_help_panel=QUANT,
         ),
+        INPUT,
     ] = ...,  # type: ignore[assignment]
     out_dir: Annotated[
-        Path, typer.Option("--out", help="Output folder for the int8 graphs.", rich_help_panel=QUANT)
+        Path,
+        typer.Option("--out", help="Output folder for the int8 graphs.", rich_help_panel=QUANT),
+        OUTPUT_FOLDER,
     ] = Path("export-int8"),
     per_channel: Annotated[
         bool,
@@ -147,6 +162,7 @@ def quantize(
             "default: the calibration images (not held out).",
             rich_help_panel=VERIFY,
         ),
+        INPUT,
     ] = None,
     min_agreement: Annotated[
         float,
@@ -161,6 +177,7 @@ def quantize(
     json_file: Annotated[
         Path | None,
         typer.Option("--json", help="Write the verification report as JSON.", rich_help_panel=VERIFY),
+        OUTPUT_FILE,
     ] = None,
 ) -> None:
     """Quantize a float export to INT8 Q/DQ graphs (static calibration), verified against the float graphs."""

@@ -16,7 +16,16 @@ from typing import Annotated
 
 import typer
 
-from sacvit_deploy.cli._common import fail, handle_errors, note, out
+from sacvit_deploy.cli._common import (
+    ARTIFACTS,
+    INPUT,
+    OUTPUT_FILE,
+    OUTPUT_FOLDER,
+    fail,
+    handle_errors,
+    note,
+    out,
+)
 
 SERVER = "Server"
 MODEL = "Model"
@@ -33,7 +42,9 @@ def _on_sigterm(_signum: int, _frame: object) -> None:
 @handle_errors
 def serve(
     artifacts: Annotated[
-        Path, typer.Option(help="Export folder with the ONNX graphs.", rich_help_panel=MODEL)
+        Path,
+        typer.Option(help="Export folder with the ONNX graphs.", rich_help_panel=MODEL),
+        ARTIFACTS,
     ] = Path("export"),
     http_port: Annotated[
         int, typer.Option(min=0, max=65535, help="HTTP port (0: a free one).", rich_help_panel=SERVER)
@@ -78,6 +89,7 @@ def serve(
             help="Write the model repository here and keep it (default: a temporary folder, removed on exit).",
             rich_help_panel=SERVER,
         ),
+        OUTPUT_FOLDER,
     ] = None,
     triton_env: Annotated[
         Path | None,
@@ -86,10 +98,12 @@ def serve(
             "Python's environment).",
             rich_help_panel=SERVER,
         ),
+        INPUT,
     ] = None,
     log: Annotated[
         Path | None,
         typer.Option(help="The server's log file (default: in a temporary folder).", rich_help_panel=SERVER),
+        OUTPUT_FILE,
     ] = None,
 ) -> None:
     """Serve the early-exit model with Triton on 127.0.0.1 until Ctrl-C or SIGTERM."""

@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from sacvit_deploy.cli._common import fail, handle_errors, note, out, safe
+from sacvit_deploy.cli._common import ARTIFACTS, INPUT, OUTPUT_FOLDER, fail, handle_errors, note, out, safe
 from sacvit_deploy.core.errors import SacvitError
 
 REPO = "Repository"
@@ -65,9 +65,12 @@ def triton(
             help="Artifact folder (default: export/ for onnxruntime, engines/ for tensorrt).",
             rich_help_panel=REPO,
         ),
+        ARTIFACTS,
     ] = None,
     out_dir: Annotated[
-        Path, typer.Option("--out", help="Model repository folder to write.", rich_help_panel=REPO)
+        Path,
+        typer.Option("--out", help="Model repository folder to write.", rich_help_panel=REPO),
+        OUTPUT_FOLDER,
     ] = Path("model_repository"),
     backend: Annotated[
         TritonBackend,
@@ -98,6 +101,7 @@ def triton(
             help="Only check this existing repository (schema, graphs, files) and exit.",
             rich_help_panel=REPO,
         ),
+        INPUT,
     ] = None,
     max_batch: Annotated[
         int | None,
