@@ -20,6 +20,7 @@ from sacvit_deploy.core.extras import is_optional, missing_extra_message
 from sacvit_deploy.core.fileinfo import resolved
 from sacvit_deploy.core.formats import AUTO, FORMAT_NAMES, INIT_FORMATS, TRAIN_FORMATS
 from sacvit_deploy.core.trt_families import TRT_FAMILY_NAMES
+from sacvit_deploy.core.validate import MAX_BATCH as MAX_BATCH  # the one limit, shared with the API
 
 
 class _Console(Console):
@@ -132,11 +133,13 @@ def handle_errors(fn: F) -> F:
     * user mistakes (SacvitError) become one line on stderr and exit code 1; bugs keep tracebacks.
     """
     roles = path_roles(fn)
+    values = value_checks(fn)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             _route_logs()
+            check_values(fn, values, args, kwargs)
             check_paths(fn, roles, args, kwargs)
             return fn(*args, **kwargs)
         except SacvitError as exc:
@@ -201,8 +204,6 @@ def path_roles(fn: Callable[..., Any]) -> dict[str, tuple[PathRole, str]]:
     import inspect
     import typing
 
-    from typer.models import ArgumentInfo, ParameterInfo
-
     try:
         hints = typing.get_type_hints(fn, include_extras=True)
     except Exception:  # an annotation this Python cannot evaluate: tests/test_mechanisms.py checks
@@ -221,14 +222,103 @@ def path_roles(fn: Callable[..., Any]) -> dict[str, tuple[PathRole, str]]:
                 f"command {fn.__name__}: parameter {name} is a path; declare it INPUT, ARTIFACTS, "
                 "OUTPUT_FILE, OUTPUT_FOLDER or CACHE_FILE (cli/_common.py) in its Annotated[...]"
             )
-        info = next((m for m in meta if isinstance(m, ParameterInfo)), None)
-        decls = [d for d in (getattr(info, "param_decls", None) or ()) if d.startswith("--")]
-        if isinstance(info, ArgumentInfo):
-            option = name.upper()
-        else:
-            option = decls[0] if decls else "--" + name.replace("_", "-")
-        roles[name] = (role, option)
+        roles[name] = (role, _option_name(name, list(meta)))
     return roles
+
+
+class Maximum:
+    """Annotated metadata: the largest value a checked number may take here (train's global batch)."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+
+def _check_threshold(value: Any, option: str, _meta: list[Any]) -> None:
+    from sacvit_deploy.core import validate
+
+    if value is None:
+        return
+    meaning = validate.threshold_note(validate.threshold(value, option), option)
+    if meaning is not None:
+        note(f"[yellow]warning:[/] {safe(meaning)}")
+
+
+def _check_batch(value: Any, option: str, meta: list[Any]) -> None:
+    from sacvit_deploy.core import validate
+
+    if value is not None:
+        limit = next((m.value for m in meta if isinstance(m, Maximum)), validate.MAX_BATCH)
+        validate.batch_size(value, option, limit)
+
+
+def _check_topk(value: Any, option: str, _meta: list[Any]) -> None:
+    from sacvit_deploy.core import validate
+
+    if value is not None:
+        validate.topk(value, option)
+
+
+def _check_workers(value: Any, option: str, _meta: list[Any]) -> None:
+    from sacvit_deploy.core import validate
+
+    if value is not None:
+        validate.workers(value, option)
+
+
+# Values every command checks the same way (core.validate, which the Python API calls too), by
+# parameter name: a new command with a --threshold or --batch-size gets the check without asking.
+VALUE_CHECKS: dict[str, Callable[[Any, str, list[Any]], None]] = {
+    "threshold": _check_threshold,
+    "batch_size": _check_batch,
+    "calib_batch": _check_batch,
+    "max_batch": _check_batch,
+    "topk": _check_topk,
+    "workers": _check_workers,
+}
+
+
+def _option_name(name: str, meta: list[Any]) -> str:
+    from typer.models import ArgumentInfo, ParameterInfo
+
+    info = next((m for m in meta if isinstance(m, ParameterInfo)), None)
+    if isinstance(info, ArgumentInfo):
+        return name.upper()
+    # Annotated style: typer.Option("--out") holds "--out" as its default until typer moves it.
+    default = getattr(info, "default", None)
+    names = [default] if isinstance(default, str) else []
+    decls = [d for d in [*names, *(getattr(info, "param_decls", None) or ())] if d.startswith("--")]
+    return decls[0] if decls else "--" + name.replace("_", "-")
+
+
+def value_checks(fn: Callable[..., Any]) -> dict[str, tuple[str, list[Any]]]:
+    """parameter -> (option, Annotated metadata) for the parameters :data:`VALUE_CHECKS` covers."""
+    import typing
+
+    try:
+        hints = typing.get_type_hints(fn, include_extras=True)
+    except Exception:  # an annotation this Python cannot evaluate: tests/test_mechanisms.py checks
+        return {}
+    found = {}
+    for name in VALUE_CHECKS:
+        hint = hints.get(name)
+        meta = list(typing.get_args(hint)[1:]) if typing.get_origin(hint) is Annotated else []
+        if name in hints:
+            found[name] = (_option_name(name, meta), meta)
+    return found
+
+
+def check_values(
+    fn: Callable[..., Any], checks: dict[str, tuple[str, list[Any]]], args: tuple, kwargs: dict
+) -> None:
+    if not checks:
+        return
+    import inspect
+
+    bound = inspect.signature(fn).bind_partial(*args, **kwargs)
+    bound.apply_defaults()
+    for name, (option, meta) in checks.items():
+        value = bound.arguments.get(name)
+        VALUE_CHECKS[name](value, option, meta)
 
 
 def _paths(value: Any) -> list[Path]:
@@ -283,6 +373,21 @@ def check_paths(
         else:
             for folder in artifacts or [None]:
                 check_output(path, option, inputs, folder, self_ok=role.kind == "cache file")
+            _not_a_file_of_an_input_folder(path, option, target, inputs)
+
+
+def _not_a_file_of_an_input_folder(path: Path, option: str, target: Path, inputs: list[Path]) -> None:
+    """An existing file inside a folder the command reads (calibration images, data) is an input
+    too, even when it is not one the command will pick (a PNG that is not decodable)."""
+    if not os.path.lexists(target):
+        return
+    for item in inputs:
+        folder = resolved(item)
+        if folder in target.parents and folder.is_dir():
+            raise SacvitError(
+                f"{option} {path}: is inside the input folder {item}, and writing it would destroy the "
+                "file there; write elsewhere"
+            )
 
 
 def check_output_folder(
@@ -303,6 +408,8 @@ def check_output_folder(
     target = resolved(path)
     for item in inputs:
         source = resolved(item)
+        if source.is_file():
+            continue  # a file: the output folder cannot lie in it (the walk below names that)
         if target == source or source in target.parents:
             what = "the artifact folder" if Path(item) in list(artifacts) else "the input"
             raise SacvitError(
@@ -443,17 +550,12 @@ def _show_warning(
 
 # ---- options shared by the commands that run artifacts (infer, profile, calibrate) --------------------
 RUN = "Runtime"
-# The largest batch a command accepts: 1024 images of 224 px are 0.6 GB of float32 input (profile keeps
-# a pool that size, infer decodes up to 3 batches ahead); beyond it a typo allocates tens of GB.
-MAX_BATCH = 1024
 
 
 def check_batch_size(value: int, option: str) -> int:
-    if not 1 <= value <= MAX_BATCH:
-        raise SacvitError(
-            f"{option} {value}: give a batch size from 1 to {MAX_BATCH} (larger batches do not run faster here)"
-        )
-    return value
+    from sacvit_deploy.core import validate
+
+    return validate.batch_size(value, option)
 
 
 class BackendName(str, Enum):

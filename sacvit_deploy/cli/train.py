@@ -15,6 +15,7 @@ from sacvit_deploy.cli._common import (
     INPUT,
     OUTPUT_FOLDER,
     InitFormatChoice,
+    Maximum,
     TrainFormatChoice,
     err,
     handle_errors,
@@ -186,6 +187,7 @@ def train(
             "(DeiT's --batch-size 128 on 8 GPUs is --batch-size 1024 here).",
             rich_help_panel=_SCHEDULE,
         ),
+        Maximum(1 << 20),  # a global batch over many GPUs, not one device's
     ] = 128,
     accum_steps: Annotated[
         int,
