@@ -578,3 +578,258 @@ def test_every_file_writer_goes_through_the_atomic_writer():
             if pattern.search(code):
                 offenders.append(f"{rel}:{number}: {line.strip()}")
     assert not offenders, "write through sacvit_deploy.core.atomic:\n" + "\n".join(offenders)
+
+
+# ---- 3. one run-folder lock --------------------------------------------------------------------------
+_HOLD = textwrap.dedent(
+    """
+    import sys, time
+    from sacvit_deploy.core.lock import folder_lock
+    with folder_lock(sys.argv[1]):
+        print("held", flush=True)
+        time.sleep(120)
+    """
+)
+
+
+def _holder(folder: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(folder)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_second_writer_is_refused_and_a_dead_ones_lock_is_taken_over(tmp_path):
+    from sacvit_deploy.core.lock import FolderBusyError, folder_lock
+
+    proc = _holder(tmp_path)
+    try:
+        busy = pytest.raises(FolderBusyError, match=rf"another run is writing here \(process {proc.pid} on ")
+        with busy, folder_lock(tmp_path):
+            pytest.fail("entered a held lock")
+    finally:
+        proc.kill()  # kill -9: the holder cannot clean up
+        proc.wait()
+    lines: list[str] = []
+    with folder_lock(tmp_path, note=lines.append):
+        pass
+    assert len(lines) == 1 and f"process {proc.pid}" in lines[0] and "no longer running" in lines[0]
+    lines.clear()
+    with folder_lock(tmp_path, note=lines.append):  # a clean release leaves nothing to report
+        pass
+    assert lines == []
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    from tests.fakes.pictures import write_colour_folder
+
+    return write_colour_folder(tmp_path_factory.mktemp("mech-data"), 8, 3, 0)
+
+
+def _options(data_dir: Path, out: Path, **changes):
+    from sacvit_deploy.model import tiny_config
+    from sacvit_deploy.training import TrainOptions
+
+    base = dict(
+        data_dir=data_dir,
+        out_dir=out,
+        model_config=tiny_config(),
+        epochs=2,
+        batch_size=6,
+        lr=1e-3,
+        warmup_epochs=1,
+        selection_warmup_epochs=1,
+        workers=0,
+        device="cpu",
+        max_steps=1,
+    )
+    return TrainOptions(**{**base, **changes})
+
+
+def test_train_refuses_a_run_folder_another_training_holds(data_dir, tmp_path):
+    from sacvit_deploy.training import train
+
+    out = tmp_path / "run"
+    out.mkdir()
+    proc = _holder(out)
+    try:
+        with pytest.raises(SacvitError, match="another training run is writing here") as info:
+            train(_options(data_dir, out), log=[].append)
+        assert str(out) in str(info.value)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert sorted(p.name for p in out.iterdir()) == [".sacvit-lock"]  # nothing of the run was written
+    lines: list[str] = []
+    train(_options(data_dir, out, epochs=1), log=lines.append)  # the dead holder's lock is taken over
+    assert any("no longer running" in line for line in lines)
+
+
+# ---- 4. resume is crash-consistent -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def finished_run(data_dir, tmp_path_factory) -> Path:
+    from sacvit_deploy.training import train
+
+    out = tmp_path_factory.mktemp("mech-run") / "run"
+    train(_options(data_dir, out), log=[].append)
+    return out
+
+
+def _resume(data_dir: Path, run: Path) -> tuple[object, list[str]]:
+    from sacvit_deploy.training import train
+
+    lines: list[str] = []
+    return train(_options(data_dir, run, resume=True), log=lines.append), lines
+
+
+def _parses(line: str) -> bool:
+    try:
+        json.loads(line)
+    except ValueError:
+        return False
+    return True
+
+
+def _offsets(size: int, count: int) -> list[int]:
+    return sorted({0, 1, size - 1, *np.linspace(0, size, count, dtype=int).tolist()} - {size})
+
+
+def test_resume_after_the_log_was_cut_anywhere(data_dir, finished_run, tmp_path):
+    """A kill -9 while appending leaves log.jsonl cut at any byte: resume continues, keeps every
+    whole line of the epochs last.pt holds, says what it dropped, and leaves whole lines only."""
+    log = (finished_run / "log.jsonl").read_bytes()
+    whole = [json.loads(line) for line in log.decode().splitlines()]
+    for cut in _offsets(len(log), 24):
+        run = tmp_path / f"cut{cut}"
+        shutil.copytree(finished_run, run)
+        (run / "log.jsonl").write_bytes(log[:cut])
+        result, lines = _resume(data_dir, run)
+        kept = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+        assert kept == whole[: len(kept)], cut
+        assert result.history == kept, cut
+        parts = log[:cut].decode(errors="replace").splitlines()
+        complete = sum(1 for part in parts if _parses(part))
+        assert len(kept) == complete, cut
+        if complete < len(parts):
+            assert any("torn or unreadable" in line for line in lines), (cut, lines)
+        if complete < len(whole):
+            assert any("the missing lines are not recreated" in line for line in lines), (cut, lines)
+
+
+def test_a_log_newer_than_the_checkpoint_is_cut_back(data_dir, finished_run, tmp_path):
+    import torch
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    ckpt["epoch"] = 0  # the crash came between the log line of epoch 2 and its checkpoint
+    torch.save(ckpt, run / "last.pt")
+    result, _ = _resume(data_dir, run)
+    assert [
+        r["epoch"] for r in json.loads("[" + ",".join((run / "log.jsonl").read_text().split()) + "]")
+    ] in (
+        [0, 1],
+        [0],
+    )
+    assert result.history[0]["epoch"] == 0
+
+
+def test_resume_after_last_pt_was_cut_anywhere_is_one_line(data_dir, finished_run, tmp_path):
+    data = (finished_run / "last.pt").read_bytes()
+    for cut in _offsets(len(data), 16):
+        run = tmp_path / f"cut{cut}"
+        shutil.copytree(finished_run, run)
+        (run / "last.pt").write_bytes(data[:cut])
+        with pytest.raises(SacvitError) as info:
+            _resume(data_dir, run)
+        message = str(info.value)
+        assert "last.pt" in message and "\n" not in message, (cut, message)
+
+
+def _damaged(edit):
+    def apply(ckpt):
+        edit(ckpt)
+        return ckpt
+
+    return apply
+
+
+@pytest.mark.parametrize(
+    "edit, words",
+    [
+        (_damaged(lambda c: c.pop("model")), "the weights ('model') is missing"),
+        (_damaged(lambda c: c.pop("epoch")), "'epoch') is missing"),
+        (_damaged(lambda c: c.update(epoch="3")), "'epoch' (the epoch) is a str"),
+        (_damaged(lambda c: c.update(step=-4)), "negative"),
+        (_damaged(lambda c: c.update(best_metric=None)), "best_metric"),
+        (_damaged(lambda c: c.update(model=[1, 2])), "is a list"),
+        (_damaged(lambda c: c["model"].update(junk=3)), "not a mapping of names to tensors"),
+        (_damaged(lambda c: c.update(optimizer={"state": {}})), "'param_groups'"),
+        (_damaged(lambda c: c.update(ema=5)), "'ema' is a int"),
+        (_damaged(lambda c: c.update(train_options=[])), "train_options"),
+        (_damaged(lambda c: c["model"].pop(next(iter(c["model"])))), "the weights does not fit"),
+        (
+            _damaged(lambda c: c["model"].update({k: v[..., :1] for k, v in list(c["model"].items())[:1]})),
+            "the weights does not fit",
+        ),
+        (
+            _damaged(lambda c: c["model"].update({k: v.int() for k, v in c["model"].items()})),
+            "not a floating-point tensor",
+        ),
+        (
+            _damaged(
+                lambda c: c["optimizer"]["state"][0].update(exp_avg=c["optimizer"]["state"][0]["exp_avg"][:1])
+            ),
+            "the optimizer state does not fit",
+        ),
+        (_damaged(lambda c: c["optimizer"]["param_groups"].pop()), "the optimizer state does not fit"),
+    ],
+)
+def test_a_damaged_last_pt_is_named_with_what_is_wrong(data_dir, finished_run, tmp_path, edit, words):
+    import torch
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    torch.save(edit(torch.load(run / "last.pt", weights_only=True)), run / "last.pt")
+    with pytest.raises(SacvitError) as info:
+        _resume(data_dir, run)
+    message = str(info.value)
+    assert message.startswith(str(run / "last.pt")) and words in message and "\n" not in message, message
+
+
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_the_start(data_dir, finished_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / "last.pt").unlink()
+    (run / "log.jsonl").write_text('{"epoch": 0, "lo')
+    (run / ".partial-999999-last.pt").write_bytes(b"half")  # what a kill -9 mid-write leaves
+    result, lines = _resume(data_dir, run)
+    assert any("starting it from the beginning" in line for line in lines)
+    assert [r["epoch"] for r in result.history] == [0, 1]
+
+
+def test_the_cli_resume_is_one_line_on_a_torn_checkpoint(data_dir, finished_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    (run / "last.pt").write_bytes((run / "last.pt").read_bytes()[:100])
+    result = _run(
+        app, ["train", str(data_dir), "--out", str(run), "--resume", "--workers", "0", "--device", "cpu"]
+    )
+    assert result.exit_code == 1 and len(_errors(result.output)) == 1 and "last.pt" in result.output, (
+        result.output
+    )
+
+
+def test_one_class_of_training_data_is_refused(tmp_path):
+    from sacvit_deploy.training import train
+    from tests.fakes.pictures import write_colour_folder
+
+    data = write_colour_folder(tmp_path / "data", 4, 2, 0)
+    for split in ("train", "val"):
+        for extra in sorted((data / split).iterdir())[1:]:
+            shutil.rmtree(extra)
+    with pytest.raises(SacvitError, match="one class folder"):
+        train(_options(data, tmp_path / "run"), log=[].append)
