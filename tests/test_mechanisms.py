@@ -17,9 +17,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Annotated, ClassVar, Optional
 
@@ -830,3 +832,123 @@ def test_one_class_of_training_data_is_refused(tmp_path):
             shutil.rmtree(extra)
     with pytest.raises(SacvitError, match="one class folder"):
         train(_options(data, tmp_path / "run"), log=[].append)
+
+
+# ---- 7. serve owns its children ------------------------------------------------------------------------
+# A stand-in for tritonserver (no real one here: tests/test_triton_server.py runs the real server where
+# .ci/run builds its environment): a process-group leader slow to stop (it ignores SIGTERM, as a
+# server busy unloading does) with a child, like the Python-backend stubs.
+_STANDIN = textwrap.dedent(
+    """
+    import signal, subprocess, sys, time
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    stub = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    print(stub.pid, flush=True)
+    time.sleep(120)
+    """
+)
+_SERVE = textwrap.dedent(
+    """
+    import subprocess, sys, tempfile
+    from pathlib import Path
+    import sacvit_deploy.triton.repository as repo
+    import sacvit_deploy.triton.server as srv
+
+    class Install:
+        binary = Path("/stand-in/tritonserver")
+
+        @classmethod
+        def find(cls, env):
+            return cls()
+
+        def check_python(self, need_onnxruntime=False):
+            return {"numpy": "1", "onnxruntime": "1"}
+
+    class Result:
+        class index:
+            models = {"bls": "sacvit"}
+        threshold, max_batch = 0.5, 8
+
+    def write_repository(artifacts, out, options, log=None):
+        out.mkdir(parents=True)
+        (out / "config.pbtxt").write_text("stand-in")
+        return Result()
+
+    def start(self, wait_for=None, timeout=0):
+        self._scratch = tempfile.TemporaryDirectory(prefix="sacvit-triton-")
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", sys.argv[1]], stdout=subprocess.PIPE, text=True, start_new_session=True
+        )
+        stub = self.process.stdout.readline().strip()
+        print("PIDS", self.process.pid, stub, file=sys.stderr, flush=True)
+        return self
+
+    srv.TritonInstall = Install
+    srv.TritonServer.start = start
+    srv.TritonServer.metadata = lambda self: {"version": "stand-in"}
+    srv.TritonServer.stop.__defaults__ = (4.0,)  # the SIGTERM grace period, short for the test
+    repo.write_repository = write_repository
+    import sacvit_deploy.cli
+    from sacvit_deploy.cli._common import run_command
+    sys.exit(run_command(["serve", "--artifacts", "export", "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]))
+    """
+)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1].startswith("Z")  # a zombie left to a non-reaping init
+    except OSError:
+        return True
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads process states from /proc")
+@pytest.mark.parametrize("presses", [1, 2, 3])
+@pytest.mark.parametrize("moment", ["when-ready", "while-starting"])
+def test_serve_stops_its_server_stubs_and_temp_folders_however_often_ctrl_c_is_pressed(
+    tmp_path, presses, moment
+):
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+        "TMPDIR": str(tmp),
+        "PYTHONWARNINGS": "ignore",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SERVE, _STANDIN],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    pids: list[int] = []
+    try:
+        assert proc.stderr is not None and proc.stdout is not None
+        for line in proc.stderr:
+            if line.startswith("PIDS"):
+                pids = [int(p) for p in line.split()[1:]]
+                break
+        assert pids, "the stand-in server never started"
+        if moment == "when-ready":
+            for line in proc.stdout:
+                if line.startswith("ready"):
+                    break
+        for i in range(presses):
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.4 if i == 0 else 0.2)  # the later presses land inside the stop
+        _, stderr = proc.communicate(timeout=60)
+        # 0; or, for a press that lands after the cleanup ended, the ordinary end by Ctrl-C.
+        assert proc.returncode in (0, 130, -signal.SIGINT), stderr
+        assert "Traceback" not in stderr, stderr
+        assert "Ctrl-C: stopped tritonserver" in stderr, stderr
+        assert all(_gone(pid) for pid in pids), f"left running: {[p for p in pids if not _gone(p)]}"
+        assert list(tmp.iterdir()) == [], "temporary folders left behind"
+    finally:
+        proc.kill()
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
