@@ -83,7 +83,8 @@ def _commands() -> list[tuple[str, object]]:
 
 def test_every_command_passes_through_handle_errors_and_declares_every_path():
     import inspect
-    import typing
+
+    import typing_extensions as typing  # Annotated-aware hints on Python 3.8 too (typer needs it)
 
     for name, callback in _commands():
         assert hasattr(callback, "__wrapped__"), f"{name}: not wrapped by handle_errors"

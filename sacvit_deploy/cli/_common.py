@@ -191,7 +191,7 @@ RUN_ARTIFACTS = PathRole("artifacts", default=_default_artifacts)
 
 
 def _is_path_type(tp: Any) -> bool:
-    import typing
+    import typing_extensions as typing  # Annotated-aware hints on Python 3.8 too (typer needs it)
 
     if tp is Path:
         return True
@@ -202,7 +202,8 @@ def path_roles(fn: Callable[..., Any]) -> dict[str, tuple[PathRole, str]]:
     """parameter -> (role, option as typed) for every path parameter of command ``fn``. A path
     parameter without a role is a bug of the command, raised when it is defined."""
     import inspect
-    import typing
+
+    import typing_extensions as typing  # Annotated-aware hints on Python 3.8 too (typer needs it)
 
     try:
         hints = typing.get_type_hints(fn, include_extras=True)
@@ -292,7 +293,7 @@ def _option_name(name: str, meta: list[Any]) -> str:
 
 def value_checks(fn: Callable[..., Any]) -> dict[str, tuple[str, list[Any]]]:
     """parameter -> (option, Annotated metadata) for the parameters :data:`VALUE_CHECKS` covers."""
-    import typing
+    import typing_extensions as typing  # Annotated-aware hints on Python 3.8 too (typer needs it)
 
     try:
         hints = typing.get_type_hints(fn, include_extras=True)
