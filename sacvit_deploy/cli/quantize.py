@@ -24,6 +24,7 @@ from sacvit_deploy.cli._common import (
     handle_errors,
     note,
     out,
+    safe,
     write_json,
 )
 
@@ -195,15 +196,17 @@ def quantize(
     cfg = float_manifest.preprocess
     with err.status("loading the calibration images ..."):
         calib = load_calibration_images(
-            calib_images, cfg, max_calib_images, log=lambda m: note(f"[yellow]{m}[/]")
+            calib_images, cfg, max_calib_images, log=lambda m: note(f"[yellow]{safe(m)}[/]")
         )
-    note(f"calibration: {calib.images.shape[0]} images from {calib_images}")
+    note(f"calibration: {calib.images.shape[0]} images from {safe(calib_images)}")
     labelled = None
     if images is not None:
         from sacvit_deploy.runtime.exit_calibration import find_labelled_images
 
         labelled = find_labelled_images(images, float_manifest.num_classes, float_manifest.class_names)
-        note(f"verification: {len(labelled.paths)} labelled images in {images} ({labelled.describe()})")
+        note(
+            f"verification: {len(labelled.paths)} labelled images in {safe(images)} ({safe(labelled.describe())})"
+        )
 
     def batches():
         if labelled is None:
@@ -243,9 +246,11 @@ def quantize(
             )
         return report
 
-    result = quantize_artifacts(artifacts, out_dir, calib, options, verify=verify, log=note)
+    result = quantize_artifacts(
+        artifacts, out_dir, calib, options, verify=verify, log=lambda m: note(safe(m))
+    )
     sizes = ", ".join(f"{name} {size / 2**20:.1f} MB" for name, size in result.files.items())
-    out.print(f"quantized to {result.folder}/ in {result.seconds:.1f} s: {sizes}")
+    out.print(f"quantized to {safe(result.folder)}/ in {result.seconds:.1f} s: {sizes}")
     if report_box.get("report", {}).get("accuracy"):
         acc = report_box["report"]["accuracy"]
         out.print(
@@ -253,5 +258,5 @@ def quantize(
             f"({acc['early_exit_delta_points']:+.2f} points)"
         )
     note(
-        f"next: sacvit-deploy check {result.folder} --trt 10,11   |   sacvit-deploy profile --artifacts {result.folder}"
+        f"next: sacvit-deploy check {safe(result.folder)} --trt 10,11   |   sacvit-deploy profile --artifacts {safe(result.folder)}"
     )
