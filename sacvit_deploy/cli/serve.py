@@ -131,7 +131,7 @@ def serve(
             threshold=threshold,
             queue_delay_us=max_queue_delay_us,
         )
-        result = write_repository(artifacts, repository, options, log=note)
+        result = write_repository(artifacts, repository, options, log=lambda m: note(safe(m)))
         server = TritonServer(repository, install, Ports(http_port, grpc_port, metrics_port), log_path=log)
         note(
             f"starting tritonserver ({safe(install.binary)}) with numpy {safe(versions['numpy'])}, "

@@ -166,7 +166,7 @@ def triton(
         threshold=threshold,
         name=name,
     )
-    result = write_repository(artifacts, out_dir, options, log=note)
+    result = write_repository(artifacts, out_dir, options, log=lambda m: note(safe(m)))
     if result.validated:
         note("checked every config.pbtxt with Triton's ModelConfig schema and against the graphs")
     else:
