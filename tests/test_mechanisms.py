@@ -151,7 +151,7 @@ def _dummy_app() -> typer.Typer:
         (["--report", "export/stage1.onnx"], "is a file of the artifact folder"),
         (["--report", "export/new/report.json"], "is a file of the artifact folder"),
         (["--notes", "notes.txt", "--report", "notes.txt"], "is one of the inputs"),
-        (["--notes", "data", "--report", "data/old.txt"], "inside the input folder"),
+        (["--notes", "data", "--report", "data/old.txt"], "lies in the input folder"),
         (["--report", "r.json", "--summary", "./r.json"], "is also --report"),
         (["--report", "missing/r.json"], "does not exist"),
         (["--report", "notes.txt/r.json"], "does not exist"),
@@ -211,7 +211,7 @@ def test_a_new_command_notes_a_threshold_above_one(tmp_path, export_dir):
     [
         (
             ["quantize", "export", "--calib-images", "calib", "--json", "calib/a.png"],
-            "inside the input folder",
+            "lies in the input folder",
         ),
         (
             ["quantize", "export", "--calib-images", "calib", "--json", "export/manifest.json"],
@@ -239,7 +239,7 @@ def test_a_new_command_notes_a_threshold_above_one(tmp_path, export_dir):
         (["profile", "--artifacts", "export", "--json", "export/manifest.json"], "artifact folder"),
         (
             ["calibrate", "--artifacts", "export", "--images", "calib", "--csv", "calib/a.png"],
-            "inside the input",
+            "lies in the input folder",
         ),
         (
             ["infer", "calib", "--artifacts", "export", "--output", "export/x.csv", "--threshold", "nan"],

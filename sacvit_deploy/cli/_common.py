@@ -386,8 +386,8 @@ def _not_a_file_of_an_input_folder(path: Path, option: str, target: Path, inputs
         folder = resolved(item)
         if folder in target.parents and folder.is_dir():
             raise SacvitError(
-                f"{option} {path}: is inside the input folder {item}, and writing it would destroy the "
-                "file there; write elsewhere"
+                f"{option} {path}: is one of the inputs (it lies in the input folder {item}); writing "
+                "it would destroy it; write elsewhere"
             )
 
 
