@@ -559,7 +559,10 @@ def test_triton_command_writes_and_checks(built, tmp_path):
     for args, message in (
         (["--gpus", "a"], "--gpus 'a'"),
         (["--kind", "cpu", "--gpus", "0"], "drop it with --kind cpu"),
-        (["--threshold", "-1"], "must be a number >= 0"),
+        (
+            ["--threshold", "-1"],
+            "--threshold: -1.0 must be a finite number >= 0",
+        ),  # core.validate, as everywhere
         (["--name", "a/b"], "--name 'a/b'"),
     ):
         bad = runner.invoke(

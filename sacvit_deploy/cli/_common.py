@@ -20,12 +20,28 @@ from sacvit_deploy.core.extras import import_failure
 from sacvit_deploy.core.fileinfo import resolved
 from sacvit_deploy.core.formats import AUTO, FORMAT_NAMES, INIT_FORMATS, TRAIN_FORMATS
 from sacvit_deploy.core.trt_families import TRT_FAMILY_NAMES
+from sacvit_deploy.core.validate import MAX_BATCH as MAX_BATCH  # the one limit, shared with the API
+
+
+class _Console(Console):
+    """The one printer. Markup is only ever what our own templates write: a message whose markup
+    does not parse (a ``[/]`` in a path interpolated without :func:`safe`) prints as written,
+    never as a MarkupError traceback. Control characters are escaped by :class:`_VisibleText`."""
+
+    def render_str(self, text: str, *args: Any, **kwargs: Any) -> Any:
+        from rich.errors import MarkupError
+
+        try:
+            return super().render_str(text, *args, **kwargs)
+        except MarkupError:
+            return super().render_str(text, *args, **{**kwargs, "markup": False})
+
 
 # Results go to stdout, everything else (progress, notes, errors) to stderr, so pipes stay clean.
 # Piped output gets a wide fixed width so tables are never squeezed to 80 columns.
 # emoji=False: ":smile:" in a file name prints as written.
-out = Console(soft_wrap=True, emoji=False, width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, soft_wrap=True, emoji=False, width=None if sys.stderr.isatty() else 200)
+out = _Console(soft_wrap=True, emoji=False, width=None if sys.stdout.isatty() else 200)
+err = _Console(stderr=True, soft_wrap=True, emoji=False, width=None if sys.stderr.isatty() else 200)
 
 
 class _VisibleText(RenderHook):
@@ -108,11 +124,23 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def handle_errors(fn: F) -> F:
-    """User mistakes (SacvitError) become one line on stderr and exit code 1; bugs keep tracebacks."""
+    """What every command passes through (so a new one cannot forget it):
+
+    * its path parameters must each be declared as input or output (:class:`PathRole`); the output
+      policy (:func:`check_paths`) runs for all of them before the command does any work;
+    * the package's log records (and ONNX Runtime's own logger, quietened to errors) print as
+      escaped notes through the one printer;
+    * user mistakes (SacvitError) become one line on stderr and exit code 1; bugs keep tracebacks.
+    """
+    roles = path_roles(fn)
+    values = value_checks(fn)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
+            _route_logs()
+            check_values(fn, values, args, kwargs)
+            check_paths(fn, roles, args, kwargs)
             return fn(*args, **kwargs)
         except SacvitError as exc:
             raise fail(safe(exc)) from None
@@ -125,6 +153,291 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+# ---- path options: every one declared as input or output, one policy for all -------------------------
+class PathRole:
+    """Annotated metadata declaring what a command does with a path parameter (typer ignores it):
+
+    ``INPUT`` a file or folder it reads; ``ARTIFACTS`` an artifact folder it reads (no output may go
+    into it); ``OUTPUT_FILE`` / ``OUTPUT_FOLDER`` what it writes; ``CACHE_FILE`` a file it reads if
+    present and rewrites (checked as an output, but may be itself).
+    """
+
+    def __init__(self, kind: str, default: Callable[[], Path | None] | None = None) -> None:
+        self.kind = kind
+        self.default = default  # the folder used when the option is not given (artifacts)
+
+    def __repr__(self) -> str:
+        return f"PathRole({self.kind})"
+
+
+INPUT = PathRole("input")
+ARTIFACTS = PathRole("artifacts")
+OUTPUT_FILE = PathRole("output file")
+OUTPUT_FOLDER = PathRole("output folder")
+CACHE_FILE = PathRole("cache file")
+
+
+def _default_artifacts() -> Path | None:
+    from sacvit_deploy.runtime.loader import default_artifacts
+
+    try:
+        return Path(default_artifacts())
+    except SacvitError:
+        return None
+
+
+RUN_ARTIFACTS = PathRole("artifacts", default=_default_artifacts)
+
+
+def _is_path_type(tp: Any) -> bool:
+    import typing_extensions as typing  # Annotated-aware hints on Python 3.8 too (typer needs it)
+
+    if tp is Path:
+        return True
+    return any(_is_path_type(a) for a in typing.get_args(tp) if a is not type(None))
+
+
+def path_roles(fn: Callable[..., Any]) -> dict[str, tuple[PathRole, str]]:
+    """parameter -> (role, option as typed) for every path parameter of command ``fn``. A path
+    parameter without a role is a bug of the command, raised when it is defined."""
+    import inspect
+
+    import typing_extensions as typing  # Annotated-aware hints on Python 3.8 too (typer needs it)
+
+    try:
+        hints = typing.get_type_hints(fn, include_extras=True)
+    except Exception:  # an annotation this Python cannot evaluate: tests/test_mechanisms.py checks
+        return {}
+    roles: dict[str, tuple[PathRole, str]] = {}
+    for name in inspect.signature(fn).parameters:
+        hint = hints.get(name)
+        if typing.get_origin(hint) is not Annotated:
+            continue
+        base, *meta = typing.get_args(hint)
+        if not _is_path_type(base):
+            continue
+        role = next((m for m in meta if isinstance(m, PathRole)), None)
+        if role is None:
+            raise TypeError(
+                f"command {fn.__name__}: parameter {name} is a path; declare it INPUT, ARTIFACTS, "
+                "OUTPUT_FILE, OUTPUT_FOLDER or CACHE_FILE (cli/_common.py) in its Annotated[...]"
+            )
+        roles[name] = (role, _option_name(name, list(meta)))
+    return roles
+
+
+class Maximum:
+    """Annotated metadata: the largest value a checked number may take here (train's global batch)."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+
+def _check_threshold(value: Any, option: str, _meta: list[Any]) -> None:
+    from sacvit_deploy.core import validate
+
+    if value is None:
+        return
+    meaning = validate.threshold_note(validate.threshold(value, option), option)
+    if meaning is not None:
+        note(f"[yellow]warning:[/] {safe(meaning)}")
+
+
+def _check_batch(value: Any, option: str, meta: list[Any]) -> None:
+    from sacvit_deploy.core import validate
+
+    if value is not None:
+        limit = next((m.value for m in meta if isinstance(m, Maximum)), validate.MAX_BATCH)
+        validate.batch_size(value, option, limit)
+
+
+def _check_topk(value: Any, option: str, _meta: list[Any]) -> None:
+    from sacvit_deploy.core import validate
+
+    if value is not None:
+        validate.topk(value, option)
+
+
+def _check_workers(value: Any, option: str, _meta: list[Any]) -> None:
+    from sacvit_deploy.core import validate
+
+    if value is not None:
+        validate.workers(value, option)
+
+
+# Values every command checks the same way (core.validate, which the Python API calls too), by
+# parameter name: a new command with a --threshold or --batch-size gets the check without asking.
+VALUE_CHECKS: dict[str, Callable[[Any, str, list[Any]], None]] = {
+    "threshold": _check_threshold,
+    "batch_size": _check_batch,
+    "calib_batch": _check_batch,
+    "max_batch": _check_batch,
+    "topk": _check_topk,
+    "workers": _check_workers,
+}
+
+
+def _option_name(name: str, meta: list[Any]) -> str:
+    from typer.models import ArgumentInfo, ParameterInfo
+
+    info = next((m for m in meta if isinstance(m, ParameterInfo)), None)
+    if isinstance(info, ArgumentInfo):
+        return name.upper()
+    # Annotated style: typer.Option("--out") holds "--out" as its default until typer moves it.
+    default = getattr(info, "default", None)
+    names = [default] if isinstance(default, str) else []
+    decls = [d for d in [*names, *(getattr(info, "param_decls", None) or ())] if d.startswith("--")]
+    return decls[0] if decls else "--" + name.replace("_", "-")
+
+
+def value_checks(fn: Callable[..., Any]) -> dict[str, tuple[str, list[Any]]]:
+    """parameter -> (option, Annotated metadata) for the parameters :data:`VALUE_CHECKS` covers."""
+    import typing_extensions as typing  # Annotated-aware hints on Python 3.8 too (typer needs it)
+
+    try:
+        hints = typing.get_type_hints(fn, include_extras=True)
+    except Exception:  # an annotation this Python cannot evaluate: tests/test_mechanisms.py checks
+        return {}
+    found = {}
+    for name in VALUE_CHECKS:
+        hint = hints.get(name)
+        meta = list(typing.get_args(hint)[1:]) if typing.get_origin(hint) is Annotated else []
+        if name in hints:
+            found[name] = (_option_name(name, meta), meta)
+    return found
+
+
+def check_values(
+    fn: Callable[..., Any], checks: dict[str, tuple[str, list[Any]]], args: tuple, kwargs: dict
+) -> None:
+    if not checks:
+        return
+    import inspect
+
+    bound = inspect.signature(fn).bind_partial(*args, **kwargs)
+    bound.apply_defaults()
+    for name, (option, meta) in checks.items():
+        value = bound.arguments.get(name)
+        VALUE_CHECKS[name](value, option, meta)
+
+
+def _paths(value: Any) -> list[Path]:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return [Path(v) for v in value if v is not None]
+    text = str(value)
+    if text.startswith(("http://", "https://", "grpc://")) or text == "-":
+        return []
+    return [Path(value)]
+
+
+def check_paths(
+    fn: Callable[..., Any], roles: dict[str, tuple[PathRole, str]], args: tuple, kwargs: dict
+) -> None:
+    """The output policy, for every declared output of a command, before it does any work: an output
+    is never one of the inputs, never inside an artifact folder it reads (nor one of its files), never
+    another output; a file's folder, and the nearest existing folder of an output folder, must be
+    a folder it can write in."""
+    if not roles:
+        return
+    import inspect
+
+    bound = inspect.signature(fn).bind_partial(*args, **kwargs)
+    bound.apply_defaults()
+    inputs: list[Path] = []
+    artifacts: list[Path] = []
+    outputs: list[tuple[Path, str, PathRole]] = []
+    given = {name: _paths(bound.arguments.get(name)) for name in roles}
+    if not any(given[name] for name, (role, _) in roles.items() if role.kind not in ("input", "artifacts")):
+        return  # nothing written: no default folder to look up
+    for name, (role, option) in roles.items():
+        value = given[name]
+        if not value and role.default is not None:
+            default = role.default()
+            value = [] if default is None else [default]
+        if role.kind in ("input", "artifacts"):
+            inputs += value
+            if role.kind == "artifacts":
+                artifacts += value
+        else:
+            outputs += [(p, option, role) for p in value]
+    seen: dict[Path, str] = {}
+    for path, option, role in outputs:
+        target = resolved(path)
+        if target in seen:
+            raise SacvitError(f"{option} {path}: is also {seen[target]}; give each output its own path")
+        seen[target] = f"{option} {path}"
+        if role.kind == "output folder":
+            check_output_folder(path, option, inputs, artifacts)
+        else:
+            for folder in artifacts or [None]:
+                check_output(path, option, inputs, folder, self_ok=role.kind == "cache file")
+            _not_a_file_of_an_input_folder(path, option, target, inputs)
+
+
+def _not_a_file_of_an_input_folder(path: Path, option: str, target: Path, inputs: list[Path]) -> None:
+    """An existing file inside a folder the command reads (calibration images, data) is an input
+    too, even when it is not one the command will pick (a PNG that is not decodable)."""
+    if not os.path.lexists(target):
+        return
+    for item in inputs:
+        folder = resolved(item)
+        if folder in target.parents and folder.is_dir():
+            raise SacvitError(
+                f"{option} {path}: is one of the inputs (it lies in the input folder {item}); writing "
+                "it would destroy it; write elsewhere"
+            )
+
+
+def check_output_folder(
+    path: Path, option: str, inputs: Iterable[Path] = (), artifacts: Iterable[Path] = ()
+) -> Path:
+    """Refuse, before any work, an output folder that is a file, is or lies inside one of the inputs
+    (an artifact folder, the data), or whose nearest existing folder cannot be written in."""
+    shown = f"{option} {path}"
+    try:
+        if path.exists() and not path.is_dir():
+            raise SacvitError(
+                f"{shown}: exists and is not a folder; give a folder (it is created if missing)"
+            )
+    except PermissionError:
+        raise SacvitError(
+            f"{shown}: cannot look into its parent folder (permission denied); pick another"
+        ) from None
+    target = resolved(path)
+    for item in inputs:
+        source = resolved(item)
+        if source.is_file():
+            continue  # a file: the output folder cannot lie in it (the walk below names that)
+        if target == source or source in target.parents:
+            what = "the artifact folder" if Path(item) in list(artifacts) else "the input"
+            raise SacvitError(
+                f"{shown}: is inside {what} {item}, which it would change; write elsewhere"
+                if target != source
+                else f"{shown}: is {what} {item}; writing there would replace what it reads; write elsewhere"
+            )
+    existing = target
+    while True:
+        try:
+            if existing.exists():
+                break
+        except PermissionError:
+            raise SacvitError(
+                f"{shown}: cannot look into {existing.parent} (permission denied); pick another folder"
+            ) from None
+        if existing == existing.parent:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        raise SacvitError(f"{shown}: {existing} is a file, not a folder; pick another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SacvitError(
+            f"{shown}: cannot create or write in {existing}; pick another folder or fix its permissions"
+        )
+    return path
+
+
 def _command_name(fn: Callable[..., Any]) -> str:
     return fn.__name__.replace("_", "-")
 
@@ -132,6 +445,73 @@ def _command_name(fn: Callable[..., Any]) -> str:
 def note(message: str) -> None:
     """A line on stderr (``message`` may hold markup; interpolate values through :func:`safe`)."""
     err.print(message, highlight=False)
+
+
+_LOG_STYLES = {"WARNING": "[yellow]warning:[/] ", "ERROR": "[red]error:[/] ", "CRITICAL": "[red]error:[/] "}
+
+
+def _note_handler() -> Any:  # -> logging.Handler
+    """Log records of the package as escaped notes (WARNING and above)."""
+    import logging
+
+    class NoteHandler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            note(_LOG_STYLES.get(record.levelname, "") + safe(record.getMessage()))
+
+    return NoteHandler(logging.WARNING)
+
+
+_ROUTED: list[Any] = []
+
+
+def _route_logs() -> None:
+    """Once per process: warnings the package logs print through the one printer (escaped), not
+    through Python's last-resort handler; ONNX Runtime's own C++ logger, which writes raw colour
+    codes to stderr, is turned down to errors (which also reach us as exceptions) as soon as it is
+    imported, whichever command imports it."""
+    if _ROUTED:
+        return
+    import logging
+
+    handler = _note_handler()
+    logging.getLogger("sacvit_deploy").addHandler(handler)
+    _ROUTED.append(handler)
+    _after_import("onnxruntime", _quiet_onnxruntime)
+
+
+def _quiet_onnxruntime(module: Any) -> None:
+    setter = getattr(module, "set_default_logger_severity", None)
+    if setter is not None:
+        setter(3)  # 3 = ERROR: no raw warning lines on the terminal
+
+
+def _after_import(name: str, hook: Callable[[Any], None]) -> None:
+    """Run ``hook(module)`` right after ``name`` is imported (now, if it already is)."""
+    import importlib.abc
+    import importlib.util
+
+    if name in sys.modules:
+        hook(sys.modules[name])
+        return
+
+    class Finder(importlib.abc.MetaPathFinder):
+        def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+            if fullname != name:
+                return None
+            sys.meta_path.remove(self)
+            spec = importlib.util.find_spec(name)
+            if spec is None or spec.loader is None:
+                return spec
+            exec_module = spec.loader.exec_module
+
+            def run(module: Any) -> None:
+                exec_module(module)
+                hook(module)
+
+            spec.loader.exec_module = run  # type: ignore[method-assign]
+            return spec
+
+    sys.meta_path.insert(0, Finder())
 
 
 def print_warnings_as_lines() -> None:
@@ -170,17 +550,12 @@ def _show_warning(
 
 # ---- options shared by the commands that run artifacts (infer, profile, calibrate) --------------------
 RUN = "Runtime"
-# The largest batch a command accepts: 1024 images of 224 px are 0.6 GB of float32 input (profile keeps
-# a pool that size, infer decodes up to 3 batches ahead); beyond it a typo allocates tens of GB.
-MAX_BATCH = 1024
 
 
 def check_batch_size(value: int, option: str) -> int:
-    if not 1 <= value <= MAX_BATCH:
-        raise SacvitError(
-            f"{option} {value}: give a batch size from 1 to {MAX_BATCH} (larger batches do not run faster here)"
-        )
-    return value
+    from sacvit_deploy.core import validate
+
+    return validate.batch_size(value, option)
 
 
 class BackendName(str, Enum):
@@ -200,6 +575,7 @@ ArtifactsOption = Annotated[
     typer.Option(
         help="Artifact folder (default: engines/ if it holds engines, else export/).", rich_help_panel=RUN
     ),
+    RUN_ARTIFACTS,
 ]
 BackendOption = Annotated[
     BackendName, typer.Option(help="auto: TensorRT, then ONNX Runtime GPU, then CPU.", rich_help_panel=RUN)
@@ -274,12 +650,9 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     """A JSON report the user asked for (--json FILE); an unwritable path is a one-line error."""
     import json
 
-    try:
-        path.write_text(json.dumps(data, indent=2) + "\n")
-    except OSError as exc:
-        raise SacvitError(
-            f"{path}: cannot write the JSON report ({exc.strerror or exc}); pick a writable path"
-        ) from None
+    from sacvit_deploy.core.atomic import write_text
+
+    write_text(path, json.dumps(data, indent=2) + "\n")  # a full disk or a read-only folder: one line
 
 
 def check_output(
@@ -287,6 +660,7 @@ def check_output(
     option: str,
     inputs: Iterable[Path] = (),
     artifacts: Path | str | None = None,
+    self_ok: bool = False,
 ) -> Path:
     """Refuse, before any work, an output file that would destroy an input or cannot be written.
 
@@ -295,8 +669,13 @@ def check_output(
     must exist and be writable.
     """
     shown = f"{option} {path}"
-    if path.is_dir():
-        raise SacvitError(f"{shown}: is a folder; give a file name, e.g. {path / 'results.out'}")
+    try:
+        if path.is_dir():
+            raise SacvitError(f"{shown}: is a folder; give a file name, e.g. {path / 'results.out'}")
+    except PermissionError:
+        raise SacvitError(
+            f"{shown}: cannot look into its folder (permission denied); pick another path"
+        ) from None
     target = resolved(path)
     if artifacts is not None and not str(artifacts).startswith(("http://", "https://", "grpc://")):
         folder = resolved(Path(artifacts))
@@ -310,6 +689,8 @@ def check_output(
                 "would refuse a file it did not write; write it elsewhere (e.g. the current folder)"
             )
     for item in inputs:
+        if self_ok and resolved(item) == target:
+            continue
         if _same_file(path, target, Path(item)):
             raise SacvitError(f"{shown}: is one of the inputs ({item}); writing it would destroy it")
     parent = target.parent
@@ -333,7 +714,7 @@ def check_manifest_writable(path: Path) -> None:
     if not path.is_file():
         return  # the artifact folder's own check names the problem
     st = path.stat()
-    if not os.access(path, os.W_OK):
+    if not os.access(path, os.W_OK) or not st.st_mode & 0o222:  # mode bits: root can write anything
         raise SacvitError(
             f"{path}: read-only; make it writable (chmod u+w) to store the threshold, or drop --write"
         )

@@ -12,7 +12,17 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from sacvit_deploy.cli._common import handle_errors, note, out, parity_table, safe
+from sacvit_deploy.cli._common import (
+    ARTIFACTS,
+    CACHE_FILE,
+    INPUT,
+    OUTPUT_FOLDER,
+    handle_errors,
+    note,
+    out,
+    parity_table,
+    safe,
+)
 from sacvit_deploy.cli._progress import spinner
 from sacvit_deploy.core.errors import SacvitError
 
@@ -43,14 +53,16 @@ class _NoteHandler(logging.Handler):
 def engine_notes() -> Iterator[None]:
     """Print what ``sacvit_deploy.engine`` logs while a build runs."""
     logger = logging.getLogger("sacvit_deploy.engine")
-    handler, level = _NoteHandler(logging.INFO), logger.level
+    handler, level, propagate = _NoteHandler(logging.INFO), logger.level, logger.propagate
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    logger.propagate = False  # printed here, not a second time by every command's log route
     try:
         yield
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+        logger.propagate = propagate
 
 
 def print_engines(result) -> None:  # result: BuildResult
@@ -90,9 +102,12 @@ def build_engine(
     export_dir: Annotated[
         Path,
         typer.Argument(help="Export folder (from `sacvit-deploy export`).", show_default=True),
+        ARTIFACTS,
     ] = Path("export"),
     out_dir: Annotated[
-        Path, typer.Option("--out", help="Engines folder (engines + manifest.json).", rich_help_panel=ENGINES)
+        Path,
+        typer.Option("--out", help="Engines folder (engines + manifest.json).", rich_help_panel=ENGINES),
+        OUTPUT_FOLDER,
     ] = Path("engines"),
     baseline: Annotated[
         bool | None,
@@ -123,6 +138,7 @@ def build_engine(
             help="Images for INT8 calibration and the parity check (default for parity: bundled samples).",
             rich_help_panel=PRECISION,
         ),
+        INPUT,
     ] = None,
     strict: Annotated[
         bool,
@@ -157,6 +173,7 @@ def build_engine(
             help="Timing cache file: read if present, written after the build (faster rebuilds).",
             rich_help_panel=TENSORRT,
         ),
+        CACHE_FILE,
     ] = None,
     version_compatible: Annotated[
         bool,

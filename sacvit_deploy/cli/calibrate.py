@@ -14,7 +14,9 @@ from typing import Annotated
 import typer
 
 from sacvit_deploy.cli._common import (
+    INPUT,
     MAX_BATCH,
+    OUTPUT_FILE,
     RUN,
     ArtifactsOption,
     BackendName,
@@ -80,6 +82,7 @@ def calibrate(
             help="Labelled images, ImageFolder layout: one sub-folder per class (IMAGES/<class>/<image>).",
             show_default=False,
         ),
+        INPUT,
     ],
     folder_labels: Annotated[
         FolderLabels,
@@ -122,11 +125,14 @@ def calibrate(
         ),
     ] = False,
     csv_file: Annotated[
-        Path | None, typer.Option("--csv", help="Write the whole curve as CSV.", rich_help_panel=OUTPUT)
+        Path | None,
+        typer.Option("--csv", help="Write the whole curve as CSV.", rich_help_panel=OUTPUT),
+        OUTPUT_FILE,
     ] = None,
     plot: Annotated[
         Path | None,
         typer.Option(help="Write a PNG of the curve (accuracy vs GFLOPs).", rich_help_panel=OUTPUT),
+        OUTPUT_FILE,
     ] = None,
 ) -> None:
     """Choose the exit threshold on labelled images: accuracy / GFLOPs / exit-rate target."""

@@ -18,6 +18,8 @@ from typing import Annotated
 import typer
 
 from sacvit_deploy.cli._common import (
+    ARTIFACTS,
+    OUTPUT_FILE,
     check_output,
     handle_errors,
     note,
@@ -46,7 +48,9 @@ def _parse_trt(values: list[str] | None) -> list[str]:
 @handle_errors
 def check(
     folder: Annotated[
-        Path, typer.Argument(help="Export folder with manifest.json and the ONNX graphs.")
+        Path,
+        typer.Argument(help="Export folder with manifest.json and the ONNX graphs."),
+        ARTIFACTS,
     ] = Path("export"),
     trt: Annotated[
         list[str] | None,
@@ -59,7 +63,9 @@ def check(
         ),
     ] = None,
     json_file: Annotated[
-        Path | None, typer.Option("--json", help="Also write every problem to this JSON file.")
+        Path | None,
+        typer.Option("--json", help="Also write every problem to this JSON file."),
+        OUTPUT_FILE,
     ] = None,
     run: Annotated[
         bool,

@@ -18,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from sacvit_deploy.cli._common import handle_errors, out, run_command, safe
+from sacvit_deploy.cli._common import OUTPUT_FOLDER, handle_errors, out, run_command, safe
 from sacvit_deploy.core.errors import SacvitError
 
 DEFAULT_FOLDER = Path("sacvit-demo")
@@ -71,6 +71,7 @@ def demo(
             "--out",
             help="Folder for everything the demo makes (model copy, images, export); reused on a re-run.",
         ),
+        OUTPUT_FOLDER,
     ] = DEFAULT_FOLDER,
     profile: Annotated[bool, typer.Option(help="Finish with a short latency profile.")] = True,
     export_step: Annotated[

@@ -9,6 +9,8 @@ from typing import Annotated
 import typer
 
 from sacvit_deploy.cli._common import (
+    INPUT,
+    OUTPUT_FOLDER,
     CheckpointFormatChoice,
     TrtFamilyChoice,
     handle_errors,
@@ -115,6 +117,7 @@ def export(
             help="Checkpoint file (.pth, .pt, .safetensors), or a Hugging Face save_pretrained folder.",
             show_default=False,
         ),
+        INPUT,
     ],
     fmt: Annotated[
         CheckpointFormatChoice,
@@ -131,9 +134,9 @@ def export(
             rich_help_panel=EXPORT,
         ),
     ] = None,
-    out_dir: Annotated[Path, typer.Option("--out", help="Output folder.", rich_help_panel=EXPORT)] = Path(
-        "export"
-    ),
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Output folder.", rich_help_panel=EXPORT), OUTPUT_FOLDER
+    ] = Path("export"),
     batch: Annotated[
         str, typer.Option(help="'dynamic' batch axis, or a fixed batch size N.", rich_help_panel=EXPORT)
     ] = "dynamic",
@@ -169,6 +172,7 @@ def export(
             help="Class names, one per line (default: the checkpoint's, or ImageNet's for 1000 classes).",
             rich_help_panel=EXPORT,
         ),
+        INPUT,
     ] = None,
     weights: Annotated[
         bool,
@@ -187,6 +191,7 @@ def export(
         typer.Option(
             help="Folder of real images for verification (default: bundled samples).", rich_help_panel=VERIFY
         ),
+        INPUT,
     ] = None,
     atol: Annotated[
         float,

@@ -12,7 +12,9 @@ from typing import Annotated
 import typer
 
 from sacvit_deploy.cli._common import (
+    INPUT,
     MAX_BATCH,
+    OUTPUT_FILE,
     RUN,
     ArtifactsOption,
     BackendName,
@@ -73,11 +75,14 @@ def infer(
         OutputFormat, typer.Option("--format", help="table (stdout), jsonl or csv.", rich_help_panel=IO_PANEL)
     ] = OutputFormat.table,
     output: Annotated[
-        Path | None, typer.Option(help="Write results to FILE instead of stdout.", rich_help_panel=IO_PANEL)
+        Path | None,
+        typer.Option(help="Write results to FILE instead of stdout.", rich_help_panel=IO_PANEL),
+        OUTPUT_FILE,
     ] = None,
     labels: Annotated[
         Path | None,
         typer.Option(help="Class names, one per line (default: the manifest's).", rich_help_panel=IO_PANEL),
+        INPUT,
     ] = None,
     workers: Annotated[
         int,

@@ -16,6 +16,8 @@ from typing import Annotated
 import typer
 
 from sacvit_deploy.cli._common import (
+    INPUT,
+    OUTPUT_FILE,
     ArtifactsOption,
     BackendName,
     BackendOption,
@@ -183,6 +185,7 @@ def profile(
             help="Folder of real images, preprocessed per the manifest (cycled to fill the largest batch).",
             rich_help_panel=WORK,
         ),
+        INPUT,
     ] = None,
     synthetic: Annotated[
         bool,
@@ -222,12 +225,14 @@ def profile(
         typer.Option(
             "--json", help="Write every number and the environment to FILE.", rich_help_panel=OUTPUT
         ),
+        OUTPUT_FILE,
     ] = None,
     plot: Annotated[
         Path | None,
         typer.Option(
             help="Write a PNG: latency per batch size and the stage breakdown.", rich_help_panel=OUTPUT
         ),
+        OUTPUT_FILE,
     ] = None,
 ) -> None:
     """Time stage 1, gate, stage 2 and end to end per batch size; overhead, speedup, GFLOPs, power."""

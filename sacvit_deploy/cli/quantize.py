@@ -15,7 +15,18 @@ from typing import Annotated
 
 import typer
 
-from sacvit_deploy.cli._common import err, handle_errors, note, out, write_json
+from sacvit_deploy.cli._common import (
+    ARTIFACTS,
+    INPUT,
+    OUTPUT_FILE,
+    OUTPUT_FOLDER,
+    err,
+    handle_errors,
+    note,
+    out,
+    safe,
+    write_json,
+)
 
 QUANT = "Quantization"
 VERIFY = "Verification"
@@ -94,7 +105,9 @@ def accuracy_table(acc: dict):  # -> rich Table
 @handle_errors
 def quantize(
     artifacts: Annotated[
-        Path, typer.Argument(help="The float export folder (from `sacvit-deploy export`).")
+        Path,
+        typer.Argument(help="The float export folder (from `sacvit-deploy export`)."),
+        ARTIFACTS,
     ] = Path("export"),
     calib_images: Annotated[
         Path,
@@ -103,9 +116,12 @@ def quantize(
             show_default=False,
             rich_help_panel=QUANT,
         ),
+        INPUT,
     ] = ...,  # type: ignore[assignment]
     out_dir: Annotated[
-        Path, typer.Option("--out", help="Output folder for the int8 graphs.", rich_help_panel=QUANT)
+        Path,
+        typer.Option("--out", help="Output folder for the int8 graphs.", rich_help_panel=QUANT),
+        OUTPUT_FOLDER,
     ] = Path("export-int8"),
     per_channel: Annotated[
         bool,
@@ -150,6 +166,7 @@ def quantize(
             "default: the calibration images (not held out).",
             rich_help_panel=VERIFY,
         ),
+        INPUT,
     ] = None,
     min_agreement: Annotated[
         float,
@@ -164,6 +181,7 @@ def quantize(
     json_file: Annotated[
         Path | None,
         typer.Option("--json", help="Write the verification report as JSON.", rich_help_panel=VERIFY),
+        OUTPUT_FILE,
     ] = None,
 ) -> None:
     """Quantize a float export to INT8 Q/DQ graphs (static calibration), verified against the float graphs."""
@@ -181,15 +199,17 @@ def quantize(
     cfg = float_manifest.preprocess
     with err.status("loading the calibration images ..."):
         calib = load_calibration_images(
-            calib_images, cfg, max_calib_images, log=lambda m: note(f"[yellow]{m}[/]")
+            calib_images, cfg, max_calib_images, log=lambda m: note(f"[yellow]{safe(m)}[/]")
         )
-    note(f"calibration: {calib.images.shape[0]} images from {calib_images}")
+    note(f"calibration: {calib.images.shape[0]} images from {safe(calib_images)}")
     labelled = None
     if images is not None:
         from sacvit_deploy.runtime.exit_calibration import find_labelled_images
 
         labelled = find_labelled_images(images, float_manifest.num_classes, float_manifest.class_names)
-        note(f"verification: {len(labelled.paths)} labelled images in {images} ({labelled.describe()})")
+        note(
+            f"verification: {len(labelled.paths)} labelled images in {safe(images)} ({safe(labelled.describe())})"
+        )
 
     def batches():
         if labelled is None:
@@ -229,9 +249,11 @@ def quantize(
             )
         return report
 
-    result = quantize_artifacts(artifacts, out_dir, calib, options, verify=verify, log=note)
+    result = quantize_artifacts(
+        artifacts, out_dir, calib, options, verify=verify, log=lambda m: note(safe(m))
+    )
     sizes = ", ".join(f"{name} {size / 2**20:.1f} MB" for name, size in result.files.items())
-    out.print(f"quantized to {result.folder}/ in {result.seconds:.1f} s: {sizes}")
+    out.print(f"quantized to {safe(result.folder)}/ in {result.seconds:.1f} s: {sizes}")
     if report_box.get("report", {}).get("accuracy"):
         acc = report_box["report"]["accuracy"]
         out.print(
@@ -249,5 +271,5 @@ def quantize(
             f"measure both: sacvit-deploy profile --artifacts {artifacts}   and   --artifacts {result.folder}"
         )
     note(
-        f"next: sacvit-deploy check {result.folder} --trt 10,11   |   sacvit-deploy profile --artifacts {result.folder}"
+        f"next: sacvit-deploy check {safe(result.folder)} --trt 10,11   |   sacvit-deploy profile --artifacts {safe(result.folder)}"
     )

@@ -16,7 +16,17 @@ from typing import Annotated
 
 import typer
 
-from sacvit_deploy.cli._common import fail, handle_errors, note, out
+from sacvit_deploy.cli._common import (
+    ARTIFACTS,
+    INPUT,
+    OUTPUT_FILE,
+    OUTPUT_FOLDER,
+    fail,
+    handle_errors,
+    note,
+    out,
+    safe,
+)
 
 SERVER = "Server"
 MODEL = "Model"
@@ -33,7 +43,9 @@ def _on_sigterm(_signum: int, _frame: object) -> None:
 @handle_errors
 def serve(
     artifacts: Annotated[
-        Path, typer.Option(help="Export folder with the ONNX graphs.", rich_help_panel=MODEL)
+        Path,
+        typer.Option(help="Export folder with the ONNX graphs.", rich_help_panel=MODEL),
+        ARTIFACTS,
     ] = Path("export"),
     http_port: Annotated[
         int, typer.Option(min=0, max=65535, help="HTTP port (0: a free one).", rich_help_panel=SERVER)
@@ -78,6 +90,7 @@ def serve(
             help="Write the model repository here and keep it (default: a temporary folder, removed on exit).",
             rich_help_panel=SERVER,
         ),
+        OUTPUT_FOLDER,
     ] = None,
     triton_env: Annotated[
         Path | None,
@@ -86,43 +99,50 @@ def serve(
             "Python's environment).",
             rich_help_panel=SERVER,
         ),
+        INPUT,
     ] = None,
     log: Annotated[
         Path | None,
         typer.Option(help="The server's log file (default: in a temporary folder).", rich_help_panel=SERVER),
+        OUTPUT_FILE,
     ] = None,
 ) -> None:
     """Serve the early-exit model with Triton on 127.0.0.1 until Ctrl-C or SIGTERM."""
     from sacvit_deploy.triton.repository import RepositoryOptions, write_repository
-    from sacvit_deploy.triton.server import Ports, TritonInstall, TritonServer
+    from sacvit_deploy.triton.server import Ports, TritonInstall, TritonServer, signals_held
 
     install = TritonInstall.find(triton_env)
     versions = install.check_python()
-    scratch = None
-    if repository is None:
-        scratch = tempfile.TemporaryDirectory(prefix="sacvit-serve-")
-        repository = Path(scratch.name) / "model_repository"
-    options = RepositoryOptions(
-        backend="python",
-        max_batch=max_batch,
-        instances=instances,
-        threshold=threshold,
-        queue_delay_us=max_queue_delay_us,
-    )
-    result = write_repository(artifacts, repository, options, log=note)
-    server = TritonServer(repository, install, Ports(http_port, grpc_port, metrics_port), log_path=log)
+    # From here on serve owns what it makes (the repository folder, tritonserver and its stubs):
+    # a SIGTERM is handled like Ctrl-C from the first moment, and the cleanup below runs to the end
+    # however many Ctrl-C / SIGTERM follow (each one escalates the server's stop to SIGKILL).
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    scratch = None
+    server = None
     stopped_by = ""
     try:
+        if repository is None:
+            scratch = tempfile.TemporaryDirectory(prefix="sacvit-serve-")
+            repository = Path(scratch.name) / "model_repository"
+        options = RepositoryOptions(
+            backend="python",
+            max_batch=max_batch,
+            instances=instances,
+            threshold=threshold,
+            queue_delay_us=max_queue_delay_us,
+        )
+        result = write_repository(artifacts, repository, options, log=lambda m: note(safe(m)))
+        server = TritonServer(repository, install, Ports(http_port, grpc_port, metrics_port), log_path=log)
         note(
-            f"starting tritonserver ({install.binary}) with numpy {versions['numpy']}, onnxruntime {versions['onnxruntime']}"
+            f"starting tritonserver ({safe(install.binary)}) with numpy {safe(versions['numpy'])}, "
+            f"onnxruntime {safe(versions['onnxruntime'])}"
         )
         server.start()
         version = server.metadata().get("version", "?")
         models = result.index.models
         out.print(
-            f"serving '{models['bls']}' (SAC-ViT early exit, threshold {result.threshold:g}, max batch "
-            f"{result.max_batch}) with Triton {version}, pid {server.pid}"
+            f"serving '{safe(models['bls'])}' (SAC-ViT early exit, threshold {result.threshold:g}, max batch "
+            f"{result.max_batch}) with Triton {safe(version)}, pid {server.pid}"
         )
         out.print(f"  HTTP     {server.http_url}")
         out.print(f"  gRPC     {server.grpc_url}")
@@ -132,14 +152,20 @@ def serve(
         out.file.flush()
         while server.running:
             time.sleep(0.2)
-        raise fail(f"tritonserver exited on its own (code {server.process.returncode}): {server.log_tail()}")
+        raise fail(
+            f"tritonserver exited on its own (code {server.process.returncode}): {safe(server.log_tail())}"
+        )
     except KeyboardInterrupt:
         stopped_by = "Ctrl-C"
     except _Stop:
         stopped_by = "SIGTERM"
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        code = server.stop()
-        if scratch is not None:
-            scratch.cleanup()
+        with signals_held(lambda: server._kill_group(server.process) if server and server.process else None):
+            signal.signal(signal.SIGTERM, previous)
+            code = server.stop() if server is not None else None
+            if scratch is not None:
+                scratch.cleanup()
+    if server is None or server.pid is None:
+        note(f"{stopped_by}: stopped before tritonserver started; nothing left running")
+        raise typer.Exit(130)
     note(f"{stopped_by}: stopped tritonserver (pid {server.pid}, exit code {code})")

@@ -12,7 +12,10 @@ from typing import Annotated
 import typer
 
 from sacvit_deploy.cli._common import (
+    INPUT,
+    OUTPUT_FOLDER,
     InitFormatChoice,
+    Maximum,
     TrainFormatChoice,
     err,
     handle_errors,
@@ -66,7 +69,9 @@ def read_config_json(path: Path) -> ModelConfig:
 @handle_errors
 def train(
     data_dir: Annotated[
-        Path, typer.Argument(help="ImageFolder: DATA_DIR/train/<class>/* and DATA_DIR/val/<class>/*.")
+        Path,
+        typer.Argument(help="ImageFolder: DATA_DIR/train/<class>/* and DATA_DIR/val/<class>/*."),
+        INPUT,
     ],
     variant: Annotated[
         str | None,
@@ -85,10 +90,12 @@ def train(
             help="A full model config (JSON of ModelConfig.to_dict()) instead of --variant/--format.",
             rich_help_panel=_MODEL,
         ),
+        INPUT,
     ] = None,
     init: Annotated[
         Path | None,
         typer.Option(help="Initial weights, e.g. timm DeiT (--init-format deit).", rich_help_panel=_MODEL),
+        INPUT,
     ] = None,
     init_format: Annotated[
         InitFormatChoice, typer.Option(help="Format of the --init checkpoint.", rich_help_panel=_MODEL)
@@ -178,6 +185,7 @@ def train(
             "(DeiT's --batch-size 128 on 8 GPUs is --batch-size 1024 here).",
             rich_help_panel=_SCHEDULE,
         ),
+        Maximum(1 << 20),  # a global batch over many GPUs, not one device's
     ] = 128,
     accum_steps: Annotated[
         int,
@@ -258,6 +266,7 @@ def train(
             help="Output folder: last.pt, best.safetensors, best_ema.safetensors, log.jsonl (rank 0 writes).",
             rich_help_panel=_RUN,
         ),
+        OUTPUT_FOLDER,
     ] = Path("runs/sacvit"),
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the run in --out from last.pt.", rich_help_panel=_RUN)

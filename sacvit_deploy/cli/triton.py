@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from sacvit_deploy.cli._common import fail, handle_errors, note, out, safe
+from sacvit_deploy.cli._common import ARTIFACTS, INPUT, OUTPUT_FOLDER, fail, handle_errors, note, out, safe
 from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.core.extras import install_hint
 
@@ -66,9 +66,12 @@ def triton(
             help="Artifact folder (default: export/ for onnxruntime, engines/ for tensorrt).",
             rich_help_panel=REPO,
         ),
+        ARTIFACTS,
     ] = None,
     out_dir: Annotated[
-        Path, typer.Option("--out", help="Model repository folder to write.", rich_help_panel=REPO)
+        Path,
+        typer.Option("--out", help="Model repository folder to write.", rich_help_panel=REPO),
+        OUTPUT_FOLDER,
     ] = Path("model_repository"),
     backend: Annotated[
         TritonBackend,
@@ -99,6 +102,7 @@ def triton(
             help="Only check this existing repository (schema, graphs, files) and exit.",
             rich_help_panel=REPO,
         ),
+        INPUT,
     ] = None,
     max_batch: Annotated[
         int | None,
@@ -163,7 +167,7 @@ def triton(
         threshold=threshold,
         name=name,
     )
-    result = write_repository(artifacts, out_dir, options, log=note)
+    result = write_repository(artifacts, out_dir, options, log=lambda m: note(safe(m)))
     if result.validated:
         note("checked every config.pbtxt with Triton's ModelConfig schema and against the graphs")
     else:

@@ -24,7 +24,6 @@ import json
 import math
 import os
 import re
-import stat
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -536,28 +535,27 @@ class Manifest:
                     )
 
     def save(self, folder: str | Path) -> Path:
-        """Write manifest.json atomically: readers see the old file or the whole new one."""
+        """Write manifest.json atomically (core.atomic): readers see the old file or the whole new one."""
+        from sacvit_deploy.core import atomic
+
         folder = Path(folder)
         path = folder / MANIFEST_NAME
-        tmp = folder / f".{MANIFEST_NAME}.partial"
         try:
             old = path.stat()
         except FileNotFoundError:
             old = None
-        if old is not None and not os.access(path, os.W_OK):
+        # The mode bits too: root may write anything, but a file the user made read-only stays so.
+        if old is not None and (not os.access(path, os.W_OK) or not old.st_mode & 0o222):
             raise ArtifactError(f"{path}: read-only; make it writable (chmod u+w) to change it")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        if old is not None:  # a rewritten manifest keeps its mode (and owner, where allowed)
-            os.chmod(tmp, stat.S_IMODE(old.st_mode))
-            if hasattr(os, "chown") and old.st_uid != os.stat(tmp).st_uid:
-                try:
+        with atomic.atomic_path(path, keep_mode=True) as tmp:
+            tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+            if old is not None and hasattr(os, "chown") and old.st_uid != os.stat(tmp).st_uid:
+                try:  # a rewritten manifest keeps its owner, where allowed
                     os.chown(tmp, old.st_uid, old.st_gid)
                 except PermissionError:
-                    tmp.unlink(missing_ok=True)
                     raise ArtifactError(
                         f"{path}: owned by another user; it cannot be rewritten keeping its owner"
                     ) from None
-        os.replace(tmp, path)
         return path
 
     @classmethod

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Protocol
 
+from sacvit_deploy.core.atomic import write_errors
 from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.core.manifest import MANIFEST_NAME, Manifest, sha256_file
 
@@ -163,13 +164,16 @@ _CREATED: dict[Path, list[Path]] = {}
 
 @contextlib.contextmanager
 def staging_folder(out: Path) -> Iterator[Path]:
-    """A fresh ``out/.staging-<pid>`` folder, removed on exit whatever happens."""
+    """A fresh ``out/.staging-<pid>`` folder, removed on exit whatever happens. A full disk, a
+    read-only file system or a permission error inside the block becomes one WriteError naming
+    ``out`` (core.atomic), with nothing left behind."""
     staging = out / f"{STAGING_PREFIX}{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
     published = False
     try:
-        yield staging
+        with write_errors(out):
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir()
+            yield staging
         published = True
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pickle
 import re
 from dataclasses import dataclass, field
@@ -380,7 +379,9 @@ def load_baseline(path: str | Path, fmt: str = "auto", variant: str | None = Non
 
 def save_checkpoint(model: SACViT, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
     """Write this project's format: safetensors with the config in its metadata."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from sacvit_deploy.core import atomic
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -392,10 +393,6 @@ def save_checkpoint(model: SACViT, path: str | Path, metadata: dict[str, str] | 
         **(metadata or {}),
     }
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + ".partial")
-    save_file(tensors, str(tmp), metadata=meta)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # safetensors writes 0600; give it the permissions of any other file
-    tmp.replace(path)
-    return path
+    # Serialised in memory, then core.atomic's one writer (a full disk is one line, nothing left);
+    # the file gets the permissions of any other file (safetensors' own writer gives 0600).
+    return atomic.write_bytes(path, save(tensors, metadata=meta))

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sacvit_deploy.core import validate
 from sacvit_deploy.runtime.loader import OpenedPipeline, open_pipeline
 from sacvit_deploy.runtime.pipeline import PipelineOutput
 from sacvit_deploy.runtime.predict import PredictedBatch, predict_files
@@ -52,7 +53,7 @@ class Pipeline:
 
     @threshold.setter
     def threshold(self, value: float) -> None:
-        self._opened.pipeline.threshold = float(value)
+        self._opened.pipeline.threshold = validate.threshold(value)
 
     def __enter__(self) -> Pipeline:
         self._opened.pipeline.activate()
@@ -66,6 +67,8 @@ class Pipeline:
 
     def run(self, images: torch.Tensor, threshold: float | None = None) -> PipelineOutput:
         """A preprocessed batch (B, 3, R, R) float32 -> logits, answering stage, confidence."""
+        validate.image_batch(images, self.manifest.preprocess.input_size)
+        threshold = None if threshold is None else validate.threshold(threshold)
         self._opened.pipeline.activate()
         return self._opened.pipeline.run(images, threshold)
 
@@ -73,12 +76,17 @@ class Pipeline:
         from sacvit_deploy.runtime.images import load_image, preprocess
 
         cfg = self.manifest.preprocess
+        images = list(images)
+        for i, img in enumerate(images):
+            if isinstance(img, np.ndarray):
+                validate.raw_image(img, i)
         return torch.from_numpy(np.stack([preprocess(load_image(img), cfg) for img in images]))
 
     def predict(
         self, images: Any, topk: int = 5, batch_size: int = 32, threshold: float | None = None
     ) -> list[Prediction]:
         """Classify paths, PIL images or arrays (one or a sequence); returns one Prediction each."""
+        topk, batch_size = validate.topk(topk), validate.batch_size(batch_size)
         items: Sequence[Any] = images if isinstance(images, (list, tuple)) else [images]
         preds: list[Prediction] = []
         for start in range(0, len(items), batch_size):
@@ -99,6 +107,9 @@ class Pipeline:
     ) -> Iterator[PredictedBatch]:
         """Stream image files batch by batch (decoded ahead on ``workers`` threads); a file that
         cannot be read is a Prediction with ``error``, and the run goes on."""
+        topk, batch_size = validate.topk(topk), validate.batch_size(batch_size)
+        workers = validate.workers(workers, minimum=1)
+        threshold = None if threshold is None else validate.threshold(threshold)
         self._opened.pipeline.activate()
         names = class_names if class_names is not None else self.class_names
         yield from predict_files(

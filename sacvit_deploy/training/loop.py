@@ -34,10 +34,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sacvit_deploy.core import atomic
 from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.core.exit_rule import exit_mask
 from sacvit_deploy.core.fileinfo import resolved
 from sacvit_deploy.core.formats import INIT_FORMATS, TRAIN_FORMATS
+from sacvit_deploy.core.lock import folder_lock
 from sacvit_deploy.model.checkpoint import FORMAT_TAG, load_checkpoint, save_checkpoint
 from sacvit_deploy.model.config import FORMAT_PRESETS, ModelConfig, make_config
 from sacvit_deploy.model.sacvit import SACViT
@@ -350,10 +352,48 @@ def load_init_weights(model: SACViT, opts: TrainOptions, log: Callable[[str], No
 
 # ---- resumable checkpoint ---------------------------------------------------------------------------
 def save_resumable(path: Path, payload: dict[str, Any]) -> None:
-    """torch.save to a temporary file, then os.replace: a crash never leaves a half-written last.pt."""
-    tmp = path.with_name(path.name + ".partial")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    """Serialised in memory, then core.atomic's writer: a crash never leaves a half-written last.pt,
+    a full disk is one line and leaves the previous last.pt as it was."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic.write_bytes(path, buffer.getvalue())
+
+
+# What a resumable checkpoint holds, by key: (accepted types, what it is).
+_RESUMABLE_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
+    "config": ((dict,), "the model config"),
+    "model": ((dict,), "the weights"),
+    "optimizer": ((dict,), "the optimizer state"),
+    "scaler": ((dict,), "the AMP scaler state"),
+    "epoch": ((int,), "the epoch"),
+    "step": ((int,), "the step"),
+    "best_metric": ((float, int), "the best metric"),
+}
+
+
+def _resumable_problem(ckpt: dict[str, Any]) -> str | None:
+    """What is wrong with a loaded last.pt's fields (a damaged or hand-edited file), or None."""
+    for key, (types, what) in _RESUMABLE_FIELDS.items():
+        if key not in ckpt:
+            return f"{what} ({key!r}) is missing"
+        value = ckpt[key]
+        if not isinstance(value, types) or isinstance(value, bool):
+            return f"{key!r} ({what}) is a {type(value).__name__}, not a {types[0].__name__}"
+    if ckpt["epoch"] < 0 or ckpt["step"] < 0:
+        return f"epoch {ckpt['epoch']}, step {ckpt['step']}: negative"
+    if not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in ckpt["model"].items()):
+        return "the weights are not a mapping of names to tensors"
+    if not isinstance(ckpt["optimizer"].get("state"), dict) or not isinstance(
+        ckpt["optimizer"].get("param_groups"), list
+    ):
+        return "the optimizer state lacks 'state' or 'param_groups'"
+    if ckpt.get("ema") is not None and not isinstance(ckpt["ema"], dict):
+        return f"'ema' is a {type(ckpt['ema']).__name__}, not a state dict"
+    if not isinstance(ckpt.get("train_options", {}), dict):
+        return "'train_options' is not a mapping"
+    return None
 
 
 def load_resumable(path: Path, cfg: ModelConfig) -> dict[str, Any]:
@@ -366,6 +406,9 @@ def load_resumable(path: Path, cfg: ModelConfig) -> dict[str, Any]:
         raise TrainError(f"{path}: unreadable ({first}); delete it or pick another --out") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT_TAG or "optimizer" not in ckpt:
         raise TrainError(f"{path}: not a resumable sacvit-deploy training checkpoint; pick another --out")
+    problem = _resumable_problem(ckpt)
+    if problem is not None:
+        raise TrainError(f"{path}: damaged: {problem}; delete it (the run restarts) or pick another --out")
     saved, wanted = ckpt["config"], cfg.to_dict()
     if saved != wanted:
         diff = [f"{k} {saved.get(k)!r} vs {wanted.get(k)!r}" for k in wanted if saved.get(k) != wanted[k]]
@@ -374,6 +417,18 @@ def load_resumable(path: Path, cfg: ModelConfig) -> dict[str, Any]:
             "requested); resume with the original options or pick another --out"
         )
     return ckpt
+
+
+def restore_state(path: Path, what: str, load: Callable[[], Any]) -> None:
+    """``load()`` puts part of a last.pt into the model, optimizer or EMA; a part that does not fit
+    (wrong names, shapes or dtypes) is one TrainError naming the file and the part."""
+    try:
+        load()
+    except (RuntimeError, KeyError, ValueError, TypeError, IndexError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise TrainError(
+            f"{path}: damaged: {what} does not fit this model ({first}); delete it or pick another --out"
+        ) from None
 
 
 # ---- the loop --------------------------------------------------------------------------------------
@@ -533,7 +588,10 @@ def train(
     if not world.is_main:
         log, progress = (lambda _msg: None), None
     try:
-        return _train(opts, recipe, selection_warmup, world, device, log or _log.info, progress, on_epoch_end)
+        with contextlib.ExitStack() as lock:  # the run folder's lock, taken by _train, held to the end
+            return _train(
+                opts, recipe, selection_warmup, world, device, log or _log.info, progress, on_epoch_end, lock
+            )
     finally:
         dist_.shutdown(world)
 
@@ -547,6 +605,7 @@ def _train(
     log: Callable[[str], None],
     make_progress: Callable[[], EpochProgress] | None,
     on_epoch_end: Callable[[dict[str, Any]], None] | None,
+    lock: contextlib.ExitStack,
 ) -> TrainResult:
     error = None
     try:
@@ -563,6 +622,11 @@ def _train(
                 f"{opts.data_dir}: rank {rank} sees {len(names)} classes, {n_train} train / {n_val} val "
                 f"images, rank 0 {len(seen[0][0])}, {seen[0][1]} / {seen[0][2]}; every machine needs the same data"
             )
+    if len(class_names) < 2:
+        raise TrainError(
+            f"{opts.data_dir}/train: has one class folder ({class_names[0] if class_names else ''}); a "
+            "classifier needs two or more (it would reach 100% by always answering the one class)"
+        )
     if opts.num_classes is not None and opts.num_classes != len(class_names):
         shown = ", ".join(class_names[:5]) + (", ..." if len(class_names) > 5 else "")
         raise TrainError(
@@ -582,7 +646,18 @@ def _train(
     if world.is_main:  # only process 0 reads and writes the run folder; it need not be shared
         try:
             check_run_folder(opts)
-            resumed = load_resumable(last_path, cfg) if opts.resume else None
+            with atomic.write_errors(out):
+                out.mkdir(parents=True, exist_ok=True)
+            # One run per folder: a second one (or a second --resume) is refused while this one lives.
+            lock.enter_context(folder_lock(out, "training run", note=log))
+            check_run_folder(opts)  # again, under the lock: a run that started meanwhile is seen
+            if opts.resume and not last_path.exists() and log_path.is_file():
+                log(
+                    f"{last_path}: missing: the run stopped before its first epoch was saved; "
+                    "starting it from the beginning"
+                )
+            elif opts.resume:
+                resumed = load_resumable(last_path, cfg)
         except SacvitError as exc:
             error = str(exc)
     dist_.agree(error, world, TrainError)
@@ -636,10 +711,14 @@ def _train(
     start_epoch, step, best, best_ema = 0, 0, -math.inf, -math.inf
     history: list[dict[str, Any]] = []
     if resumed is not None:
-        model.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
+        restore_state(last_path, "the weights", lambda: _load_weights(model, resumed["model"]))
+        restore_state(
+            last_path, "the optimizer state", lambda: _load_optimizer(optimizer, resumed["optimizer"])
+        )
         if resumed["scaler"] and scaler.is_enabled():  # empty when the run was started without fp16 AMP
-            scaler.load_state_dict(resumed["scaler"])
+            restore_state(
+                last_path, "the AMP scaler state", lambda: scaler.load_state_dict(resumed["scaler"])
+            )
         if ema is not None:
             if resumed.get("ema") is None:
                 log(
@@ -647,13 +726,13 @@ def _train(
                 )
                 ema = ModelEma(model, ema.decay)
             else:
-                ema.load_state_dict(resumed["ema"])
+                restore_state(last_path, "the EMA", lambda: ema.load_state_dict(resumed["ema"]))
         start_epoch, step, best = resumed["epoch"] + 1, resumed["step"], resumed["best_metric"]
         best_ema = resumed.get("best_ema_metric", -math.inf)
         saved_opts = resumed.get("train_options", {})
         was = saved_opts.get("world_size", 1)
         if world.is_main:
-            history = _read_log(log_path, upto_epoch=resumed["epoch"])
+            history = _read_log(log_path, upto_epoch=resumed["epoch"], log=log)
         log(
             f"resuming {last_path} at epoch {start_epoch + 1}/{opts.epochs}, step {step} "
             f"(written by {was} process(es), continuing on {world.size})"
@@ -664,8 +743,7 @@ def _train(
                 f"{saved_opts['batch_size']}: the data order and the learning-rate schedule change"
             )
     elif world.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        log_path.write_text("")
+        atomic.write_text(log_path, "")
 
     n_params = sum(p.numel() for p in model.parameters())
     log(
@@ -777,8 +855,7 @@ def _train(
                     },
                 )
             # Log first: a crash before the checkpoint leaves a line that resuming drops and rewrites.
-            with log_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+            atomic.append_line(log_path, json.dumps(record))
             save_resumable(
                 last_path,
                 {
@@ -901,11 +978,58 @@ def _train_epoch(
     return float(totals[0]) / max(1.0, float(totals[1])), step
 
 
-def _read_log(path: Path, upto_epoch: int) -> list[dict[str, Any]]:
-    """Entries up to the resumed epoch; a later one (a crash between log and checkpoint) is dropped."""
+def _load_weights(model: SACViT, weights: dict[str, Tensor]) -> None:
+    own = model.state_dict()
+    for name, value in weights.items():
+        if name in own and own[name].is_floating_point() and not value.is_floating_point():
+            raise TypeError(f"{name} is {value.dtype}, not a floating-point tensor")
+    model.load_state_dict(weights)
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    optimizer.load_state_dict(state)
+    for group in optimizer.param_groups:  # load_state_dict does not look at the moments' shapes
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                if isinstance(value, Tensor) and value.dim() and value.shape != p.shape:
+                    raise ValueError(f"{key} has shape {tuple(value.shape)}, its parameter {tuple(p.shape)}")
+
+
+def _read_log(path: Path, upto_epoch: int, log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Entries up to the resumed epoch, rewritten atomically. What a crash leaves is repaired with a
+    line: a torn or unreadable line is dropped, and so is a later epoch (a crash between the log and
+    the checkpoint); missing epochs (a log older than the checkpoint) are said, not invented."""
     if not path.is_file():
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if r.get("epoch", -1) <= upto_epoch]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rows: list[dict[str, Any]] = []
+    dropped = 0
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            dropped += 1
+            continue
+        if (
+            not isinstance(row, dict)
+            or not isinstance(row.get("epoch"), int)
+            or isinstance(row["epoch"], bool)
+        ):
+            dropped += 1
+            continue
+        if row["epoch"] <= upto_epoch:
+            rows.append(row)
+    if dropped and log is not None:
+        log(f"{path}: dropped {dropped} torn or unreadable line(s) (a crash mid-write)")
+    epochs = sorted({r["epoch"] for r in rows})
+    if epochs != list(range(upto_epoch + 1)) and log is not None:
+        log(
+            f"{path}: holds epochs {_ranges(epochs)} of 1-{upto_epoch + 1}; the missing lines are not recreated"
+        )
+    atomic.write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
     return rows
+
+
+def _ranges(epochs: list[int]) -> str:
+    return ", ".join(str(e + 1) for e in epochs) if epochs else "none"

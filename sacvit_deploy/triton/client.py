@@ -30,6 +30,7 @@ from sacvit_deploy.core.manifest import Manifest
 from sacvit_deploy.model.config import ModelConfig
 from sacvit_deploy.runtime.pipeline import PipelineOutput
 from sacvit_deploy.triton import config as tc
+from sacvit_deploy.triton.reply import validate_reply
 
 TRITON_EXTRA = install_hint("triton")
 SCHEMES = {"http": ("http", False), "https": ("http", True), "grpc": ("grpc", False), "grpcs": ("grpc", True)}
@@ -230,7 +231,11 @@ class TritonRunner:
                 f"Triton at {self.endpoint.url}: connection lost during a request ({type(exc).__name__}: "
                 f"{_one_line(exc)}); is the server still running?"
             ) from None
-        return {name: result.as_numpy(name) for name, _ in tc.BLS_OUTPUTS}
+        reply = {name: result.as_numpy(name) for name, _ in tc.BLS_OUTPUTS}
+        classes = self.served.manifest().num_classes if self.served is not None else None
+        return validate_reply(
+            reply, images.shape[0], classes, f"Triton at {self.endpoint.url}, '{self.model}'"
+        )
 
 
 def _close(client: Any) -> None:

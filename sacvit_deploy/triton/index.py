@@ -8,7 +8,6 @@ both depend on it without depending on each other.
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,11 +57,9 @@ class RepositoryIndex:
         }
 
     def save(self, folder: Path) -> Path:
-        path = Path(folder) / INDEX_NAME
-        tmp = Path(folder) / f".{INDEX_NAME}.partial"
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        os.replace(tmp, path)
-        return path
+        from sacvit_deploy.core.atomic import write_text
+
+        return write_text(Path(folder) / INDEX_NAME, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, folder: str | Path) -> RepositoryIndex:

@@ -38,7 +38,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -354,24 +354,33 @@ class TritonServer:
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> int | None:
         """SIGTERM to the server's PID (it unloads the models and stops its stubs), then SIGKILL to its
-        process group if it has not exited in ``timeout``; the exit code, None if never started."""
+        process group if it has not exited in ``timeout``; the exit code, None if never started.
+
+        Runs to the end whatever arrives meanwhile: a Ctrl-C or SIGTERM during the stop (a user
+        pressing Ctrl-C again) kills the group at once instead of interrupting the cleanup, so
+        neither the server, nor its stubs, nor the temporary folder outlive us."""
         process = self.process
         if process is None:
             return None
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(process.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout)
-        # Its group (id = its PID, start_new_session) holds stubs a killed server may leave behind.
+        with signals_held(lambda: self._kill_group(process)):
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout)
+            # Its group (id = its PID, start_new_session) holds stubs a killed server may leave behind.
+            self._kill_group(process)
+            process.wait()
+            code = process.returncode
+            if self._scratch is not None:  # the backend copies, and the log unless log_path was given
+                self._scratch.cleanup()
+                self._scratch = None
+        return code
+
+    @staticmethod
+    def _kill_group(process: subprocess.Popen) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-        code = process.returncode
-        if self._scratch is not None:  # the backend copies, and the log unless log_path was given
-            self._scratch.cleanup()
-            self._scratch = None
-        return code
 
     def kill(self) -> None:
         """SIGKILL to the server's PID only (a crash, for fault tests); :meth:`stop` cleans up after."""
@@ -384,6 +393,33 @@ class TritonServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def signals_held(on_signal: Callable[[], None] | None = None) -> Iterator[list[int]]:
+    """Ctrl-C and SIGTERM do not interrupt the block (cleanup that must finish); each one calls
+    ``on_signal`` (e.g. escalate to SIGKILL) and is recorded in the yielded list. Main thread only;
+    elsewhere the block runs as is."""
+    import threading
+
+    caught: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield caught
+        return
+
+    def hold(signum: int, _frame: object) -> None:
+        caught.append(signum)
+        if on_signal is not None:
+            on_signal()
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in handlers:
+        signal.signal(sig, hold)
+    try:
+        yield caught
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
 
 
 def _is_gpu_noise(line: str) -> bool:
