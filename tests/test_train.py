@@ -28,6 +28,7 @@ from sacvit_deploy.training import (
     scan_image_folder,
     train,
 )
+from sacvit_deploy.training.data import ImageDecodeError
 from sacvit_deploy.training.loop import load_init_weights
 from tests.fakes.pictures import write_colour_folder
 
@@ -136,6 +137,22 @@ def test_augmentation_does_not_depend_on_worker_count(data_dir):
         loader.generator.manual_seed(11)
         batches.append(next(iter(loader)))
     assert torch.equal(batches[0][0], batches[1][0]) and torch.equal(batches[0][1], batches[1][1])
+
+
+def test_a_corrupt_image_is_one_line_with_or_without_loader_workers(data_dir):
+    """torch re-raises a worker's exception with the worker's traceback in its message: the data
+    error keeps only its own line, so train prints one line with --workers 2 as with 0."""
+    split, _ = scan_image_folder(data_dir)
+    bad, _label = split.samples[0]
+    Path(bad).write_bytes(b"not an image at all")
+    ds = ImageFolderDataset(split, TrainTransform(tiny_config().preprocess), seed=3)
+    for workers in (0, 2):
+        loader = make_loader(ds, len(split.samples), train=False, workers=workers)
+        with pytest.raises(ImageDecodeError) as info:
+            next(iter(loader))
+        message = str(info.value)
+        assert "\n" not in message and "Traceback" not in message and "worker" not in message, message
+        assert str(bad) in message
 
 
 # ---- loss, optimiser, schedule ---------------------------------------------------------------------

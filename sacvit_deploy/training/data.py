@@ -29,6 +29,17 @@ SPLITS = ("train", "val")
 _LAYOUT = "DATA_DIR/train/<class>/<image> and DATA_DIR/val/<class>/<image>"
 
 
+class ImageDecodeError(SacvitError):
+    """An image of the data folder that does not decode. Raised in a DataLoader worker too, where torch
+    re-raises it in the main process as ``ImageDecodeError("Caught ... Original Traceback ...: message")``:
+    the constructor keeps only the message, so the CLI still prints one line."""
+
+    def __init__(self, message: str) -> None:
+        if "Original Traceback" in message:
+            message = message.rstrip().splitlines()[-1].split(": ", 1)[-1]
+        super().__init__(message)
+
+
 class DataError(SacvitError):
     """A training data folder that does not have the expected layout."""
 
@@ -201,7 +212,10 @@ class ImageFolderDataset(Dataset):
         # A draw >= len is a repeated-augmentation copy (GlobalBatchSampler): same image, own seed.
         copy, index = divmod(draw, len(self.split.samples))
         path, label = self.split.samples[index]
-        img = load_image(path)
+        try:
+            img = load_image(path)
+        except SacvitError as exc:
+            raise ImageDecodeError(str(exc)) from None
         if isinstance(self.transform, TrainTransform):
             key = [self.seed, self.epoch, index] + ([copy] if copy else [])
             return self.transform(img, np.random.default_rng(key)), label
