@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from sacvit_deploy.core.exit_rule import exit_mask
-from sacvit_deploy.model.sacvit import STAGE2_INPUTS
+from sacvit_deploy.core.graph_io import STAGE2_INPUTS
 
 DEFAULT_MIN_AGREEMENT = 0.95
 
@@ -90,7 +90,13 @@ def compare_folders(
     threads: int | None = None,
 ) -> dict[str, Any]:
     """The agreement report of ``int8_dir`` vs ``float_dir`` on ``batches`` of (images, labels or None)."""
-    from sacvit_deploy.runtime.pipeline import run_any_batch
+    from sacvit_deploy.backends.arrays import as_host_batch, to_host
+    from sacvit_deploy.runtime.pipeline import run_any_batch as _run_numpy
+
+    def run_any_batch(runner: Any, feed: dict[str, Any]) -> dict[str, torch.Tensor]:
+        # Runners take and return numpy; this report computes with torch.
+        out = _run_numpy(runner, {k: as_host_batch(v) for k, v in feed.items()})
+        return {k: torch.from_numpy(to_host(v)) for k, v in out.items()}
 
     roles = ["stage1", "stage2"]
     with_baseline = "baseline" in float_manifest.graphs and "baseline" in int8_manifest.graphs
