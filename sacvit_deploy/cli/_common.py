@@ -15,6 +15,8 @@ import typer
 from rich.console import Console, ConsoleRenderable, RenderHook
 from rich.segment import Segment
 
+from sacvit_deploy.backends.factory import auto_order_help as _auto_order_help
+from sacvit_deploy.backends.factory import backend_names as _backend_names
 from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.core.extras import is_optional, missing_extra_message
 from sacvit_deploy.core.fileinfo import resolved
@@ -184,11 +186,8 @@ def check_batch_size(value: int, option: str) -> int:
     return value
 
 
-class BackendName(str, Enum):
-    auto = "auto"
-    tensorrt = "tensorrt"
-    onnxruntime = "onnxruntime"
-    torch = "torch"
+# --backend's choices and help come from the backend table (backends/factory.py's REGISTRY).
+BackendName = Enum("BackendName", {n: n for n in _backend_names()}, type=str)  # type: ignore[misc]
 
 
 class DeviceName(str, Enum):
@@ -202,9 +201,7 @@ ArtifactsOption = Annotated[
         help="Artifact folder (default: engines/ if it holds engines, else export/).", rich_help_panel=RUN
     ),
 ]
-BackendOption = Annotated[
-    BackendName, typer.Option(help="auto: TensorRT, then ONNX Runtime GPU, then CPU.", rich_help_panel=RUN)
-]
+BackendOption = Annotated[BackendName, typer.Option(help=_auto_order_help(), rich_help_panel=RUN)]
 DeviceOption = Annotated[
     DeviceName | None, typer.Option(help="cpu or cuda (default: the backend's best).", rich_help_panel=RUN)
 ]
