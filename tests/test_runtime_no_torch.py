@@ -170,7 +170,7 @@ DUMMY = textwrap.dedent(
 
 
 def test_a_registered_backend_is_in_help_and_wins_auto(tiny_export):
-    model, folder = tiny_export
+    _, folder = tiny_export
     code = DUMMY + textwrap.dedent(
         """
         import sys
