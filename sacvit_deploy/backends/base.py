@@ -39,16 +39,21 @@ class Runner(abc.ABC):
         self.input_specs = {t.name: t for t in inputs}
         self.output_specs = {t.name: t for t in outputs}
         self.is_active = False
-        # check_feed runs on every call: resolve dtypes and static dims once, here.
+        # check_feed runs on every call: resolve dtypes and static dims once, here. The usual spec
+        # (a dynamic or fixed batch, every other dim static) is checked with one tuple comparison.
         self._checks = tuple(
             (
                 t.name,
                 DTYPES.get(t.dtype) or np.dtype(t.dtype),
                 len(t.shape),
+                t.shape[0] if t.shape and isinstance(t.shape[0], int) else None,
+                tuple(t.shape[1:]) if all(isinstance(d, int) for d in t.shape[1:]) else None,
                 tuple((i, d) for i, d in enumerate(t.shape) if isinstance(d, int)),
             )
             for t in inputs
         )
+        first = inputs[0].shape[0] if inputs and inputs[0].shape else None
+        self._fixed_batch = first if isinstance(first, int) else None
         self._names = frozenset(self.input_specs)
 
     # ---- lifecycle -----------------------------------------------------------------------------
@@ -87,14 +92,18 @@ class Runner(abc.ABC):
                 f"{self.name}: feed has inputs {sorted(feed)} but the graph takes {sorted(self.input_specs)}"
             )
         batch = None
-        for name, dtype, rank, static in self._checks:
+        for name, dtype, rank, dim0, tail, static in self._checks:
             a = feed[name]
             shape = a.shape
             if a.dtype != dtype:
                 raise BackendError(
                     f"{self.name}: input '{name}' is {_dtype_name(a.dtype)}, expected {dtype.name}"
                 )
-            if len(shape) != rank or any(shape[i] != d for i, d in static):
+            if tail is not None:
+                bad = len(shape) != rank or shape[1:] != tail or (dim0 is not None and shape[0] != dim0)
+            else:
+                bad = len(shape) != rank or any(shape[i] != d for i, d in static)
+            if bad:
                 raise BackendError(
                     f"{self.name}: input '{name}' has shape {tuple(shape)}, "
                     f"expected {format_shape(self.input_specs[name].shape)}"
@@ -109,8 +118,7 @@ class Runner(abc.ABC):
     @property
     def fixed_batch(self) -> int | None:
         """The batch size the graph was built for, or None when the batch axis is dynamic."""
-        first = next(iter(self.input_specs.values()))
-        return first.shape[0] if isinstance(first.shape[0], int) else None
+        return self._fixed_batch
 
     @property
     def max_batch(self) -> int | None:
