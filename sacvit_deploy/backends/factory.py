@@ -16,10 +16,9 @@ import ctypes
 import ctypes.util
 import functools
 import importlib.util
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 from sacvit_deploy.backends.base import BackendError, Runner
 from sacvit_deploy.core.manifest import Manifest
@@ -42,9 +41,12 @@ class BackendChoice:
 # A probe answers for ``auto``: a BackendChoice when the backend can run the folder here, else the
 # reason it cannot (one short clause). ``select`` answers an explicit ``--backend NAME``: a choice, or a
 # BackendError saying what is missing and how to get it.
-Probe = Callable[[Manifest, Union[str, None]], Union[BackendChoice, str]]
-Select = Callable[[Manifest, Union[str, None], Union[str, None]], BackendChoice]
-Factory = Callable[..., Runner]  # (folder, manifest, role, choice, **options) -> Runner
+if TYPE_CHECKING:  # subscripted collections.abc.Callable fails at run time on Python 3.8
+    from collections.abc import Callable
+
+    Probe = Callable[[Manifest, Union[str, None]], Union[BackendChoice, str]]
+    Select = Callable[[Manifest, Union[str, None], Union[str, None]], BackendChoice]
+    Factory = Callable[..., Runner]  # (folder, manifest, role, choice, **options) -> Runner
 
 
 @dataclass(frozen=True)

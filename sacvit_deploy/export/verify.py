@@ -65,7 +65,9 @@ def verify_export(
     reference = model_runners(model.eval(), list(manifest.graphs))
     g = torch.Generator().manual_seed(1234)
     cfg = manifest.model
-    sets = {"random": torch.randn(RANDOM_BATCH, cfg.in_chans, cfg.img_size, cfg.img_size, generator=g).numpy()}
+    sets = {
+        "random": torch.randn(RANDOM_BATCH, cfg.in_chans, cfg.img_size, cfg.img_size, generator=g).numpy()
+    }
     if real_images is not None and real_images.shape[0]:
         sets["real"] = real_images
     rows = compare_runners(
@@ -133,7 +135,9 @@ def check_parity(
     reference = {role: make_runner(folder, manifest, role, torch_cpu) for role in roles}
     cfg = manifest.model
     g = torch.Generator().manual_seed(1234)
-    sets = {"random": torch.randn(RANDOM_BATCH, cfg.in_chans, cfg.img_size, cfg.img_size, generator=g).numpy()}
+    sets = {
+        "random": torch.randn(RANDOM_BATCH, cfg.in_chans, cfg.img_size, cfg.img_size, generator=g).numpy()
+    }
     if real_images is not None and real_images.shape[0]:
         sets["real"] = real_images
     rows = compare_runners(
