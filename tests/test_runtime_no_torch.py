@@ -210,3 +210,20 @@ def test_unknown_backend_lists_the_table():
     with pytest.raises(BackendError, match="unknown backend 'nope'; use one of auto, ") as info:
         choose_backend(None, "nope")  # type: ignore[arg-type]
     assert all(name in str(info.value) for name in REGISTRY)
+
+
+@torch.no_grad()
+def test_the_api_takes_numpy_and_cpu_torch_tensors_without_a_copy(tiny_export):
+    from sacvit_deploy import Pipeline
+    from sacvit_deploy.backends.arrays import as_host_batch
+
+    model, folder = tiny_export
+    x = torch.randn(3, 3, 128, 128, generator=torch.Generator().manual_seed(5))
+    assert np.shares_memory(as_host_batch(x), x.numpy())  # zero copy for CPU tensors
+    with Pipeline.from_artifacts(folder, backend="onnxruntime", device="cpu") as pipe:
+        from_torch, from_numpy = pipe.run(x, 0.5), pipe.run(x.numpy(), 0.5)
+    ref = model(x, 0.5)
+    for out in (from_torch, from_numpy):
+        assert isinstance(out.logits, np.ndarray) and isinstance(out.stage, np.ndarray)
+        np.testing.assert_array_equal(out.stage, ref.stage.numpy())
+        np.testing.assert_allclose(out.logits, ref.logits.numpy(), atol=1e-4, rtol=1e-4)
