@@ -115,7 +115,7 @@ class EarlyExitPipeline:
         t1 = now()
         hard = hard_indices(confidence, th)
         logits = _host_copy(out1["logits"])
-        stage = np.ones(n, dtype=np.int64)
+        stage: np.ndarray = np.ones(n, dtype=np.int64)
         t2 = now()
         if hard.size:
             feed = stage2_feed(images, out1, hard)
@@ -144,7 +144,7 @@ class EarlyExitPipeline:
         # numpy compares a float32 array with a Python float in float32, as the model does.
         hard = np.flatnonzero(~exit_mask(confidence, th))
         logits = _host_copy(out1["logits"])
-        stage = np.ones(n, dtype=np.int64)
+        stage: np.ndarray = np.ones(n, dtype=np.int64)
         if hard.size:
             logits2 = run_batched(self.stage2, stage2_feed(images, out1, hard), hard.size, self.buckets)[
                 "logits"
