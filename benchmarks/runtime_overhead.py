@@ -166,9 +166,15 @@ def main() -> None:
     worst = _table(
         "with inference (floor = two raw InferenceSession.run calls in a numpy loop)", measured, cases
     )
-    _table("Python only (both sessions replaced by a stub replaying recorded outputs)", python_only, cases)
-    verdict = "met" if worst <= TARGET_US else "NOT met"
-    print(f"target: pipeline within {TARGET_US:.0f} us of the floor at batch 1: {verdict} ({worst:.1f} us)")
+    worst_py = _table(
+        "Python only (both sessions replaced by a stub replaying recorded outputs)", python_only, cases
+    )
+    for what, value in (("with inference", worst), ("Python only", worst_py)):
+        verdict = "met" if value <= TARGET_US else "NOT met"
+        print(
+            f"target: pipeline within {TARGET_US:.0f} us of the floor at batch 1 ({what}): {verdict} "
+            f"(worst batch-1 case {value:.1f} us)"
+        )
     if tmp is not None:
         tmp.cleanup()
 
