@@ -9,6 +9,7 @@ import torch
 from sacvit_deploy.backends.base import BackendError
 from sacvit_deploy.backends.factory import BackendChoice, choose_backend, make_runner
 from sacvit_deploy.backends.torch_backend import TorchRunner
+from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.core.manifest import Manifest
 from sacvit_deploy.export.onnx_export import ExportOptions, export_artifacts
 from sacvit_deploy.model.graphs import graph_module, graph_specs
@@ -176,3 +177,16 @@ def test_onnxruntime_sessions_do_not_spin_by_default(artifacts):
         with pytest.raises(RuntimeError):  # ORT's default (spinning) is left alone
             runner._session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
         assert runner.describe()["spinning"] is True
+
+
+def test_a_bad_threshold_is_refused_on_every_call(artifacts):
+    _, folder = artifacts
+    opened = open_pipeline(folder, backend="onnxruntime", device="cpu")
+    x = np.zeros((2, 3, 128, 128), np.float32)
+    with opened.pipeline as pipe:
+        for bad in (-1.0, float("nan"), float("inf")):
+            with pytest.raises(SacvitError, match="finite number >= 0"):
+                pipe.run(x, bad)
+        assert pipe.run(x, 0.0).exit_rate == 1.0
+        with pytest.raises(SacvitError, match="finite number >= 0"):
+            pipe.run(x, -1.0)  # still refused after a good threshold was cached

@@ -73,7 +73,7 @@ class EarlyExitPipeline:
         else:
             self.buckets = None
         self._buckets1 = _stage1_buckets(stage1)
-        self._checked = -1.0  # the last threshold that passed check_threshold
+        self._checked: float | None = None  # the last threshold that passed check_threshold
 
     # ---- lifecycle -----------------------------------------------------------------------------
     def activate(self) -> EarlyExitPipeline:
