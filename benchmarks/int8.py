@@ -141,7 +141,12 @@ def main() -> None:
             else:
                 n_hard = round(args.hard_fraction * bs)
                 for name, o in opened.items():
-                    th = split_threshold(run_any_batch(o.pipeline.stage1, {"image": x})["confidence"], n_hard)
+                    th = split_threshold(
+                        torch.from_numpy(
+                            run_any_batch(o.pipeline.stage1, {"image": x.numpy()})["confidence"]
+                        ),
+                        n_hard,
+                    )
                     assert int((o.pipeline.run(x, th).stage == 2).sum()) == n_hard
                     fns[f"pipeline {name}"] = lambda o=o, th=th, x=x: o.pipeline.run(x, th)
             for name, b in baselines.items():

@@ -74,8 +74,8 @@ def main() -> None:
     with opened.pipeline as pipe, baseline:
         for bs in [int(b) for b in args.batch_sizes.split(",")]:
             g = torch.Generator().manual_seed(bs)
-            x = torch.randn(bs, 3, cfg.img_size, cfg.img_size, generator=g)
-            conf = run_any_batch(pipe.stage1, {"image": x})["confidence"]
+            x = torch.randn(bs, 3, cfg.img_size, cfg.img_size, generator=g).numpy()  # runners take numpy
+            conf = torch.from_numpy(run_any_batch(pipe.stage1, {"image": x})["confidence"])
             n_hard = round(args.hard_fraction * bs)
             # threshold between the n_hard-th and (n_hard+1)-th lowest confidence: exactly n_hard go to stage 2
             c = conf.sort().values

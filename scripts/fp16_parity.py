@@ -99,8 +99,13 @@ def main() -> None:
             ).activate()
         images = load_images(args.images, m.preprocess)
         n = images.shape[0]
-        s1 = run_any_batch(runners["stage1"], {"image": images})
-        h1 = run_any_batch(runners["stage116"], {"image": images})
+        x = np.ascontiguousarray(np.asarray(images))  # runners take and return numpy
+
+        def tensors(out):
+            return {k: torch.from_numpy(v) for k, v in out.items()}
+
+        s1 = tensors(run_any_batch(runners["stage1"], {"image": x}))
+        h1 = tensors(run_any_batch(runners["stage116"], {"image": x}))
         sel = (s1["target_index"].sort(1).values == h1["target_index"].sort(1).values).all(1).float().mean()
         print(f"\n{n} images ({args.images}, with mirror images); head scale {args.head_scale}")
         print(
@@ -110,11 +115,11 @@ def main() -> None:
             f"selection {float(sel):.4f}"
         )
         feed = {
-            "image": images,
-            **{k: s1[k] for k in ("target_index", "nontarget_tokens", "target_features")},
+            "image": x,
+            **{k: s1[k].numpy() for k in ("target_index", "nontarget_tokens", "target_features")},
         }
-        l2 = run_any_batch(runners["stage2"], feed)["logits"]
-        h2 = run_any_batch(runners["stage216"], feed)["logits"]
+        l2 = tensors(run_any_batch(runners["stage2"], feed))["logits"]
+        h2 = tensors(run_any_batch(runners["stage216"], feed))["logits"]
         print(
             f"stage2 (same stage-1 inputs): max|dlogit| {float((l2 - h2).abs().max()):.3e}, "
             f"top-1 {float((l2.argmax(1) == h2.argmax(1)).float().mean()):.4f}"
@@ -125,7 +130,9 @@ def main() -> None:
             f"confidences: min {float(s1['confidence'].min()):.4f}, max {float(s1['confidence'].max()):.4f}"
         )
         for th in (m.exit_threshold, mixed_threshold(s1["confidence"])):
-            a, b = full.run(images, th), half.run(images, th)
+            a, b = full.run(x, th), half.run(x, th)
+            a.logits, b.logits = torch.from_numpy(a.logits), torch.from_numpy(b.logits)
+            a.stage, b.stage = torch.from_numpy(a.stage), torch.from_numpy(b.stage)
             print(
                 f"pipeline @ {th:.4f}: exit rate {a.exit_rate:.3f}, max|dlogit| {float((a.logits - b.logits).abs().max()):.3e}, "
                 f"top-1 {float((a.logits.argmax(1) == b.logits.argmax(1)).float().mean()):.4f}, "

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from sacvit_deploy.backends.base import BackendError
 from sacvit_deploy.backends.factory import BackendChoice, choose_backend, make_runner
 from sacvit_deploy.backends.torch_backend import TorchRunner
+from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.core.manifest import Manifest
 from sacvit_deploy.export.onnx_export import ExportOptions, export_artifacts
 from sacvit_deploy.model.graphs import graph_module, graph_specs
@@ -54,20 +56,23 @@ def test_pipeline_equals_reference_for_every_exit_pattern(artifacts, backend):
     model, folder = artifacts
     opened = open_pipeline(folder, backend=backend, device="cpu")
     torch.manual_seed(7)
-    x = torch.randn(9, 3, 128, 128)
-    conf = model.forward_stage1(x).confidence
+    xt = torch.randn(9, 3, 128, 128)
+    x = xt.numpy()  # the runner currency: numpy in, numpy out
+    conf = model.forward_stage1(xt).confidence
     with opened.pipeline as pipe:
-        for th in (0.0, mixed_threshold(conf), 1.01, None):
-            ref = model(x, th)
+        for th in (0.0, mixed_threshold(conf.numpy()), 1.01, None):
+            ref = model(xt, th)
             got = pipe.run(x, th)
-            torch.testing.assert_close(got.logits, ref.logits, atol=1e-4, rtol=1e-4)
-            assert torch.equal(got.stage, ref.stage)
-            torch.testing.assert_close(got.confidence, ref.confidence, atol=1e-5, rtol=1e-5)
+            assert isinstance(got.logits, np.ndarray) and got.logits.dtype == np.float32
+            assert got.stage.dtype == np.int64 and got.confidence.dtype == np.float32
+            np.testing.assert_allclose(got.logits, ref.logits.numpy(), atol=1e-4, rtol=1e-4)
+            np.testing.assert_array_equal(got.stage, ref.stage.numpy())
+            np.testing.assert_allclose(got.confidence, ref.confidence.numpy(), atol=1e-5, rtol=1e-5)
         assert pipe.run(x, 0.0).exit_rate == 1.0 and pipe.run(x, 1.01).exit_rate == 0.0
         one = pipe.run(x[:1], float(conf[0]) + 1e-3)  # batch of 1 that goes to stage 2
         assert one.stage.tolist() == [2]
-        torch.testing.assert_close(
-            one.logits, model(x[:1], float(conf[0]) + 1e-3).logits, atol=1e-4, rtol=1e-4
+        np.testing.assert_allclose(
+            one.logits, model(xt[:1], float(conf[0]) + 1e-3).logits.numpy(), atol=1e-4, rtol=1e-4
         )
         timed = pipe.run(x, mixed_threshold(conf), timing=True)
         assert set(timed.timings) == {"stage1", "gate", "stage2", "total"}
@@ -79,14 +84,14 @@ def test_fixed_batch_graphs_are_padded_and_chunked(fixed_artifacts):
     model, folder = fixed_artifacts
     opened = open_pipeline(folder, backend="onnxruntime", device="cpu")
     assert opened.pipeline.buckets == (4,)
-    x = torch.randn(11, 3, 128, 128)  # 3 chunks of stage 1, last one partial
-    conf = model.forward_stage1(x).confidence
+    xt = torch.randn(11, 3, 128, 128)  # 3 chunks of stage 1, last one partial
+    conf = model.forward_stage1(xt).confidence
     with opened.pipeline as pipe:
         for th in (0.0, mixed_threshold(conf), 1.01):  # 0, some, all 11 hard samples for stage 2
-            got = pipe.run(x, th)
-            ref = model(x, th)
-            torch.testing.assert_close(got.logits, ref.logits, atol=1e-4, rtol=1e-4)
-            assert torch.equal(got.stage, ref.stage)
+            got = pipe.run(xt.numpy(), th)
+            ref = model(xt, th)
+            np.testing.assert_allclose(got.logits, ref.logits.numpy(), atol=1e-4, rtol=1e-4)
+            np.testing.assert_array_equal(got.stage, ref.stage.numpy())
 
 
 class CountingRunner(TorchRunner):
@@ -114,9 +119,9 @@ def test_buckets_pad_stage2_and_max_batch_chunks_it():
     s2 = CountingRunner("s2", graph_module(model, "stage2"), *graph_specs(cfg, "stage2"), limit=4)
     x = torch.randn(7, 3, 128, 128)
     with EarlyExitPipeline(s1, s2, threshold=1.01, buckets=(1, 2, 4)) as pipe:
-        got = pipe.run(x)
+        got = pipe.run(x.numpy())
     assert s1.seen == [7] and s2.seen == [4, 4]  # 7 hard samples: chunks of 4 and 3, the 3 padded to 4
-    torch.testing.assert_close(got.logits, model(x, 1.01).logits, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(got.logits, model(x, 1.01).logits.numpy(), atol=1e-5, rtol=1e-5)
     assert [bucket_for(n, (1, 2, 4)) for n in (1, 2, 3, 4, 5)] == [1, 2, 4, 4, 5]
 
 
@@ -172,3 +177,16 @@ def test_onnxruntime_sessions_do_not_spin_by_default(artifacts):
         with pytest.raises(RuntimeError):  # ORT's default (spinning) is left alone
             runner._session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
         assert runner.describe()["spinning"] is True
+
+
+def test_a_bad_threshold_is_refused_on_every_call(artifacts):
+    _, folder = artifacts
+    opened = open_pipeline(folder, backend="onnxruntime", device="cpu")
+    x = np.zeros((2, 3, 128, 128), np.float32)
+    with opened.pipeline as pipe:
+        for bad in (-1.0, float("nan"), float("inf")):
+            with pytest.raises(SacvitError, match="finite number >= 0"):
+                pipe.run(x, bad)
+        assert pipe.run(x, 0.0).exit_rate == 1.0
+        with pytest.raises(SacvitError, match="finite number >= 0"):
+            pipe.run(x, -1.0)  # still refused after a good threshold was cached

@@ -6,8 +6,10 @@ loads it (creates the ONNX Runtime session, deserializes the engine); ``infer(fe
 runner's declared input specs (names, dtypes, ranks, static dims) before running, so a wrong tensor
 fails with a message naming the graph and the tensor instead of a backend stack trace.
 
-The currency is ``torch.Tensor`` (CPU or CUDA): the pipeline's exit gate and compaction run on the
-device with torch ops whatever the backend, and GPU backends avoid host copies.
+The currency is ``numpy.ndarray`` on the host. CPU runners return numpy arrays; GPU runners that
+keep their outputs on the device return *device arrays* (duck-typed, see ``backends/arrays.py``),
+which ``check_feed`` accepts too (it reads only ``.shape`` and ``.dtype``). No GPU library and no
+torch is imported here.
 """
 
 from __future__ import annotations
@@ -16,20 +18,11 @@ import abc
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch
+import numpy as np
 
+from sacvit_deploy.backends.arrays import DTYPES
 from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.core.manifest import TensorSpec
-
-TORCH_DTYPES = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "int32": torch.int32,
-    "int64": torch.int64,
-    "bool": torch.bool,
-    "uint8": torch.uint8,
-}
-DTYPE_NAMES = {v: k for k, v in TORCH_DTYPES.items()}
 
 
 class BackendError(SacvitError):
@@ -46,6 +39,22 @@ class Runner(abc.ABC):
         self.input_specs = {t.name: t for t in inputs}
         self.output_specs = {t.name: t for t in outputs}
         self.is_active = False
+        # check_feed runs on every call: resolve dtypes and static dims once, here. The usual spec
+        # (a dynamic or fixed batch, every other dim static) is checked with one tuple comparison.
+        self._checks = tuple(
+            (
+                t.name,
+                DTYPES.get(t.dtype) or np.dtype(t.dtype),
+                len(t.shape),
+                t.shape[0] if t.shape and isinstance(t.shape[0], int) else None,
+                tuple(t.shape[1:]) if all(isinstance(d, int) for d in t.shape[1:]) else None,
+                tuple((i, d) for i, d in enumerate(t.shape) if isinstance(d, int)),
+            )
+            for t in inputs
+        )
+        first = inputs[0].shape[0] if inputs and inputs[0].shape else None
+        self._fixed_batch = first if isinstance(first, int) else None
+        self._names = frozenset(self.input_specs)
 
     # ---- lifecycle -----------------------------------------------------------------------------
     def activate(self) -> Runner:
@@ -66,7 +75,9 @@ class Runner(abc.ABC):
         self.deactivate()
 
     # ---- running -------------------------------------------------------------------------------
-    def infer(self, feed: Mapping[str, torch.Tensor], check: bool = True) -> dict[str, torch.Tensor]:
+    def infer(self, feed: Mapping[str, Any], check: bool = True) -> dict[str, Any]:
+        """Run the graph on ``feed`` (numpy arrays, or this runner's device arrays); returns numpy
+        arrays (CPU runners) or device arrays (GPU runners that keep outputs on the device)."""
         if not self.is_active:
             raise BackendError(
                 f"{self.name}: runner is not active; call activate() or use it as a context manager"
@@ -75,39 +86,39 @@ class Runner(abc.ABC):
             self.check_feed(feed)
         return self._infer(feed)
 
-    def check_feed(self, feed: Mapping[str, torch.Tensor]) -> None:
-        missing = set(self.input_specs) - set(feed)
-        extra = set(feed) - set(self.input_specs)
-        if missing or extra:
+    def check_feed(self, feed: Mapping[str, Any]) -> None:
+        if len(feed) != len(self._names) or not self._names.issuperset(feed):
             raise BackendError(
                 f"{self.name}: feed has inputs {sorted(feed)} but the graph takes {sorted(self.input_specs)}"
             )
         batch = None
-        for name, spec in self.input_specs.items():
-            t = feed[name]
-            want = TORCH_DTYPES[spec.dtype]
-            if t.dtype != want:
+        for name, dtype, rank, dim0, tail, static in self._checks:
+            a = feed[name]
+            shape = a.shape
+            if a.dtype != dtype:
                 raise BackendError(
-                    f"{self.name}: input '{name}' is {DTYPE_NAMES.get(t.dtype, t.dtype)}, expected {spec.dtype}"
+                    f"{self.name}: input '{name}' is {_dtype_name(a.dtype)}, expected {dtype.name}"
                 )
-            if t.dim() != len(spec.shape) or any(
-                isinstance(d, int) and d != s for d, s in zip(spec.shape, t.shape, strict=False)
-            ):
+            if tail is not None:
+                bad = len(shape) != rank or shape[1:] != tail or (dim0 is not None and shape[0] != dim0)
+            else:
+                bad = len(shape) != rank or any(shape[i] != d for i, d in static)
+            if bad:
                 raise BackendError(
-                    f"{self.name}: input '{name}' has shape {tuple(t.shape)}, expected {format_shape(spec.shape)}"
+                    f"{self.name}: input '{name}' has shape {tuple(shape)}, "
+                    f"expected {format_shape(self.input_specs[name].shape)}"
                 )
             if batch is None:
-                batch = t.shape[0]
-            elif t.shape[0] != batch:
+                batch = shape[0]
+            elif shape[0] != batch:
                 raise BackendError(
-                    f"{self.name}: inputs disagree on the batch size ({batch} vs {t.shape[0]} for '{name}')"
+                    f"{self.name}: inputs disagree on the batch size ({batch} vs {shape[0]} for '{name}')"
                 )
 
     @property
     def fixed_batch(self) -> int | None:
         """The batch size the graph was built for, or None when the batch axis is dynamic."""
-        first = next(iter(self.input_specs.values()))
-        return first.shape[0] if isinstance(first.shape[0], int) else None
+        return self._fixed_batch
 
     @property
     def max_batch(self) -> int | None:
@@ -115,17 +126,18 @@ class Runner(abc.ABC):
         return self.fixed_batch
 
     @property
-    def device(self) -> torch.device:
-        return torch.device("cpu")
+    def device(self) -> str:
+        """Where the runner's outputs live: "cpu" or "cuda:N"."""
+        return "cpu"
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.backend, "graph": self.name, "device": str(self.device)}
+        return {"backend": self.backend, "graph": self.name, "device": self.device}
 
     @abc.abstractmethod
     def _activate(self) -> None: ...
 
     @abc.abstractmethod
-    def _infer(self, feed: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
+    def _infer(self, feed: Mapping[str, Any]) -> dict[str, Any]: ...
 
     @abc.abstractmethod
     def _deactivate(self) -> None: ...
@@ -133,3 +145,10 @@ class Runner(abc.ABC):
 
 def format_shape(shape: Sequence[int | str]) -> str:
     return "(" + ", ".join(str(s) for s in shape) + ")"
+
+
+def _dtype_name(dtype: Any) -> str:
+    try:
+        return np.dtype(dtype).name
+    except TypeError:
+        return str(dtype)

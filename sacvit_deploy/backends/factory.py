@@ -1,28 +1,35 @@
 """Pick a backend for an artifact folder and build its runners from the manifest.
 
-``auto`` prefers TensorRT engines (when the folder has them and TensorRT + a GPU are present), then
-ONNX Runtime on the GPU, then ONNX Runtime on the CPU, then the PyTorch weights; it says why.
+One table, :data:`REGISTRY`, holds every backend: its name, the extra that installs it, its priority
+for ``auto``, an availability probe and a runner factory. It drives ``--backend``'s choices (the CLI's
+enum is built from it), ``auto`` selection (highest priority whose probe accepts the folder; the chosen
+row's reason names what was passed over and why) and install hints. A new backend is one module and
+one :func:`register_backend` call.
+
+Today's rows: ``tensorrt`` (engines in the folder, TensorRT and a GPU here), ``onnxruntime`` (CUDA
+provider when there is one, else the CPU), ``torch`` (the folder's weights; the reference, last).
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any, Union
 
 from sacvit_deploy.backends.base import BackendError, Runner
 from sacvit_deploy.core.extras import install_hint
 from sacvit_deploy.core.manifest import Manifest
 
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
+DEVICES = ("cpu", "cuda")
 
 
 @dataclass(frozen=True)
 class BackendChoice:
-    backend: str  # tensorrt | onnxruntime | torch
+    backend: str  # a REGISTRY name: tensorrt | onnxruntime | torch | ...
     device: str  # cpu | cuda
     provider: str | None  # ONNX Runtime provider: cpu | cuda | tensorrt
     reason: str
@@ -32,112 +39,115 @@ class BackendChoice:
         return f"{what} on {self.device}: {self.reason}"
 
 
-def _has_module(name: str) -> bool:
-    return importlib.util.find_spec(name) is not None
+# A probe answers for ``auto``: a BackendChoice when the backend can run the folder here, else the
+# reason it cannot (one short clause). ``select`` answers an explicit ``--backend NAME``: a choice, or a
+# BackendError saying what is missing and how to get it.
+if TYPE_CHECKING:  # subscripted collections.abc.Callable fails at run time on Python 3.8
+    from collections.abc import Callable
+
+    Probe = Callable[[Manifest, Union[str, None]], Union[BackendChoice, str]]
+    Select = Callable[[Manifest, Union[str, None], Union[str, None]], BackendChoice]
+    Factory = Callable[..., Runner]  # (folder, manifest, role, choice, **options) -> Runner
 
 
-def _ort_providers() -> list[str]:
-    from sacvit_deploy.backends.onnxruntime_backend import available_providers
+@dataclass(frozen=True)
+class BackendSpec:
+    name: str
+    factory: Factory
+    probe: Probe
+    select: Select
+    priority: int  # auto tries higher first
+    extra: str  # the extra that installs it (core/extras.install_hint spells the command)
+    module: str  # the top-level module whose presence means "installed"
+    summary: str = ""  # one clause for --help
 
-    return available_providers()
+    def install_hint(self) -> str:
+        return install_hint(self.extra)
+
+    def installed(self) -> bool:
+        return has_module(self.module)
+
+
+REGISTRY: dict[str, BackendSpec] = {}
+
+
+def register_backend(spec: BackendSpec) -> BackendSpec:
+    """Add (or replace) a row of the backend table."""
+    if spec.name == "auto" or not spec.name.isidentifier():
+        raise ValueError(f"bad backend name {spec.name!r}")
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+def unregister_backend(name: str) -> None:
+    REGISTRY.pop(name, None)
+
+
+def backend_names(auto: bool = True) -> tuple[str, ...]:
+    """Backend names for ``--backend``: ``auto`` first, then by priority."""
+    names = tuple(s.name for s in sorted(REGISTRY.values(), key=lambda s: -s.priority))
+    return ("auto", *names) if auto else names
+
+
+def auto_order_help() -> str:
+    """``auto``'s order in words, for --help."""
+    rows = sorted(REGISTRY.values(), key=lambda s: -s.priority)
+    return "auto: " + ", then ".join(s.summary or s.name for s in rows) + "."
+
+
+def has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a broken parent package, or sys.modules[name] = None
+        return False
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_device_count() -> int:
+    """CUDA GPUs the driver sees (libcuda through ctypes: no torch, no CUDA Python package needed)."""
+    name = ctypes.util.find_library("cuda")
+    if not name:
+        return 0
+    try:
+        lib = ctypes.CDLL(name)
+        count = ctypes.c_int(0)
+        if lib.cuInit(0) != 0 or lib.cuDeviceGetCount(ctypes.byref(count)) != 0:
+            return 0
+        return int(count.value)
+    except (OSError, AttributeError):
+        return 0
 
 
 def choose_backend(
     manifest: Manifest, backend: str = "auto", device: str | None = None, provider: str | None = None
 ) -> BackendChoice:
-    if backend not in BACKENDS:
-        raise BackendError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
-    if device not in (None, "cpu", "cuda"):
+    if backend != "auto" and backend not in REGISTRY:
+        raise BackendError(f"unknown backend {backend!r}; use one of {', '.join(backend_names())}")
+    if device not in (None, *DEVICES):
         raise BackendError(f"unknown device {device!r}; use cpu or cuda")
-    if backend == "tensorrt":
-        if not manifest.engines:
-            raise BackendError(
-                "--backend tensorrt needs engines: run `sacvit-deploy build-engine` and use --artifacts engines/"
-            )
-        if device == "cpu":
-            raise BackendError("TensorRT runs on the GPU only; use --device cuda or another backend")
-        return BackendChoice("tensorrt", "cuda", None, "asked for")
-    if backend == "onnxruntime":
-        if not manifest.graphs:
-            raise BackendError(
-                "--backend onnxruntime needs ONNX graphs: use the export folder (--artifacts export/)"
-            )
-        prov = provider or ("cuda" if device == "cuda" else "cpu")
-        return BackendChoice("onnxruntime", "cpu" if prov == "cpu" else "cuda", prov, "asked for")
-    if backend == "torch":
-        if manifest.weights is None:
-            raise BackendError(
-                "--backend torch needs model.safetensors in the folder: re-export without --no-weights"
-            )
-        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return BackendChoice("torch", dev, None, "asked for")
-
-    # auto
-    gpu_ok = device != "cpu"
-    if manifest.engines and gpu_ok and _has_module("tensorrt") and torch.cuda.is_available():
-        return BackendChoice("tensorrt", "cuda", None, "engines in the folder, TensorRT and a GPU present")
-    if manifest.graphs:
-        providers = _ort_providers()
-        if not providers:
-            if manifest.weights is not None:
-                dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
-                return BackendChoice("torch", dev, None, "onnxruntime is not installed")
-            raise BackendError(f"onnxruntime is not installed; {install_hint('cpu', 'gpu')}")
-        if gpu_ok and "CUDAExecutionProvider" in providers:
-            return BackendChoice("onnxruntime", "cuda", "cuda", "ONNX Runtime has the CUDA provider")
-        if device == "cuda":
-            raise BackendError(
-                f"--device cuda: ONNX Runtime has no CUDA provider here ({install_hint('gpu')}); use --device cpu"
-            )
-        return BackendChoice("onnxruntime", "cpu", "cpu", "no GPU backend available")
-    if manifest.engines:
-        raise BackendError("this folder holds TensorRT engines, but TensorRT or a CUDA GPU is missing here")
-    raise BackendError("the folder has neither graphs nor engines; re-run `sacvit-deploy export`")
+    if backend != "auto":
+        return REGISTRY[backend].select(manifest, device, provider)
+    passed: list[str] = []
+    for spec in sorted(REGISTRY.values(), key=lambda s: -s.priority):
+        got = spec.probe(manifest, device)
+        if isinstance(got, BackendChoice):
+            if passed:
+                got = BackendChoice(
+                    got.backend, got.device, got.provider, f"{got.reason} (passed over: {'; '.join(passed)})"
+                )
+            return got
+        passed.append(f"{spec.name}: {got}")
+    if not manifest.graphs and not manifest.engines:
+        raise BackendError("the folder has neither graphs nor engines; re-run `sacvit-deploy export`")
+    raise BackendError("no backend can run this folder here: " + "; ".join(passed))
 
 
 def make_runner(folder: Path, manifest: Manifest, role: str, choice: BackendChoice, **options: Any) -> Runner:
     """One runner for one graph role (stage1, stage2, baseline), files checked against the manifest."""
-    folder = Path(folder)
-    if choice.backend == "onnxruntime":
-        from sacvit_deploy.backends.onnxruntime_backend import OnnxRuntimeRunner
-        from sacvit_deploy.core.onnx_files import external_data_files
-
-        entry = _entry(manifest.graphs, role, folder, "ONNX graph")
-        manifest.verify(folder, "graphs", roles=(role,))
-        external_data_files(manifest.file_path(folder, entry))
-        return OnnxRuntimeRunner(
-            manifest.file_path(folder, entry),
-            entry.inputs,
-            entry.outputs,
-            provider=choice.provider or "cpu",
-            threads=options.get("threads"),
-            fp16=bool(options.get("fp16", False)),
-            cache_dir=options.get("cache_dir"),
-            spinning=bool(options.get("spinning", False)),
-        )
-    if choice.backend == "torch":
-        from sacvit_deploy.backends.torch_backend import TorchRunner
-        from sacvit_deploy.model.graphs import graph_module, graph_specs
-
-        model = _torch_model(folder, manifest)
-        if options.get("threads"):
-            torch.set_num_threads(int(options["threads"]))  # process-wide: torch has no per-module setting
-        inputs, outputs = graph_specs(manifest.model, role)
-        return TorchRunner(
-            f"{role} (torch)", graph_module(model, role), inputs, outputs, device=choice.device
-        )
-    if choice.backend == "tensorrt":
-        from sacvit_deploy.backends.tensorrt_backend import TensorRTRunner
-
-        entry = _entry(manifest.engines, role, folder, "TensorRT engine")
-        manifest.verify(folder, "engines", roles=(role,))
-        return TensorRTRunner(
-            manifest.file_path(folder, entry),
-            entry,
-            manifest.tensorrt.to_dict() if manifest.tensorrt else {},
-            **options,
-        )
-    raise BackendError(f"unknown backend {choice.backend!r}")
+    spec = REGISTRY.get(choice.backend)
+    if spec is None:
+        raise BackendError(f"unknown backend {choice.backend!r}")
+    return spec.factory(Path(folder), manifest, role, choice, **options)
 
 
 def _entry(entries: dict, role: str, folder: Path, what: str) -> Any:
@@ -145,6 +155,143 @@ def _entry(entries: dict, role: str, folder: Path, what: str) -> Any:
         hint = " (export with --baseline)" if role == "baseline" else ""
         raise BackendError(f"{folder}: no {role} {what} in the manifest{hint}")
     return entries[role]
+
+
+# ---- tensorrt --------------------------------------------------------------------------------------
+def _trt_select(manifest: Manifest, device: str | None, provider: str | None) -> BackendChoice:
+    if not manifest.engines:
+        raise BackendError(
+            "--backend tensorrt needs engines: run `sacvit-deploy build-engine` and use --artifacts engines/"
+        )
+    if device == "cpu":
+        raise BackendError("TensorRT runs on the GPU only; use --device cuda or another backend")
+    return BackendChoice("tensorrt", "cuda", None, "asked for")
+
+
+def _trt_probe(manifest: Manifest, device: str | None) -> BackendChoice | str:
+    if not manifest.engines:
+        return "no engines in the folder"
+    if device == "cpu":
+        return "--device cpu"
+    if not has_module("tensorrt"):
+        return f"TensorRT is not installed ({REGISTRY['tensorrt'].install_hint()})"
+    if not cuda_device_count():
+        return "no CUDA GPU visible"
+    return BackendChoice("tensorrt", "cuda", None, "engines in the folder, TensorRT and a GPU present")
+
+
+def _trt_factory(
+    folder: Path, manifest: Manifest, role: str, choice: BackendChoice, **options: Any
+) -> Runner:
+    from sacvit_deploy.backends.tensorrt_backend import TensorRTRunner
+
+    entry = _entry(manifest.engines, role, folder, "TensorRT engine")
+    manifest.verify(folder, "engines", roles=(role,))
+    return TensorRTRunner(
+        manifest.file_path(folder, entry),
+        entry,
+        manifest.tensorrt.to_dict() if manifest.tensorrt else {},
+        **options,
+    )
+
+
+# ---- onnxruntime -----------------------------------------------------------------------------------
+def _ort_providers() -> list[str]:
+    from sacvit_deploy.backends.onnxruntime_backend import available_providers
+
+    return available_providers()
+
+
+def _ort_select(manifest: Manifest, device: str | None, provider: str | None) -> BackendChoice:
+    if not manifest.graphs:
+        raise BackendError(
+            "--backend onnxruntime needs ONNX graphs: use the export folder (--artifacts export/)"
+        )
+    prov = provider or ("cuda" if device == "cuda" else "cpu")
+    return BackendChoice("onnxruntime", "cpu" if prov == "cpu" else "cuda", prov, "asked for")
+
+
+def _ort_probe(manifest: Manifest, device: str | None) -> BackendChoice | str:
+    if not manifest.graphs:
+        return "no ONNX graphs in the folder"
+    providers = _ort_providers()
+    if not providers:
+        return f"onnxruntime is not installed ({install_hint('cpu', 'gpu')})"
+    if device != "cpu" and "CUDAExecutionProvider" in providers:
+        return BackendChoice("onnxruntime", "cuda", "cuda", "ONNX Runtime has the CUDA provider")
+    if device == "cuda":
+        return f"--device cuda: ONNX Runtime has no CUDA provider here ({install_hint('gpu')})"
+    return BackendChoice("onnxruntime", "cpu", "cpu", "no GPU backend available")
+
+
+def _ort_factory(
+    folder: Path, manifest: Manifest, role: str, choice: BackendChoice, **options: Any
+) -> Runner:
+    from sacvit_deploy.backends.onnxruntime_backend import OnnxRuntimeRunner
+    from sacvit_deploy.core.onnx_files import external_data_files
+
+    entry = _entry(manifest.graphs, role, folder, "ONNX graph")
+    manifest.verify(folder, "graphs", roles=(role,))
+    external_data_files(manifest.file_path(folder, entry))
+    return OnnxRuntimeRunner(
+        manifest.file_path(folder, entry),
+        entry.inputs,
+        entry.outputs,
+        provider=choice.provider or "cpu",
+        threads=options.get("threads"),
+        fp16=bool(options.get("fp16", False)),
+        cache_dir=options.get("cache_dir"),
+        spinning=bool(options.get("spinning", False)),
+    )
+
+
+# ---- torch -----------------------------------------------------------------------------------------
+def _torch_device(device: str | None) -> str:
+    if device:
+        return device
+    if not cuda_device_count():
+        return "cpu"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _torch_select(manifest: Manifest, device: str | None, provider: str | None) -> BackendChoice:
+    if manifest.weights is None:
+        raise BackendError(
+            "--backend torch needs model.safetensors in the folder: re-export without --no-weights"
+        )
+    if not has_module("torch"):
+        raise BackendError(
+            f"--backend torch needs PyTorch, which is not installed: {REGISTRY['torch'].install_hint()}"
+        )
+    return BackendChoice("torch", _torch_device(device), None, "asked for")
+
+
+def _torch_probe(manifest: Manifest, device: str | None) -> BackendChoice | str:
+    if manifest.weights is None:
+        return "no model.safetensors in the folder"
+    if not has_module("torch"):
+        return f"PyTorch is not installed ({REGISTRY['torch'].install_hint()})"
+    if device == "cuda" and not cuda_device_count():
+        return "--device cuda: no CUDA GPU visible"
+    return BackendChoice("torch", _torch_device(device), None, "the folder's PyTorch weights")
+
+
+def _torch_factory(
+    folder: Path, manifest: Manifest, role: str, choice: BackendChoice, **options: Any
+) -> Runner:
+    import torch
+
+    from sacvit_deploy.backends.torch_backend import TorchRunner
+    from sacvit_deploy.core.graph_io import graph_specs
+    from sacvit_deploy.model.graphs import graph_module
+
+    model = _torch_model(folder, manifest)
+    if options.get("threads"):
+        torch.set_num_threads(int(options["threads"]))  # process-wide: torch has no per-module setting
+    inputs, outputs = graph_specs(manifest.model, role)
+    return TorchRunner(f"{role} (torch)", graph_module(model, role), inputs, outputs, device=choice.device)
 
 
 _MODEL_CACHE: dict[tuple[str, str], Any] = {}
@@ -160,3 +307,37 @@ def _torch_model(folder: Path, manifest: Manifest) -> Any:
         _MODEL_CACHE.clear()
         _MODEL_CACHE[key] = load_checkpoint(manifest.file_path(folder, manifest.weights), "sacvit").model
     return _MODEL_CACHE[key]
+
+
+register_backend(
+    BackendSpec(
+        "tensorrt",
+        _trt_factory,
+        _trt_probe,
+        _trt_select,
+        30,
+        "tensorrt",
+        "tensorrt",
+        "TensorRT engines on the GPU",
+    )
+)
+register_backend(
+    BackendSpec(
+        "onnxruntime",
+        _ort_factory,
+        _ort_probe,
+        _ort_select,
+        20,
+        "cpu",
+        "onnxruntime",
+        "ONNX Runtime (GPU, then CPU)",
+    )
+)
+register_backend(
+    BackendSpec(
+        "torch", _torch_factory, _torch_probe, _torch_select, 10, "torch", "torch", "the PyTorch weights"
+    )
+)
+
+# Kept for callers that listed the names: derived from the table.
+BACKENDS = backend_names()

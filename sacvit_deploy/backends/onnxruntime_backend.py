@@ -2,6 +2,10 @@
 
 ONNX Runtime silently falls back to the CPU when a GPU provider's libraries are missing, so after
 creating the session we compare ``get_providers()`` with what was asked and fail clearly.
+
+Takes and returns numpy arrays. With a GPU provider ONNX Runtime copies inputs to the device and
+outputs back inside ``run`` (the outputs are host arrays; only the TensorRT backend keeps them on the
+device). A device array in the feed is brought to the host first.
 """
 
 from __future__ import annotations
@@ -12,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from sacvit_deploy.backends.base import TORCH_DTYPES, BackendError, Runner
+from sacvit_deploy.backends.arrays import to_host
+from sacvit_deploy.backends.base import BackendError, Runner
 from sacvit_deploy.core.extras import missing_module_message
 from sacvit_deploy.core.manifest import TensorSpec
 
@@ -87,8 +91,8 @@ class OnnxRuntimeRunner(Runner):
         self._session: Any = None
 
     @property
-    def device(self) -> torch.device:
-        return torch.device("cpu") if self.provider == "cpu" else torch.device("cuda", self.device_id)
+    def device(self) -> str:
+        return "cpu" if self.provider == "cpu" else f"cuda:{self.device_id}"
 
     def _provider_list(self) -> list[Any]:
         names = PROVIDERS[self.provider]
@@ -144,7 +148,9 @@ class OnnxRuntimeRunner(Runner):
             )
         self._check_io(session)
         self._session = session
-        self._binding = self.provider != "cpu"
+        self._run = session.run
+        self._input_names = tuple(self.input_specs)
+        self._output_names = list(self.output_specs)
 
     def _check_io(self, session: Any) -> None:
         """The graph's real inputs and outputs must be the manifest's: names, dtypes, static dims.
@@ -177,38 +183,24 @@ class OnnxRuntimeRunner(Runner):
                         f"{spec.dtype} {format_dims(spec.shape)} in the manifest; re-export the folder"
                     )
 
-    def _infer(self, feed: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if self._binding:
-            return self._infer_bound(feed)
-        arrays = {name: np.ascontiguousarray(feed[name].detach().cpu().numpy()) for name in self.input_specs}
+    def _infer(self, feed: Mapping[str, Any]) -> dict[str, Any]:
+        arrays = {}
+        for name in self._input_names:
+            a = feed[name]
+            if not isinstance(a, np.ndarray):
+                a = to_host(a)
+            arrays[name] = a  # ORT copies non-contiguous arrays itself
         try:
-            results = self._session.run(list(self.output_specs), arrays)
+            results = self._run(self._output_names, arrays)
         except Exception as exc:  # a graph that loads but cannot run these inputs
             raise BackendError(
                 f"{self.path}: ONNX Runtime cannot run it ({ort_reason(exc)}); re-export the folder"
             ) from None
-        return {name: torch.from_numpy(arr) for name, arr in zip(self.output_specs, results, strict=True)}
-
-    def _infer_bound(self, feed: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        # GPU providers: bind torch CUDA tensors so inputs and outputs stay on the device.
-        binding = self._session.io_binding()
-        keep = []
-        for name in self.input_specs:
-            t = feed[name].to(self.device).contiguous()
-            keep.append(t)
-            binding.bind_input(name, "cuda", self.device_id, _np_dtype(t.dtype), tuple(t.shape), t.data_ptr())
-        batch = keep[0].shape[0]
-        outputs = {}
-        for name, spec in self.output_specs.items():
-            shape = tuple(batch if isinstance(s, str) else s for s in spec.shape)
-            out = torch.empty(shape, dtype=TORCH_DTYPES[spec.dtype], device=self.device)
-            outputs[name] = out
-            binding.bind_output(name, "cuda", self.device_id, _np_dtype(out.dtype), shape, out.data_ptr())
-        self._session.run_with_iobinding(binding)
-        return outputs
+        return {name: results[i] for i, name in enumerate(self._output_names)}
 
     def _deactivate(self) -> None:
         self._session = None
+        self._run = None
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
@@ -223,12 +215,3 @@ def ort_reason(exc: BaseException) -> str:
     messages ("Load model from X failed: ... : <reason>"), so a long one keeps its start and its end."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= 600 else f"{text[:160]} … {text[-420:]}"
-
-
-def _np_dtype(dtype: torch.dtype) -> Any:
-    return {
-        torch.float32: np.float32,
-        torch.float16: np.float16,
-        torch.int32: np.int32,
-        torch.int64: np.int64,
-    }[dtype]

@@ -43,7 +43,8 @@ from typing import Any
 
 import numpy as np
 
-from sacvit_deploy.backends.base import BackendError, Runner, format_shape
+from sacvit_deploy.backends.arrays import is_device_array
+from sacvit_deploy.backends.base import BackendError, Runner
 from sacvit_deploy.core.manifest import ArtifactFile
 
 # TensorRT DataType member name -> the manifest's dtype name.
@@ -57,14 +58,6 @@ TRT_DTYPES = {
 }
 BUFFERS = ("auto", "cuda-python", "pycuda", "torch")
 
-# BRIDGE (issue 20; delete when helper rt's numpy runtime/ is merged, which feeds numpy and device arrays).
-# This branch's runtime/ (pipeline, parity, calibration) still speaks torch tensors. While this is True:
-# ``infer`` given torch tensors converts them (CPU -> numpy, CUDA -> device.wrap_torch) and returns torch
-# tensors (device arrays copied to the host; on the GPU again for buffers="torch"), and ``device`` is a
-# torch.device ("cpu" unless buffers="torch"), as before issue 20. numpy/device-array feeds follow the
-# protocol whatever this says; with it False, ``device`` is the protocol's string "cuda:N".
-TORCH_BRIDGE = True
-
 
 def resolve_buffers(buffers: str) -> str:
     """``auto`` -> cuda-python when it imports, else pycuda, else torch with CUDA; still ``auto`` when
@@ -77,15 +70,6 @@ def resolve_buffers(buffers: str) -> str:
         return resolve(buffers)
     except DeviceError:
         return "auto"
-
-
-def is_device_array(a: Any) -> bool:
-    """The protocol's duck type: a device address and a way back to the host (no GPU import needed)."""
-    return hasattr(a, "ptr") and hasattr(a, "to_host")
-
-
-def _is_torch(a: Any) -> bool:
-    return type(a).__module__.startswith("torch")
 
 
 class TensorRTRunner(Runner):
@@ -112,29 +96,14 @@ class TensorRTRunner(Runner):
         self._context: Any = None
         self._memory: Any = None  # device.DeviceMemory while active
         self._version = ""
-        # Per-input (name, numpy dtype, rank, {axis: static dim}) for the feed check, computed once.
-        self._feed_specs = [
-            (
-                name,
-                np.dtype(spec.dtype),
-                len(spec.shape),
-                {i: d for i, d in enumerate(spec.shape) if isinstance(d, int)},
-                format_shape(spec.shape),
-            )
-            for name, spec in self.input_specs.items()
-        ]
         self._output_dtypes = {name: np.dtype(spec.dtype) for name, spec in self.output_specs.items()}
         self._gpu: Any = None
         self._profiles: dict[str, tuple[tuple[int, ...], ...]] = {}
 
     # ---- properties ------------------------------------------------------------------------------
     @property
-    def device(self) -> Any:
-        """The protocol's "cuda:N" (a torch.device while :data:`TORCH_BRIDGE` is on, see there)."""
-        if TORCH_BRIDGE:
-            import torch
-
-            return torch.device("cuda", self.device_id) if self.buffers == "torch" else torch.device("cpu")
+    def device(self) -> str:
+        """The protocol's "cuda:N"."""
         return f"cuda:{self.device_id}"
 
     @property
@@ -255,40 +224,7 @@ class TensorRTRunner(Runner):
             self._profiles[name] = shapes
 
     # ---- running ---------------------------------------------------------------------------------
-    def check_feed(self, feed: Mapping[str, Any]) -> None:
-        """Names, dtypes, ranks, static dims and the batch, via ``.shape``/``.dtype`` (numpy or device arrays).
-
-        Overrides base.Runner's (which reads torch attributes in this branch); torch tensors (the
-        :data:`TORCH_BRIDGE`) still go to it.
-        """
-        if TORCH_BRIDGE and any(_is_torch(a) for a in feed.values()):
-            super().check_feed(feed)
-            return
-        if len(feed) != len(self._feed_specs) or any(name not in feed for name, *_ in self._feed_specs):
-            raise BackendError(
-                f"{self.name}: feed has inputs {sorted(feed)} but the graph takes {sorted(self.input_specs)}"
-            )
-        batch = None
-        for name, dtype, rank, static, shown in self._feed_specs:
-            a = feed[name]
-            if a.dtype != dtype:
-                raise BackendError(f"{self.name}: input '{name}' is {a.dtype}, expected {dtype}")
-            shape = a.shape
-            if len(shape) != rank or any(shape[i] != d for i, d in static.items()):
-                raise BackendError(f"{self.name}: input '{name}' has shape {tuple(shape)}, expected {shown}")
-            if batch is None:
-                batch = shape[0]
-            elif shape[0] != batch:
-                raise BackendError(
-                    f"{self.name}: inputs disagree on the batch size ({batch} vs {shape[0]} for '{name}')"
-                )
-
     def _infer(self, feed: Mapping[str, Any]) -> dict[str, Any]:
-        if TORCH_BRIDGE and any(_is_torch(a) for a in feed.values()):
-            return self._infer_torch(feed)
-        return self._run(feed)
-
-    def _run(self, feed: Mapping[str, Any]) -> dict[str, Any]:
         """numpy / device arrays in, fresh device arrays out; one stream synchronization."""
         context, memory = self._context, self._memory
         n = next(iter(feed.values())).shape[0]
@@ -330,22 +266,6 @@ class TensorRTRunner(Runner):
             memory.synchronize()  # the one sync of the call (also after a failure: staged inputs in flight)
             staged.clear()
         return outputs
-
-    def _infer_torch(self, feed: Mapping[str, Any]) -> dict[str, Any]:
-        """The :data:`TORCH_BRIDGE`: torch tensors in, torch tensors out (as before issue 20)."""
-        import torch
-
-        from sacvit_deploy.backends.device import wrap_torch
-
-        arrays = {
-            name: wrap_torch(t) if t.is_cuda else np.ascontiguousarray(t.detach().numpy())
-            for name, t in feed.items()
-        }
-        out = self._run(arrays)
-        tensors = {name: torch.from_numpy(a.to_host()) for name, a in out.items()}
-        if self.buffers == "torch":
-            tensors = {name: t.to(self.device) for name, t in tensors.items()}
-        return tensors
 
 
 def _profiles_from_info(info: Mapping[str, Any]) -> dict[str, tuple[tuple[int, ...], ...]]:

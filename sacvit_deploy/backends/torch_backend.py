@@ -1,12 +1,20 @@
-"""The PyTorch backend: the reference. Runs the model's stages eagerly on CPU or CUDA."""
+"""The PyTorch backend: the reference. Runs the model's stages eagerly on CPU or CUDA.
+
+The only backend module that imports torch (the factory imports it lazily, on demand). Like every
+runner it takes and returns numpy arrays: CPU inputs become tensors without a copy, outputs come
+back to the host.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from sacvit_deploy.backends.arrays import to_host
 from sacvit_deploy.backends.base import BackendError, Runner
 from sacvit_deploy.core.manifest import TensorSpec
 
@@ -31,21 +39,26 @@ class TorchRunner(Runner):
             raise BackendError(
                 "torch backend: --device cuda asked but torch sees no CUDA GPU; use --device cpu"
             )
+        if self._device.type == "cuda" and self._device.index is None:
+            self._device = torch.device("cuda", torch.cuda.current_device())
 
     @property
-    def device(self) -> torch.device:
-        return self._device
+    def device(self) -> str:
+        return str(self._device)
 
     def _activate(self) -> None:
         self._module = self._module.to(self._device).eval()
 
-    def _infer(self, feed: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        args = [feed[name].to(self._device, non_blocking=True) for name in self.input_specs]
+    def _infer(self, feed: Mapping[str, Any]) -> dict[str, Any]:
+        args = [
+            torch.from_numpy(np.ascontiguousarray(to_host(feed[name]))).to(self._device, non_blocking=True)
+            for name in self.input_specs
+        ]
         with torch.inference_mode():
             out = self._module(*args)
         if isinstance(out, torch.Tensor):
             out = (out,)
-        return dict(zip(self.output_specs, out, strict=True))
+        return {name: out[i].detach().cpu().numpy() for i, name in enumerate(self.output_specs)}
 
     def _deactivate(self) -> None:
         if self._device.type == "cuda":

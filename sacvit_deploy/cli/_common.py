@@ -15,6 +15,8 @@ import typer
 from rich.console import Console, ConsoleRenderable, RenderHook
 from rich.segment import Segment
 
+from sacvit_deploy.backends.factory import auto_order_help as _auto_order_help
+from sacvit_deploy.backends.factory import backend_names as _backend_names
 from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.core.extras import import_failure
 from sacvit_deploy.core.fileinfo import resolved
@@ -558,11 +560,8 @@ def check_batch_size(value: int, option: str) -> int:
     return validate.batch_size(value, option)
 
 
-class BackendName(str, Enum):
-    auto = "auto"
-    tensorrt = "tensorrt"
-    onnxruntime = "onnxruntime"
-    torch = "torch"
+# --backend's choices and help come from the backend table (backends/factory.py's REGISTRY).
+BackendName = Enum("BackendName", {n: n for n in _backend_names()}, type=str)  # type: ignore[misc]
 
 
 class DeviceName(str, Enum):
@@ -577,9 +576,7 @@ ArtifactsOption = Annotated[
     ),
     RUN_ARTIFACTS,
 ]
-BackendOption = Annotated[
-    BackendName, typer.Option(help="auto: TensorRT, then ONNX Runtime GPU, then CPU.", rich_help_panel=RUN)
-]
+BackendOption = Annotated[BackendName, typer.Option(help=_auto_order_help(), rich_help_panel=RUN)]
 DeviceOption = Annotated[
     DeviceName | None, typer.Option(help="cpu or cuda (default: the backend's best).", rich_help_panel=RUN)
 ]

@@ -819,8 +819,8 @@ def _calibrator_for(
 ) -> tuple[Any, int, dict[str, Any]]:
     """The calibrator of one engine, its batch size, and the cache entry for the manifest."""
     import numpy as np
-    import torch
 
+    from sacvit_deploy.backends.arrays import to_host
     from sacvit_deploy.engine.int8_calibrator import (
         CALIBRATION_SUFFIX,
         calibration_batches,
@@ -831,9 +831,9 @@ def _calibrator_for(
 
     feeds: dict[str, np.ndarray] = {"image": images}
     if role == "stage2":
-        outputs = run_any_batch(reference["stage1"], {"image": torch.from_numpy(images)})
+        outputs = run_any_batch(reference["stage1"], {"image": images})
         for spec in graph.inputs[1:]:
-            feeds[spec.name] = outputs[spec.name].cpu().numpy()
+            feeds[spec.name] = to_host(outputs[spec.name])
     feeds = {spec.name: feeds[spec.name] for spec in graph.inputs}
     batch = min(options.opt_batch, images.shape[0])
     batches = calibration_batches(feeds, batch)
@@ -888,8 +888,6 @@ def _parity(
     images: Any,
     options: BuildOptions,
 ) -> dict[str, Any]:
-    import torch
-
     from sacvit_deploy.backends.tensorrt_backend import TensorRTRunner
     from sacvit_deploy.engine.parity import compare_runners, parity_report, reference_runners
 
@@ -912,7 +910,7 @@ def _parity(
         for runner in [*reference.values(), *engines.values()]:
             runner.activate()
             active.append(runner)
-        batch = torch.from_numpy(images[:count])
+        batch = images[:count]
         rows = compare_runners(reference, engines, batch, manifest.exit_threshold)
     finally:
         for runner in active:

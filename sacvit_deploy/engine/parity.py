@@ -15,10 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from sacvit_deploy.backends.base import Runner
-from sacvit_deploy.backends.factory import BackendChoice, make_runner
+from sacvit_deploy.backends.factory import BackendChoice, cuda_device_count, has_module, make_runner
 from sacvit_deploy.core.compare import Criteria, ParityRow
 from sacvit_deploy.core.manifest import Manifest
 from sacvit_deploy.runtime import parity
@@ -34,24 +32,22 @@ def reference_runners(
     export_dir: Path, manifest: Manifest, roles: list[str]
 ) -> tuple[dict[str, Runner], str]:
     """Runners on the export folder: ONNX Runtime (CPU) if installed, else the PyTorch weights."""
-    import importlib.util
-
-    if importlib.util.find_spec("onnxruntime") is not None:
+    if has_module("onnxruntime"):
         choice = BackendChoice("onnxruntime", "cpu", "cpu", "parity reference")
         label = "ONNX Runtime (CPU)"
-    elif manifest.weights is not None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif manifest.weights is not None and has_module("torch"):
+        device = "cuda" if cuda_device_count() else "cpu"
         choice = BackendChoice("torch", device, None, "parity reference")
         label = f"PyTorch ({device}; onnxruntime is not installed)"
     else:
-        return {}, "none (neither onnxruntime nor model.safetensors)"
+        return {}, "none (neither onnxruntime nor model.safetensors with torch installed)"
     return {role: make_runner(export_dir, manifest, role, choice) for role in roles}, label
 
 
 def compare_runners(
     reference: dict[str, Runner],
     engines: dict[str, Runner],
-    images: torch.Tensor,
+    images: Any,  # (B, 3, R, R) float32 numpy (or a torch tensor)
     threshold: float,
 ) -> list[ParityRow]:
     """Parity rows of ``engines`` against ``reference`` on preprocessed real ``images``."""

@@ -53,7 +53,7 @@ def verify_export(
     folder: Path,
     manifest: Manifest,
     model: SACViT,
-    real_images: torch.Tensor | None = None,
+    real_images: Any = None,
     tolerance: Tolerance | None = None,
     threads: int | None = None,
 ) -> dict[str, Any]:
@@ -65,7 +65,9 @@ def verify_export(
     reference = model_runners(model.eval(), list(manifest.graphs))
     g = torch.Generator().manual_seed(1234)
     cfg = manifest.model
-    sets = {"random": torch.randn(RANDOM_BATCH, cfg.in_chans, cfg.img_size, cfg.img_size, generator=g)}
+    sets = {
+        "random": torch.randn(RANDOM_BATCH, cfg.in_chans, cfg.img_size, cfg.img_size, generator=g).numpy()
+    }
     if real_images is not None and real_images.shape[0]:
         sets["real"] = real_images
     rows = compare_runners(
@@ -116,7 +118,7 @@ def tensorrt_parser_check(folder: Path, manifest: Manifest, target: str) -> dict
 
 
 def check_parity(
-    folder: Path, manifest: Manifest, real_images: torch.Tensor | None, tolerance: Tolerance | None = None
+    folder: Path, manifest: Manifest, real_images: Any, tolerance: Tolerance | None = None
 ) -> dict[str, Any]:
     """``check --run``: ONNX Runtime on the folder's graphs vs the folder's own PyTorch weights
     (model.safetensors), through the same comparator as export verification. Returns the report;
@@ -133,7 +135,9 @@ def check_parity(
     reference = {role: make_runner(folder, manifest, role, torch_cpu) for role in roles}
     cfg = manifest.model
     g = torch.Generator().manual_seed(1234)
-    sets = {"random": torch.randn(RANDOM_BATCH, cfg.in_chans, cfg.img_size, cfg.img_size, generator=g)}
+    sets = {
+        "random": torch.randn(RANDOM_BATCH, cfg.in_chans, cfg.img_size, cfg.img_size, generator=g).numpy()
+    }
     if real_images is not None and real_images.shape[0]:
         sets["real"] = real_images
     rows = compare_runners(

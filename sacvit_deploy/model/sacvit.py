@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sacvit_deploy.core.exit_rule import exit_mask
+from sacvit_deploy.core.graph_io import STAGE1_INPUTS, STAGE1_OUTPUTS, STAGE2_INPUTS, STAGE2_OUTPUTS  # noqa: F401
 from sacvit_deploy.model.config import ModelConfig
 from sacvit_deploy.model.layers import Block, Mlp, PatchEmbed, image_to_patches
 from sacvit_deploy.model.selection import TokenSelector, fine_index_table
@@ -36,10 +37,7 @@ class EarlyExitOutput(NamedTuple):
     confidence: Tensor  # (B,) stage-1 confidence
 
 
-STAGE1_INPUTS = ("image",)
-STAGE1_OUTPUTS = Stage1Output._fields
-STAGE2_INPUTS = ("image", "target_index", "nontarget_tokens", "target_features")
-STAGE2_OUTPUTS = ("logits",)
+assert Stage1Output._fields == STAGE1_OUTPUTS  # the names live in core/graph_io (torch-free)
 
 
 def gather_tokens(tokens: Tensor, index: Tensor) -> Tensor:

@@ -131,8 +131,7 @@ def _stage1_outputs(
     folder: Path, manifest: Manifest, images: np.ndarray, threads: int | None
 ) -> dict[str, np.ndarray]:
     """The float stage 1's outputs for the calibration images (stage 2's calibration feeds)."""
-    import torch
-
+    from sacvit_deploy.backends.arrays import to_host
     from sacvit_deploy.backends.factory import BackendChoice, make_runner
     from sacvit_deploy.runtime.pipeline import run_any_batch
 
@@ -141,9 +140,9 @@ def _stage1_outputs(
     parts: dict[str, list[np.ndarray]] = {}
     with runner:
         for start in range(0, images.shape[0], 32):
-            out = run_any_batch(runner, {"image": torch.from_numpy(images[start : start + 32])})
+            out = run_any_batch(runner, {"image": np.ascontiguousarray(images[start : start + 32])})
             for k, v in out.items():
-                parts.setdefault(k, []).append(v.cpu().numpy())
+                parts.setdefault(k, []).append(to_host(v))
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 

@@ -7,7 +7,9 @@
             print(p.source, p.label, p.probabilities[0], "stage", p.stage)
 
 Inputs are paths, PIL images or numpy arrays (HxWx3 uint8, like a decoded image); they are
-preprocessed exactly as the manifest says. ``run(tensor)`` takes an already preprocessed batch.
+preprocessed exactly as the manifest says. ``run(batch)`` takes an already preprocessed batch: a
+numpy array, or a torch tensor when torch is installed (a CPU tensor is read without a copy, a CUDA
+tensor is copied to the host). Results are numpy arrays. torch is never imported here.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
+from sacvit_deploy.backends.arrays import as_host_batch
 from sacvit_deploy.core import validate
 from sacvit_deploy.runtime.loader import OpenedPipeline, open_pipeline
 from sacvit_deploy.runtime.pipeline import PipelineOutput
@@ -65,14 +67,16 @@ class Pipeline:
     def close(self) -> None:
         self._opened.pipeline.deactivate()
 
-    def run(self, images: torch.Tensor, threshold: float | None = None) -> PipelineOutput:
-        """A preprocessed batch (B, 3, R, R) float32 -> logits, answering stage, confidence."""
+    def run(self, images: Any, threshold: float | None = None) -> PipelineOutput:
+        """A preprocessed batch (B, 3, R, R) float32 (numpy, or a torch tensor) -> numpy logits,
+        answering stage, confidence."""
         validate.image_batch(images, self.manifest.preprocess.input_size)
         threshold = None if threshold is None else validate.threshold(threshold)
         self._opened.pipeline.activate()
-        return self._opened.pipeline.run(images, threshold)
+        return self._opened.pipeline.run(as_host_batch(images), threshold)
 
-    def preprocess(self, images: Iterable[Any]) -> torch.Tensor:
+    def preprocess(self, images: Iterable[Any]) -> np.ndarray:
+        """Decode and preprocess images into one (B, 3, R, R) float32 numpy batch."""
         from sacvit_deploy.runtime.images import load_image, preprocess
 
         cfg = self.manifest.preprocess
@@ -80,7 +84,7 @@ class Pipeline:
         for i, img in enumerate(images):
             if isinstance(img, np.ndarray):
                 validate.raw_image(img, i)
-        return torch.from_numpy(np.stack([preprocess(load_image(img), cfg) for img in images]))
+        return np.stack([preprocess(load_image(img), cfg) for img in images])
 
     def predict(
         self, images: Any, topk: int = 5, batch_size: int = 32, threshold: float | None = None

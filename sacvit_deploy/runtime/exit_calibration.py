@@ -31,13 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
+from sacvit_deploy.backends.arrays import as_host_batch, to_host
 from sacvit_deploy.backends.base import Runner
 from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.core.exit_rule import exit_mask
-from sacvit_deploy.model.flops import FlopsReport
-from sacvit_deploy.model.sacvit import STAGE2_INPUTS
+from sacvit_deploy.core.flops import FlopsReport
+from sacvit_deploy.core.graph_io import STAGE2_INPUTS
 from sacvit_deploy.runtime.images import IMAGE_EXTENSIONS, _scan_folder
 from sacvit_deploy.runtime.pipeline import run_any_batch, run_batched
 
@@ -152,56 +152,57 @@ def find_labelled_images(
 class Predictions:
     """Both stages' answers for every image: the input of the threshold sweep."""
 
-    confidence: torch.Tensor  # (N,) float32, stage 1's
-    pred1: torch.Tensor  # (N,) int64
-    pred2: torch.Tensor  # (N,) int64
-    labels: torch.Tensor  # (N,) int64
+    confidence: np.ndarray  # (N,) float32, stage 1's
+    pred1: np.ndarray  # (N,) int64
+    pred2: np.ndarray  # (N,) int64
+    labels: np.ndarray  # (N,) int64
 
     def __post_init__(self) -> None:
-        self.confidence = torch.as_tensor(self.confidence, dtype=torch.float32).flatten()
-        self.pred1 = torch.as_tensor(self.pred1, dtype=torch.int64).flatten()
-        self.pred2 = torch.as_tensor(self.pred2, dtype=torch.int64).flatten()
-        self.labels = torch.as_tensor(self.labels, dtype=torch.int64).flatten()
-        n = self.confidence.numel()
-        if not n or any(t.numel() != n for t in (self.pred1, self.pred2, self.labels)):
+        self.confidence = as_host_batch(self.confidence).astype(np.float32, copy=False).reshape(-1)
+        self.pred1 = as_host_batch(self.pred1).astype(np.int64, copy=False).reshape(-1)
+        self.pred2 = as_host_batch(self.pred2).astype(np.int64, copy=False).reshape(-1)
+        self.labels = as_host_batch(self.labels).astype(np.int64, copy=False).reshape(-1)
+        n = self.confidence.size
+        if not n or any(t.size != n for t in (self.pred1, self.pred2, self.labels)):
             raise ValueError(
                 "predictions need the same, non-zero number of confidences, predictions and labels"
             )
 
     @property
     def n(self) -> int:
-        return int(self.confidence.numel())
+        return int(self.confidence.size)
 
     @property
     def stage1_accuracy(self) -> float:
-        return float((self.pred1 == self.labels).double().mean())
+        return float((self.pred1 == self.labels).mean())
 
     @property
     def stage2_accuracy(self) -> float:
-        return float((self.pred2 == self.labels).double().mean())
+        return float((self.pred2 == self.labels).mean())
 
 
 def predict_both_stages(
     stage1: Runner,
     stage2: Runner,
-    batches: Iterable[tuple[torch.Tensor, Sequence[int]]],
+    batches: Iterable[tuple[np.ndarray, Sequence[int]]],
     buckets: Sequence[int] | None = None,
 ) -> Predictions:
     """Run stage 1 and stage 2 on every image of every (images, labels) batch (runners active)."""
     conf, p1, p2, ys = [], [], [], []
     for images, labels in batches:
+        images = as_host_batch(images)
         out1 = run_any_batch(stage1, {"image": images})
-        feed = {"image": images.to(stage2.device)}
+        feed = {"image": images}
         for name in STAGE2_INPUTS[1:]:
             feed[name] = out1[name]
         logits2 = run_batched(stage2, feed, images.shape[0], buckets)["logits"]
-        conf.append(out1["confidence"].float().cpu())
-        p1.append(out1["logits"].argmax(-1).cpu())
-        p2.append(logits2.argmax(-1).cpu())
-        ys.append(torch.as_tensor(list(labels), dtype=torch.int64))
+        conf.append(to_host(out1["confidence"]).astype(np.float32, copy=False))
+        p1.append(to_host(out1["logits"]).argmax(-1))
+        p2.append(to_host(logits2).argmax(-1))
+        ys.append(np.asarray(list(labels), dtype=np.int64))
     if not conf:
         raise SacvitError("no image could be read, nothing to calibrate on")
-    return Predictions(torch.cat(conf), torch.cat(p1), torch.cat(p2), torch.cat(ys))
+    return Predictions(np.concatenate(conf), np.concatenate(p1), np.concatenate(p2), np.concatenate(ys))
 
 
 # ---- the sweep ------------------------------------------------------------------------------------
@@ -240,12 +241,12 @@ def grid(step: float = 0.01, lo: float = 0.0, hi: float = 1.0) -> list[float]:
 def evaluate(pred: Predictions, flops: FlopsReport, thresholds: Iterable[float]) -> list[CurvePoint]:
     """One curve point per threshold (sorted, duplicates dropped)."""
     ths = sorted(set(float(t) for t in thresholds))
-    t = torch.tensor(ths, dtype=torch.float32)[:, None]  # float32, like the pipeline's comparison
+    t = np.asarray(ths, dtype=np.float32)[:, None]  # float32, like the pipeline's comparison
     exits = exit_mask(pred.confidence[None, :], t)  # (T, N)
     right1 = (pred.pred1 == pred.labels)[None, :]
     right2 = (pred.pred2 == pred.labels)[None, :]
     n_exit = exits.sum(1).tolist()
-    n_correct = torch.where(exits, right1, right2).sum(1).tolist()
+    n_correct = np.where(exits, right1, right2).sum(1).tolist()
     return [
         CurvePoint(th, int(e), int(c), pred.n, flops.expected(e / pred.n))
         for th, e, c in zip(ths, n_exit, n_correct, strict=True)
@@ -409,12 +410,12 @@ def write_csv(cal: Calibration, path: Path) -> Path:
 
 def images_and_labels(
     labelled: LabelledImages, batches: Iterable[Any]
-) -> Iterable[tuple[torch.Tensor, list[int]]]:
+) -> Iterable[tuple[np.ndarray, list[int]]]:
     """(images, labels) per :func:`iter_batches` batch, labels looked up by path."""
     label_of = {os.fspath(p): y for p, y in zip(labelled.paths, labelled.labels, strict=True)}
     for batch in batches:
         if batch.images.shape[0]:
             yield (
-                torch.from_numpy(np.ascontiguousarray(batch.images)),
+                np.ascontiguousarray(batch.images),
                 [label_of[os.fspath(p)] for p in batch.paths],
             )

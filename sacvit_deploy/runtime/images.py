@@ -42,9 +42,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from sacvit_deploy.core.config import PreprocessConfig
 from sacvit_deploy.core.errors import ConfigError, SacvitError
 from sacvit_deploy.core.fileinfo import not_a_regular_file
-from sacvit_deploy.model.config import PreprocessConfig
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
-import torch
 
+from sacvit_deploy.backends.arrays import as_host_batch, to_host
 from sacvit_deploy.backends.base import Runner
 from sacvit_deploy.core.compare import EXACT, Criteria, NamedRunner, ParityRow, compare
 from sacvit_deploy.runtime.pipeline import run_any_batch
@@ -20,12 +21,9 @@ from sacvit_deploy.runtime.pipeline import run_any_batch
 
 def _stage_fn(runner: Runner):
     def run(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        tensors = {k: torch.from_numpy(np.ascontiguousarray(v)).to(runner.device) for k, v in feed.items()}
-        out = run_any_batch(runner, tensors)
-        return {
-            k: v.detach().float().cpu().numpy() if v.is_floating_point() else v.cpu().numpy()
-            for k, v in out.items()
-        }
+        out = run_any_batch(runner, {k: np.ascontiguousarray(v) for k, v in feed.items()})
+        host = {k: to_host(v) for k, v in out.items()}
+        return {k: v.astype(np.float32) if v.dtype.kind == "f" else v for k, v in host.items()}
 
     return run
 
@@ -37,7 +35,7 @@ def named(name: str, runners: Mapping[str, Runner]) -> NamedRunner:
 def compare_runners(
     reference: tuple[str, Mapping[str, Runner]],
     candidate: tuple[str, Mapping[str, Runner]],
-    image_sets: Mapping[str, torch.Tensor],
+    image_sets: Mapping[str, Any],
     threshold: float,
     criteria: Criteria = EXACT,
 ) -> list[ParityRow]:
@@ -48,5 +46,5 @@ def compare_runners(
             stack.enter_context(r)
         ref, cand = named(*reference), named(*candidate)
         for label, images in image_sets.items():
-            rows += compare(ref, cand, images.detach().cpu().numpy(), threshold, label, criteria)
+            rows += compare(ref, cand, as_host_batch(images), threshold, label, criteria)
     return rows

@@ -1,14 +1,19 @@
 """EarlyExitPipeline: stage 1 on the batch, per-sample exit gate, stage 2 on the hard samples only.
 
 1. Stage 1 runs on the whole batch.
-2. The gate (confidence >= threshold) is evaluated per sample, on the device.
-3. The hard samples are compacted into a contiguous batch (``index_select`` of the stage-1 outputs and
-   the images), padded up to a bucket size when the stage-2 runner prefers fixed shapes, and split
-   into chunks when more than the runner's maximum batch.
-4. Stage 2 runs on them only; its logits are scattered back in input order.
+2. The gate (confidence >= threshold) is evaluated per sample on the host: the B confidences are the
+   one thing brought back from the device (``to_host``), the hard indices are computed with
+   core/exit_rule.
+3. The hard samples are compacted into a contiguous batch (``take_rows`` of the images on the host and
+   of the stage-1 outputs where they live: on the device for a GPU runner, device-to-device copies),
+   padded up to a bucket size when the stage-2 runner prefers fixed shapes, and split into chunks
+   when more than the runner's maximum batch.
+4. Stage 2 runs on them only; its logits are brought to the host and scattered back in input order.
 
 Every batch shape is ordinary: all samples exit (stage 2 is skipped), none exits, batch of 1, a last
 partial batch. The result equals ``SACViT.forward(image, threshold)`` sample by sample.
+
+The currency is numpy (see backends/arrays.py): nothing here imports torch or a GPU library.
 """
 
 from __future__ import annotations
@@ -16,35 +21,34 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
-import torch
 
+from sacvit_deploy.backends.arrays import concat_rows, pad_rows, slice_rows, take_rows, to_host
 from sacvit_deploy.backends.base import Runner
 from sacvit_deploy.core.compare import mixed_threshold  # noqa: F401  (re-exported: the one definition)
 from sacvit_deploy.core.errors import SacvitError
-from sacvit_deploy.core.exit_rule import ExitRule
-from sacvit_deploy.model.sacvit import STAGE2_INPUTS
+from sacvit_deploy.core.exit_rule import ExitRule, check_threshold, exit_mask
+from sacvit_deploy.core.graph_io import STAGE2_INPUTS
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 @dataclass
 class PipelineOutput:
-    logits: torch.Tensor  # (B, C) final logits: stage 1's for exited samples, stage 2's for the rest
-    stage: torch.Tensor  # (B,) int64, 1 or 2
-    confidence: torch.Tensor  # (B,) stage-1 confidence
+    logits: np.ndarray  # (B, C) float32 final logits: stage 1's for exited samples, stage 2's for the rest
+    stage: np.ndarray  # (B,) int64, 1 or 2
+    confidence: np.ndarray  # (B,) float32 stage-1 confidence
     timings: dict[str, float] = field(default_factory=dict)  # seconds, filled when timing is on
 
     @property
     def exit_rate(self) -> float:
-        n = self.stage.numel()
-        return float((self.stage == 1).sum()) / n if n else 0.0
+        n = self.stage.size
+        return float(np.count_nonzero(self.stage == 1)) / n if n else 0.0
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+_STAGE2_FROM_STAGE1 = STAGE2_INPUTS[1:]
 
 
 class EarlyExitPipeline:
@@ -69,6 +73,8 @@ class EarlyExitPipeline:
             self.buckets = tuple(sorted(set(int(b) for b in buckets)))
         else:
             self.buckets = None
+        self._buckets1 = _stage1_buckets(stage1)
+        self._checked: float | None = None  # the last threshold that passed check_threshold
 
     # ---- lifecycle -----------------------------------------------------------------------------
     def activate(self) -> EarlyExitPipeline:
@@ -87,102 +93,99 @@ class EarlyExitPipeline:
         self.deactivate()
 
     @property
-    def device(self) -> torch.device:
+    def device(self) -> str:
         return self.stage1.device
 
     # ---- running -------------------------------------------------------------------------------
-    def run(
-        self, images: torch.Tensor, threshold: float | None = None, timing: bool = False
-    ) -> PipelineOutput:
-        """images: (B, 3, R, R) float32, normalised. Returns logits, answering stage, confidence."""
+    def run(self, images: Any, threshold: float | None = None, timing: bool = False) -> PipelineOutput:
+        """images: (B, 3, R, R) float32 numpy, normalised. Returns logits, answering stage, confidence
+        (numpy arrays on the host)."""
         th = self.threshold if threshold is None else float(threshold)
-        device = self.device
-        times: dict[str, float] = {}
-        images = images.to(device, non_blocking=True)
-        n = images.shape[0]
+        if not isinstance(images, np.ndarray):
+            images = to_host(images)
+        n = images.shape[0] if images.ndim else 0
         if n == 0:
             raise SacvitError("empty batch: pass at least one image")
+        if not timing:
+            return self._run(images, n, th)
 
-        t0 = _now(timing, device)
-        out1 = run_batched(self.stage1, {"image": images}, n, _stage1_buckets(self.stage1))
-        t1 = _now(timing, device)
-
-        confidence = out1["confidence"]
-        hard = _hard_indices(confidence, th)  # the one host sync: stage 2's batch size
-        n_hard = int(hard.numel())
-        logits = out1["logits"].clone()
-        stage = torch.ones(n, dtype=torch.int64, device=logits.device)
-        t2 = _now(timing, device)
-
-        if n_hard:
+        now = time.perf_counter
+        t0 = now()
+        out1 = run_batched(self.stage1, {"image": images}, n, self._buckets1)
+        confidence = to_host(out1["confidence"])  # synchronises the device: the stage-1 time
+        t1 = now()
+        hard = hard_indices(confidence, th)
+        logits = _host_copy(out1["logits"])
+        stage: np.ndarray = np.ones(n, dtype=np.int64)
+        t2 = now()
+        if hard.size:
             feed = stage2_feed(images, out1, hard)
-            t3 = _now(timing, device)
-            logits2 = run_batched(self.stage2, feed, n_hard, self.buckets)["logits"]
-            t4 = _now(timing, device)
-            _put_rows(logits, hard, logits2.to(logits.dtype))
-            _put_rows(stage, hard, 2)
+            t3 = now()
+            logits2 = to_host(run_batched(self.stage2, feed, hard.size, self.buckets)["logits"])
+            t4 = now()
+            logits[hard] = logits2
+            stage[hard] = 2
         else:
             t3 = t4 = t2
-        t5 = _now(timing, device)
-
-        if timing:
-            times = {
-                "stage1": t1 - t0,
-                "gate": (t2 - t1) + (t3 - t2) + (t5 - t4),  # gate + compaction + scatter
-                "stage2": t4 - t3,
-                "total": t5 - t0,
-            }
+        t5 = now()
+        times = {
+            "stage1": t1 - t0,
+            "gate": (t2 - t1) + (t3 - t2) + (t5 - t4),  # gate + compaction + scatter
+            "stage2": t4 - t3,
+            "total": t5 - t0,
+        }
         return PipelineOutput(logits, stage, confidence, times)
+
+    def _run(self, images: np.ndarray, n: int, th: float) -> PipelineOutput:
+        """``run`` without timing: the hot path, kept short (issue 20: <= 30 us over two raw runs)."""
+        out1 = run_batched(self.stage1, {"image": images}, n, self._buckets1)
+        confidence = to_host(out1["confidence"])
+        if th != self._checked:  # validated once per threshold value (NaN never equals: always checked)
+            self._checked = check_threshold(th)
+        # numpy compares a float32 array with a Python float in float32, as the model does.
+        hard = np.flatnonzero(~exit_mask(confidence, th))
+        logits = _host_copy(out1["logits"])
+        stage: np.ndarray = np.ones(n, dtype=np.int64)
+        if hard.size:
+            logits2 = run_batched(self.stage2, stage2_feed(images, out1, hard), hard.size, self.buckets)[
+                "logits"
+            ]
+            logits[hard] = to_host(logits2)
+            stage[hard] = 2
+        return PipelineOutput(logits, stage, confidence)
 
 
 # ---- gate and compaction helpers ---------------------------------------------------------------------
-# On the CPU these go through numpy: torch's intra-op thread pool makes copies this small up to 100x
-# slower when the cores are busy with the backend's own threads (measured: 88 ms vs 0.6 ms for a
-# batch-32 compaction on 2 loaded cores). numpy views share memory with the tensors: no extra copies.
 
 
-def _hard_indices(confidence: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Indices of the samples that do NOT exit (confidence < threshold), int64 on the confidence's device."""
-    rule = ExitRule(threshold)
-    if confidence.device.type == "cpu":
-        # numpy compares a float32 array with a Python float in float32, as torch does.
-        return torch.from_numpy(rule.hard_indices(confidence.numpy()))
-    return rule.hard_indices(confidence)
+def hard_indices(confidence: Any, threshold: float) -> np.ndarray:
+    """Indices (int64, host) of the samples that do NOT exit: confidence < threshold (NaN included)."""
+    return ExitRule(threshold).hard_indices(np.asarray(to_host(confidence)).reshape(-1))
 
 
-def stage2_feed(
-    images: torch.Tensor, out1: dict[str, torch.Tensor], hard: torch.Tensor
-) -> dict[str, torch.Tensor]:
-    """Stage 2's inputs for the hard samples: their images and stage-1 outputs, compacted."""
+def _host_copy(a: Any) -> np.ndarray:
+    """A writable host copy (numpy) or the device's fresh host array."""
+    return a.copy() if isinstance(a, np.ndarray) else to_host(a)
+
+
+def stage2_feed(images: Any, out1: dict[str, Any], hard: np.ndarray) -> dict[str, Any]:
+    """Stage 2's inputs for the hard samples: their images (host) and stage-1 outputs (where they
+    live: host or device), compacted into contiguous batches."""
+    if hard.size == images.shape[0] and hard[-1] == hard.size - 1:  # every sample is hard: no copies
+        feed = {"image": images}
+        for name in _STAGE2_FROM_STAGE1:
+            feed[name] = out1[name]
+        return feed
     feed = {"image": take_rows(images, hard)}
-    for name in STAGE2_INPUTS[1:]:
+    for name in _STAGE2_FROM_STAGE1:
         feed[name] = take_rows(out1[name], hard)
     return feed
 
 
-def hard_samples(
-    images: torch.Tensor, out1: dict[str, torch.Tensor], threshold: float
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def hard_samples(images: Any, out1: dict[str, Any], threshold: float) -> tuple[np.ndarray, dict[str, Any]]:
     """The samples that do not exit under ``threshold`` and stage 2's compacted feed for them."""
-    hard = _hard_indices(out1["confidence"], threshold)
+    hard = hard_indices(out1["confidence"], threshold)
     return hard, stage2_feed(images, out1, hard)
-
-
-def take_rows(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """t[index] along the batch axis."""
-    if t.device.type == "cpu":
-        return torch.from_numpy(np.take(t.detach().numpy(), index.cpu().numpy(), axis=0))
-    return t.index_select(0, index.to(t.device))
-
-
-def _put_rows(t: torch.Tensor, index: torch.Tensor, values: torch.Tensor | int) -> None:
-    """t[index] = values along the batch axis, in place."""
-    if t.device.type == "cpu":
-        t.numpy()[index.cpu().numpy()] = values.cpu().numpy() if isinstance(values, torch.Tensor) else values
-    elif isinstance(values, torch.Tensor):
-        t.index_copy_(0, index.to(t.device), values.to(t.device))
-    else:
-        t.index_fill_(0, index.to(t.device), values)
 
 
 def _stage1_buckets(runner: Runner) -> tuple[int, ...] | None:
@@ -190,17 +193,10 @@ def _stage1_buckets(runner: Runner) -> tuple[int, ...] | None:
     return (fixed,) if fixed is not None else None
 
 
-def run_any_batch(runner: Runner, feed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def run_any_batch(runner: Runner, feed: dict[str, Any]) -> dict[str, Any]:
     """Run a feed of any batch size: padded or chunked to what the runner accepts."""
     n = next(iter(feed.values())).shape[0]
     return run_batched(runner, feed, n, _stage1_buckets(runner))
-
-
-def _now(enabled: bool, device: torch.device) -> float:
-    if not enabled:
-        return 0.0
-    _sync(device)
-    return time.perf_counter()
 
 
 def bucket_for(n: int, buckets: Sequence[int] | None) -> int:
@@ -214,8 +210,8 @@ def bucket_for(n: int, buckets: Sequence[int] | None) -> int:
 
 
 def run_batched(
-    runner: Runner, feed: dict[str, torch.Tensor], n: int, buckets: Sequence[int] | None
-) -> dict[str, torch.Tensor]:
+    runner: Runner, feed: dict[str, Any], n: int, buckets: Sequence[int] | None
+) -> dict[str, Any]:
     """Run n samples, in chunks of the runner's maximum batch, each padded up to its bucket."""
     limit = runner.max_batch
     if limit is None or n <= limit:
@@ -223,24 +219,17 @@ def run_batched(
     parts = []
     for start in range(0, n, limit):
         m = min(limit, n - start)
-        parts.append(_run_padded(runner, {k: v[start : start + m] for k, v in feed.items()}, m, buckets))
-    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+        chunk = {k: slice_rows(v, start, start + m) for k, v in feed.items()}
+        parts.append(_run_padded(runner, chunk, m, buckets))
+    return {k: concat_rows([p[k] for p in parts]) for k in parts[0]}
 
 
 def _run_padded(
-    runner: Runner, feed: dict[str, torch.Tensor], n: int, buckets: Sequence[int] | None
-) -> dict[str, torch.Tensor]:
+    runner: Runner, feed: dict[str, Any], n: int, buckets: Sequence[int] | None
+) -> dict[str, Any]:
     size = bucket_for(n, buckets)
-    if size != n:
-        # Pad by repeating the last sample: real data, so no NaN/inf paths; the extra rows are dropped.
-        feed = {k: _pad_rows(v, size) for k, v in feed.items()}
-    out = runner.infer(feed)
-    return {k: v[:n] for k, v in out.items()} if size != n else out
-
-
-def _pad_rows(t: torch.Tensor, size: int) -> torch.Tensor:
-    extra = size - t.shape[0]
-    if t.device.type == "cpu":
-        a = t.detach().numpy()
-        return torch.from_numpy(np.concatenate([a, np.repeat(a[-1:], extra, axis=0)]))
-    return torch.cat([t, t[-1:].expand(extra, *t.shape[1:])])
+    if size == n:
+        return runner.infer(feed)
+    # Pad by repeating the last sample: real data, so no NaN/inf paths; the extra rows are dropped.
+    out = runner.infer({k: pad_rows(v, size) for k, v in feed.items()})
+    return {k: slice_rows(v, 0, n) for k, v in out.items()}

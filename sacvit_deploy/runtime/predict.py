@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import torch
+import numpy as np
 
 from sacvit_deploy.runtime.pipeline import PipelineOutput
 from sacvit_deploy.runtime.results import Prediction, to_predictions
 
 
 class RunsBatches(Protocol):
-    def run(self, images: torch.Tensor, threshold: float | None = None) -> PipelineOutput: ...
+    def run(self, images: np.ndarray, threshold: float | None = None) -> PipelineOutput: ...
 
 
 @dataclass
@@ -62,7 +62,7 @@ def predict_files(
             seconds = 0.0
             if batch.images.shape[0]:
                 t = time.perf_counter()
-                result = pipeline.run(torch.from_numpy(batch.images), threshold)
+                result = pipeline.run(batch.images, threshold)
                 seconds = time.perf_counter() - t
                 rows += to_predictions(result, [str(p) for p in batch.paths], topk, class_names)
             rows.sort(key=lambda r: order[r.source])  # failures and successes back in input order

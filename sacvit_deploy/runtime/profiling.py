@@ -43,13 +43,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
+from sacvit_deploy.backends.arrays import as_host_batch, to_host
 from sacvit_deploy.backends.base import Runner
 from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.core.exit_rule import exit_mask
+from sacvit_deploy.core.flops import FlopsReport, format_gflops
 from sacvit_deploy.core.version import __version__
-from sacvit_deploy.model.flops import FlopsReport, format_gflops
 from sacvit_deploy.runtime.pipeline import EarlyExitPipeline, hard_samples, run_any_batch, run_batched
 
 SCHEMA = "sacvit-deploy/profile"
@@ -157,7 +157,7 @@ def _between(lo: float, hi: float) -> float | None:
     return mid if lo < mid < hi else None
 
 
-def threshold_for_exit_rate(confidence: torch.Tensor | Sequence[float], rate: float) -> ExitSplit:
+def threshold_for_exit_rate(confidence: Any, rate: float) -> ExitSplit:
     """The threshold that makes a fraction ``rate`` of these samples exit (confidence >= threshold).
 
     The target count is ``floor(rate * n + 0.5)``; the threshold lies MIDWAY between the
@@ -170,7 +170,7 @@ def threshold_for_exit_rate(confidence: torch.Tensor | Sequence[float], rate: fl
     """
     if not 0.0 <= rate <= 1.0 or math.isnan(rate):
         raise SacvitError(f"exit rate {rate} is outside [0, 1]; give a fraction, e.g. 0.77")
-    c = sorted(_f32(v) for v in torch.as_tensor(confidence, dtype=torch.float32).flatten().tolist())
+    c = sorted(_f32(v) for v in as_host_batch(confidence).astype(np.float32).reshape(-1).tolist())
     n = len(c)
     if n == 0:
         raise SacvitError("no confidences to choose an exit threshold from")
@@ -191,10 +191,23 @@ def threshold_for_exit_rate(confidence: torch.Tensor | Sequence[float], rate: fl
 
 
 # ---- timing -------------------------------------------------------------------------------------
-def device_sync(device: torch.device) -> Callable[[], None]:
-    if device.type == "cuda":
-        return lambda: torch.cuda.synchronize(device)
-    return lambda: None
+def device_sync(device: str) -> Callable[[], None]:
+    """A call that waits for the device's queued work: nothing on the CPU; on a GPU the CUDA
+    driver's ``cuCtxSynchronize`` of the calling thread's context (ctypes; no torch needed)."""
+    if not str(device).startswith("cuda"):
+        return lambda: None
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("cuda")
+    if not name:
+        return lambda: None
+    lib = ctypes.CDLL(name)
+
+    def sync() -> None:
+        lib.cuCtxSynchronize()  # its error (no current context) means nothing is queued
+
+    return sync
 
 
 def timed(fn: Callable[[], Any], sync: Callable[[], None]) -> tuple[float, Any]:
@@ -205,31 +218,32 @@ def timed(fn: Callable[[], Any], sync: Callable[[], None]) -> tuple[float, Any]:
     return time.perf_counter() - t, result
 
 
-def pool_batches(pool: torch.Tensor, batch: int, count: int) -> list[torch.Tensor]:
+def pool_batches(pool: Any, batch: int, count: int) -> list[np.ndarray]:
     """``count`` batches of ``batch`` consecutive pool images, wrapping around the pool.
 
     Only distinct batches are built: the offsets repeat after ``len(pool) / gcd(len(pool), batch)``.
     """
+    pool = as_host_batch(pool)
     n = pool.shape[0]
     distinct = min(count, n // math.gcd(n, batch))
     out = []
     for j in range(distinct):
-        idx = torch.arange(j * batch, (j + 1) * batch) % n
-        out.append(pool.index_select(0, idx).contiguous())
+        idx = np.arange(j * batch, (j + 1) * batch) % n
+        out.append(np.ascontiguousarray(pool.take(idx, axis=0)))
     return out
 
 
 @dataclass
 class _Prepared:
-    images: torch.Tensor  # host batch
+    images: np.ndarray  # host batch
     n_hard: int
-    stage2_feed: dict[str, torch.Tensor]  # hard samples, compacted on the device
+    stage2_feed: dict[str, Any]  # hard samples, compacted where stage 1 left them (host or device)
 
 
-def _prepare(pipe: EarlyExitPipeline, x: torch.Tensor, threshold: float) -> _Prepared:
+def _prepare(pipe: EarlyExitPipeline, x: np.ndarray, threshold: float) -> _Prepared:
     out1 = run_any_batch(pipe.stage1, {"image": x})
-    hard, feed = hard_samples(x.to(pipe.device), out1, threshold)
-    return _Prepared(x, int(hard.numel()), feed)
+    hard, feed = hard_samples(x, out1, threshold)
+    return _Prepared(x, int(hard.size), feed)
 
 
 def _stages_back_to_back(pipe: EarlyExitPipeline, p: _Prepared) -> Any:
@@ -278,7 +292,7 @@ class BatchProfile:
 
 def profile_batch(
     pipe: EarlyExitPipeline,
-    pool: torch.Tensor,
+    pool: Any,
     batch: int,
     threshold: float,
     warmup: int,
@@ -403,28 +417,26 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def host_device_note(device: torch.device) -> str:
-    if device.type != "cuda":
+def host_device_note(device: str) -> str:
+    if not str(device).startswith("cuda"):
         return "not applicable: the backend runs on the CPU, no host-device copies"
     return (
-        "end_to_end, stage1_alone and baseline include the host-to-device copy of the input batch "
-        "(run() moves its input to the device); stage1/gate/stage2/pipeline_staged (run(timing=True)) "
-        "exclude it; stage2_alone is fed device-resident compacted inputs, as inside the pipeline; "
-        "no device-to-host copy is timed (logits stay on the device; the gate reads back only the "
-        "hard-sample count); every timed call ends with torch.cuda.synchronize()"
+        "every timed pipeline call includes the host-to-device copy of the input batch (the runner "
+        "copies its numpy input), the read-back of the B stage-1 confidences (the gate runs on the "
+        "host) and of the logits (results are numpy); stage2_alone is fed the compacted stage-1 outputs "
+        "where stage 1 left them (on the device for TensorRT), as inside the pipeline; "
+        "every timed call ends with the CUDA context synchronised"
     )
 
 
 def environment(
     choice: Any,
     runners: dict[str, Runner],
-    device: torch.device,
+    device: str,
     threads: int | None,
     jetson: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    gpu = None
-    if device.type == "cuda" and torch.cuda.is_available():
-        gpu = torch.cuda.get_device_name(device)
+    gpu = _gpu_name(str(device))
     return {
         "backend": choice.backend,
         "device": str(device),
@@ -436,12 +448,40 @@ def environment(
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "threads": threads,
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": _torch_threads(),
         "gpu": gpu,
         "host_device_copies": host_device_note(device),
         "jetson": jetson,
         "argv": list(sys.argv),
     }
+
+
+def _gpu_name(device: str) -> str | None:
+    """The GPU's name from the driver (ctypes on libcuda), or None on the CPU / without a driver."""
+    if not device.startswith("cuda"):
+        return None
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("cuda")
+    if not name:
+        return None
+    try:
+        lib = ctypes.CDLL(name)
+        index = int(device.partition(":")[2] or 0)
+        dev = ctypes.c_int(0)
+        buf = ctypes.create_string_buffer(256)
+        if lib.cuInit(0) or lib.cuDeviceGet(ctypes.byref(dev), index) or lib.cuDeviceGetName(buf, 256, dev):
+            return None
+        return buf.value.decode(errors="replace")
+    except (OSError, AttributeError, ValueError):
+        return None
+
+
+def _torch_threads() -> int | None:
+    """torch's intra-op threads when torch is already loaded (it is not imported for this)."""
+    torch = sys.modules.get("torch")
+    return int(torch.get_num_threads()) if torch is not None and hasattr(torch, "get_num_threads") else None
 
 
 # ---- the report -----------------------------------------------------------------------------------
@@ -636,18 +676,19 @@ class ProfileSettings:
         }
 
 
-def pool_confidence(pipe: EarlyExitPipeline, pool: torch.Tensor, chunk: int) -> torch.Tensor:
+def pool_confidence(pipe: EarlyExitPipeline, pool: Any, chunk: int) -> np.ndarray:
     """Stage-1 confidences of every pool image (in chunks, on the host)."""
+    pool = as_host_batch(pool)
     parts = [
-        run_any_batch(pipe.stage1, {"image": pool[i : i + chunk]})["confidence"].float().cpu()
+        to_host(run_any_batch(pipe.stage1, {"image": pool[i : i + chunk]})["confidence"]).astype(np.float32)
         for i in range(0, pool.shape[0], chunk)
     ]
-    return torch.cat(parts)
+    return np.concatenate(parts)
 
 
 def run_profile(
     pipe: EarlyExitPipeline,
-    pool: torch.Tensor,
+    pool: Any,
     settings: ProfileSettings,
     baseline: Runner | None = None,
     jetson: Any = None,
@@ -661,12 +702,13 @@ def run_profile(
     mix would average their power): at least ``iters`` calls and ``jetson.power_seconds`` each.
     """
     largest = max(settings.batch_sizes)
+    pool = as_host_batch(pool)
     confidence = pool_confidence(pipe, pool, largest)
     if settings.exit_rate is not None:
         split = threshold_for_exit_rate(confidence, settings.exit_rate)
     else:
         th = pipe.threshold if settings.threshold is None else float(settings.threshold)
-        split = ExitSplit(th, int(exit_mask(confidence, th).sum()), int(confidence.numel()), None)
+        split = ExitSplit(th, int(exit_mask(confidence, th).sum()), int(confidence.size), None)
     results = []
     for batch in settings.batch_sizes:
         log(f"batch {batch}: {settings.warmup} warm-up + {settings.iters} timed rounds ...")

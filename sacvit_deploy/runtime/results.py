@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import torch
+import numpy as np
 
 from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.runtime.pipeline import PipelineOutput
@@ -57,25 +57,34 @@ class Prediction:
 def to_predictions(
     output: PipelineOutput, sources: Sequence[str], topk: int, class_names: Sequence[str] | None
 ) -> list[Prediction]:
-    probs = output.logits.float().softmax(dim=-1).cpu()
+    probs = softmax(np.asarray(output.logits, dtype=np.float32))
     k = min(topk, probs.shape[1])
-    top = probs.topk(k, dim=1)
-    stage = output.stage.cpu().tolist()
-    conf = output.confidence.float().cpu().tolist()
+    # Best first; ties keep the lower class index first (a stable sort of the negated probabilities).
+    index = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    values = np.take_along_axis(probs, index, axis=1)
+    stage = np.asarray(output.stage).tolist()
+    conf = np.asarray(output.confidence, dtype=np.float32).tolist()
     preds = []
     for i, src in enumerate(sources):
-        classes = top.indices[i].tolist()
+        classes = index[i].tolist()
         preds.append(
             Prediction(
                 source=src,
                 classes=classes,
-                probabilities=top.values[i].tolist(),
+                probabilities=values[i].tolist(),
                 names=[class_names[c] if class_names else None for c in classes],
                 stage=int(stage[i]),
                 confidence=float(conf[i]),
             )
         )
     return preds
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis in float32 (max subtracted first, as torch does)."""
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
 
 
 class RowWriteError(SacvitError):
@@ -270,8 +279,3 @@ def _finite(value: Any) -> Any:
     if isinstance(value, list):
         return [_finite(v) for v in value]
     return value
-
-
-def as_batch_tensor(images: Any) -> torch.Tensor:
-    """numpy (n,3,R,R) float32 -> torch, without a copy."""
-    return images if isinstance(images, torch.Tensor) else torch.from_numpy(images)

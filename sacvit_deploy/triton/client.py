@@ -22,12 +22,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
-import torch
 
+from sacvit_deploy.backends.arrays import as_host_batch
+from sacvit_deploy.core.config import ModelConfig
 from sacvit_deploy.core.errors import ConfigError, SacvitError
 from sacvit_deploy.core.extras import install_hint
 from sacvit_deploy.core.manifest import Manifest
-from sacvit_deploy.model.config import ModelConfig
 from sacvit_deploy.runtime.pipeline import PipelineOutput
 from sacvit_deploy.triton import config as tc
 from sacvit_deploy.triton.reply import validate_reply
@@ -269,10 +269,11 @@ class TritonPipeline:
     def __exit__(self, *exc: object) -> None:
         self.deactivate()
 
-    def run(self, images: torch.Tensor | np.ndarray, threshold: float | None = None) -> PipelineOutput:
-        """images: (B, 3, R, R) float32, normalised; sent in requests of at most the model's max batch."""
+    def run(self, images: Any, threshold: float | None = None) -> PipelineOutput:
+        """images: (B, 3, R, R) float32 numpy (or a torch tensor), normalised; sent in requests of at
+        most the model's max batch. Returns numpy arrays, like EarlyExitPipeline."""
         th = self._override if threshold is None else float(threshold)
-        array = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+        array = as_host_batch(images)
         if array.shape[0] == 0:
             raise SacvitError("empty batch: pass at least one image")
         served = self.runner.served
@@ -280,11 +281,9 @@ class TritonPipeline:
         parts = [self.runner.infer(array[i : i + step], th) for i in range(0, array.shape[0], step)]
         merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         return PipelineOutput(
-            logits=torch.from_numpy(np.ascontiguousarray(merged["logits"], dtype=np.float32)),
-            stage=torch.from_numpy(merged["stage"].reshape(-1).astype(np.int64)),
-            confidence=torch.from_numpy(
-                np.ascontiguousarray(merged["confidence"].reshape(-1), dtype=np.float32)
-            ),
+            logits=np.ascontiguousarray(merged["logits"], dtype=np.float32),
+            stage=merged["stage"].reshape(-1).astype(np.int64),
+            confidence=np.ascontiguousarray(merged["confidence"].reshape(-1), dtype=np.float32),
         )
 
 
