@@ -1,7 +1,8 @@
 """Pick a backend for an artifact folder and build its runners from the manifest.
 
 ``auto`` prefers TensorRT engines (when the folder has them and TensorRT + a GPU are present), then
-ONNX Runtime on the GPU, then ONNX Runtime on the CPU, then the PyTorch weights; it says why.
+ONNX Runtime on the GPU, then OpenVINO on the CPU when installed (faster there: benchmarks/openvino.py),
+then ONNX Runtime on the CPU, then the PyTorch weights; it says why.
 """
 
 from __future__ import annotations
@@ -16,18 +17,20 @@ import torch
 from sacvit_deploy.backends.base import BackendError, Runner
 from sacvit_deploy.core.manifest import Manifest
 
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "openvino", "torch")
 
 
 @dataclass(frozen=True)
 class BackendChoice:
-    backend: str  # tensorrt | onnxruntime | torch
+    backend: str  # tensorrt | onnxruntime | openvino | torch
     device: str  # cpu | cuda
-    provider: str | None  # ONNX Runtime provider: cpu | cuda | tensorrt
+    provider: str | None  # ONNX Runtime provider: cpu | cuda | tensorrt; OpenVINO device: CPU | GPU | NPU
     reason: str
 
     def describe(self) -> str:
         what = self.backend if self.provider is None else f"{self.backend} ({self.provider} provider)"
+        if self.backend == "openvino":
+            what = f"openvino ({self.provider} device)"
         return f"{what} on {self.device}: {self.reason}"
 
 
@@ -63,6 +66,8 @@ def choose_backend(
             )
         prov = provider or ("cuda" if device == "cuda" else "cpu")
         return BackendChoice("onnxruntime", "cpu" if prov == "cpu" else "cuda", prov, "asked for")
+    if backend == "openvino":
+        return _openvino_choice(manifest, device, provider, "asked for")
     if backend == "torch":
         if manifest.weights is None:
             raise BackendError(
@@ -84,6 +89,10 @@ def choose_backend(
             raise BackendError("onnxruntime is not installed; pip install 'sacvit-deploy[cpu]' (or '[gpu]')")
         if gpu_ok and "CUDAExecutionProvider" in providers:
             return BackendChoice("onnxruntime", "cuda", "cuda", "ONNX Runtime has the CUDA provider")
+        if device != "cuda" and _has_module("openvino"):
+            return _openvino_choice(
+                manifest, device, provider, "on a CPU OpenVINO runs these graphs faster than ONNX Runtime"
+            )
         if device == "cuda":
             raise BackendError(
                 "--device cuda: ONNX Runtime has no CUDA provider here (pip install 'sacvit-deploy[gpu]'); use --device cpu"
@@ -92,6 +101,23 @@ def choose_backend(
     if manifest.engines:
         raise BackendError("this folder holds TensorRT engines, but TensorRT or a CUDA GPU is missing here")
     raise BackendError("the folder has neither graphs nor engines; re-run `sacvit-deploy export`")
+
+
+def _openvino_choice(
+    manifest: Manifest, device: str | None, ov_device: str | None, reason: str
+) -> BackendChoice:
+    from sacvit_deploy.backends.openvino_backend import check_device, import_openvino
+
+    if not manifest.graphs:
+        raise BackendError(
+            "--backend openvino needs ONNX graphs: use the export folder (--artifacts export/)"
+        )
+    if device == "cuda":
+        raise BackendError(
+            "OpenVINO does not run on CUDA GPUs; use --device cpu (or --ov-device GPU for an Intel GPU)"
+        )
+    import_openvino()
+    return BackendChoice("openvino", "cpu", check_device(ov_device or "CPU"), reason)
 
 
 def make_runner(folder: Path, manifest: Manifest, role: str, choice: BackendChoice, **options: Any) -> Runner:
@@ -113,6 +139,22 @@ def make_runner(folder: Path, manifest: Manifest, role: str, choice: BackendChoi
             fp16=bool(options.get("fp16", False)),
             cache_dir=options.get("cache_dir"),
             spinning=bool(options.get("spinning", False)),
+        )
+    if choice.backend == "openvino":
+        from sacvit_deploy.backends.openvino_backend import DEFAULT_CACHE, OpenVinoRunner
+        from sacvit_deploy.core.onnx_files import external_data_files
+
+        entry = _entry(manifest.graphs, role, folder, "ONNX graph")
+        manifest.verify(folder, "graphs", roles=(role,))
+        external_data_files(manifest.file_path(folder, entry))
+        return OpenVinoRunner(
+            manifest.file_path(folder, entry),
+            entry.inputs,
+            entry.outputs,
+            device=choice.provider or "CPU",
+            hint=options.get("hint") or "LATENCY",
+            threads=options.get("threads"),
+            cache_dir=options.get("ov_cache", DEFAULT_CACHE),
         )
     if choice.backend == "torch":
         from sacvit_deploy.backends.torch_backend import TorchRunner

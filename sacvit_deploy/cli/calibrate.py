@@ -22,12 +22,15 @@ from sacvit_deploy.cli._common import (
     BackendName,
     BackendOption,
     DeviceOption,
+    OvDeviceOption,
+    OvHintOption,
     ThreadsOption,
     check_batch_size,
     check_manifest_writable,
     check_output,
     handle_errors,
     note,
+    openvino_options,
     out,
     safe,
 )
@@ -89,6 +92,8 @@ def calibrate(
     backend: BackendOption = BackendName.auto,
     device: DeviceOption = None,
     threads: ThreadsOption = None,
+    ov_device: OvDeviceOption = None,
+    ov_hint: OvHintOption = None,
     batch_size: Annotated[
         int, typer.Option(min=1, help=f"Images per batch (at most {MAX_BATCH}).", rich_help_panel=RUN)
     ] = 32,
@@ -159,7 +164,11 @@ def calibrate(
         if path is not None:
             check_output(path, option, [], folder)
     opened = open_pipeline(
-        artifacts, backend=backend.value, device=device.value if device else None, threads=threads
+        artifacts,
+        backend=backend.value,
+        device=device.value if device else None,
+        threads=threads,
+        **openvino_options(backend, ov_device, ov_hint),
     )
     manifest = opened.manifest
     names = manifest.class_names or default_class_names(manifest.num_classes)

@@ -7,6 +7,7 @@ error (missing folder, tampered graph, bad option).
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -23,6 +24,11 @@ from sacvit_deploy.cli._common import (
     write_json,
 )
 from sacvit_deploy.core.trt_families import TRT_FAMILY_NAMES
+
+
+class ParityBackend(str, Enum):
+    onnxruntime = "onnxruntime"
+    openvino = "openvino"
 
 
 class _BadTrt(typer.BadParameter):
@@ -68,6 +74,14 @@ def check(
             "images, through the same comparator as export (exit code 2 on a mismatch).",
         ),
     ] = False,
+    backend: Annotated[
+        ParityBackend,
+        typer.Option(
+            "--backend",
+            help="With --run: the runtime checked. openvino: OpenVINO vs the weights (float, ONNX Runtime's "
+            "limits) or vs ONNX Runtime on the same int8 graphs (quantize's decision agreement).",
+        ),
+    ] = ParityBackend.onnxruntime,
 ) -> None:
     """Check the exported graphs against TensorRT's ONNX parser (8.5, 8.6, 10, 11) without TensorRT."""
     from sacvit_deploy.core.manifest import Manifest
@@ -110,7 +124,9 @@ def check(
         "a static check: still compare every engine with ONNX Runtime"
         + ("; every problem per node: --json FILE" if json_file is None else "")
     )
-    if run:
+    if run and backend == ParityBackend.openvino:
+        failed = _run_openvino_parity(folder, manifest) or failed
+    elif run:
         failed = _run_parity(folder, manifest) or failed
     if failed:
         raise typer.Exit(2)
@@ -126,6 +142,19 @@ def _run_parity(folder: Path, manifest) -> bool:
         f"rtol {report['rtol']:.0e} * max|reference|"
     )
     out.print(parity_table(title, report["rows"]))
+    return not report["passed"]
+
+
+def _run_openvino_parity(folder: Path, manifest) -> bool:
+    """Print the parity table of OpenVINO vs its reference; True when a row failed."""
+    from sacvit_deploy.quantize.openvino_parity import check_openvino_parity
+
+    report = check_openvino_parity(folder, manifest, verification_images(None, manifest.model))
+    if report["int8"]:
+        rule = f"int8: decisions agree on >= {100 * report['min_agreement']:.0f}% (quantize's rule)"
+    else:
+        rule = f"atol {report['atol']:.0e} + rtol {report['rtol']:.0e} * max|reference|"
+    out.print(parity_table(f"{report['candidate']} vs {report['reference']}, {rule}", report["rows"]))
     return not report["passed"]
 
 
