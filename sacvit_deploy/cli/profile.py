@@ -189,7 +189,11 @@ def profile(
         artifacts, backend=backend.value, device=device.value if device else None, threads=threads, **ov
     )
     manifest = opened.manifest
-    if baseline and opened.choice.backend == "onnxruntime" and "baseline" not in manifest.graphs:
+    if (
+        baseline
+        and opened.choice.backend in ("onnxruntime", "openvino")
+        and "baseline" not in manifest.graphs
+    ):
         raise SacvitError(
             f"{opened.folder}: no baseline.onnx in the manifest, which --baseline times; re-export with "
             f"`sacvit-deploy export CHECKPOINT --out {opened.folder} --baseline`"
