@@ -1,7 +1,7 @@
 """Pick a backend for an artifact folder and build its runners from the manifest.
 
 ``auto`` prefers TensorRT engines (when the folder has them and TensorRT + a GPU are present), then
-ONNX Runtime on the GPU, then OpenVINO on the CPU when installed (faster there: benchmarks/openvino.py),
+ONNX Runtime on the GPU, then OpenVINO on the CPU when installed (faster there: benchmarks/openvino_cpu.py),
 then ONNX Runtime on the CPU, then the PyTorch weights; it says why.
 """
 
@@ -155,6 +155,7 @@ def make_runner(folder: Path, manifest: Manifest, role: str, choice: BackendChoi
             hint=options.get("hint") or "LATENCY",
             threads=options.get("threads"),
             cache_dir=options.get("ov_cache", DEFAULT_CACHE),
+            pinning=bool(options.get("pinning", False)),
         )
     if choice.backend == "torch":
         from sacvit_deploy.backends.torch_backend import TorchRunner
