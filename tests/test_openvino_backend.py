@@ -68,6 +68,19 @@ def test_pipeline_equals_reference_for_every_exit_pattern(artifacts, hint):
             assert torch.equal(got.stage, ref.stage)
 
 
+def test_python_api(artifacts, tmp_path):
+    from sacvit_deploy import Pipeline
+    from sacvit_deploy.runtime.images import sample_images
+
+    _, folder = artifacts
+    with Pipeline.from_artifacts(
+        folder, backend="openvino", provider="CPU", hint="THROUGHPUT", threads=1, ov_cache=tmp_path / "c"
+    ) as pipe:
+        assert pipe.backend.backend == "openvino" and pipe.backend.provider == "CPU"
+        preds = pipe.predict(sample_images()[:2], topk=1)
+    assert len(preds) == 2 and any((tmp_path / "c").iterdir())  # compiled into the cache asked for
+
+
 def test_numpy_inside(artifacts):
     _model, folder = artifacts
     m = Manifest.load(folder)

@@ -124,7 +124,7 @@ class OpenVinoRunner(Runner):
         self.threads = threads
         if cache_dir == DEFAULT_CACHE:
             cache_dir = default_cache_dir()
-        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
         self.precision = precision
         self.pinning = bool(pinning)
         self.compile_seconds: float | None = None

@@ -216,7 +216,9 @@ DeviceOption = Annotated[
 ThreadsOption = Annotated[
     int | None,
     typer.Option(
-        min=1, help="CPU threads (ONNX Runtime intra-op; torch for --backend torch).", rich_help_panel=RUN
+        min=1,
+        help="CPU threads (ONNX Runtime intra-op; OpenVINO inference threads; torch for --backend torch).",
+        rich_help_panel=RUN,
     ),
 ]
 
