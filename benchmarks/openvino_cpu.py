@@ -83,7 +83,11 @@ def split_threshold(conf: torch.Tensor, n_hard: int) -> float:
     return float((c[n_hard - 1] + c[n_hard]) / 2)
 
 
-def export_pair(model: SACViT, root: Path, threads: int | None) -> dict[str, Path]:
+def qoptions(threads: int | None, ops: str | None) -> QuantizeOptions:
+    return QuantizeOptions(threads=threads, **({"ops": tuple(ops.split(","))} if ops else {}))
+
+
+def export_pair(model: SACViT, root: Path, threads: int | None, ops: str | None) -> dict[str, Path]:
     folders = {"fp32": root / "export", "int8": root / "export-int8"}
     t = time.perf_counter()
     export_artifacts(model, folders["fp32"], ExportOptions(baseline=True), "sacvit")
@@ -92,7 +96,7 @@ def export_pair(model: SACViT, root: Path, threads: int | None) -> dict[str, Pat
         sample_images()[0].parent, Manifest.load(folders["fp32"]).preprocess, log=lambda _m: None
     )
     t = time.perf_counter()
-    quantize_artifacts(folders["fp32"], folders["int8"], calib, QuantizeOptions(threads=threads))
+    quantize_artifacts(folders["fp32"], folders["int8"], calib, qoptions(threads, ops))
     print(f"quantized on {calib.images.shape[0]} bundled photos in {time.perf_counter() - t:.1f} s")
     return folders
 
@@ -163,7 +167,7 @@ def best(ips: dict[str, float], kind: str, prec: str) -> tuple[str, float]:
     return name, cands[name]
 
 
-def accuracy(data: Path, threads: int | None, cache: Path) -> dict:
+def accuracy(data: Path, threads: int | None, cache: Path, ops: str | None) -> dict:
     """The demo model's early-exit accuracy on DATA/test, float and int8, on ORT and on OpenVINO."""
     from sacvit_deploy.demo_assets import demo_model_path
     from sacvit_deploy.model.checkpoint import load_checkpoint
@@ -176,11 +180,11 @@ def accuracy(data: Path, threads: int | None, cache: Path) -> dict:
     export_artifacts(model, float_dir, ExportOptions(baseline=True), "sacvit")
     manifest = Manifest.load(float_dir)
     calib = load_calibration_images(data / "train", manifest.preprocess, limit=512, log=lambda _m: None)
-    quantize_artifacts(float_dir, int8_dir, calib, QuantizeOptions(threads=threads))
+    quantize_artifacts(float_dir, int8_dir, calib, qoptions(threads, ops))
     paths = sorted((data / "test").rglob("*.png"))
     labels = np.array([int(p.parent.name) for p in paths])
     images = torch.from_numpy(np.stack([preprocess(load_image(p), manifest.preprocess) for p in paths]))
-    result = {"images": len(paths), "threshold": manifest.exit_threshold}
+    result = {"images": len(paths), "threshold": manifest.exit_threshold, "ops": ops or "quantize's default"}
     for rt, backend, opts in (
         ("ORT", "onnxruntime", {"device": "cpu"}),
         ("OpenVINO", "openvino", {"ov_cache": cache}),
@@ -213,6 +217,11 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=6, help="rounds at batch 32 (batch 1: 4x as many)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--accuracy", type=Path, help="demo data folder (scripts/make_demo_data.py OUT_DIR)")
+    ap.add_argument(
+        "--ops",
+        help="quantize's --ops for the int8 graphs (default: quantize's). MatMul keeps the patch "
+        "embedding float, which OpenVINO's int8 Conv needs on CPUs without VNNI (docs/openvino.md)",
+    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     if args.quick:
@@ -223,7 +232,7 @@ def main() -> None:
     cache = root / "ov-cache"
     model = random_model(args.variant, args.quick)
     size = model.cfg.img_size
-    folders = export_pair(model, root, args.threads)
+    folders = export_pair(model, root, args.threads, args.ops)
     del model
     t = time.perf_counter()
     pipelines, singles, compile_s = open_all(folders, args.threads, cache)
@@ -291,9 +300,10 @@ def main() -> None:
             print(f"{label}: pipeline OpenVINO {prec} / pipeline ORT {prec} = {r:.2f}x")
     acc = None
     if args.accuracy:
-        acc = accuracy(args.accuracy, args.threads, cache)
+        acc = accuracy(args.accuracy, args.threads, cache, args.ops)
         print(
-            f"\ndemo model, {acc['images']} test images, threshold {acc['threshold']:.2f}: early-exit accuracy"
+            f"\ndemo model, {acc['images']} test images, threshold {acc['threshold']:.2f}, int8 ops "
+            f"{acc['ops']}: early-exit accuracy"
         )
         for rt in ("ORT", "OpenVINO"):
             d = acc[f"{rt} int8 - fp32 points"]
