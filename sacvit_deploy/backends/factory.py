@@ -1,7 +1,7 @@
 """Pick a backend for an artifact folder and build its runners from the manifest.
 
 ``auto`` prefers TensorRT engines (when the folder has them and TensorRT + a GPU are present), then
-ONNX Runtime on the GPU, then OpenVINO on the CPU when installed (faster there: benchmarks/openvino_cpu.py),
+ONNX Runtime on the GPU, then OpenVINO on the CPU when installed (faster there for float graphs: docs/openvino.md),
 then ONNX Runtime on the CPU, then the PyTorch weights; it says why.
 """
 
@@ -91,7 +91,10 @@ def choose_backend(
             return BackendChoice("onnxruntime", "cuda", "cuda", "ONNX Runtime has the CUDA provider")
         if device != "cuda" and _has_module("openvino"):
             return _openvino_choice(
-                manifest, device, provider, "on a CPU OpenVINO runs these graphs faster than ONNX Runtime"
+                manifest,
+                device,
+                provider,
+                "OpenVINO is installed; on a CPU it ran float graphs faster than ONNX Runtime (docs/openvino.md)",
             )
         if device == "cuda":
             raise BackendError(
