@@ -205,6 +205,7 @@ def test_profile_cli_json_schema_and_plot(folders, tmp_path):
         "profile",
         "--artifacts",
         str(folders / "with"),
+        *("--backend", "onnxruntime"),  # the schema below is ONNX Runtime's (auto may pick OpenVINO)
         "--iters",
         "2",
         "--warmup",
@@ -256,6 +257,7 @@ def test_profile_cli_real_images_and_threshold(folders, tmp_path):
                 "profile",
                 "--artifacts",
                 str(folders / "without"),
+                *("--backend", "onnxruntime"),
                 "--images",
                 str(images),
                 "--threshold",

@@ -7,7 +7,9 @@ row's reason names what was passed over and why) and install hints. A new backen
 one :func:`register_backend` call.
 
 Today's rows: ``tensorrt`` (engines in the folder, TensorRT and a GPU here), ``onnxruntime`` (CUDA
-provider when there is one, else the CPU), ``torch`` (the folder's weights; the reference, last).
+provider when there is one, else the CPU), ``openvino`` (a CPU, or an Intel GPU/NPU, when
+OpenVINO is installed and no CUDA provider answers first: it ran float graphs faster than ONNX Runtime
+on a CPU, docs/openvino.md), ``torch`` (the folder's weights; the reference, last).
 """
 
 from __future__ import annotations
@@ -29,13 +31,15 @@ DEVICES = ("cpu", "cuda")
 
 @dataclass(frozen=True)
 class BackendChoice:
-    backend: str  # a REGISTRY name: tensorrt | onnxruntime | torch | ...
+    backend: str  # a REGISTRY name: tensorrt | onnxruntime | openvino | torch | ...
     device: str  # cpu | cuda
-    provider: str | None  # ONNX Runtime provider: cpu | cuda | tensorrt
+    provider: str | None  # ONNX Runtime provider: cpu | cuda | tensorrt; OpenVINO device: CPU | GPU | NPU
     reason: str
 
     def describe(self) -> str:
         what = self.backend if self.provider is None else f"{self.backend} ({self.provider} provider)"
+        if self.backend == "openvino":
+            what = f"openvino ({self.provider} device)"
         return f"{what} on {self.device}: {self.reason}"
 
 
@@ -142,6 +146,23 @@ def choose_backend(
     raise BackendError("no backend can run this folder here: " + "; ".join(passed))
 
 
+def _openvino_choice(
+    manifest: Manifest, device: str | None, ov_device: str | None, reason: str
+) -> BackendChoice:
+    from sacvit_deploy.backends.openvino_backend import check_device, import_openvino
+
+    if not manifest.graphs:
+        raise BackendError(
+            "--backend openvino needs ONNX graphs: use the export folder (--artifacts export/)"
+        )
+    if device == "cuda":
+        raise BackendError(
+            "OpenVINO does not run on CUDA GPUs; use --device cpu (or --ov-device GPU for an Intel GPU)"
+        )
+    import_openvino()
+    return BackendChoice("openvino", "cpu", check_device(ov_device or "CPU"), reason)
+
+
 def make_runner(folder: Path, manifest: Manifest, role: str, choice: BackendChoice, **options: Any) -> Runner:
     """One runner for one graph role (stage1, stage2, baseline), files checked against the manifest."""
     spec = REGISTRY.get(choice.backend)
@@ -245,6 +266,50 @@ def _ort_factory(
     )
 
 
+# ---- openvino --------------------------------------------------------------------------------------
+OPENVINO_REASON = (
+    "OpenVINO is installed; on a CPU it ran float graphs faster than ONNX Runtime (docs/openvino.md)"
+)
+
+
+def _ov_select(manifest: Manifest, device: str | None, provider: str | None) -> BackendChoice:
+    return _openvino_choice(manifest, device, provider, "asked for")
+
+
+def _ov_probe(manifest: Manifest, device: str | None) -> BackendChoice | str:
+    if not manifest.graphs:
+        return "no ONNX graphs in the folder"
+    if device == "cuda":
+        return "--device cuda (OpenVINO runs on CPUs and Intel GPUs/NPUs)"
+    if not has_module("openvino"):
+        return f"OpenVINO is not installed ({install_hint('openvino')})"
+    if device is None and has_module("onnxruntime") and "CUDAExecutionProvider" in _ort_providers():
+        return "ONNX Runtime has the CUDA provider (a CUDA GPU first)"
+    try:
+        return _openvino_choice(manifest, device, None, OPENVINO_REASON)
+    except BackendError as exc:
+        return str(exc)
+
+
+def _ov_factory(folder: Path, manifest: Manifest, role: str, choice: BackendChoice, **options: Any) -> Runner:
+    from sacvit_deploy.backends.openvino_backend import DEFAULT_CACHE, OpenVinoRunner
+    from sacvit_deploy.core.onnx_files import external_data_files
+
+    entry = _entry(manifest.graphs, role, folder, "ONNX graph")
+    manifest.verify(folder, "graphs", roles=(role,))
+    external_data_files(manifest.file_path(folder, entry))
+    return OpenVinoRunner(
+        manifest.file_path(folder, entry),
+        entry.inputs,
+        entry.outputs,
+        device=choice.provider or "CPU",
+        hint=options.get("hint") or "LATENCY",
+        threads=options.get("threads"),
+        cache_dir=options.get("ov_cache", DEFAULT_CACHE),
+        pinning=bool(options.get("pinning", False)),
+    )
+
+
 # ---- torch -----------------------------------------------------------------------------------------
 def _torch_device(device: str | None) -> str:
     if device:
@@ -336,6 +401,18 @@ register_backend(
 register_backend(
     BackendSpec(
         "torch", _torch_factory, _torch_probe, _torch_select, 10, "torch", "torch", "the PyTorch weights"
+    )
+)
+register_backend(
+    BackendSpec(
+        "openvino",
+        _ov_factory,
+        _ov_probe,
+        _ov_select,
+        25,  # above ONNX Runtime on a CPU; its probe gives way to ONNX Runtime's CUDA provider
+        "openvino",
+        "openvino",
+        "OpenVINO on a CPU when installed (after ONNX Runtime's CUDA provider)",
     )
 )
 

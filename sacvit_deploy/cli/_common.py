@@ -583,9 +583,46 @@ DeviceOption = Annotated[
 ThreadsOption = Annotated[
     int | None,
     typer.Option(
-        min=1, help="CPU threads (ONNX Runtime intra-op; torch for --backend torch).", rich_help_panel=RUN
+        min=1,
+        help="CPU threads (ONNX Runtime intra-op; OpenVINO inference threads; torch for --backend torch).",
+        rich_help_panel=RUN,
     ),
 ]
+
+
+class OvHint(str, Enum):
+    LATENCY = "LATENCY"
+    THROUGHPUT = "THROUGHPUT"
+
+
+OvDeviceOption = Annotated[
+    str | None,
+    typer.Option(
+        "--ov-device",
+        help="--backend openvino: OpenVINO device, CPU (default), GPU, NPU or GPU.1 ...",
+        rich_help_panel=RUN,
+    ),
+]
+OvHintOption = Annotated[
+    OvHint | None,
+    typer.Option(
+        "--ov-hint",
+        help="--backend openvino: performance hint; THROUGHPUT splits each batch over parallel requests.",
+        rich_help_panel=RUN,
+    ),
+]
+
+
+def openvino_options(backend: BackendName, ov_device: str | None, ov_hint: OvHint | None) -> dict[str, Any]:
+    """open_pipeline's keyword arguments for --ov-device / --ov-hint (only with --backend openvino)."""
+    if (ov_device or ov_hint) and backend != BackendName.openvino:
+        raise SacvitError("--ov-device and --ov-hint apply to --backend openvino; add it or drop them")
+    opts: dict[str, Any] = {}
+    if ov_device:
+        opts["provider"] = ov_device
+    if ov_hint:
+        opts["hint"] = ov_hint.value
+    return opts
 
 
 def parity_table(title: str, rows: list[dict[str, Any]], low: str = "[red]FAIL[/]") -> Any:  # -> rich Table

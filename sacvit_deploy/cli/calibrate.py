@@ -22,12 +22,15 @@ from sacvit_deploy.cli._common import (
     BackendName,
     BackendOption,
     DeviceOption,
+    OvDeviceOption,
+    OvHintOption,
     ThreadsOption,
     check_batch_size,
     check_manifest_writable,
     check_output,
     handle_errors,
     note,
+    openvino_options,
     out,
     safe,
 )
@@ -95,6 +98,8 @@ def calibrate(
     backend: BackendOption = BackendName.auto,
     device: DeviceOption = None,
     threads: ThreadsOption = None,
+    ov_device: OvDeviceOption = None,
+    ov_hint: OvHintOption = None,
     batch_size: Annotated[
         int, typer.Option(help=f"Images per batch, 1 to {MAX_BATCH}.", rich_help_panel=RUN)
     ] = 32,
@@ -158,7 +163,13 @@ def calibrate(
         if path is not None:
             check_output(path, option, [], folder)
     job = ExitCalibrationJob(
-        artifacts, images, backend.value, device.value if device else None, threads, folder_labels.value
+        artifacts,
+        images,
+        backend.value,
+        device.value if device else None,
+        threads,
+        folder_labels.value,
+        **openvino_options(backend, ov_device, ov_hint),
     )
     opened, labelled = job.opened, job.labelled
     for option, path in (("--csv", csv_file), ("--plot", plot)):

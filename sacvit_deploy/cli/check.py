@@ -12,6 +12,7 @@ a note that says how to export for it. Naming a family with ``--trt`` makes its 
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -30,6 +31,11 @@ from sacvit_deploy.cli._common import (
     write_json,
 )
 from sacvit_deploy.core.trt_families import TRT_FAMILY_NAMES
+
+
+class ParityBackend(str, Enum):
+    onnxruntime = "onnxruntime"
+    openvino = "openvino"
 
 
 def _parse_trt(values: list[str] | None) -> list[str]:
@@ -75,6 +81,14 @@ def check(
             "images, through the same comparator as export (exit code 2 on a mismatch).",
         ),
     ] = False,
+    backend: Annotated[
+        ParityBackend,
+        typer.Option(
+            "--backend",
+            help="With --run: the runtime checked. openvino: OpenVINO vs the weights (float, ONNX Runtime's "
+            "limits) or vs ONNX Runtime on the same int8 graphs (quantize's decision agreement).",
+        ),
+    ] = ParityBackend.onnxruntime,
 ) -> None:
     """Check the exported graphs against TensorRT's ONNX parser (8.5, 8.6, 10, 11) without TensorRT."""
     from sacvit_deploy.core.manifest import Manifest
@@ -140,7 +154,10 @@ def check(
         f"parser check: {'some graph will NOT parse' if failed else 'every graph parses'} on TensorRT "
         f"{', '.join(counted)}"
     )
-    parity_failed = _run_parity(folder, manifest) if run else False
+    if run and backend == ParityBackend.openvino:
+        parity_failed = _run_openvino_parity(folder, manifest)
+    else:
+        parity_failed = _run_parity(folder, manifest) if run else False
     if run:
         summary += "; parity: " + ("a row FAILED" if parity_failed else "every row passes")
     bad = failed or parity_failed
@@ -163,6 +180,19 @@ def _run_parity(folder: Path, manifest) -> bool:
         f"rtol {report['rtol']:.0e} * max|reference|"
     )
     out.print(parity_table(title, report["rows"]))
+    return not report["passed"]
+
+
+def _run_openvino_parity(folder: Path, manifest) -> bool:
+    """Print the parity table of OpenVINO vs its reference; True when a row failed."""
+    from sacvit_deploy.quantize.openvino_parity import check_openvino_parity
+
+    report = check_openvino_parity(folder, manifest, verification_images(None, manifest.model))
+    if report["int8"]:
+        rule = f"int8: decisions agree on >= {100 * report['min_agreement']:.0f}% (quantize's rule)"
+    else:
+        rule = f"atol {report['atol']:.0e} + rtol {report['rtol']:.0e} * max|reference|"
+    out.print(parity_table(f"{report['candidate']} vs {report['reference']}, {rule}", report["rows"]))
     return not report["passed"]
 
 

@@ -20,6 +20,8 @@ from sacvit_deploy.cli._common import (
     BackendName,
     BackendOption,
     DeviceOption,
+    OvDeviceOption,
+    OvHintOption,
     ThreadsOption,
     check_batch_size,
     check_output,
@@ -27,6 +29,7 @@ from sacvit_deploy.cli._common import (
     fail,
     handle_errors,
     note,
+    openvino_options,
     printable,
     read_labels,
     safe,
@@ -65,6 +68,8 @@ def infer(
         int, typer.Option(help=f"Images per batch, 1 to {MAX_BATCH}.", rich_help_panel=RUN)
     ] = 32,
     threads: ThreadsOption = None,
+    ov_device: OvDeviceOption = None,
+    ov_hint: OvHintOption = None,
     topk: Annotated[
         int,
         typer.Option(
@@ -133,6 +138,7 @@ def infer(
             device=device.value if device else None,
             threshold=threshold,
             threads=threads,
+            **openvino_options(backend, ov_device, ov_hint),
         )
     manifest = opened.manifest
     names = (

@@ -22,11 +22,14 @@ from sacvit_deploy.cli._common import (
     BackendName,
     BackendOption,
     DeviceOption,
+    OvDeviceOption,
+    OvHintOption,
     ThreadsOption,
     check_batch_size,
     check_output,
     handle_errors,
     note,
+    openvino_options,
     out,
     printable,
     safe,
@@ -176,6 +179,8 @@ def profile(
     backend: BackendOption = BackendName.auto,
     device: DeviceOption = None,
     threads: ThreadsOption = None,
+    ov_device: OvDeviceOption = None,
+    ov_hint: OvHintOption = None,
     batch_sizes: Annotated[
         str, typer.Option(help="Batch sizes to time, comma-separated.", rich_help_panel=WORK)
     ] = "1,8,32",
@@ -264,16 +269,25 @@ def profile(
         if path is not None:
             check_output(path, option, [], folder)
 
+    ov = openvino_options(backend, ov_device, ov_hint)
     opened = open_pipeline(
-        artifacts, backend=backend.value, device=device.value if device else None, threads=threads
+        artifacts, backend=backend.value, device=device.value if device else None, threads=threads, **ov
     )
     manifest = opened.manifest
-    if baseline and opened.choice.backend == "onnxruntime" and "baseline" not in manifest.graphs:
+    if (
+        baseline
+        and opened.choice.backend in ("onnxruntime", "openvino")
+        and "baseline" not in manifest.graphs
+    ):
         raise SacvitError(
             f"{opened.folder}: no baseline.onnx in the manifest, which --baseline times; re-export with "
             f"`sacvit-deploy export CHECKPOINT --out {opened.folder} --baseline`"
         )
-    base_runner = opened.baseline_runner(threads=threads) if baseline else None
+    base_runner = (
+        opened.baseline_runner(threads=threads, **{k: v for k, v in ov.items() if k == "hint"})
+        if baseline
+        else None
+    )
     note(f"backend: {safe(opened.choice.describe())}")
 
     jetson = Jetson()

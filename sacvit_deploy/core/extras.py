@@ -25,6 +25,7 @@ INSTALLS: dict[str, str] = {
     "pycuda": "pycuda device buffers for TensorRT",
     "triton": "the Triton client and its config schema",
     "plot": "matplotlib, for plots",
+    "openvino": "onnx + OpenVINO (CPU; Intel GPU/NPU where OpenVINO finds one)",
 }
 
 # top-level module -> (extra, what it is for)
@@ -36,6 +37,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "tritonclient": ("triton", "the Triton client"),
     "matplotlib": ("plot", "plots"),
     "torch": ("torch", "PyTorch"),
+    "openvino": ("openvino", "OpenVINO"),
 }
 # command -> (extra, the modules it installs): a command whose own extra installs the missing module
 # names that extra (`export` = torch + onnx), so one install fixes it whichever module is found missing

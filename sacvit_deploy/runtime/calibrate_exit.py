@@ -96,9 +96,10 @@ class ExitCalibrationJob:
         device: str | None = None,
         threads: int | None = None,
         folder_labels: str = "names",
+        **runner_options: Any,
     ) -> None:
         self.opened: OpenedPipeline = open_pipeline(
-            artifacts, backend=backend, device=device, threads=threads
+            artifacts, backend=backend, device=device, threads=threads, **runner_options
         )
         self.images = Path(images)
         m = self.opened.manifest
