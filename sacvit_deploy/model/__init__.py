@@ -1,5 +1,6 @@
 """The SAC-ViT reference model: config, DeiT layers, the two stages, checkpoints and FLOPs."""
 
+from sacvit_deploy.model import _torch_floor  # noqa: F401  (first: refuses a torch below the floor)
 from sacvit_deploy.model.checkpoint import load_baseline, load_checkpoint, save_checkpoint
 from sacvit_deploy.model.config import (
     FORMATS,

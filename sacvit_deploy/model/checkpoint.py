@@ -20,10 +20,12 @@ their arguments that way). A pickle that would run code fails with a CheckpointE
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import pickle
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,12 +76,33 @@ def _is_safetensors(path: Path) -> bool:
     return 0 < n < 100 * 2**20 and head[8:9] == b"{"
 
 
+@contextlib.contextmanager
+def _namespace_allowed() -> Iterator[None]:
+    """Allow ``argparse.Namespace`` in ``torch.load(weights_only=True)``: a scoped ``safe_globals``
+    (torch 2.5+), else the process-wide ``add_safe_globals`` (torch 2.4). torch 2.3's weights-only
+    loader cannot build it at all: such files are refused with the version to install."""
+    serialization = torch.serialization
+    if hasattr(serialization, "safe_globals"):
+        with serialization.safe_globals([argparse.Namespace]):
+            yield
+        return
+    if hasattr(serialization, "add_safe_globals"):
+        serialization.add_safe_globals([argparse.Namespace])
+    yield
+
+
 def _torch_load_untrusted(path: Path) -> Any:
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        with _namespace_allowed():
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         msg = str(exc)
+        if "argparse.Namespace" in msg and not hasattr(torch.serialization, "add_safe_globals"):
+            raise CheckpointError(
+                f"{path}: holds training arguments (argparse.Namespace), which torch {torch.__version__}'s "
+                "weights-only loader cannot read; install torch>=2.4, or re-save the file as a plain "
+                "state_dict (torch.save(model.state_dict())) or as safetensors"
+            ) from None
         blocked = re.search(
             r"(unsupported GLOBAL [^\s]+|Unsupported global: [^\s]+|Unsupported class [^\s]+)", msg
         )

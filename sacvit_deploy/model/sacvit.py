@@ -109,6 +109,9 @@ class DeiT(_Backbone):
         }
         state["pos_embed"] = model.pos_embed_list[1].detach().clone()
         baseline.load_state_dict(state)
+        # The same attention path as the source (fused SDPA, or the explicit one export puts it on).
+        for i, block in enumerate(baseline.blocks):
+            block.attn.fused_attn = model.blocks[i].attn.fused_attn
         return baseline.eval()
 
 
