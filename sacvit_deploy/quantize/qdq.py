@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -192,9 +193,15 @@ def quantize_graph(
         "entropy": CalibrationMethod.Entropy,
         "percentile": CalibrationMethod.Percentile,
     }[method]
-    with _quiet_preprocessing_advice():
+    # The named graph goes to quantize_static as a file: onnxruntime 1.17 takes only a path, and the
+    # ModelProto paths of 1.18-1.21 lose their temporary files or external data.
+    with _quiet_preprocessing_advice(), tempfile.TemporaryDirectory(prefix="sacvit-qdq-") as tmp:
+        named = Path(tmp) / "named.onnx"
+        big = model.ByteSize() > 2**31 - 1
+        onnx.save_model(model, str(named), save_as_external_data=big, location="named.onnx.data")
+        del model
         quantize_static(
-            model,
+            str(named),
             str(dst),
             Reader(),
             quant_format=QuantFormat.QDQ,
