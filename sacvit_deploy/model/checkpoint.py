@@ -25,6 +25,7 @@ import json
 import os
 import pickle
 import re
+import types
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,30 +80,50 @@ def _is_safetensors(path: Path) -> bool:
 @contextlib.contextmanager
 def _namespace_allowed() -> Iterator[None]:
     """Allow ``argparse.Namespace`` in ``torch.load(weights_only=True)``: a scoped ``safe_globals``
-    (torch 2.5+), else the process-wide ``add_safe_globals`` (torch 2.4). torch 2.3's weights-only
-    loader cannot build it at all: such files are refused with the version to install."""
+    (torch 2.5+), else the process-wide ``add_safe_globals`` (torch 2.4)."""
     serialization = torch.serialization
     if hasattr(serialization, "safe_globals"):
         with serialization.safe_globals([argparse.Namespace]):
             yield
         return
-    if hasattr(serialization, "add_safe_globals"):
-        serialization.add_safe_globals([argparse.Namespace])
+    serialization.add_safe_globals([argparse.Namespace])
     yield
+
+
+class _AllowlistUnpickler(pickle.Unpickler):
+    """torch 2.3's weights-only allowlist plus ``argparse.Namespace``, for the torch that has no
+    ``add_safe_globals`` (its weights-only loader cannot build any other class). Every class or
+    function a pickle names passes through ``find_class``, so nothing outside the list is reached."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        allowed = {**_get_allowed_globals(), "argparse.Namespace": argparse.Namespace}
+        found = allowed.get(f"{module}.{name}")
+        if found is None:
+            raise pickle.UnpicklingError(f"Unsupported global: {module}.{name}")
+        return found
+
+
+def _allowlist_pickle_module() -> Any:
+    module = types.ModuleType("sacvit_allowlist_pickle")
+    module.Unpickler = _AllowlistUnpickler  # type: ignore[attr-defined]
+    module.load = lambda f, **kw: _AllowlistUnpickler(f, **kw).load()  # type: ignore[attr-defined]
+    return module
+
+
+def _torch_load(path: Path) -> Any:
+    if hasattr(torch.serialization, "add_safe_globals"):
+        with _namespace_allowed():
+            return torch.load(path, map_location="cpu", weights_only=True)
+    return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_allowlist_pickle_module())
 
 
 def _torch_load_untrusted(path: Path) -> Any:
     try:
-        with _namespace_allowed():
-            return torch.load(path, map_location="cpu", weights_only=True)
+        return _torch_load(path)
     except pickle.UnpicklingError as exc:
         msg = str(exc)
-        if "argparse.Namespace" in msg and not hasattr(torch.serialization, "add_safe_globals"):
-            raise CheckpointError(
-                f"{path}: holds training arguments (argparse.Namespace), which torch {torch.__version__}'s "
-                "weights-only loader cannot read; install torch>=2.4, or re-save the file as a plain "
-                "state_dict (torch.save(model.state_dict())) or as safetensors"
-            ) from None
         blocked = re.search(
             r"(unsupported GLOBAL [^\s]+|Unsupported global: [^\s]+|Unsupported class [^\s]+)", msg
         )
