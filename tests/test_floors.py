@@ -47,3 +47,13 @@ def test_the_torch_refusal_names_the_tested_floor():
     assert message is not None and "torch 2.1.2+cu121" in message and "torch>=2.3" in message
     assert torch_problem("2.3.0a0+40ec155e58.nv24.03") is None  # JetPack 6.0's NVIDIA wheel
     assert torch_problem("2.13.0+cpu") is None
+
+
+def test_quantize_refuses_an_onnxruntime_below_its_floor_in_one_line():
+    from sacvit_deploy.quantize.qdq import ONNXRUNTIME_FLOOR, onnxruntime_problem
+
+    assert _release(_pins()["onnxruntime"]) == ONNXRUNTIME_FLOOR
+    message = onnxruntime_problem("1.19.2")
+    assert message is not None and "1.19.2" in message and "onnxruntime>=1.20.1" in message
+    assert "\n" not in message
+    assert onnxruntime_problem("1.20.1") is None and onnxruntime_problem("1.32.0") is None

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
@@ -33,6 +34,10 @@ import numpy as np
 
 from sacvit_deploy.core.errors import SacvitError
 
+# The oldest onnxruntime the floors CI job (constraints-floors.txt) quantizes with: 1.18's and 1.19's
+# quantization tools fail on these graphs (a FileNotFoundError in their temporary folder; "Only an
+# existing tensor can be modified" on the attention Softmax).
+ONNXRUNTIME_FLOOR = (1, 20, 1)
 QUANTIZABLE_OPS = ("MatMul", "Gemm", "Conv")
 METHODS = ("minmax", "entropy", "percentile")
 # Output-channel axis of each weight layout: MatMul B is (K, N) -> 1; Conv W (M, C, kh, kw) -> 0;
@@ -178,6 +183,9 @@ def quantize_graph(
         ) from None
     if method not in METHODS:
         raise QuantizeError(f"--method {method}: use one of {', '.join(METHODS)}")
+    problem = onnxruntime_problem(_installed_onnxruntime())
+    if problem is not None:
+        raise QuantizeError(problem)
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -223,6 +231,24 @@ def quantize_graph(
         )
 
     _float_inputs_for_float_nodes(dst, set(plan.quantize))
+
+
+def _installed_onnxruntime() -> str:
+    import onnxruntime
+
+    return str(onnxruntime.__version__)
+
+
+def onnxruntime_problem(version: str) -> str | None:
+    """Why quantize cannot run on onnxruntime ``version`` (one line), or None."""
+    found = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", version)
+    if found is None or tuple(int(p or 0) for p in found.groups()) >= ONNXRUNTIME_FLOOR:
+        return None
+    floor = ".".join(map(str, ONNXRUNTIME_FLOOR))
+    return (
+        f"quantize needs onnxruntime>={floor}, found {version} (older quantization tools fail on these "
+        f"graphs); pip install 'onnxruntime>={floor}' (or onnxruntime-gpu>={floor})"
+    )
 
 
 def _float_inputs_for_float_nodes(path: Path, quantized: set[str]) -> None:
