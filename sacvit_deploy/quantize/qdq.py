@@ -34,9 +34,10 @@ import numpy as np
 
 from sacvit_deploy.core.errors import SacvitError
 
-# The oldest onnxruntime the floors CI job (constraints-floors.txt) quantizes with: 1.18's and 1.19's
-# quantization tools fail on these graphs (a FileNotFoundError in their temporary folder; "Only an
-# existing tensor can be modified" on the attention Softmax).
+# The oldest onnxruntime the floors CI job (constraints-floors.txt) quantizes with: 1.18.1's and
+# 1.19.2's quantization tools fail on these graphs ("Only an existing tensor can be modified" on an
+# attention Softmax). 1.17.3 quantizes (given a file), but its CPU kernels give batch-position
+# dependent stage-1 results that flip near-tied token selections (docs/floors.md).
 ONNXRUNTIME_FLOOR = (1, 20, 1)
 QUANTIZABLE_OPS = ("MatMul", "Gemm", "Conv")
 METHODS = ("minmax", "entropy", "percentile")
