@@ -152,7 +152,9 @@ def _fold_constants_into_initializers(graph: Any) -> None:
 def _declare_shapes(values: Any, specs: list[TensorSpec]) -> None:
     """Write the designed shapes into the graph's inputs/outputs (the tracer leaves some symbolic);
     the checker's shape inference then confirms they are consistent with the graph."""
-    for value, spec in zip(values, specs, strict=True):
+    if len(values) != len(specs):
+        raise ExportError(f"the graph has {len(values)} inputs/outputs where the design has {len(specs)}")
+    for value, spec in zip(values, specs):  # noqa: B905 (lengths checked above; zip(strict=) is 3.10+)
         dims = value.type.tensor_type.shape.dim
         del dims[:]
         for s in spec.shape:
