@@ -35,4 +35,8 @@ echo "floors job: installed in ${installed} s"
 "$venv/bin/python" -m pytest -q -p no:cacheprovider \
     tests/test_model.py tests/test_checkpoint.py tests/test_export.py tests/test_pipeline.py \
     tests/test_infer.py tests/test_quantize.py tests/test_cli.py tests/test_floors.py
+# The first command a new user runs (export with --baseline, verification, infer, profile).
+demo=$(mktemp -d)
+"$venv/bin/sacvit-deploy" demo --out "$demo/sacvit-demo" >/dev/null
+rm -rf "$demo"
 echo "floors job: passed in $((SECONDS - start)) s (install ${installed} s)"
