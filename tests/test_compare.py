@@ -301,8 +301,12 @@ def test_trained_scale_deit_small_lfvit_checkpoint_exports_with_defaults(tmp_pat
     assert result.exit_code == 0, result.output
     report = Manifest.load(tmp_path / "export").verification.to_dict()
     assert report["passed"]
-    worst = max(r["max_abs_diff"] for r in report["rows"])
-    assert 0 < worst < min(r["limit"] for r in report["rows"] if r["limit"] is not None)
+    # Each row against its own limit (the limits scale with each output's magnitude).
+    limited = [r for r in report["rows"] if r["limit"] is not None]
+    assert limited, report["rows"]
+    for r in limited:
+        assert r["max_abs_diff"] < r["limit"], r
+    assert max(r["max_abs_diff"] for r in limited) > 0  # really compared, not the same numbers
 
 
 def test_check_run_uses_the_comparator(exported_tiny, tmp_path):

@@ -104,6 +104,65 @@ def test_graphs_are_static_except_batch_and_have_no_control_flow(exported):
     assert len(topk) == 1 and topk[0].input[1] in inits, "TopK's K must be a constant initializer"
 
 
+def _attention_patterns(graph) -> set[tuple[str, ...]]:
+    """How each Softmax's scores are made: the ops between its MatMul and the two operands, walking
+    back through layout ops. The explicit path scales q once (Mul on one side); torch's fused-SDPA
+    symbolic scales both q and k by sqrt(scale), and newer opsets have an Attention op."""
+    producer = {out: n for n in graph.node for out in n.output}
+    layout = {"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Identity"}
+    patterns = set()
+    for node in graph.node:
+        if node.op_type in ("Attention", "MultiHeadAttention"):
+            patterns.add((node.op_type,))
+        if node.op_type != "Softmax":
+            continue
+        scores = producer.get(node.input[0])
+        sides = []
+        for name in scores.input if scores is not None and scores.op_type == "MatMul" else []:
+            p = producer.get(name)
+            while p is not None and p.op_type in layout:
+                p = producer.get(p.input[0])
+            sides.append(p.op_type if p is not None else "input")
+        patterns.add((scores.op_type if scores is not None else "input", *sorted(sides)))
+    return patterns
+
+
+def test_baseline_is_exported_on_the_explicit_attention_path_like_the_stages(exported):
+    """baseline.onnx holds no attention pattern (fused SDPA's) that stage1/stage2 do not."""
+    _, folder, _ = exported
+    graphs = {
+        name: onnx.load(str(folder / f"{name}.onnx")).graph for name in ("stage1", "stage2", "baseline")
+    }
+    stages = _attention_patterns(graphs["stage1"]) | _attention_patterns(graphs["stage2"])
+    baseline = _attention_patterns(graphs["baseline"])
+    assert baseline and baseline <= stages, (baseline, stages)
+    stage_ops = {n.op_type for name in ("stage1", "stage2") for n in graphs[name].node}
+    assert {n.op_type for n in graphs["baseline"].node} <= stage_ops
+
+
+def test_attention_pattern_check_tells_fused_sdpa_from_the_explicit_path():
+    """The check above can fail: a DeiT left on fused SDPA exports a pattern the explicit one has not."""
+    import io
+
+    from sacvit_deploy.export.onnx_export import _torchscript_exporter
+    from sacvit_deploy.model.layers import set_fused_attn
+    from sacvit_deploy.model.sacvit import DeiT
+
+    model = DeiT.from_sacvit(make_tiny("sacvit"))
+    image = torch.randn(2, 3, model.cfg.img_size, model.cfg.img_size)
+    patterns = {}
+    for fused in (False, True):
+        set_fused_attn(model, fused)
+        buffer = io.BytesIO()
+        try:
+            torch.onnx.export(model, (image,), buffer, opset_version=17, **_torchscript_exporter())
+        except Exception as exc:  # torch 2.3/2.4 cannot export SDPA with a scale at all
+            assert fused, exc
+            pytest.skip(f"torch {torch.__version__} cannot export fused SDPA: {str(exc)[:80]}")
+        patterns[fused] = _attention_patterns(onnx.load_model_from_string(buffer.getvalue()).graph)
+    assert patterns[True] and not patterns[True] <= patterns[False], patterns
+
+
 def test_target_trt_85_decomposes_layernorm(tmp_path):
     model = make_tiny("lf-vit")
     do_export(model, tmp_path / "e85", target_trt="8.5")

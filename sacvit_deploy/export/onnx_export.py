@@ -152,7 +152,9 @@ def _fold_constants_into_initializers(graph: Any) -> None:
 def _declare_shapes(values: Any, specs: list[TensorSpec]) -> None:
     """Write the designed shapes into the graph's inputs/outputs (the tracer leaves some symbolic);
     the checker's shape inference then confirms they are consistent with the graph."""
-    for value, spec in zip(values, specs, strict=True):
+    if len(values) != len(specs):
+        raise ExportError(f"the graph has {len(values)} inputs/outputs where the design has {len(specs)}")
+    for value, spec in zip(values, specs):  # noqa: B905 (lengths checked above; zip(strict=) is 3.10+)
         dims = value.type.tensor_type.shape.dim
         del dims[:]
         for s in spec.shape:
@@ -187,6 +189,9 @@ def export_graph(
     """Export one graph to ``path`` and describe it for the manifest."""
     import onnx
 
+    # Every graph on the explicit attention path (MatMul/Softmax), whatever module it was built from:
+    # fused SDPA exports differently per torch version (and not at all on torch 2.3/2.4).
+    set_fused_attn(module, False)
     inputs, outputs = graph_specs(cfg, role, "batch" if dynamic else example[0].shape[0])
     in_names = [t.name for t in inputs]
     out_names = [t.name for t in outputs]
@@ -198,12 +203,12 @@ def export_graph(
             module,
             example,
             buffer,
-            dynamo=False,
             opset_version=opset,
             input_names=in_names,
             output_names=out_names,
             dynamic_axes=dynamic_axes,
             do_constant_folding=True,
+            **_torchscript_exporter(),
         )
     proto = onnx.load_model_from_string(buffer.getvalue())
     _fold_constants_into_initializers(proto.graph)
@@ -240,6 +245,14 @@ def export_graph(
         external_sha256=sha256_file(path.parent / external) if external else None,
         info={"opset": opset, "role": role},
     )
+
+
+def _torchscript_exporter() -> dict[str, Any]:
+    """``dynamo=False`` where ``torch.onnx.export`` has the switch (torch 2.5+; from 2.9 it defaults to
+    the dynamo exporter); older torch only has the TorchScript exporter and refuses the keyword."""
+    import inspect
+
+    return {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
 
 
 # ---- the output folder --------------------------------------------------------------------------------

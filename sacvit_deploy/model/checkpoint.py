@@ -14,9 +14,12 @@ their arguments that way). A pickle that would run code fails with a CheckpointE
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import pickle
 import re
+import types
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,7 @@ from sacvit_deploy.core.errors import CheckpointError, ConfigError
 from sacvit_deploy.core.fileinfo import not_a_regular_file
 from sacvit_deploy.core.formats import AUTO, CHECKPOINT_FORMATS, CheckpointFormat
 from sacvit_deploy.core.version import __version__
+from sacvit_deploy.model import _torch_floor  # noqa: F401  (refuses a torch below the floor)
 from sacvit_deploy.model.config import ModelConfig
 from sacvit_deploy.model.formats import FormatAdapter, RawCheckpoint, adapter_for
 from sacvit_deploy.model.formats.base import grid_side, guess_variant, kind_of
@@ -67,10 +71,51 @@ def _is_safetensors(path: Path) -> bool:
     return 0 < n < 100 * 2**20 and head[8:9] == b"{"
 
 
+@contextlib.contextmanager
+def _namespace_allowed() -> Iterator[None]:
+    """Allow ``argparse.Namespace`` in ``torch.load(weights_only=True)``: a scoped ``safe_globals``
+    (torch 2.5+), else the process-wide ``add_safe_globals`` (torch 2.4)."""
+    serialization = torch.serialization
+    if hasattr(serialization, "safe_globals"):
+        with serialization.safe_globals([argparse.Namespace]):
+            yield
+        return
+    serialization.add_safe_globals([argparse.Namespace])
+    yield
+
+
+class _AllowlistUnpickler(pickle.Unpickler):
+    """torch 2.3's weights-only allowlist plus ``argparse.Namespace``, for the torch that has no
+    ``add_safe_globals`` (its weights-only loader cannot build any other class). Every class or
+    function a pickle names passes through ``find_class``, so nothing outside the list is reached."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        from torch._weights_only_unpickler import _get_allowed_globals
+
+        allowed = {**_get_allowed_globals(), "argparse.Namespace": argparse.Namespace}
+        found = allowed.get(f"{module}.{name}")
+        if found is None:
+            raise pickle.UnpicklingError(f"Unsupported global: {module}.{name}")
+        return found
+
+
+def _allowlist_pickle_module() -> Any:
+    module = types.ModuleType("sacvit_allowlist_pickle")
+    module.Unpickler = _AllowlistUnpickler  # type: ignore[attr-defined]
+    module.load = lambda f, **kw: _AllowlistUnpickler(f, **kw).load()  # type: ignore[attr-defined]
+    return module
+
+
+def _torch_load(path: Path) -> Any:
+    if hasattr(torch.serialization, "add_safe_globals"):
+        with _namespace_allowed():
+            return torch.load(path, map_location="cpu", weights_only=True)
+    return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_allowlist_pickle_module())
+
+
 def _torch_load_untrusted(path: Path) -> Any:
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
+        return _torch_load(path)
     except pickle.UnpicklingError as exc:
         msg = str(exc)
         blocked = re.search(

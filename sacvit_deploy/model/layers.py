@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sacvit_deploy.model import _torch_floor  # noqa: F401  (refuses a torch below the floor)
+
 
 class PatchEmbed(nn.Module):
     """Non-overlapping patches -> tokens, as a strided convolution (timm: ``patch_embed.proj``)."""

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from sacvit_deploy.core.exit_rule import exit_mask
 from sacvit_deploy.core.graph_io import STAGE1_INPUTS, STAGE1_OUTPUTS, STAGE2_INPUTS, STAGE2_OUTPUTS  # noqa: F401
+from sacvit_deploy.model import _torch_floor  # noqa: F401  (refuses a torch below the floor)
 from sacvit_deploy.model.config import ModelConfig
 from sacvit_deploy.model.layers import Block, Mlp, PatchEmbed, image_to_patches
 from sacvit_deploy.model.selection import TokenSelector, fine_index_table
@@ -107,6 +108,9 @@ class DeiT(_Backbone):
         }
         state["pos_embed"] = model.pos_embed_list[1].detach().clone()
         baseline.load_state_dict(state)
+        # The same attention path as the source (fused SDPA, or the explicit one export puts it on).
+        for i, block in enumerate(baseline.blocks):
+            block.attn.fused_attn = model.blocks[i].attn.fused_attn
         return baseline.eval()
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from sacvit_deploy.model import _torch_floor  # noqa: F401  (refuses a torch below the floor)
 from sacvit_deploy.model.config import ModelConfig
 
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
+import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -33,6 +35,11 @@ import numpy as np
 from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.core.extras import missing_module_message
 
+# The oldest onnxruntime the floors CI job (constraints-floors.txt) quantizes with: 1.18.1's and
+# 1.19.2's quantization tools fail on these graphs ("Only an existing tensor can be modified" on an
+# attention Softmax). 1.17.3 quantizes (given a file), but its CPU kernels give batch-position
+# dependent stage-1 results that flip near-tied token selections (docs/floors.md).
+ONNXRUNTIME_FLOOR = (1, 20, 1)
 QUANTIZABLE_OPS = ("MatMul", "Gemm", "Conv")
 METHODS = ("minmax", "entropy", "percentile")
 # Output-channel axis of each weight layout: MatMul B is (K, N) -> 1; Conv W (M, C, kh, kw) -> 0;
@@ -189,6 +196,9 @@ def quantize_graph(
         raise QuantizeError(missing_module_message("onnxruntime", exc, "quantize")) from None
     if method not in METHODS:
         raise QuantizeError(f"--method {method}: use one of {', '.join(METHODS)}")
+    problem = onnxruntime_problem(_installed_onnxruntime())
+    if problem is not None:
+        raise QuantizeError(problem)
 
     if fixed_batch is None and method != "minmax":
         batch = even_batch(next(iter(feeds.values())).shape[0], batch)
@@ -207,9 +217,15 @@ def quantize_graph(
         "entropy": CalibrationMethod.Entropy,
         "percentile": CalibrationMethod.Percentile,
     }[method]
-    with _quiet_preprocessing_advice():
+    # The named graph goes to quantize_static as a file: onnxruntime 1.17 takes only a path, and the
+    # ModelProto paths of 1.18-1.21 lose their temporary files or external data.
+    with _quiet_preprocessing_advice(), tempfile.TemporaryDirectory(prefix="sacvit-qdq-") as tmp:
+        named = Path(tmp) / "named.onnx"
+        big = model.ByteSize() > 2**31 - 1
+        onnx.save_model(model, str(named), save_as_external_data=big, location="named.onnx.data")
+        del model
         quantize_static(
-            model,
+            str(named),
             str(dst),
             Reader(),
             quant_format=QuantFormat.QDQ,
@@ -231,6 +247,24 @@ def quantize_graph(
         )
 
     _float_inputs_for_float_nodes(dst, set(plan.quantize))
+
+
+def _installed_onnxruntime() -> str:
+    import onnxruntime
+
+    return str(onnxruntime.__version__)
+
+
+def onnxruntime_problem(version: str) -> str | None:
+    """Why quantize cannot run on onnxruntime ``version`` (one line), or None."""
+    found = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", version)
+    if found is None or tuple(int(p or 0) for p in found.groups()) >= ONNXRUNTIME_FLOOR:
+        return None
+    floor = ".".join(map(str, ONNXRUNTIME_FLOOR))
+    return (
+        f"quantize needs onnxruntime>={floor}, found {version} (older quantization tools fail on these "
+        f"graphs); pip install 'onnxruntime>={floor}' (or onnxruntime-gpu>={floor})"
+    )
 
 
 def _float_inputs_for_float_nodes(path: Path, quantized: set[str]) -> None:

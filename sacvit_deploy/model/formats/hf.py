@@ -26,6 +26,7 @@ from torch import Tensor
 from sacvit_deploy.core.config import ModelConfig, PreprocessConfig
 from sacvit_deploy.core.errors import CheckpointError, ConfigError
 from sacvit_deploy.core.formats import stage2_preset
+from sacvit_deploy.model import _torch_floor  # noqa: F401  (refuses a torch below the floor)
 from sacvit_deploy.model.config import VARIANTS, make_config
 from sacvit_deploy.model.formats.base import FormatAdapter, RawCheckpoint
 
