@@ -11,9 +11,10 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import List, Optional, Tuple
 
 import typer
+from typing_extensions import Annotated
 
 from sacvit_deploy.cli._common import (
     INPUT,
@@ -48,14 +49,14 @@ MAX_POOL = 256  # real images kept in memory for the pool (beyond the largest ba
 LOAD_CHANGE_PER_CPU = 0.5
 
 
-def load_average() -> tuple[float, float, float] | None:
+def load_average() -> Optional[Tuple[float, float, float]]:
     try:
         return os.getloadavg()
     except (AttributeError, OSError):  # not on this OS
         return None
 
 
-def load_lines(before, after, cpus: int) -> list[str]:
+def load_lines(before, after, cpus: int) -> List[str]:
     """The load average beside the timings, and a warning when it moved or the machine is busy."""
     if before is None or after is None:
         return ["load average: not available on this OS"]
@@ -76,13 +77,13 @@ def load_lines(before, after, cpus: int) -> list[str]:
     return lines
 
 
-def precision_lines(manifest, folder) -> list[str]:
+def precision_lines(manifest, folder) -> List[str]:
     """Say when the graphs are int8 (a `quantize` folder), and what that means for speed here."""
     q = manifest.quantization
     if not q:
         return []
-    source = (q.get("float_export") or {}).get("folder", "?")
-    method = (q.get("method") or {}).get("calibration", "?")
+    source = q.float_folder
+    method = (q.details.get("method") or {}).get("calibration", "?")
     return [
         f"precision: INT8 (Q/DQ graphs written by `sacvit-deploy quantize` from {source}, {method} "
         f"calibration) in {folder}",
@@ -93,7 +94,7 @@ def precision_lines(manifest, folder) -> list[str]:
     ]
 
 
-def exit_rate_lines(report) -> list[str]:
+def exit_rate_lines(report) -> List[str]:
     """Why a batch size's exit rate can differ from the pool's (and between int8 and float)."""
     th = report["threshold"]
     pool = th["pool_size"]
@@ -114,8 +115,8 @@ def exit_rate_lines(report) -> list[str]:
     return lines
 
 
-def parse_batch_sizes(text: str) -> list[int]:
-    sizes: list[int] = []
+def parse_batch_sizes(text: str) -> List[int]:
+    sizes: List[int] = []
     for part in text.split(","):
         part = part.strip()
         # isdigit() alone accepts "²" and other digits int() refuses: ASCII decimals only.
@@ -129,7 +130,7 @@ def parse_batch_sizes(text: str) -> list[int]:
     return sizes
 
 
-def _pool(images: Path | None, synthetic: bool, cfg, largest: int, seed: int):  # -> (array, description)
+def _pool(images: Optional[Path], synthetic: bool, cfg, largest: int, seed: int):  # -> (array, description)
     import numpy as np
 
     from sacvit_deploy.runtime.images import collect_images, iter_batches
@@ -185,7 +186,7 @@ def profile(
         str, typer.Option(help="Batch sizes to time, comma-separated.", rich_help_panel=WORK)
     ] = "1,8,32",
     images: Annotated[
-        Path | None,
+        Optional[Path],
         typer.Option(
             help="Folder of real images, preprocessed per the manifest (cycled to fill the largest batch).",
             rich_help_panel=WORK,
@@ -201,10 +202,10 @@ def profile(
         ),
     ] = False,
     threshold: Annotated[
-        float | None, typer.Option(help="Exit threshold (default: the manifest's).", rich_help_panel=WORK)
+        Optional[float], typer.Option(help="Exit threshold (default: the manifest's).", rich_help_panel=WORK)
     ] = None,
     exit_rate: Annotated[
-        float | None,
+        Optional[float],
         typer.Option(
             help="Instead of --threshold: the fraction of the images that must exit at stage 1 (threshold = that confidence quantile).",
             rich_help_panel=WORK,
@@ -226,14 +227,14 @@ def profile(
         ),
     ] = False,
     json_file: Annotated[
-        Path | None,
+        Optional[Path],
         typer.Option(
             "--json", help="Write every number and the environment to FILE.", rich_help_panel=OUTPUT
         ),
         OUTPUT_FILE,
     ] = None,
     plot: Annotated[
-        Path | None,
+        Optional[Path],
         typer.Option(
             help="Write a PNG: latency per batch size and the stage breakdown.", rich_help_panel=OUTPUT
         ),
