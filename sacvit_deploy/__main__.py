@@ -29,7 +29,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Any
+from typing import Any, List, Optional, Set
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 INTERRUPTED = 130
@@ -57,7 +57,7 @@ class _ImportsHoldSignals:
         previous = [signal.getsignal(sig) for sig in _SIGNALS]
         if None in previous:  # a handler installed outside Python: leave it alone
             return self.real(name, globals, locals, fromlist, level)
-        held: list[int] = []
+        held: List[int] = []
 
         def hold(signum: int, frame: object) -> None:
             held.append(signum)
@@ -69,7 +69,7 @@ class _ImportsHoldSignals:
             return self.real(name, globals, locals, fromlist, level)
         finally:
             self.depth -= 1
-            for sig, handler in zip(_SIGNALS, previous, strict=True):
+            for sig, handler in zip(_SIGNALS, previous):
                 signal.signal(sig, handler)
             if held:
                 raise KeyboardInterrupt  # as if the signal had come just after the import
@@ -93,8 +93,8 @@ def _ignore_signals() -> None:
 
 
 def _caused_by_ctrl_c(exc: BaseException) -> bool:
-    seen: set[int] = set()
-    link: BaseException | None = exc
+    seen: Set[int] = set()
+    link: Optional[BaseException] = exc
     while link is not None and id(link) not in seen:
         if isinstance(link, KeyboardInterrupt):
             return True

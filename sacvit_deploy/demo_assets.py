@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import List, Optional, Union
 
 from sacvit_deploy.core.errors import SacvitError
 
@@ -25,7 +26,7 @@ def demo_model_path() -> Path:
     return path
 
 
-def demo_sample_images() -> list[Path]:
+def demo_sample_images() -> List[Path]:
     """The bundled sample images, sorted by name."""
     paths = sorted((DEMO_DIR / "samples").glob("*.png"))
     if not paths:
@@ -35,7 +36,7 @@ def demo_sample_images() -> list[Path]:
     return paths
 
 
-def sample_label(path: str | Path) -> str | None:
+def sample_label(path: Union[str, Path]) -> Optional[str]:
     """The true class name ("0".."9") in a sample's file name, or None for other files."""
     m = _SAMPLE_NAME.fullmatch(Path(path).name)
     return m.group(1) if m else None

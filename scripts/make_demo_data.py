@@ -27,6 +27,7 @@ import argparse
 import csv
 import math
 from pathlib import Path
+from typing import Union
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -170,7 +171,7 @@ def render(digit: np.ndarray, rng: np.random.Generator) -> tuple[Image.Image, di
     return img, meta
 
 
-def make_demo_data(out_dir: str | Path, seed: int = 0) -> Path:
+def make_demo_data(out_dir: Union[str, Path], seed: int = 0) -> Path:
     out_dir = Path(out_dir)
     images, labels = load_digits_8x8()
     rows = []

@@ -10,13 +10,12 @@ the same on numpy arrays and on device memory (where rows are copied device to d
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from typing import Any, Dict, Sequence
 
 import numpy as np
 
 # Manifest dtype names -> numpy dtypes (the names are numpy's, so np.dtype(name) agrees).
-DTYPES: dict[str, np.dtype] = {
+DTYPES: Dict[str, np.dtype] = {
     name: np.dtype(name) for name in ("float32", "float16", "int32", "int64", "bool", "uint8")
 }
 

@@ -15,8 +15,7 @@ torch is imported here.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -75,7 +74,7 @@ class Runner(abc.ABC):
         self.deactivate()
 
     # ---- running -------------------------------------------------------------------------------
-    def infer(self, feed: Mapping[str, Any], check: bool = True) -> dict[str, Any]:
+    def infer(self, feed: Mapping[str, Any], check: bool = True) -> Dict[str, Any]:
         """Run the graph on ``feed`` (numpy arrays, or this runner's device arrays); returns numpy
         arrays (CPU runners) or device arrays (GPU runners that keep outputs on the device)."""
         if not self.is_active:
@@ -116,12 +115,12 @@ class Runner(abc.ABC):
                 )
 
     @property
-    def fixed_batch(self) -> int | None:
+    def fixed_batch(self) -> Optional[int]:
         """The batch size the graph was built for, or None when the batch axis is dynamic."""
         return self._fixed_batch
 
     @property
-    def max_batch(self) -> int | None:
+    def max_batch(self) -> Optional[int]:
         """The largest batch the runner accepts (an engine profile's max), or None for unbounded."""
         return self.fixed_batch
 
@@ -130,20 +129,20 @@ class Runner(abc.ABC):
         """Where the runner's outputs live: "cpu" or "cuda:N"."""
         return "cpu"
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> Dict[str, Any]:
         return {"backend": self.backend, "graph": self.name, "device": self.device}
 
     @abc.abstractmethod
     def _activate(self) -> None: ...
 
     @abc.abstractmethod
-    def _infer(self, feed: Mapping[str, Any]) -> dict[str, Any]: ...
+    def _infer(self, feed: Mapping[str, Any]) -> Dict[str, Any]: ...
 
     @abc.abstractmethod
     def _deactivate(self) -> None: ...
 
 
-def format_shape(shape: Sequence[int | str]) -> str:
+def format_shape(shape: Sequence[Union[int, str]]) -> str:
     return "(" + ", ".join(str(s) for s in shape) + ")"
 
 

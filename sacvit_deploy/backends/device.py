@@ -31,8 +31,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import weakref
-from collections.abc import Sequence
-from typing import Any
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -51,7 +50,7 @@ class DeviceError(SacvitError):
 
 
 # ---- choosing an implementation ------------------------------------------------------------------------
-def import_cudart() -> tuple[Any, str] | None:
+def import_cudart() -> Optional[Tuple[Any, str]]:
     """cuda-python's runtime module and its import name: ``cuda.bindings.runtime`` or old ``cuda.cudart``."""
     try:
         from cuda.bindings import runtime
@@ -150,9 +149,9 @@ class DeviceMemory(abc.ABC):
         self.device_id = device_id
         self.closed = False
         self.pending = False  # work enqueued since the last synchronize()
-        self._pool: dict[int, list[int]] = {}
-        self._blocks: weakref.WeakSet[_Block] = weakref.WeakSet()
-        self._held: list[Any] = []  # host arrays that asynchronous copies still read or write
+        self._pool: Dict[int, List[int]] = {}
+        self._blocks: weakref.WeakSet = weakref.WeakSet()  # of _Block
+        self._held: List[Any] = []  # host arrays that asynchronous copies still read or write
         self.allocated_bytes = 0
 
     # -- what an implementation provides
@@ -277,8 +276,8 @@ class DeviceArray:
 
     __slots__ = ("__weakref__", "_block", "_offset", "dtype", "nbytes", "shape")
 
-    def __init__(self, block: _Block, offset: int, shape: tuple[int, ...], dtype: np.dtype) -> None:
-        self._block: _Block | None = block
+    def __init__(self, block: _Block, offset: int, shape: Tuple[int, ...], dtype: np.dtype) -> None:
+        self._block: Optional[_Block] = block
         self._offset = offset
         self.shape = shape
         self.dtype = dtype
@@ -479,7 +478,7 @@ def error_name(cudart: Any, err: Any) -> str:
     try:
         result = cudart.cudaGetErrorName(err)
         name = result[1]
-        return name.decode() if isinstance(name, bytes) else str(name)
+        return name.decode() if isinstance(name, bytes) else str(name)  # novermin (bytes.decode)
     except Exception:
         return str(err)
 
@@ -514,7 +513,7 @@ class PycudaMemory(DeviceMemory):
         except Exception as exc:  # pycuda raises its own error types when there is no driver or device
             raise DeviceError(f"pycuda cannot open GPU {device_id}: {_first_line(exc)}") from None
         self.stream = cuda.Stream()
-        self._allocations: dict[int, Any] = {}
+        self._allocations: Dict[int, Any] = {}
 
     def _malloc(self, nbytes: int) -> int:
         allocation = self.cuda.mem_alloc(nbytes)
@@ -562,7 +561,7 @@ class TorchMemory(DeviceMemory):
         self.torch = torch
         self.device = torch.device("cuda", device_id)
         self.stream = torch.cuda.Stream(self.device)
-        self._regions: dict[int, Any] = {}  # start address -> uint8 tensor (owned or wrapped)
+        self._regions: Dict[int, Any] = {}  # start address -> uint8 tensor (owned or wrapped)
 
     def _bytes_at(self, ptr: int, nbytes: int) -> Any:
         for start, t in self._regions.items():
@@ -628,7 +627,7 @@ class TorchMemory(DeviceMemory):
         return int(self.stream.cuda_stream)
 
 
-_TORCH_MEMORIES: dict[int, TorchMemory] = {}
+_TORCH_MEMORIES: Dict[int, TorchMemory] = {}
 
 
 def wrap_torch(tensor: Any) -> DeviceArray:
@@ -641,7 +640,7 @@ def wrap_torch(tensor: Any) -> DeviceArray:
 
 
 # ---- the GPU ---------------------------------------------------------------------------------------------
-def gpu_properties(index: int = 0) -> tuple[str, tuple[int, int], int, str]:
+def gpu_properties(index: int = 0) -> Tuple[str, Tuple[int, int], int, str]:
     """(name, (major, minor), total memory in bytes, "cuda-python"|"pycuda"|"torch") of GPU ``index``.
 
     Asked of cuda-python, else pycuda, else torch; :class:`DeviceError` when none can (the message says
@@ -660,7 +659,9 @@ def gpu_properties(index: int = 0) -> tuple[str, tuple[int, int], int, str]:
             err, prop = rt.cudaGetDeviceProperties(index)
             if err != rt.cudaError_t.cudaSuccess:
                 raise DeviceError(f"{module}.cudaGetDeviceProperties: {error_name(rt, err)}")
-            name = prop.name.decode(errors="replace") if isinstance(prop.name, bytes) else str(prop.name)
+            name = (
+                prop.name.decode(errors="replace") if isinstance(prop.name, bytes) else str(prop.name)
+            )  # novermin
             return (
                 name.rstrip("\x00"),
                 (int(prop.major), int(prop.minor)),

@@ -20,7 +20,7 @@ import functools
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 
 from sacvit_deploy.backends.base import BackendError, Runner
 from sacvit_deploy.core.extras import install_hint
@@ -33,7 +33,7 @@ DEVICES = ("cpu", "cuda")
 class BackendChoice:
     backend: str  # a REGISTRY name: tensorrt | onnxruntime | openvino | torch | ...
     device: str  # cpu | cuda
-    provider: str | None  # ONNX Runtime provider: cpu | cuda | tensorrt; OpenVINO device: CPU | GPU | NPU
+    provider: Optional[str]  # ONNX Runtime provider: cpu | cuda | tensorrt; OpenVINO device: CPU | GPU | NPU
     reason: str
 
     def describe(self) -> str:
@@ -47,7 +47,7 @@ class BackendChoice:
 # reason it cannot (one short clause). ``select`` answers an explicit ``--backend NAME``: a choice, or a
 # BackendError saying what is missing and how to get it.
 if TYPE_CHECKING:  # subscripted collections.abc.Callable fails at run time on Python 3.8
-    from collections.abc import Callable
+    from typing import Callable
 
     Probe = Callable[[Manifest, Union[str, None]], Union[BackendChoice, str]]
     Select = Callable[[Manifest, Union[str, None], Union[str, None]], BackendChoice]
@@ -72,7 +72,7 @@ class BackendSpec:
         return has_module(self.module)
 
 
-REGISTRY: dict[str, BackendSpec] = {}
+REGISTRY: Dict[str, BackendSpec] = {}
 
 
 def register_backend(spec: BackendSpec) -> BackendSpec:
@@ -87,7 +87,7 @@ def unregister_backend(name: str) -> None:
     REGISTRY.pop(name, None)
 
 
-def backend_names(auto: bool = True) -> tuple[str, ...]:
+def backend_names(auto: bool = True) -> Tuple[str, ...]:
     """Backend names for ``--backend``: ``auto`` first, then by priority."""
     names = tuple(s.name for s in sorted(REGISTRY.values(), key=lambda s: -s.priority))
     return ("auto", *names) if auto else names
@@ -123,7 +123,7 @@ def cuda_device_count() -> int:
 
 
 def choose_backend(
-    manifest: Manifest, backend: str = "auto", device: str | None = None, provider: str | None = None
+    manifest: Manifest, backend: str = "auto", device: Optional[str] = None, provider: Optional[str] = None
 ) -> BackendChoice:
     if backend != "auto" and backend not in REGISTRY:
         raise BackendError(f"unknown backend {backend!r}; use one of {', '.join(backend_names())}")
@@ -131,7 +131,7 @@ def choose_backend(
         raise BackendError(f"unknown device {device!r}; use cpu or cuda")
     if backend != "auto":
         return REGISTRY[backend].select(manifest, device, provider)
-    passed: list[str] = []
+    passed: List[str] = []
     for spec in sorted(REGISTRY.values(), key=lambda s: -s.priority):
         got = spec.probe(manifest, device)
         if isinstance(got, BackendChoice):
@@ -147,7 +147,7 @@ def choose_backend(
 
 
 def _openvino_choice(
-    manifest: Manifest, device: str | None, ov_device: str | None, reason: str
+    manifest: Manifest, device: Optional[str], ov_device: Optional[str], reason: str
 ) -> BackendChoice:
     from sacvit_deploy.backends.openvino_backend import check_device, import_openvino
 
@@ -179,7 +179,7 @@ def _entry(entries: dict, role: str, folder: Path, what: str) -> Any:
 
 
 # ---- tensorrt --------------------------------------------------------------------------------------
-def _trt_select(manifest: Manifest, device: str | None, provider: str | None) -> BackendChoice:
+def _trt_select(manifest: Manifest, device: Optional[str], provider: Optional[str]) -> BackendChoice:
     if not manifest.engines:
         raise BackendError(
             "--backend tensorrt needs engines: run `sacvit-deploy build-engine` and use --artifacts engines/"
@@ -189,7 +189,7 @@ def _trt_select(manifest: Manifest, device: str | None, provider: str | None) ->
     return BackendChoice("tensorrt", "cuda", None, "asked for")
 
 
-def _trt_probe(manifest: Manifest, device: str | None) -> BackendChoice | str:
+def _trt_probe(manifest: Manifest, device: Optional[str]) -> Union[BackendChoice, str]:
     if not manifest.engines:
         return "no engines in the folder"
     if device == "cpu":
@@ -217,13 +217,13 @@ def _trt_factory(
 
 
 # ---- onnxruntime -----------------------------------------------------------------------------------
-def _ort_providers() -> list[str]:
+def _ort_providers() -> List[str]:
     from sacvit_deploy.backends.onnxruntime_backend import available_providers
 
     return available_providers()
 
 
-def _ort_select(manifest: Manifest, device: str | None, provider: str | None) -> BackendChoice:
+def _ort_select(manifest: Manifest, device: Optional[str], provider: Optional[str]) -> BackendChoice:
     if not manifest.graphs:
         raise BackendError(
             "--backend onnxruntime needs ONNX graphs: use the export folder (--artifacts export/)"
@@ -232,7 +232,7 @@ def _ort_select(manifest: Manifest, device: str | None, provider: str | None) ->
     return BackendChoice("onnxruntime", "cpu" if prov == "cpu" else "cuda", prov, "asked for")
 
 
-def _ort_probe(manifest: Manifest, device: str | None) -> BackendChoice | str:
+def _ort_probe(manifest: Manifest, device: Optional[str]) -> Union[BackendChoice, str]:
     if not manifest.graphs:
         return "no ONNX graphs in the folder"
     providers = _ort_providers()
@@ -272,11 +272,11 @@ OPENVINO_REASON = (
 )
 
 
-def _ov_select(manifest: Manifest, device: str | None, provider: str | None) -> BackendChoice:
+def _ov_select(manifest: Manifest, device: Optional[str], provider: Optional[str]) -> BackendChoice:
     return _openvino_choice(manifest, device, provider, "asked for")
 
 
-def _ov_probe(manifest: Manifest, device: str | None) -> BackendChoice | str:
+def _ov_probe(manifest: Manifest, device: Optional[str]) -> Union[BackendChoice, str]:
     if not manifest.graphs:
         return "no ONNX graphs in the folder"
     if device == "cuda":
@@ -311,7 +311,7 @@ def _ov_factory(folder: Path, manifest: Manifest, role: str, choice: BackendChoi
 
 
 # ---- torch -----------------------------------------------------------------------------------------
-def _torch_device(device: str | None) -> str:
+def _torch_device(device: Optional[str]) -> str:
     if device:
         return device
     if not cuda_device_count():
@@ -321,7 +321,7 @@ def _torch_device(device: str | None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _torch_select(manifest: Manifest, device: str | None, provider: str | None) -> BackendChoice:
+def _torch_select(manifest: Manifest, device: Optional[str], provider: Optional[str]) -> BackendChoice:
     if manifest.weights is None:
         raise BackendError(
             "--backend torch needs model.safetensors in the folder: re-export without --no-weights"
@@ -333,7 +333,7 @@ def _torch_select(manifest: Manifest, device: str | None, provider: str | None) 
     return BackendChoice("torch", _torch_device(device), None, "asked for")
 
 
-def _torch_probe(manifest: Manifest, device: str | None) -> BackendChoice | str:
+def _torch_probe(manifest: Manifest, device: Optional[str]) -> Union[BackendChoice, str]:
     if manifest.weights is None:
         return "no model.safetensors in the folder"
     if not has_module("torch"):
@@ -359,7 +359,7 @@ def _torch_factory(
     return TorchRunner(f"{role} (torch)", graph_module(model, role), inputs, outputs, device=choice.device)
 
 
-_MODEL_CACHE: dict[tuple[str, str], Any] = {}
+_MODEL_CACHE: Dict[Tuple[str, str], Any] = {}
 
 
 def _torch_model(folder: Path, manifest: Manifest) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from sacvit_deploy.backends.base import BackendError
 
@@ -16,7 +17,7 @@ class GpuInfo:
     name: str
     compute_capability: str  # "8.6"
     index: int = 0
-    memory_bytes: int | None = None
+    memory_bytes: Optional[int] = None
 
 
 NO_GPU = (

@@ -11,9 +11,8 @@ device). A device array in the feed is brought to the host first.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -40,7 +39,7 @@ def import_onnxruntime() -> Any:
     return ort
 
 
-def available_providers() -> list[str]:
+def available_providers() -> List[str]:
     try:
         return list(import_onnxruntime().get_available_providers())
     except BackendError:
@@ -66,13 +65,13 @@ class OnnxRuntimeRunner(Runner):
 
     def __init__(
         self,
-        path: str | Path,
+        path: Union[str, Path],
         inputs: Sequence[TensorSpec],
         outputs: Sequence[TensorSpec],
         provider: str = "cpu",
-        threads: int | None = None,
+        threads: Optional[int] = None,
         fp16: bool = False,
-        cache_dir: str | Path | None = None,
+        cache_dir: Optional[Union[str, Path]] = None,
         device_id: int = 0,
         spinning: bool = False,
     ) -> None:
@@ -94,12 +93,12 @@ class OnnxRuntimeRunner(Runner):
     def device(self) -> str:
         return "cpu" if self.provider == "cpu" else f"cuda:{self.device_id}"
 
-    def _provider_list(self) -> list[Any]:
+    def _provider_list(self) -> List[Any]:
         names = PROVIDERS[self.provider]
-        out: list[Any] = []
+        out: List[Any] = []
         for name in names:
             if name == "TensorrtExecutionProvider":
-                opts: dict[str, Any] = {"device_id": self.device_id, "trt_fp16_enable": self.fp16}
+                opts: Dict[str, Any] = {"device_id": self.device_id, "trt_fp16_enable": self.fp16}
                 if self.cache_dir:
                     self.cache_dir.mkdir(parents=True, exist_ok=True)
                     opts.update(
@@ -174,7 +173,7 @@ class OnnxRuntimeRunner(Runner):
                 dims = tuple(got.shape)
                 static = [
                     (i, d, w)
-                    for i, (d, w) in enumerate(zip(dims, spec.shape, strict=False))
+                    for i, (d, w) in enumerate(zip(dims, spec.shape))
                     if isinstance(d, int) and isinstance(w, int) and d != w
                 ]
                 if dtype != spec.dtype or len(dims) != len(spec.shape) or static:
@@ -183,7 +182,7 @@ class OnnxRuntimeRunner(Runner):
                         f"{spec.dtype} {format_dims(spec.shape)} in the manifest; re-export the folder"
                     )
 
-    def _infer(self, feed: Mapping[str, Any]) -> dict[str, Any]:
+    def _infer(self, feed: Mapping[str, Any]) -> Dict[str, Any]:
         arrays = {}
         for name in self._input_names:
             a = feed[name]
@@ -202,7 +201,7 @@ class OnnxRuntimeRunner(Runner):
         self._session = None
         self._run = None
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> Dict[str, Any]:
         d = super().describe()
         d["provider"] = PROVIDERS[self.provider][0]
         d["threads"] = self.threads or os.cpu_count()

@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -67,7 +66,7 @@ def core() -> Any:
     return _CORE
 
 
-def available_devices() -> list[str]:
+def available_devices() -> List[str]:
     """What OpenVINO finds here (``['CPU']``, ``['CPU', 'GPU.0', 'GPU.1']`` ...); [] without openvino."""
     try:
         return list(core().available_devices)
@@ -102,14 +101,14 @@ class OpenVinoRunner(Runner):
 
     def __init__(
         self,
-        path: str | Path,
+        path: Union[str, Path],
         inputs: Sequence[TensorSpec],
         outputs: Sequence[TensorSpec],
         device: str = "CPU",
         hint: str = "LATENCY",
-        threads: int | None = None,
-        cache_dir: str | Path | None = DEFAULT_CACHE,
-        precision: str | None = "f32",
+        threads: Optional[int] = None,
+        cache_dir: Optional[Union[str, Path]] = DEFAULT_CACHE,
+        precision: Optional[str] = "f32",
         pinning: bool = False,
     ) -> None:
         super().__init__(Path(path).name, inputs, outputs)
@@ -127,17 +126,17 @@ class OpenVinoRunner(Runner):
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else None
         self.precision = precision
         self.pinning = bool(pinning)
-        self.compile_seconds: float | None = None
-        self.loaded_from_cache: bool | None = None
+        self.compile_seconds: Optional[float] = None
+        self.loaded_from_cache: Optional[bool] = None
         self._compiled: Any = None
-        self._requests: list[Any] = []
+        self._requests: List[Any] = []
         self._queue: Any = None
-        self._out_names: list[str] = list(self.output_specs)
+        self._out_names: List[str] = list(self.output_specs)
         self._out_dtypes = {n: np.dtype(s.dtype) for n, s in self.output_specs.items()}
 
     # ---- lifecycle -----------------------------------------------------------------------------
-    def _config(self) -> dict[str, Any]:
-        config: dict[str, Any] = {"PERFORMANCE_HINT": self.hint}
+    def _config(self) -> Dict[str, Any]:
+        config: Dict[str, Any] = {"PERFORMANCE_HINT": self.hint}
         if self.threads and self.ov_device.startswith("CPU"):
             config["INFERENCE_NUM_THREADS"] = int(self.threads)
         if self.precision and self.ov_device.startswith("CPU"):
@@ -191,7 +190,7 @@ class OpenVinoRunner(Runner):
             ("input", compiled.inputs, self.input_specs),
             ("output", compiled.outputs, self.output_specs),
         ):
-            real: dict[str, Any] = {}
+            real: Dict[str, Any] = {}
             for port in ports:
                 for name in port.get_names():
                     real[name] = port
@@ -208,7 +207,7 @@ class OpenVinoRunner(Runner):
                 dims = [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
                 static = [
                     (d, w)
-                    for d, w in zip(dims, spec.shape)  # noqa: B905 (3.8 floor)
+                    for d, w in zip(dims, spec.shape)
                     if isinstance(d, int) and isinstance(w, int) and d != w
                 ]
                 if dtype != spec.dtype or len(dims) != len(spec.shape) or static:
@@ -224,11 +223,11 @@ class OpenVinoRunner(Runner):
         self._compiled = None
 
     # ---- running -------------------------------------------------------------------------------
-    def infer_numpy(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def infer_numpy(self, feed: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
         """The same as :meth:`infer` (numpy in, fresh numpy out); kept for callers that named it."""
         return self.infer(feed)
 
-    def _infer_numpy(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _infer_numpy(self, feed: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
         arrays = {name: np.ascontiguousarray(feed[name]) for name in self.input_specs}
         batch = next(iter(arrays.values())).shape[0]
         parts = min(len(self._requests), batch) if self.fixed_batch is None else 1
@@ -238,7 +237,7 @@ class OpenVinoRunner(Runner):
             # THROUGHPUT: one slice of the batch per infer request, all started before any is awaited.
             bounds = np.linspace(0, batch, parts + 1).astype(int)
             started = []
-            for req, lo, hi in zip(self._requests, bounds[:-1], bounds[1:]):  # noqa: B905
+            for req, lo, hi in zip(self._requests, bounds[:-1], bounds[1:]):
                 req.start_async({k: v[lo:hi] for k, v in arrays.items()}, share_inputs=True)
                 started.append(req)
             for req in started:
@@ -252,21 +251,21 @@ class OpenVinoRunner(Runner):
                 f"{self.path}: OpenVINO cannot run it ({ov_reason(exc)}); re-export the folder"
             ) from None
 
-    def _run(self, request: Any, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _run(self, request: Any, arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         request.infer(arrays, share_inputs=True)
         return self._collect(request)
 
-    def _collect(self, request: Any) -> dict[str, np.ndarray]:
+    def _collect(self, request: Any) -> Dict[str, np.ndarray]:
         # The request's output memory is reused by its next run: copy (astype copies).
         return {
             name: request.get_tensor(name).data.astype(self._out_dtypes[name], copy=True)
             for name in self._out_names
         }
 
-    def _infer(self, feed: Mapping[str, Any]) -> dict[str, Any]:
+    def _infer(self, feed: Mapping[str, Any]) -> Dict[str, Any]:
         return self._infer_numpy(feed)
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> Dict[str, Any]:
         d = super().describe()
         d.update(
             ov_device=self.ov_device,

@@ -37,9 +37,8 @@ Buffers (device memory, :mod:`sacvit_deploy.backends.device`):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
@@ -77,7 +76,7 @@ class TensorRTRunner(Runner):
 
     def __init__(
         self,
-        path: str | Path,
+        path: Union[str, Path],
         entry: ArtifactFile,
         tensorrt: Mapping[str, Any],
         buffers: str = "auto",
@@ -98,7 +97,7 @@ class TensorRTRunner(Runner):
         self._version = ""
         self._output_dtypes = {name: np.dtype(spec.dtype) for name, spec in self.output_specs.items()}
         self._gpu: Any = None
-        self._profiles: dict[str, tuple[tuple[int, ...], ...]] = {}
+        self._profiles: Dict[str, Tuple[Tuple[int, ...], ...]] = {}
 
     # ---- properties ------------------------------------------------------------------------------
     @property
@@ -107,7 +106,7 @@ class TensorRTRunner(Runner):
         return f"cuda:{self.device_id}"
 
     @property
-    def max_batch(self) -> int | None:
+    def max_batch(self) -> Optional[int]:
         """The engine profile's largest batch (the pipeline splits bigger batches)."""
         profiles = self._profiles or _profiles_from_info(self.entry.info)
         if not profiles:
@@ -115,7 +114,7 @@ class TensorRTRunner(Runner):
         return min(shapes[2][0] for shapes in profiles.values())
 
     @property
-    def fixed_batch(self) -> int | None:
+    def fixed_batch(self) -> Optional[int]:
         """A static profile (min = max, as DLA engines are built) is a fixed batch: the pipeline pads to it."""
         profiles = self._profiles or _profiles_from_info(self.entry.info)
         batches = {(s[0][0], s[2][0]) for s in profiles.values()}
@@ -130,7 +129,7 @@ class TensorRTRunner(Runner):
         profiles = self._profiles or _profiles_from_info(self.entry.info)
         return max((shapes[0][0] for shapes in profiles.values()), default=1)
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> Dict[str, Any]:
         d = super().describe()
         d.update(
             tensorrt=self._version or self.build_info.get("version"),
@@ -224,7 +223,7 @@ class TensorRTRunner(Runner):
             self._profiles[name] = shapes
 
     # ---- running ---------------------------------------------------------------------------------
-    def _infer(self, feed: Mapping[str, Any]) -> dict[str, Any]:
+    def _infer(self, feed: Mapping[str, Any]) -> Dict[str, Any]:
         """numpy / device arrays in, fresh device arrays out; one stream synchronization."""
         context, memory = self._context, self._memory
         n = next(iter(feed.values())).shape[0]
@@ -268,9 +267,9 @@ class TensorRTRunner(Runner):
         return outputs
 
 
-def _profiles_from_info(info: Mapping[str, Any]) -> dict[str, tuple[tuple[int, ...], ...]]:
+def _profiles_from_info(info: Mapping[str, Any]) -> Dict[str, Tuple[Tuple[int, ...], ...]]:
     """The profiles build-engine recorded: {input: {"min": [...], "opt": [...], "max": [...]}}."""
-    out: dict[str, tuple[tuple[int, ...], ...]] = {}
+    out: Dict[str, Tuple[Tuple[int, ...], ...]] = {}
     for name, p in (info.get("profiles") or {}).items():
         try:
             out[name] = (tuple(p["min"]), tuple(p["opt"]), tuple(p["max"]))

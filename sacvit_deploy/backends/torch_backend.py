@@ -7,8 +7,7 @@ back to the host.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Dict, Mapping, Sequence, Union
 
 import numpy as np
 import torch
@@ -30,7 +29,7 @@ class TorchRunner(Runner):
         module: nn.Module,
         inputs: Sequence[TensorSpec],
         outputs: Sequence[TensorSpec],
-        device: str | torch.device = "cpu",
+        device: Union[str, torch.device] = "cpu",
     ) -> None:
         super().__init__(name, inputs, outputs)
         self._module = module
@@ -49,7 +48,7 @@ class TorchRunner(Runner):
     def _activate(self) -> None:
         self._module = self._module.to(self._device).eval()
 
-    def _infer(self, feed: Mapping[str, Any]) -> dict[str, Any]:
+    def _infer(self, feed: Mapping[str, Any]) -> Dict[str, Any]:
         args = [
             torch.from_numpy(np.ascontiguousarray(to_host(feed[name]))).to(self._device, non_blocking=True)
             for name in self.input_specs
@@ -66,12 +65,12 @@ class TorchRunner(Runner):
 
 
 def model_runners(
-    model: nn.Module, roles: Sequence[str], device: str | torch.device = "cpu"
-) -> dict[str, Runner]:
+    model: nn.Module, roles: Sequence[str], device: Union[str, torch.device] = "cpu"
+) -> Dict[str, Runner]:
     """The eager PyTorch model as one runner per graph role: the reference is just another runner."""
     from sacvit_deploy.model.graphs import graph_module, graph_specs
 
-    runners: dict[str, Runner] = {}
+    runners: Dict[str, Runner] = {}
     for role in roles:
         inputs, outputs = graph_specs(model.cfg, role)
         runners[role] = TorchRunner(f"{role} (PyTorch)", graph_module(model, role), inputs, outputs, device)

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Dict, Optional, Tuple
 
 from sacvit_deploy.backends.base import BackendError
 from sacvit_deploy.core.extras import install_hint
@@ -142,7 +142,7 @@ class TrtVersion:
         """num_io_tensors / set_tensor_address / execute_async_v3: 8.5 and later."""
         return self.at_least(8, 5)
 
-    def known_fp16_issue(self) -> str | None:
+    def known_fp16_issue(self) -> Optional[str]:
         """Releases with reported wrong FP16 results on ViTs (the parity check is the real test)."""
         if (self.major, self.minor) in ((10, 3), (10, 4)):
             return (
@@ -185,8 +185,8 @@ def enum_member(trt: Any, enum_name: str, member: str) -> Any:
 
 
 def engine_compatibility_problem(
-    recorded: dict[str, Any], running: TrtVersion, running_cc: str | None
-) -> str | None:
+    recorded: Dict[str, Any], running: TrtVersion, running_cc: Optional[str]
+) -> Optional[str]:
     """Why an engine built as ``recorded`` (the manifest's ``tensorrt`` section) cannot run here, or None.
 
     Without version compatibility, TensorRT loads only engines from its own release (major, minor
@@ -222,7 +222,7 @@ def engine_compatibility_problem(
 CROSS_MAJOR_COMPATIBLE = {(8, 10), (10, 11)}
 
 
-def version_compatible_problem(built: TrtVersion, running: TrtVersion) -> str | None:
+def version_compatible_problem(built: TrtVersion, running: TrtVersion) -> Optional[str]:
     """Why a version-compatible engine built with ``built`` cannot run on ``running``, or None."""
     if running < built:
         return (
@@ -237,7 +237,7 @@ def version_compatible_problem(built: TrtVersion, running: TrtVersion) -> str | 
     return None
 
 
-def _cc_tuple(cc: str) -> tuple[int, ...]:
+def _cc_tuple(cc: str) -> Tuple[int, ...]:
     try:
         return tuple(int(p) for p in str(cc).split("."))
     except ValueError:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import typer
+from typing_extensions import Annotated
 
 from sacvit_deploy.cli._common import print_warnings_as_lines, register_app
 from sacvit_deploy.cli._help import SacvitGroup

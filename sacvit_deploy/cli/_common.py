@@ -6,14 +6,28 @@ import contextlib
 import functools
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Optional,
+    Set,
+    Tuple,
+    Type,
+    TypeVar,
+    Union,
+)
 
 import typer
 from rich.console import Console, ConsoleRenderable, RenderHook
 from rich.segment import Segment
+from typing_extensions import Annotated
 
 from sacvit_deploy.backends.factory import auto_order_help as _auto_order_help
 from sacvit_deploy.backends.factory import backend_names as _backend_names
@@ -51,7 +65,7 @@ class _VisibleText(RenderHook):
     (ESC, CR, backspace, bidi overrides) is shown escaped; only Rich's own styling and line breaks
     reach the terminal. (A newline inside a value is a line break here: values go through safe().)"""
 
-    def process_renderables(self, renderables: list[ConsoleRenderable]) -> list[ConsoleRenderable]:
+    def process_renderables(self, renderables: List[ConsoleRenderable]) -> List[ConsoleRenderable]:
         return [_Visible(r) for r in renderables]
 
 
@@ -101,14 +115,14 @@ def safe(value: object) -> str:
     return escape(printable(value))
 
 
-_APP: list[typer.Typer] = []  # the root app, registered by cli/__init__.py
+_APP: List[typer.Typer] = []  # the root app, registered by cli/__init__.py
 
 
 def register_app(app: typer.Typer) -> None:
     _APP[:] = [app]
 
 
-def run_command(argv: list[str]) -> int:
+def run_command(argv: List[str]) -> int:
     """Run one ``sacvit-deploy`` command line in this process (the demo's steps) and return its exit
     code: the line the user sees is the line that runs, parsed by the real CLI, and commands never
     import each other."""
@@ -164,7 +178,7 @@ class PathRole:
     present and rewrites (checked as an output, but may be itself).
     """
 
-    def __init__(self, kind: str, default: Callable[[], Path | None] | None = None) -> None:
+    def __init__(self, kind: str, default: Optional[Callable[[], Optional[Path]]] = None) -> None:
         self.kind = kind
         self.default = default  # the folder used when the option is not given (artifacts)
 
@@ -179,7 +193,7 @@ OUTPUT_FOLDER = PathRole("output folder")
 CACHE_FILE = PathRole("cache file")
 
 
-def _default_artifacts() -> Path | None:
+def _default_artifacts() -> Optional[Path]:
     from sacvit_deploy.runtime.loader import default_artifacts
 
     try:
@@ -199,7 +213,7 @@ def _is_path_type(tp: Any) -> bool:
     return any(_is_path_type(a) for a in typing.get_args(tp) if a is not type(None))
 
 
-def path_roles(fn: Callable[..., Any]) -> dict[str, tuple[PathRole, str]]:
+def path_roles(fn: Callable[..., Any]) -> Dict[str, Tuple[PathRole, str]]:
     """parameter -> (role, option as typed) for every path parameter of command ``fn``. A path
     parameter without a role is a bug of the command, raised when it is defined."""
     import inspect
@@ -210,7 +224,7 @@ def path_roles(fn: Callable[..., Any]) -> dict[str, tuple[PathRole, str]]:
         hints = typing.get_type_hints(fn, include_extras=True)
     except Exception:  # an annotation this Python cannot evaluate: tests/test_mechanisms.py checks
         return {}
-    roles: dict[str, tuple[PathRole, str]] = {}
+    roles: Dict[str, Tuple[PathRole, str]] = {}
     for name in inspect.signature(fn).parameters:
         hint = hints.get(name)
         if typing.get_origin(hint) is not Annotated:
@@ -235,7 +249,7 @@ class Maximum:
         self.value = value
 
 
-def _check_threshold(value: Any, option: str, _meta: list[Any]) -> None:
+def _check_threshold(value: Any, option: str, _meta: List[Any]) -> None:
     from sacvit_deploy.core import validate
 
     if value is None:
@@ -245,7 +259,7 @@ def _check_threshold(value: Any, option: str, _meta: list[Any]) -> None:
         note(f"[yellow]warning:[/] {safe(meaning)}")
 
 
-def _check_batch(value: Any, option: str, meta: list[Any]) -> None:
+def _check_batch(value: Any, option: str, meta: List[Any]) -> None:
     from sacvit_deploy.core import validate
 
     if value is not None:
@@ -253,14 +267,14 @@ def _check_batch(value: Any, option: str, meta: list[Any]) -> None:
         validate.batch_size(value, option, limit)
 
 
-def _check_topk(value: Any, option: str, _meta: list[Any]) -> None:
+def _check_topk(value: Any, option: str, _meta: List[Any]) -> None:
     from sacvit_deploy.core import validate
 
     if value is not None:
         validate.topk(value, option)
 
 
-def _check_workers(value: Any, option: str, _meta: list[Any]) -> None:
+def _check_workers(value: Any, option: str, _meta: List[Any]) -> None:
     from sacvit_deploy.core import validate
 
     if value is not None:
@@ -269,7 +283,7 @@ def _check_workers(value: Any, option: str, _meta: list[Any]) -> None:
 
 # Values every command checks the same way (core.validate, which the Python API calls too), by
 # parameter name: a new command with a --threshold or --batch-size gets the check without asking.
-VALUE_CHECKS: dict[str, Callable[[Any, str, list[Any]], None]] = {
+VALUE_CHECKS: Dict[str, Callable[[Any, str, List[Any]], None]] = {
     "threshold": _check_threshold,
     "batch_size": _check_batch,
     "calib_batch": _check_batch,
@@ -279,7 +293,7 @@ VALUE_CHECKS: dict[str, Callable[[Any, str, list[Any]], None]] = {
 }
 
 
-def _option_name(name: str, meta: list[Any]) -> str:
+def _option_name(name: str, meta: List[Any]) -> str:
     from typer.models import ArgumentInfo, ParameterInfo
 
     info = next((m for m in meta if isinstance(m, ParameterInfo)), None)
@@ -292,7 +306,7 @@ def _option_name(name: str, meta: list[Any]) -> str:
     return decls[0] if decls else "--" + name.replace("_", "-")
 
 
-def value_checks(fn: Callable[..., Any]) -> dict[str, tuple[str, list[Any]]]:
+def value_checks(fn: Callable[..., Any]) -> Dict[str, Tuple[str, List[Any]]]:
     """parameter -> (option, Annotated metadata) for the parameters :data:`VALUE_CHECKS` covers."""
     import typing_extensions as typing  # Annotated-aware hints on Python 3.8 too (typer needs it)
 
@@ -310,7 +324,7 @@ def value_checks(fn: Callable[..., Any]) -> dict[str, tuple[str, list[Any]]]:
 
 
 def check_values(
-    fn: Callable[..., Any], checks: dict[str, tuple[str, list[Any]]], args: tuple, kwargs: dict
+    fn: Callable[..., Any], checks: Dict[str, Tuple[str, List[Any]]], args: tuple, kwargs: dict
 ) -> None:
     if not checks:
         return
@@ -323,7 +337,7 @@ def check_values(
         VALUE_CHECKS[name](value, option, meta)
 
 
-def _paths(value: Any) -> list[Path]:
+def _paths(value: Any) -> List[Path]:
     if value is None:
         return []
     if isinstance(value, (list, tuple)):
@@ -335,7 +349,7 @@ def _paths(value: Any) -> list[Path]:
 
 
 def check_paths(
-    fn: Callable[..., Any], roles: dict[str, tuple[PathRole, str]], args: tuple, kwargs: dict
+    fn: Callable[..., Any], roles: Dict[str, Tuple[PathRole, str]], args: tuple, kwargs: dict
 ) -> None:
     """The output policy, for every declared output of a command, before it does any work: an output
     is never one of the inputs, never inside an artifact folder it reads (nor one of its files), never
@@ -347,9 +361,9 @@ def check_paths(
 
     bound = inspect.signature(fn).bind_partial(*args, **kwargs)
     bound.apply_defaults()
-    inputs: list[Path] = []
-    artifacts: list[Path] = []
-    outputs: list[tuple[Path, str, PathRole]] = []
+    inputs: List[Path] = []
+    artifacts: List[Path] = []
+    outputs: List[Tuple[Path, str, PathRole]] = []
     given = {name: _paths(bound.arguments.get(name)) for name in roles}
     if not any(given[name] for name, (role, _) in roles.items() if role.kind not in ("input", "artifacts")):
         return  # nothing written: no default folder to look up
@@ -364,7 +378,7 @@ def check_paths(
                 artifacts += value
         else:
             outputs += [(p, option, role) for p in value]
-    seen: dict[Path, str] = {}
+    seen: Dict[Path, str] = {}
     for path, option, role in outputs:
         target = resolved(path)
         if target in seen:
@@ -378,7 +392,7 @@ def check_paths(
             _not_a_file_of_an_input_folder(path, option, target, inputs)
 
 
-def _not_a_file_of_an_input_folder(path: Path, option: str, target: Path, inputs: list[Path]) -> None:
+def _not_a_file_of_an_input_folder(path: Path, option: str, target: Path, inputs: List[Path]) -> None:
     """An existing file inside a folder the command reads (calibration images, data) is an input
     too, even when it is not one the command will pick (a PNG that is not decodable)."""
     if not os.path.lexists(target):
@@ -463,7 +477,7 @@ def _note_handler() -> Any:  # -> logging.Handler
     return NoteHandler(logging.WARNING)
 
 
-_ROUTED: list[Any] = []
+_ROUTED: List[Any] = []
 
 
 def _route_logs() -> None:
@@ -527,16 +541,16 @@ def print_warnings_as_lines() -> None:
     warnings.showwarning = _show_warning
 
 
-_SHOWN_WARNINGS: set[tuple[str, str]] = set()
+_SHOWN_WARNINGS: Set[Tuple[str, str]] = set()
 
 
 def _show_warning(
-    message: Warning | str,
-    category: type[Warning],
+    message: Union[Warning, str],
+    category: Type[Warning],
     filename: str,
     lineno: int,
     file: object = None,
-    line: str | None = None,
+    line: Optional[str] = None,
 ) -> None:
     from sacvit_deploy.runtime.images import decoding
 
@@ -561,7 +575,10 @@ def check_batch_size(value: int, option: str) -> int:
 
 
 # --backend's choices and help come from the backend table (backends/factory.py's REGISTRY).
-BackendName = Enum("BackendName", {n: n for n in _backend_names()}, type=str)  # type: ignore[misc]
+if TYPE_CHECKING:  # members made from a table at run time: opaque to a type checker
+    BackendName = Any
+else:
+    BackendName = Enum("BackendName", {n: n for n in _backend_names()}, type=str)
 
 
 class DeviceName(str, Enum):
@@ -570,7 +587,7 @@ class DeviceName(str, Enum):
 
 
 ArtifactsOption = Annotated[
-    Path | None,
+    Optional[Path],
     typer.Option(
         help="Artifact folder (default: engines/ if it holds engines, else export/).", rich_help_panel=RUN
     ),
@@ -578,10 +595,10 @@ ArtifactsOption = Annotated[
 ]
 BackendOption = Annotated[BackendName, typer.Option(help=_auto_order_help(), rich_help_panel=RUN)]
 DeviceOption = Annotated[
-    DeviceName | None, typer.Option(help="cpu or cuda (default: the backend's best).", rich_help_panel=RUN)
+    Optional[DeviceName], typer.Option(help="cpu or cuda (default: the backend's best).", rich_help_panel=RUN)
 ]
 ThreadsOption = Annotated[
-    int | None,
+    Optional[int],
     typer.Option(
         min=1,
         help="CPU threads (ONNX Runtime intra-op; OpenVINO inference threads; torch for --backend torch).",
@@ -596,7 +613,7 @@ class OvHint(str, Enum):
 
 
 OvDeviceOption = Annotated[
-    str | None,
+    Optional[str],
     typer.Option(
         "--ov-device",
         help="--backend openvino: OpenVINO device, CPU (default), GPU, NPU or GPU.1 ...",
@@ -604,7 +621,7 @@ OvDeviceOption = Annotated[
     ),
 ]
 OvHintOption = Annotated[
-    OvHint | None,
+    Optional[OvHint],
     typer.Option(
         "--ov-hint",
         help="--backend openvino: performance hint; THROUGHPUT splits each batch over parallel requests.",
@@ -613,11 +630,13 @@ OvHintOption = Annotated[
 ]
 
 
-def openvino_options(backend: BackendName, ov_device: str | None, ov_hint: OvHint | None) -> dict[str, Any]:
+def openvino_options(
+    backend: BackendName, ov_device: Optional[str], ov_hint: Optional[OvHint]
+) -> Dict[str, Any]:
     """open_pipeline's keyword arguments for --ov-device / --ov-hint (only with --backend openvino)."""
     if (ov_device or ov_hint) and backend != BackendName.openvino:
         raise SacvitError("--ov-device and --ov-hint apply to --backend openvino; add it or drop them")
-    opts: dict[str, Any] = {}
+    opts: Dict[str, Any] = {}
     if ov_device:
         opts["provider"] = ov_device
     if ov_hint:
@@ -625,11 +644,11 @@ def openvino_options(backend: BackendName, ov_device: str | None, ov_hint: OvHin
     return opts
 
 
-def parity_table(title: str, rows: list[dict[str, Any]], low: str = "[red]FAIL[/]") -> Any:  # -> rich Table
+def parity_table(title: str, rows: List[Dict[str, Any]], low: str = "[red]FAIL[/]") -> Any:  # -> rich Table
     """The agreement table of every parity check (export verification, check --run, build-engine)."""
     from rich.table import Table
 
-    def pct(v: float | None) -> str:
+    def pct(v: Optional[float]) -> str:
         return "-" if v is None else f"{100 * v:.1f}%"
 
     table = Table(title=title, caption=PARITY_CAPTION)
@@ -668,7 +687,7 @@ PARITY_CAPTION = (
 )
 
 
-def verification_images(folder: Path | None, cfg, limit: int = 16):  # -> torch.Tensor
+def verification_images(folder: Optional[Path], cfg, limit: int = 16):  # -> torch.Tensor
     """Real images for parity checks: the user's folder, else the samples bundled with the package."""
     import torch
 
@@ -680,7 +699,7 @@ def verification_images(folder: Path | None, cfg, limit: int = 16):  # -> torch.
     return torch.from_numpy(loaded.images) if loaded.paths else None
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
+def write_json(path: Path, data: Dict[str, Any]) -> None:
     """A JSON report the user asked for (--json FILE); an unwritable path is a one-line error."""
     import json
 
@@ -693,7 +712,7 @@ def check_output(
     path: Path,
     option: str,
     inputs: Iterable[Path] = (),
-    artifacts: Path | str | None = None,
+    artifacts: Optional[Union[Path, str]] = None,
     self_ok: bool = False,
 ) -> Path:
     """Refuse, before any work, an output file that would destroy an input or cannot be written.
@@ -785,7 +804,7 @@ def _same_file(path: Path, target: Path, other: Path) -> bool:
         return False
 
 
-def read_labels(path: Path, num_classes: int) -> tuple[str, ...]:
+def read_labels(path: Path, num_classes: int) -> Tuple[str, ...]:
     """One class name per line (blank lines ignored); the count must match the model's classes."""
     try:
         names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -811,7 +830,7 @@ def deferred_interrupts() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    caught: list[int] = []
+    caught: List[int] = []
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def hold(signum: int, frame: object) -> None:
@@ -829,12 +848,18 @@ def deferred_interrupts() -> Iterator[None]:
 
 
 # ---- choices derived from the core tables ------------------------------------------------------------
-def _choice_enum(name: str, values: tuple[str, ...]) -> type[Enum]:
+def _choice_enum(name: str, values: Tuple[str, ...]) -> Type[Enum]:
     """A str Enum for typer whose members are ``values`` (member names made identifier-safe)."""
     return Enum(name, {"v_" + v.replace(".", "_").replace("-", "_"): v for v in values}, type=str)
 
 
-TrtFamilyChoice = _choice_enum("TrtFamilyChoice", TRT_FAMILY_NAMES)
-CheckpointFormatChoice = _choice_enum("CheckpointFormatChoice", (AUTO, *FORMAT_NAMES))
-TrainFormatChoice = _choice_enum("TrainFormatChoice", TRAIN_FORMATS)
-InitFormatChoice = _choice_enum("InitFormatChoice", INIT_FORMATS)
+if TYPE_CHECKING:  # members made from the tables at run time: opaque to a type checker
+    TrtFamilyChoice = Any
+    CheckpointFormatChoice = Any
+    TrainFormatChoice = Any
+    InitFormatChoice = Any
+else:
+    TrtFamilyChoice = _choice_enum("TrtFamilyChoice", TRT_FAMILY_NAMES)
+    CheckpointFormatChoice = _choice_enum("CheckpointFormatChoice", (AUTO, *FORMAT_NAMES))
+    TrainFormatChoice = _choice_enum("TrainFormatChoice", TRAIN_FORMATS)
+    InitFormatChoice = _choice_enum("InitFormatChoice", INIT_FORMATS)

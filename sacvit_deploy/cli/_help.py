@@ -11,7 +11,7 @@ stays click's 2.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Optional
 
 import typer
 from typer.core import TyperGroup
@@ -20,7 +20,7 @@ _PYDANTIC_PREFIX = re.compile(r"^(Value error|Assertion failed), ")
 
 
 # typer carries its own copy of click (typer._click): its classes, not click's, are duck-typed here.
-def _tidy_type(shown: str | None, param: Any) -> str | None:
+def _tidy_type(shown: Optional[str], param: Any) -> Optional[str]:
     if shown is None:
         return None
     if getattr(param, "param_type_name", "") == "option" and getattr(param, "is_flag", False):
@@ -52,7 +52,7 @@ def _tidy_each(params: Any) -> None:
         if show is None or getattr(show, "_sacvit_tidy", False):
             continue
 
-        def tidy(ctx: Any, _show: Any = show, _param: Any = param) -> str | None:
+        def tidy(ctx: Any, _show: Any = show, _param: Any = param) -> Optional[str]:
             return _tidy_type(_show(ctx=ctx), _param)
 
         tidy._sacvit_tidy = True  # type: ignore[attr-defined]

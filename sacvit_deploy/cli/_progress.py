@@ -13,9 +13,8 @@ imports this; it takes a plain callback (``advance(n)``) that a command gets fro
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Callable, Iterator, Optional
 
 from sacvit_deploy.cli._common import err
 
@@ -29,14 +28,14 @@ def _no_op(_n: int = 1) -> None:
 class Bar:
     """Tasks on one live display; a disabled Bar hands out no-op callbacks."""
 
-    def __init__(self, progress: Any | None) -> None:
+    def __init__(self, progress: Optional[Any]) -> None:
         self._progress = progress  # rich.progress.Progress, or None when disabled
 
     @property
     def enabled(self) -> bool:
         return self._progress is not None
 
-    def task(self, description: str, total: int | None = None) -> Advance:
+    def task(self, description: str, total: Optional[int] = None) -> Advance:
         """Add a task (``total`` None: a spinner with a count); returns ``advance(n=1)``."""
         if self._progress is None:
             return _no_op

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Iterator, Optional
 
 import typer
 from rich.table import Table
+from typing_extensions import Annotated
 
 from sacvit_deploy.cli._common import (
     ARTIFACTS,
@@ -110,7 +110,7 @@ def build_engine(
         OUTPUT_FOLDER,
     ] = Path("engines"),
     baseline: Annotated[
-        bool | None,
+        Optional[bool],
         typer.Option(
             "--baseline/--no-baseline",
             help="Also build baseline.engine (default: when the export has baseline.onnx).",
@@ -133,7 +133,7 @@ def build_engine(
         ),
     ] = False,
     calib_images: Annotated[
-        Path | None,
+        Optional[Path],
         typer.Option(
             help="Images for INT8 calibration and the parity check (default for parity: bundled samples).",
             rich_help_panel=PRECISION,
@@ -158,7 +158,7 @@ def build_engine(
         int, typer.Option(help="Largest batch (bigger ones are split).", rich_help_panel=SHAPES)
     ] = 32,
     stage2_opt_batch: Annotated[
-        int | None,
+        Optional[int],
         typer.Option(
             help="Batch TensorRT tunes stage 2 for (default: the expected share of hard images x --opt-batch).",
             rich_help_panel=SHAPES,
@@ -168,7 +168,7 @@ def build_engine(
         float, typer.Option(help="Builder workspace limit, GiB.", rich_help_panel=TENSORRT)
     ] = 4.0,
     timing_cache: Annotated[
-        Path | None,
+        Optional[Path],
         typer.Option(
             help="Timing cache file: read if present, written after the build (faster rebuilds).",
             rich_help_panel=TENSORRT,
@@ -190,7 +190,7 @@ def build_engine(
         ),
     ] = HardwareCompat.none,
     dla_core: Annotated[
-        int | None,
+        Optional[int],
         typer.Option(
             help="Run on this DLA core (Jetson Xavier/Orin), GPU fallback for the rest.",
             rich_help_panel=TENSORRT,

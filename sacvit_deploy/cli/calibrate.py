@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Optional
 
 import typer
+from typing_extensions import Annotated
 
 from sacvit_deploy.cli._common import (
     INPUT,
@@ -50,7 +51,9 @@ class FolderLabels(str, Enum):
 OUTPUT = "Output"
 
 
-def _targets(accuracy: float | None, gflops: float | None, exit_rate: float | None):  # -> Target | None
+def _targets(
+    accuracy: Optional[float], gflops: Optional[float], exit_rate: Optional[float]
+):  # -> Target | None
     from sacvit_deploy.runtime.exit_calibration import Target
 
     given = [
@@ -104,19 +107,19 @@ def calibrate(
         int, typer.Option(help=f"Images per batch, 1 to {MAX_BATCH}.", rich_help_panel=RUN)
     ] = 32,
     target_accuracy: Annotated[
-        float | None,
+        Optional[float],
         typer.Option(
             help="The cheapest threshold whose accuracy >= A (a fraction, e.g. 0.80).", rich_help_panel=TARGET
         ),
     ] = None,
     target_gflops: Annotated[
-        float | None,
+        Optional[float],
         typer.Option(
             help="The most accurate threshold whose mean GFLOPs per image <= G.", rich_help_panel=TARGET
         ),
     ] = None,
     target_exit_rate: Annotated[
-        float | None,
+        Optional[float],
         typer.Option(
             help="The threshold whose exit rate is closest to R, not below it.", rich_help_panel=TARGET
         ),
@@ -130,12 +133,12 @@ def calibrate(
         ),
     ] = False,
     csv_file: Annotated[
-        Path | None,
+        Optional[Path],
         typer.Option("--csv", help="Write the whole curve as CSV.", rich_help_panel=OUTPUT),
         OUTPUT_FILE,
     ] = None,
     plot: Annotated[
-        Path | None,
+        Optional[Path],
         typer.Option(help="Write a PNG of the curve (accuracy vs GFLOPs).", rich_help_panel=OUTPUT),
         OUTPUT_FILE,
     ] = None,

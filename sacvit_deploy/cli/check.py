@@ -14,9 +14,10 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import List, Optional
 
 import typer
+from typing_extensions import Annotated
 
 from sacvit_deploy.cli._common import (
     ARTIFACTS,
@@ -38,10 +39,10 @@ class ParityBackend(str, Enum):
     openvino = "openvino"
 
 
-def _parse_trt(values: list[str] | None) -> list[str]:
+def _parse_trt(values: Optional[List[str]]) -> List[str]:
     """Option callback: ``--trt 8.5 --trt 10`` and ``--trt 8.5,10`` both work, typos stop the parse."""
     choices = list(TRT_FAMILY_NAMES)
-    picked: list[str] = []
+    picked: List[str] = []
     for value in values or []:
         for part in (p.strip() for p in value.split(",")):
             if part not in choices:
@@ -59,7 +60,7 @@ def check(
         ARTIFACTS,
     ] = Path("export"),
     trt: Annotated[
-        list[str] | None,
+        Optional[List[str]],
         typer.Option(
             "--trt",
             metavar="<" + "|".join(TRT_FAMILY_NAMES) + ">",  # the style of every other choice
@@ -69,7 +70,7 @@ def check(
         ),
     ] = None,
     json_file: Annotated[
-        Path | None,
+        Optional[Path],
         typer.Option("--json", help="Also write every problem to this JSON file."),
         OUTPUT_FILE,
     ] = None,
@@ -104,7 +105,7 @@ def check(
     # not to support it (8.5's parser has no LayerNormalization; --target-trt 8.5 decomposes it).
     informative = set() if trt or target is None else set(TRT_FAMILY_NAMES[: TRT_FAMILY_NAMES.index(target)])
     failed = False
-    not_targeted: list[str] = []
+    not_targeted: List[str] = []
     records = []
     for version, by_role in results.items():
         for role, problems in by_role.items():

@@ -14,9 +14,10 @@ from __future__ import annotations
 import shlex
 import shutil
 from pathlib import Path
-from typing import Annotated
+from typing import List, Tuple
 
 import typer
+from typing_extensions import Annotated
 
 from sacvit_deploy.cli._common import OUTPUT_FOLDER, handle_errors, out, run_command, safe
 from sacvit_deploy.core.errors import SacvitError
@@ -31,19 +32,19 @@ def _q(path: Path) -> str:
     return safe(shlex.quote(str(path)))
 
 
-def _profile_args() -> list[str]:
+def _profile_args() -> List[str]:
     a = PROFILE_ARGS
     return ["--batch-sizes", a["batch_sizes"], "--iters", str(a["iters"]), "--warmup", str(a["warmup"])]
 
 
-def _step(number: int, title: str, argv: list[str]) -> int:
+def _step(number: int, title: str, argv: List[str]) -> int:
     """Print a step's command line, then run exactly that line through the CLI; its exit code."""
     command = safe(shlex.join(["sacvit-deploy", *argv]))
     out.print(f"\n[bold]{number}. {title}[/]  [dim]$ {command}[/]", highlight=False)
     return run_command(argv)
 
 
-def _copy_assets(folder: Path) -> tuple[Path, Path, Path]:
+def _copy_assets(folder: Path) -> Tuple[Path, Path, Path]:
     """The model and images, copied into the demo folder -> (model, images/, labelled/)."""
     from sacvit_deploy.demo_assets import demo_model_path, demo_sample_images, sample_label
 
@@ -124,7 +125,7 @@ def demo(
     with Pipeline.from_artifacts(folder, backend="onnxruntime") as pipe:
         preds = pipe.predict(samples, topk=1)
     by_stage = {1: [], 2: []}
-    for path, p in zip(samples, preds, strict=True):
+    for path, p in zip(samples, preds):
         by_stage[p.stage].append(p.label == sample_label(path))
     for stage, results in by_stage.items():
         which = (

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Optional
 
 import typer
+from typing_extensions import Annotated
 
 from sacvit_deploy.cli._common import (
     INPUT,
@@ -32,7 +33,7 @@ VERIFY = "Verification"
 DEFAULT_ATOL = DEFAULT_RTOL = 1e-4
 
 
-def parse_batch(value: str) -> int | None:
+def parse_batch(value: str) -> Optional[int]:
     if value == "dynamic":
         return None
     try:
@@ -68,7 +69,7 @@ def print_verification(report: dict, target_trt: str, folder: Path) -> None:
             )
 
 
-def _calibration_to_keep(out_dir: Path, checkpoint_sha: str | None, threshold: float | None):
+def _calibration_to_keep(out_dir: Path, checkpoint_sha: Optional[str], threshold: Optional[float]):
     """The calibration record of the folder being replaced, when it applies to this export.
 
     ``calibrate --write`` stores a threshold chosen for one model's confidences: a re-export of the
@@ -128,7 +129,7 @@ def export(
         ),
     ] = CheckpointFormatChoice(AUTO),
     variant: Annotated[
-        str | None,
+        Optional[str],
         typer.Option(
             help="Variant name (see `sacvit-deploy variants`); inferred from the shapes if omitted.",
             rich_help_panel=EXPORT,
@@ -141,7 +142,7 @@ def export(
         str, typer.Option(help="'dynamic' batch axis, or a fixed batch size N.", rich_help_panel=EXPORT)
     ] = "dynamic",
     opset: Annotated[
-        int | None,
+        Optional[int],
         typer.Option(help="ONNX opset (default 17, what TensorRT 8.5+ parse).", rich_help_panel=EXPORT),
     ] = None,
     target_trt: Annotated[
@@ -153,7 +154,7 @@ def export(
         ),
     ] = TrtFamilyChoice("10"),
     threshold: Annotated[
-        float | None,
+        Optional[float],
         typer.Option(
             help="Exit threshold stored in the manifest (default: the checkpoint's).", rich_help_panel=EXPORT
         ),
@@ -167,7 +168,7 @@ def export(
         ),
     ] = False,
     labels: Annotated[
-        Path | None,
+        Optional[Path],
         typer.Option(
             help="Class names, one per line (default: the checkpoint's, or ImageNet's for 1000 classes).",
             rich_help_panel=EXPORT,
@@ -187,7 +188,7 @@ def export(
         ),
     ] = True,
     verify_images: Annotated[
-        Path | None,
+        Optional[Path],
         typer.Option(
             help="Folder of real images for verification (default: bundled samples).", rich_help_panel=VERIFY
         ),

@@ -7,9 +7,10 @@ import time
 from contextlib import closing
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import List, Optional
 
 import typer
+from typing_extensions import Annotated
 
 from sacvit_deploy.cli._common import (
     INPUT,
@@ -53,7 +54,7 @@ EXIT_SOME_FAILED = 2
 @handle_errors
 def infer(
     images: Annotated[
-        list[str],
+        List[str],
         typer.Argument(
             metavar="IMAGES", help="Image files, folders (recursive) or glob patterns.", show_default=False
         ),
@@ -62,7 +63,7 @@ def infer(
     backend: BackendOption = BackendName.auto,
     device: DeviceOption = None,
     threshold: Annotated[
-        float | None, typer.Option(help="Exit threshold (default: the manifest's).", rich_help_panel=RUN)
+        Optional[float], typer.Option(help="Exit threshold (default: the manifest's).", rich_help_panel=RUN)
     ] = None,
     batch_size: Annotated[
         int, typer.Option(help=f"Images per batch, 1 to {MAX_BATCH}.", rich_help_panel=RUN)
@@ -80,12 +81,12 @@ def infer(
         OutputFormat, typer.Option("--format", help="table (stdout), jsonl or csv.", rich_help_panel=IO_PANEL)
     ] = OutputFormat.table,
     output: Annotated[
-        Path | None,
+        Optional[Path],
         typer.Option(help="Write results to FILE instead of stdout.", rich_help_panel=IO_PANEL),
         OUTPUT_FILE,
     ] = None,
     labels: Annotated[
-        Path | None,
+        Optional[Path],
         typer.Option(help="Class names, one per line (default: the manifest's).", rich_help_panel=IO_PANEL),
         INPUT,
     ] = None,
@@ -99,7 +100,7 @@ def infer(
         bool, typer.Option(help="Progress bar on stderr (when it is a terminal).", rich_help_panel=IO_PANEL)
     ] = True,
     triton: Annotated[
-        str | None,
+        Optional[str],
         typer.Option(
             help="Run on a Triton server instead: http://HOST:8000 or grpc://HOST:8001 (preprocessing stays here).",
             rich_help_panel=TRITON,
@@ -172,12 +173,9 @@ def infer(
     infer_seconds = 0.0
     start = time.perf_counter()
     interrupted = False
-    write_error: RowWriteError | None = None
+    write_error: Optional[RowWriteError] = None
     try:
-        with (
-            progress_bar(progress and len(paths) > batch_size) as bar,
-            opened.pipeline as pipe,
-        ):
+        with progress_bar(progress and len(paths) > batch_size) as bar, opened.pipeline as pipe:
             advance = bar.task("classifying", total=len(paths))
             batches = predict_files(
                 pipe, paths, manifest.preprocess, topk, names, batch_size, workers, threshold

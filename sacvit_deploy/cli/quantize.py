@@ -11,9 +11,10 @@ from __future__ import annotations
 from contextlib import closing
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Optional, Tuple
 
 import typer
+from typing_extensions import Annotated
 
 from sacvit_deploy.cli._common import (
     ARTIFACTS,
@@ -41,14 +42,14 @@ class CalibrationMethod(str, Enum):
     percentile = "percentile"
 
 
-def _ops(value: str) -> tuple[str, ...]:
+def _ops(value: str) -> Tuple[str, ...]:
     return tuple(op.strip() for op in value.split(",") if op.strip())
 
 
 def agreement_table(report: dict):  # -> rich Table
     from rich.table import Table
 
-    def pct(v: float | None) -> str:
+    def pct(v: Optional[float]) -> str:
         return "-" if v is None else f"{100 * v:.1f}%"
 
     table = Table(
@@ -160,7 +161,7 @@ def quantize(
         ),
     ] = False,
     images: Annotated[
-        Path | None,
+        Optional[Path],
         typer.Option(
             help="Labelled images (ImageFolder: IMAGES/<class>/<image>) for verification and accuracy; "
             "default: the calibration images (not held out).",
@@ -177,9 +178,9 @@ def quantize(
             rich_help_panel=VERIFY,
         ),
     ] = 0.95,
-    threads: Annotated[int | None, typer.Option(min=1, help="ONNX Runtime CPU threads.")] = None,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="ONNX Runtime CPU threads.")] = None,
     json_file: Annotated[
-        Path | None,
+        Optional[Path],
         typer.Option("--json", help="Write the verification report as JSON.", rich_help_panel=VERIFY),
         OUTPUT_FILE,
     ] = None,

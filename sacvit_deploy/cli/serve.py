@@ -12,9 +12,10 @@ import signal
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Optional
 
 import typer
+from typing_extensions import Annotated
 
 from sacvit_deploy.cli._common import (
     ARTIFACTS,
@@ -63,7 +64,7 @@ def serve(
         int, typer.Option(min=1, help="max_batch_size of every model.", rich_help_panel=MODEL)
     ] = 32,
     max_queue_delay_us: Annotated[
-        int | None,
+        Optional[int],
         typer.Option(
             min=0,
             help="Dynamic batcher queue delay of every model, in µs (default: 100, stage 2: 500).",
@@ -79,13 +80,13 @@ def serve(
         ),
     ] = 1,
     threshold: Annotated[
-        float | None,
+        Optional[float],
         typer.Option(
             help="Exit threshold (default: the manifest's); requests may override it.", rich_help_panel=MODEL
         ),
     ] = None,
     repository: Annotated[
-        Path | None,
+        Optional[Path],
         typer.Option(
             help="Write the model repository here and keep it (default: a temporary folder, removed on exit).",
             rich_help_panel=SERVER,
@@ -93,7 +94,7 @@ def serve(
         OUTPUT_FOLDER,
     ] = None,
     triton_env: Annotated[
-        Path | None,
+        Optional[Path],
         typer.Option(
             help="A venv with nvidia-pytriton, numpy<2 and onnxruntime (default: $SACVIT_TRITON_ENV, else this "
             "Python's environment).",
@@ -102,7 +103,7 @@ def serve(
         INPUT,
     ] = None,
     log: Annotated[
-        Path | None,
+        Optional[Path],
         typer.Option(help="The server's log file (default: in a temporary folder).", rich_help_panel=SERVER),
         OUTPUT_FILE,
     ] = None,

@@ -7,9 +7,10 @@ import math
 import os
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Optional
 
 import typer
+from typing_extensions import Annotated
 
 from sacvit_deploy.cli._common import (
     INPUT,
@@ -74,17 +75,17 @@ def train(
         INPUT,
     ],
     variant: Annotated[
-        str | None,
+        Optional[str],
         typer.Option(help="Named variant (see `variants`). Default: deit_small_224.", rich_help_panel=_MODEL),
     ] = None,
     fmt: Annotated[
-        TrainFormatChoice | None,
+        Optional[TrainFormatChoice],
         typer.Option(
             "--format", help="Stage-2 rules to train with. Default: sacvit.", rich_help_panel=_MODEL
         ),
     ] = None,
     config_json: Annotated[
-        Path | None,
+        Optional[Path],
         typer.Option(
             "--config-json",
             help="A full model config (JSON of ModelConfig.to_dict()) instead of --variant/--format.",
@@ -93,7 +94,7 @@ def train(
         INPUT,
     ] = None,
     init: Annotated[
-        Path | None,
+        Optional[Path],
         typer.Option(help="Initial weights, e.g. timm DeiT (--init-format deit).", rich_help_panel=_MODEL),
         INPUT,
     ] = None,
@@ -101,14 +102,14 @@ def train(
         InitFormatChoice, typer.Option(help="Format of the --init checkpoint.", rich_help_panel=_MODEL)
     ] = InitFormatChoice("deit"),
     threshold: Annotated[
-        float | None,
+        Optional[float],
         typer.Option(
             help="Exit threshold saved with the model and used for validation. Default: the variant's.",
             rich_help_panel=_MODEL,
         ),
     ] = None,
     num_classes: Annotated[
-        int | None,
+        Optional[int],
         typer.Option(
             help="Classes of the new head, checked against the ImageFolder's class folders (their names "
             "go into the checkpoint and the exported manifest). Default: the number of folders.",
@@ -132,46 +133,46 @@ def train(
         ),
     ] = Recipe.ours,
     drop_path: Annotated[
-        float | None, typer.Option(help=f"Stochastic depth rate. {_FROM_RECIPE}.", rich_help_panel=_RECIPE)
+        Optional[float], typer.Option(help=f"Stochastic depth rate. {_FROM_RECIPE}.", rich_help_panel=_RECIPE)
     ] = None,
     smoothing: Annotated[
-        float | None, typer.Option(help=f"Label smoothing. {_FROM_RECIPE}.", rich_help_panel=_RECIPE)
+        Optional[float], typer.Option(help=f"Label smoothing. {_FROM_RECIPE}.", rich_help_panel=_RECIPE)
     ] = None,
     mixup: Annotated[
-        float | None,
+        Optional[float],
         typer.Option(help=f"Mixup Beta alpha, 0 = off. {_FROM_RECIPE}.", rich_help_panel=_RECIPE),
     ] = None,
     cutmix: Annotated[
-        float | None,
+        Optional[float],
         typer.Option(help=f"CutMix Beta alpha, 0 = off. {_FROM_RECIPE}.", rich_help_panel=_RECIPE),
     ] = None,
     rand_augment: Annotated[
-        str | None,
+        Optional[str],
         typer.Option(
             help=f"RandAugment in timm's notation (rand-m9-mstd0.5-inc1) or none. {_FROM_RECIPE}.",
             rich_help_panel=_RECIPE,
         ),
     ] = None,
     reprob: Annotated[
-        float | None,
+        Optional[float],
         typer.Option(help=f"Random erasing probability. {_FROM_RECIPE}.", rich_help_panel=_RECIPE),
     ] = None,
     repeated_aug: Annotated[
-        int | None,
+        Optional[int],
         typer.Option(
             help=f"Repeated augmentation: copies of each drawn image per epoch, 1 = off. {_FROM_RECIPE}.",
             rich_help_panel=_RECIPE,
         ),
     ] = None,
     ema_decay: Annotated[
-        float | None,
+        Optional[float],
         typer.Option(
             help=f"EMA of the weights (evaluated, saved as best_ema.safetensors), 0 = off. {_FROM_RECIPE}.",
             rich_help_panel=_RECIPE,
         ),
     ] = None,
     layer_decay: Annotated[
-        float | None,
+        Optional[float],
         typer.Option(
             help="Layer-wise learning-rate decay (e.g. 0.65 to fine-tune); unset = one rate for all layers.",
             rich_help_panel=_RECIPE,
@@ -208,7 +209,7 @@ def train(
         float, typer.Option(help="Linear learning-rate warm-up, in epochs.", rich_help_panel=_SCHEDULE)
     ] = 5.0,
     selection_warmup_epochs: Annotated[
-        int | None,
+        Optional[int],
         typer.Option(
             help="Epochs in which stage 2 sees all fine tokens before token selection is switched on. "
             "Default: 77% of --epochs, like LF-ViT's 230 of 300.",
@@ -216,7 +217,7 @@ def train(
         ),
     ] = None,
     clip_grad: Annotated[
-        float | None,
+        Optional[float],
         typer.Option(help="Clip the gradient norm to this value. Default: off.", rich_help_panel=_SCHEDULE),
     ] = None,
     hflip: Annotated[
@@ -227,7 +228,7 @@ def train(
         typer.Option(help="Smallest area fraction of RandomResizedCrop.", rich_help_panel=_DATA),
     ] = 0.08,
     workers: Annotated[
-        int | None,
+        Optional[int],
         typer.Option(
             help="Data loader processes per training process. Default: from the CPUs this process may "
             "use (shared by the processes on the machine), at most 8.",
@@ -275,7 +276,7 @@ def train(
         int, typer.Option(help="Seed of init, shuffling and augmentation.", rich_help_panel=_RUN)
     ] = 0,
     max_steps: Annotated[
-        int | None,
+        Optional[int],
         typer.Option(
             help="At most this many train and val batches per epoch (smoke tests).", rich_help_panel=_RUN
         ),

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Optional, Tuple
 
 import typer
 from rich.table import Table
+from typing_extensions import Annotated
 
 from sacvit_deploy.cli._common import ARTIFACTS, INPUT, OUTPUT_FOLDER, fail, handle_errors, note, out, safe
 from sacvit_deploy.core.errors import SacvitError
@@ -36,7 +37,7 @@ class InstanceKind(str, Enum):
     cpu = "cpu"
 
 
-def parse_gpus(value: str | None) -> tuple[int, ...]:
+def parse_gpus(value: Optional[str]) -> Tuple[int, ...]:
     if not value:
         return ()
     try:
@@ -61,7 +62,7 @@ def print_report(report) -> None:  # report: ValidationReport
 @handle_errors
 def triton(
     artifacts: Annotated[
-        Path | None,
+        Optional[Path],
         typer.Option(
             help="Artifact folder (default: export/ for onnxruntime, engines/ for tensorrt).",
             rich_help_panel=REPO,
@@ -89,14 +90,14 @@ def triton(
         ),
     ] = "sacvit",
     threshold: Annotated[
-        float | None,
+        Optional[float],
         typer.Option(
             help="Exit threshold in the BLS config (default: the manifest's); requests may override it.",
             rich_help_panel=REPO,
         ),
     ] = None,
     check: Annotated[
-        Path | None,
+        Optional[Path],
         typer.Option(
             "--check",
             help="Only check this existing repository (schema, graphs, files) and exit.",
@@ -105,7 +106,7 @@ def triton(
         INPUT,
     ] = None,
     max_batch: Annotated[
-        int | None,
+        Optional[int],
         typer.Option(
             "--max-batch",
             min=1,
@@ -122,14 +123,14 @@ def triton(
         ),
     ] = 1,
     kind: Annotated[
-        InstanceKind | None,
+        Optional[InstanceKind],
         typer.Option(
             help="Where the stage models run (default: cpu for --backend python, else gpu).",
             rich_help_panel=SERVING,
         ),
     ] = None,
     gpus: Annotated[
-        str | None,
+        Optional[str],
         typer.Option(
             help="GPU ids for the stage instances, e.g. 0,1 (default: all).", rich_help_panel=SERVING
         ),

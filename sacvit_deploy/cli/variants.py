@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import typer
 from rich.table import Table
+from typing_extensions import Annotated
 
 from sacvit_deploy.cli._common import handle_errors, out
 from sacvit_deploy.core.formats import CHECKPOINT_FORMATS

@@ -13,8 +13,8 @@ import contextlib
 import errno
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Iterator, Optional, Union
 
 from sacvit_deploy.core.errors import SacvitError
 
@@ -36,7 +36,7 @@ class WriteError(SacvitError):
     """A file or folder could not be written (disk full, read-only, permissions); nothing was left."""
 
 
-def write_failure(path: Path | str, exc: BaseException) -> WriteError | None:
+def write_failure(path: Union[Path, str], exc: BaseException) -> Optional[WriteError]:
     """The one-line error for ``exc`` raised while writing ``path``, or None when it is not a write
     failure the user can fix."""
     if not isinstance(exc, OSError) or exc.errno not in _REASONS:
@@ -45,7 +45,7 @@ def write_failure(path: Path | str, exc: BaseException) -> WriteError | None:
 
 
 @contextlib.contextmanager
-def write_errors(path: Path | str) -> Iterator[None]:
+def write_errors(path: Union[Path, str]) -> Iterator[None]:
     """Turn a fixable write failure inside the block into one :class:`WriteError` naming ``path``."""
     try:
         yield
@@ -80,7 +80,7 @@ def _fsync_folder(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path | str, keep_mode: bool = False) -> Iterator[Path]:
+def atomic_path(path: Union[Path, str], keep_mode: bool = False) -> Iterator[Path]:
     """Yield a staging path; write it fully inside the block; on success it is fsynced and renamed
     onto ``path``. On any failure the staged file is removed (a fixable one becomes a WriteError).
 
@@ -103,17 +103,17 @@ def atomic_path(path: Path | str, keep_mode: bool = False) -> Iterator[Path]:
             tmp.unlink()
 
 
-def write_bytes(path: Path | str, data: bytes, keep_mode: bool = False) -> Path:
+def write_bytes(path: Union[Path, str], data: bytes, keep_mode: bool = False) -> Path:
     with atomic_path(path, keep_mode) as tmp, open(tmp, "wb") as f:
         f.write(data)
     return Path(path)
 
 
-def write_text(path: Path | str, text: str, keep_mode: bool = False) -> Path:
+def write_text(path: Union[Path, str], text: str, keep_mode: bool = False) -> Path:
     return write_bytes(path, text.encode("utf-8"), keep_mode)
 
 
-def append_line(path: Path | str, line: str) -> None:
+def append_line(path: Union[Path, str], line: str) -> None:
     """Append one line (a log record) and fsync it. Not atomic by nature: a crash or a full disk may
     leave a torn last line, which readers of such logs must drop (training's resume does)."""
     with write_errors(path), open(path, "a", encoding="utf-8") as f:

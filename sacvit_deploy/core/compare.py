@@ -39,16 +39,15 @@ For reduced precision (FP16 / INT8 engines, INT8 Q/DQ graphs) numbers are report
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
 from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.core.exit_rule import ExitRule
 
-StageFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+StageFn = Callable[[Dict[str, np.ndarray]], Dict[str, np.ndarray]]
 STAGE2_FEED = ("target_index", "nontarget_tokens", "target_features")
 
 
@@ -74,7 +73,7 @@ class Tolerance:
 class Criteria:
     """What makes a row pass. ``tolerance=None``: numbers are reported, not gated (reduced precision)."""
 
-    tolerance: Tolerance | None = field(default_factory=Tolerance)
+    tolerance: Optional[Tolerance] = field(default_factory=Tolerance)
     min_agreement: float = 1.0
     # Without a tolerance: how close to its boundary (top-2 logit margin / 2, |confidence - threshold|)
     # a decision may sit and still be left out. With one, the numeric limit is the hair.
@@ -107,16 +106,16 @@ class ParityRow:
     images: str  # e.g. random | real
     samples: int
     max_abs_diff: float
-    limit: float | None  # the numeric limit of the worst tensor; None when not gated
+    limit: Optional[float]  # the numeric limit of the worst tensor; None when not gated
     top1_agreement: float
-    exit_agreement: float | None = None
-    selection_agreement: float | None = None
+    exit_agreement: Optional[float] = None
+    selection_agreement: Optional[float] = None
     undecided: int = 0  # samples left out of a decision because they sit within a hair of its boundary
     passed: bool = True
     reason: str = ""  # why it failed
-    relative_diff: float | None = None  # max_abs_diff / std of that tensor's reference values
+    relative_diff: Optional[float] = None  # max_abs_diff / std of that tensor's reference values
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
 
 
@@ -146,10 +145,10 @@ class _Row:
     def __init__(self, check: str, images: str, samples: int, criteria: Criteria) -> None:
         self.row = ParityRow(check, images, samples, 0.0, None, 1.0)
         self.criteria = criteria
-        self.failures: list[str] = []
+        self.failures: List[str] = []
         self._worst = -1.0
 
-    def numbers(self, what: str, got: np.ndarray, ref: np.ndarray) -> float | None:
+    def numbers(self, what: str, got: np.ndarray, ref: np.ndarray) -> Optional[float]:
         """Record max |got - ref|; returns the tensor's limit (None when not gated)."""
         d = _diff(got, ref)
         tol = self.criteria.tolerance
@@ -164,7 +163,7 @@ class _Row:
             self.failures.append(f"{what} differ by {d:.2e}, over the {limit:.1e} limit")
         return limit
 
-    def top1(self, got: np.ndarray, ref: np.ndarray, limit: float | None) -> None:
+    def top1(self, got: np.ndarray, ref: np.ndarray, limit: Optional[float]) -> None:
         same = got.argmax(-1) == ref.argmax(-1)
         hair = limit if limit is not None else self.criteria.hair
         decidable = _top2_margin(ref) > 2 * hair
@@ -208,13 +207,13 @@ def mixed_threshold(confidence: np.ndarray) -> float:
     return float((c[mid - 1] + c[mid]) / 2)
 
 
-def _take(out: Mapping[str, np.ndarray], names: tuple[str, ...], rows: np.ndarray) -> dict[str, np.ndarray]:
+def _take(out: Mapping[str, np.ndarray], names: Tuple[str, ...], rows: np.ndarray) -> Dict[str, np.ndarray]:
     return {k: np.ascontiguousarray(out[k][rows]) for k in names}
 
 
 def _early_exit(
     stages: Mapping[str, StageFn], images: np.ndarray, out1: Mapping[str, np.ndarray], threshold: float
-) -> tuple[np.ndarray, np.ndarray]:
+) -> Tuple[np.ndarray, np.ndarray]:
     """(logits, stage) of one side's own early exit: its gate, its compaction, its stage 2."""
     rule = ExitRule(threshold)
     confidence = np.asarray(out1["confidence"])
@@ -235,12 +234,12 @@ class Answers:
     logits2: np.ndarray  # stage 2 fed the REFERENCE's stage-1 outputs (the same feed for both sides)
     final: np.ndarray  # the early exit's answer at the comparison's threshold (own decisions)
     stage: np.ndarray  # 1 or 2: where each sample was answered
-    baseline: np.ndarray | None = None
+    baseline: Optional[np.ndarray] = None
 
 
 @dataclass
 class Comparison:
-    rows: list[ParityRow]
+    rows: List[ParityRow]
     reference: Answers
     candidate: Answers
 
@@ -252,7 +251,7 @@ def compare(
     threshold: float,
     label: str = "random",
     criteria: Criteria = EXACT,
-) -> list[ParityRow]:
+) -> List[ParityRow]:
     """Parity rows of ``candidate`` against ``reference`` on one preprocessed image batch."""
     return compare_detailed(reference, candidate, images, threshold, label, criteria).rows
 
@@ -268,7 +267,7 @@ def compare_detailed(
     """:func:`compare`, plus both sides' answers (for accuracy against labels)."""
     images = np.ascontiguousarray(images, dtype=np.float32)
     n = images.shape[0]
-    rows: list[ParityRow] = []
+    rows: List[ParityRow] = []
     ref1 = reference.stages["stage1"]({"image": images})
     got1 = candidate.stages["stage1"]({"image": images})
 
@@ -288,7 +287,7 @@ def compare_detailed(
 
     ref_conf = np.asarray(ref1["confidence"])
     hair = conf_limit if conf_limit is not None else criteria.hair
-    answers: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    answers: List[Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
     for th in dict.fromkeys((float(threshold), mixed_threshold(ref_conf))):
         rule = ExitRule(th)
         ref_stage = rule.stage(ref_conf)
@@ -319,6 +318,6 @@ def compare_detailed(
     )
 
 
-def first_failure(rows: list[ParityRow]) -> ParityRow | None:
+def first_failure(rows: List[ParityRow]) -> Optional[ParityRow]:
     """The first failing row: stage 1 before stage 2 before the pipeline, the order a bug propagates."""
     return next((r for r in rows if not r.passed), None)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Dict, Optional, Tuple
 
 from sacvit_deploy.core.errors import ConfigError
 
@@ -41,8 +41,8 @@ class PreprocessConfig:
     resize_size: int = 256
     interpolation: str = "bicubic"
     crop: str = "center"
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    mean: Tuple[float, float, float] = IMAGENET_MEAN
+    std: Tuple[float, float, float] = IMAGENET_STD
 
     def validate(self, bad: Any) -> None:
         _check_types(self, bad, "preprocess.")
@@ -92,11 +92,11 @@ class ModelConfig:
     attention: str = "cluster"
     region_size: int = 5
     target_ratio: float = 0.88
-    score_layers: tuple[int, ...] = (3, 4, 5, 6, 7, 8, 9, 10, 11)
+    score_layers: Tuple[int, ...] = (3, 4, 5, 6, 7, 8, 9, 10, 11)
     ema_decay: float = 0.99
     exit_threshold: float = 0.76
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
-    class_names: tuple[str, ...] | None = None
+    class_names: Optional[Tuple[str, ...]] = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -204,7 +204,7 @@ class ModelConfig:
             changes["preprocess"] = PreprocessConfig.for_resolution(changes["img_size"])
         return dataclasses.replace(self, **changes)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)
         d["score_layers"] = list(self.score_layers)
         d["preprocess"]["mean"] = list(self.preprocess.mean)
@@ -213,7 +213,7 @@ class ModelConfig:
         return d
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+    def from_dict(cls, data: Dict[str, Any]) -> ModelConfig:
         if not isinstance(data, dict):
             raise ConfigError("model config must be a JSON object")
         known = {f.name for f in dataclasses.fields(cls)}

@@ -10,11 +10,12 @@ installed onnx again does not help).
 from __future__ import annotations
 
 import types
+from typing import Dict, Optional, Tuple
 
 from sacvit_deploy.core.errors import SacvitError
 
 # extra -> (what it installs, for the reader). One row per extra in pyproject's optional-dependencies.
-INSTALLS: dict[str, str] = {
+INSTALLS: Dict[str, str] = {
     "torch": "PyTorch, for the torch backend and checkpoints in Python",
     "export": "torch + onnx, to export ONNX graphs",
     "train": "torch, to train or fine-tune",
@@ -29,7 +30,7 @@ INSTALLS: dict[str, str] = {
 }
 
 # top-level module -> (extra, what it is for)
-EXTRAS: dict[str, tuple[str, str]] = {
+EXTRAS: Dict[str, Tuple[str, str]] = {
     "onnx": ("cpu", "ONNX graphs; the `export` extra installs onnx alone"),
     "onnxruntime": ("cpu", "ONNX Runtime (use the 'gpu' extra for CUDA)"),
     "tensorrt": ("tensorrt", "TensorRT (on Jetson it comes with JetPack: apt install python3-libnvinfer)"),
@@ -42,7 +43,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
 # command -> (extra, the modules it installs): a command whose own extra installs the missing module
 # names that extra (`export` = torch + onnx), so one install fixes it whichever module is found missing
 # first. Others (onnxruntime for export's verification) keep the module's row.
-COMMAND_EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
+COMMAND_EXTRAS: Dict[str, Tuple[str, Tuple[str, ...]]] = {
     "export": ("export", ("torch", "onnx")),
     "train": ("train", ("torch",)),
 }
@@ -68,7 +69,7 @@ def module_hint(module: str) -> str:
     return install_hint(EXTRAS[top][0]) if top in EXTRAS else f"pip install {top}"
 
 
-def missing_extra_message(module: str, what: str = "this command", command: str | None = None) -> str:
+def missing_extra_message(module: str, what: str = "this command", command: Optional[str] = None) -> str:
     top = module.split(".")[0]
     extra, purpose = EXTRAS.get(top, (None, top))
     if command in COMMAND_EXTRAS and top in COMMAND_EXTRAS[command][1]:
@@ -95,15 +96,15 @@ def missing_module_message(module: str, exc: ImportError, what: str = "this comm
 
 
 def import_failure(
-    exc: ModuleNotFoundError, what: str = "this command", command: str | None = None
-) -> str | None:
+    exc: ModuleNotFoundError, what: str = "this command", command: Optional[str] = None
+) -> Optional[str]:
     """For the CLI's error handler: one line when the missing module is an optional one, or is
     imported by one (``ml_dtypes`` under onnx); None for a missing core dependency (a broken install:
     keep the traceback)."""
     name = (exc.name or "").split(".")[0]
     if name in EXTRAS:
         return missing_extra_message(name, what, command=command)
-    tb: types.TracebackType | None = exc.__traceback__
+    tb: Optional[types.TracebackType] = exc.__traceback__
     while tb is not None:  # was it raised while an optional module was importing itself?
         importer = str(tb.tb_frame.f_globals.get("__name__", "")).split(".")[0]
         if importer in EXTRAS:
@@ -112,5 +113,5 @@ def import_failure(
     return None
 
 
-def is_optional(module: str | None) -> bool:
+def is_optional(module: Optional[str]) -> bool:
     return bool(module) and module.split(".")[0] in EXTRAS

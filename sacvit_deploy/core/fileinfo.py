@@ -11,9 +11,10 @@ import errno
 import os
 import stat
 from pathlib import Path
+from typing import Optional, Union
 
 
-def not_a_regular_file(path: Path | str) -> str | None:
+def not_a_regular_file(path: Union[Path, str]) -> Optional[str]:
     """Why ``path`` is not a readable regular file (a phrase for "PATH: <phrase>"), or None if it is one."""
     try:
         st = os.stat(path)
@@ -41,7 +42,7 @@ def not_a_regular_file(path: Path | str) -> str | None:
     return "not a regular file"
 
 
-def resolved(path: Path | str) -> Path:
+def resolved(path: Union[Path, str]) -> Path:
     """``path`` made absolute (``~`` expanded) with its links followed; a link loop gives the plain
     absolute path."""
     try:

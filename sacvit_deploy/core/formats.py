@@ -11,7 +11,7 @@ row names the module, so this layer imports nothing from ``model/``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Dict, Optional, Tuple
 
 
 @dataclass(frozen=True)
@@ -22,8 +22,8 @@ class CheckpointFormat:
     attention: str  # stage-2 attention: "global" or "cluster"
     target_ratio: float
     adapter: str  # module under sacvit_deploy.model.formats (or a dotted module path) that reads the files
-    exit_threshold: float | None = None  # None: the variant's default (LF-ViT's 0.76 / 0.75)
-    detect_key: str | None = None  # top-level key of the official .pth that `--format auto` looks for
+    exit_threshold: Optional[float] = None  # None: the variant's default (LF-ViT's 0.76 / 0.75)
+    detect_key: Optional[str] = None  # top-level key of the official .pth that `--format auto` looks for
     # False: a single-stage DeiT/ViT: its adapter gives timm DeiT tensor names (one ``pos_embed``);
     # the loader resamples stage 1's position embedding and initialises the reuse block fresh.
     two_stage: bool = True
@@ -33,7 +33,7 @@ class CheckpointFormat:
 
 # CF-ViT has no published default threshold; 0.5 is the operating point its authors report
 # (1.88 GFLOPs, 79.8% for DeiT-S 7x7). The order is the order `--format auto` asks the adapters in.
-CHECKPOINT_FORMATS: dict[str, CheckpointFormat] = {
+CHECKPOINT_FORMATS: Dict[str, CheckpointFormat] = {
     f.name: f
     for f in (
         CheckpointFormat(
@@ -78,9 +78,9 @@ CHECKPOINT_FORMATS: dict[str, CheckpointFormat] = {
     )
 }
 AUTO = "auto"
-FORMAT_NAMES: tuple[str, ...] = ()
-TRAIN_FORMATS: tuple[str, ...] = ()
-INIT_FORMATS: tuple[str, ...] = ()
+FORMAT_NAMES: Tuple[str, ...] = ()
+TRAIN_FORMATS: Tuple[str, ...] = ()
+INIT_FORMATS: Tuple[str, ...] = ()
 
 
 def _derive() -> None:
@@ -101,10 +101,10 @@ def register_format(row: CheckpointFormat) -> None:
     _derive()
 
 
-def stage2_preset(fmt: str) -> dict[str, Any]:
+def stage2_preset(fmt: str) -> Dict[str, Any]:
     """The ModelConfig fields a format fixes (selection, attention, target ratio, maybe the threshold)."""
     f = CHECKPOINT_FORMATS[fmt]
-    preset: dict[str, Any] = {
+    preset: Dict[str, Any] = {
         "selection": f.selection,
         "attention": f.attention,
         "target_ratio": f.target_ratio,

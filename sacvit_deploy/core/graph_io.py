@@ -6,6 +6,8 @@ share one definition. ``model/sacvit.py`` asserts that its ``Stage1Output`` fiel
 
 from __future__ import annotations
 
+from typing import List, Tuple, Union
+
 from sacvit_deploy.core.config import ModelConfig
 from sacvit_deploy.core.manifest import TensorSpec
 
@@ -17,8 +19,8 @@ STAGE2_OUTPUTS = ("logits",)
 
 
 def graph_specs(
-    cfg: ModelConfig, role: str, batch: int | str = "batch"
-) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    cfg: ModelConfig, role: str, batch: Union[int, str] = "batch"
+) -> Tuple[List[TensorSpec], List[TensorSpec]]:
     """Input and output specs of one graph, straight from the config."""
     r, d, c = cfg.img_size, cfg.embed_dim, cfg.num_classes
     image = TensorSpec("image", "float32", (batch, cfg.in_chans, r, r))

@@ -12,8 +12,8 @@ import contextlib
 import errno
 import os
 import socket
-from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Callable, Iterator, Optional, Union
 
 from sacvit_deploy.core.errors import SacvitError
 
@@ -44,7 +44,7 @@ def _alive(pid: int) -> bool:
 
 @contextlib.contextmanager
 def folder_lock(
-    folder: Path | str, what: str = "run", note: Callable[[str], None] | None = None
+    folder: Union[Path, str], what: str = "run", note: Optional[Callable[[str], None]] = None
 ) -> Iterator[Path]:
     """Hold ``folder``'s lock for the block (the folder must exist). Raises FolderBusyError, one line
     naming the folder and the holder, when a live process holds it."""

@@ -24,10 +24,9 @@ import json
 import math
 import os
 import re
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Set, Tuple, Union
 
 from sacvit_deploy.core.config import ModelConfig
 from sacvit_deploy.core.errors import ConfigError, SacvitError
@@ -53,13 +52,13 @@ class TensorSpec:
 
     name: str
     dtype: str
-    shape: tuple[int | str, ...]
+    shape: Tuple[Union[int, str], ...]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> Dict[str, Any]:
         return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TensorSpec:
+    def from_dict(cls, d: Dict[str, Any]) -> TensorSpec:
         d = _obj(d, "tensor spec")
         name = _get(d, "name", str, "tensor spec")
         dtype = _get(d, "dtype", str, f"tensor {name!r}")
@@ -86,14 +85,14 @@ class ArtifactFile:
     file: str
     sha256: str
     size: int
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
-    external_data: str | None = None  # ONNX weights file beside a graph over protobuf's 2 GB limit
-    external_sha256: str | None = None
-    info: dict[str, Any] = field(default_factory=dict)  # precision, profiles, TensorRT version ...
+    inputs: List[TensorSpec]
+    outputs: List[TensorSpec]
+    external_data: Optional[str] = None  # ONNX weights file beside a graph over protobuf's 2 GB limit
+    external_sha256: Optional[str] = None
+    info: Dict[str, Any] = field(default_factory=dict)  # precision, profiles, TensorRT version ...
 
-    def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {
+    def to_dict(self) -> Dict[str, Any]:
+        d: Dict[str, Any] = {
             "file": self.file,
             "sha256": self.sha256,
             "size": self.size,
@@ -108,7 +107,7 @@ class ArtifactFile:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ArtifactFile:
+    def from_dict(cls, d: Dict[str, Any]) -> ArtifactFile:
         d = _obj(d, "file entry")
         name = check_file_name(d.get("file"))
         external = d.get("external_data")
@@ -144,13 +143,13 @@ class Verification:
     """What export verification found (export/manifest.json): checker results and parity rows."""
 
     passed: bool
-    checker: dict[str, str] = field(default_factory=dict)  # role -> "ok"
+    checker: Dict[str, str] = field(default_factory=dict)  # role -> "ok"
     atol: float = 0.0
     rtol: float = 0.0
-    rows: list[dict[str, Any]] = field(default_factory=list)  # core.compare.ParityRow.to_dict()
-    tensorrt: dict[str, Any] = field(default_factory=dict)  # family -> role -> parser-check verdict
+    rows: List[Dict[str, Any]] = field(default_factory=list)  # core.compare.ParityRow.to_dict()
+    tensorrt: Dict[str, Any] = field(default_factory=dict)  # family -> role -> parser-check verdict
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
 
     @classmethod
@@ -174,16 +173,16 @@ class ExitCalibration:
     """How ``exit_threshold`` was chosen by ``sacvit-deploy calibrate --write``."""
 
     threshold: float
-    target: dict[str, Any]  # {"kind": accuracy | gflops | exit_rate, "value": number}
+    target: Dict[str, Any]  # {"kind": accuracy | gflops | exit_rate, "value": number}
     accuracy: float
     exit_rate: float
     gflops_per_image: float
     images: int
-    details: dict[str, Any] = field(default_factory=dict)  # rule, per-stage accuracies, folder, backend ...
+    details: Dict[str, Any] = field(default_factory=dict)  # rule, per-stage accuracies, folder, backend ...
 
     _KEYS = ("threshold", "target", "accuracy", "exit_rate", "gflops_per_image", "images")
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> Dict[str, Any]:
         return {**self.details, **{k: getattr(self, k) for k in self._KEYS}}
 
     @classmethod
@@ -207,7 +206,7 @@ class ExitCalibration:
         return record
 
     @classmethod
-    def from_record(cls, record: dict[str, Any]) -> ExitCalibration:
+    def from_record(cls, record: Dict[str, Any]) -> ExitCalibration:
         return cls.from_dict(record)
 
 
@@ -219,16 +218,16 @@ class TensorRTInfo:
 
     version: str
     precision: str
-    gpu: str | None = None
-    compute_capability: str | None = None
+    gpu: Optional[str] = None
+    compute_capability: Optional[str] = None
     version_compatible: bool = False
-    hardware_compat: str | None = None
-    dla_core: int | None = None
-    calibration: dict[str, Any] | None = None  # INT8: {"caches": {role: {"file", "sha256", ...}}, ...}
-    parity: dict[str, Any] | None = None
-    build: dict[str, Any] = field(default_factory=dict)
+    hardware_compat: Optional[str] = None
+    dla_core: Optional[int] = None
+    calibration: Optional[Dict[str, Any]] = None  # INT8: {"caches": {role: {"file", "sha256", ...}}, ...}
+    parity: Optional[Dict[str, Any]] = None
+    build: Dict[str, Any] = field(default_factory=dict)
 
-    _TYPED: ClassVar[dict[str, tuple[type, bool]]] = {
+    _TYPED: ClassVar[Dict[str, Tuple[type, bool]]] = {
         "version": (str, True),
         "precision": (str, True),
         "gpu": (str, False),
@@ -240,13 +239,13 @@ class TensorRTInfo:
         "parity": (dict, False),
     }
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> Dict[str, Any]:
         return {**self.build, **{k: getattr(self, k) for k in self._TYPED}}
 
     @classmethod
     def from_dict(cls, d: Any) -> TensorRTInfo:
         d = _obj(d, "tensorrt")
-        typed: dict[str, Any] = {}
+        typed: Dict[str, Any] = {}
         for key, (kind, required) in cls._TYPED.items():
             value = _get(d, key, kind, "tensorrt", required=required)
             if value is not None or key in d:
@@ -255,7 +254,7 @@ class TensorRTInfo:
             raise ValueError(f"tensorrt.dla_core {typed['dla_core']} must be >= 0")
         return cls(**typed, build={k: v for k, v in d.items() if k not in cls._TYPED})
 
-    def calibration_cache(self, role: str) -> dict[str, Any]:
+    def calibration_cache(self, role: str) -> Dict[str, Any]:
         """The INT8 calibration cache entry recorded for a role ({} when none)."""
         caches = (self.calibration or {}).get("caches")
         entry = caches.get(role) if isinstance(caches, dict) else None
@@ -269,11 +268,11 @@ class ExporterInfo:
     opset: int
     target_trt: str
     layernorm: str  # native | decomposed
-    details: dict[str, Any] = field(default_factory=dict)  # batch, torch version, seconds ...
+    details: Dict[str, Any] = field(default_factory=dict)  # batch, torch version, seconds ...
 
     _KEYS = ("opset", "target_trt", "layernorm")
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> Dict[str, Any]:
         return {**self.details, **{k: getattr(self, k) for k in self._KEYS}}
 
     @classmethod
@@ -301,12 +300,12 @@ class Quantization:
     set, per-graph counts, verification) is a record for people, kept as written in ``details``."""
 
     float_folder: str
-    float_graphs: dict[str, str]  # role -> sha256 of the float graph it was quantized from
+    float_graphs: Dict[str, str]  # role -> sha256 of the float graph it was quantized from
     precision: str = "int8"
     format: str = "QDQ"
-    details: dict[str, Any] = field(default_factory=dict)
+    details: Dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> Dict[str, Any]:
         return {
             **self.details,
             "precision": self.precision,
@@ -335,7 +334,7 @@ class Quantization:
 
 
 # ---- schema migrations: version N -> N + 1, on the raw JSON, before validation ---------------------
-def _v1_to_v2(d: dict[str, Any]) -> dict[str, Any]:
+def _v1_to_v2(d: Dict[str, Any]) -> Dict[str, Any]:
     """v2 drops v1's top-level ``num_classes`` (a copy of ``model.num_classes``: checked, then
     dropped) and writes an absent exporter as null, not ``{}``."""
     model = d.get("model")
@@ -350,10 +349,10 @@ def _v1_to_v2(d: dict[str, Any]) -> dict[str, Any]:
     return d
 
 
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
+MIGRATIONS: Dict[int, Callable[[Dict[str, Any]], Dict[str, Any]]] = {1: _v1_to_v2}
 
 
-def migrate(d: dict[str, Any], version: int) -> dict[str, Any]:
+def migrate(d: Dict[str, Any], version: int) -> Dict[str, Any]:
     """``d`` (a manifest of schema ``version``) as the current schema: every step from ``version`` on."""
     d = copy.deepcopy(d)
     while version < SCHEMA_VERSION:
@@ -368,19 +367,19 @@ class Manifest:
     model: ModelConfig
     source_format: str
     exit_threshold: float
-    graphs: dict[str, ArtifactFile] = field(default_factory=dict)
-    engines: dict[str, ArtifactFile] = field(default_factory=dict)
-    weights: ArtifactFile | None = None  # model.safetensors, for the torch backend
-    exporter: ExporterInfo | None = None
-    tensorrt: TensorRTInfo | None = None
-    verification: Verification | None = None
+    graphs: Dict[str, ArtifactFile] = field(default_factory=dict)
+    engines: Dict[str, ArtifactFile] = field(default_factory=dict)
+    weights: Optional[ArtifactFile] = None  # model.safetensors, for the torch backend
+    exporter: Optional[ExporterInfo] = None
+    tensorrt: Optional[TensorRTInfo] = None
+    verification: Optional[Verification] = None
     # Written by `sacvit-deploy calibrate --write`: how exit_threshold was chosen. Optional:
     # manifests without it (older ones) load as None.
-    calibration: ExitCalibration | None = None
+    calibration: Optional[ExitCalibration] = None
     # Written by `sacvit-deploy quantize` (sacvit_deploy/quantize/artifacts.py): precision, format,
     # method, calibration set, quantized ops, verification. Optional: float manifests have none.
-    quantization: Quantization | None = None
-    source: dict[str, Any] = field(default_factory=dict)
+    quantization: Optional[Quantization] = None
+    source: Dict[str, Any] = field(default_factory=dict)
     created: str = ""
     package_version: str = __version__
 
@@ -390,7 +389,7 @@ class Manifest:
         return self.model.num_classes
 
     @property
-    def class_names(self) -> tuple[str, ...] | None:
+    def class_names(self) -> Optional[Tuple[str, ...]]:
         return self.model.class_names
 
     @property
@@ -398,12 +397,12 @@ class Manifest:
         return self.model.preprocess
 
     # ---- deriving ------------------------------------------------------------------------------
-    def derive(self, source: dict[str, Any] | None = None, **changes: Any) -> Manifest:
+    def derive(self, source: Optional[Dict[str, Any]] = None, **changes: Any) -> Manifest:
         """The manifest of a folder made from this one's (int8 graphs, TensorRT engines): the model,
         source format, exit threshold, exporter, calibration and quantization carry over; the files,
         verification and TensorRT sections do not (pass the new ones); ``source`` adds to this
         one's; ``created`` and ``package_version`` are the new folder's."""
-        fields: dict[str, Any] = {
+        fields: Dict[str, Any] = {
             "model": self.model,
             "source_format": self.source_format,
             "exit_threshold": self.exit_threshold,
@@ -420,7 +419,7 @@ class Manifest:
         return dataclasses.replace(self, exit_threshold=calibration.threshold, calibration=calibration)
 
     # ---- (de)serialisation ---------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> Dict[str, Any]:
         d = {
             "schema": SCHEMA,
             "schema_version": SCHEMA_VERSION,
@@ -443,7 +442,7 @@ class Manifest:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], where: str = "manifest") -> Manifest:
+    def from_dict(cls, d: Dict[str, Any], where: str = "manifest") -> Manifest:
         """Validate every field (types, ranges, finite numbers, names, enum values) before use."""
         if not isinstance(d, dict) or d.get("schema") != SCHEMA:
             raise ArtifactError(f"{where}: not a sacvit-deploy manifest; re-run `sacvit-deploy export`")
@@ -534,7 +533,7 @@ class Manifest:
                         f"{section}.{role} ({entry.file}) takes images of shape {got}, the model config {want}"
                     )
 
-    def save(self, folder: str | Path) -> Path:
+    def save(self, folder: Union[str, Path]) -> Path:
         """Write manifest.json atomically (core.atomic): readers see the old file or the whole new one."""
         from sacvit_deploy.core import atomic
 
@@ -559,7 +558,7 @@ class Manifest:
         return path
 
     @classmethod
-    def load(cls, folder: str | Path) -> Manifest:
+    def load(cls, folder: Union[str, Path]) -> Manifest:
         folder = Path(folder)
         path = folder / MANIFEST_NAME
         if folder.is_file():  # a checkpoint or a graph given where an export folder belongs
@@ -596,7 +595,7 @@ class Manifest:
         return cls.from_dict(data, where=str(path))
 
     # ---- files ---------------------------------------------------------------------------------
-    def owned_files(self) -> set[str]:
+    def owned_files(self) -> Set[str]:
         """Every file this manifest owns in its folder (itself, graphs, engines, weights, INT8
         calibration caches): what a later export or build into the same folder may replace."""
         names = {MANIFEST_NAME}
@@ -612,12 +611,12 @@ class Manifest:
                     names.add(name)
         return names
 
-    def file_path(self, folder: str | Path, entry: ArtifactFile | str) -> Path:
+    def file_path(self, folder: Union[str, Path], entry: Union[ArtifactFile, str]) -> Path:
         name = entry.file if isinstance(entry, ArtifactFile) else entry
         return safe_child(Path(folder), name)
 
     def verify(
-        self, folder: str | Path, section: str = "graphs", roles: tuple[str, ...] | None = None
+        self, folder: Union[str, Path], section: str = "graphs", roles: Optional[Tuple[str, ...]] = None
     ) -> None:
         """Check that the listed files exist inside ``folder`` and match their sha256.
 
@@ -650,7 +649,7 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _obj(value: Any, what: str) -> dict[str, Any]:
+def _obj(value: Any, what: str) -> Dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError(f"{what} must be a JSON object, not {type(value).__name__}")
     return value
@@ -666,7 +665,7 @@ _JSON_TYPES = {
 }
 
 
-def _get(d: dict[str, Any], key: str, kind: type, where: str, required: bool = True) -> Any:
+def _get(d: Dict[str, Any], key: str, kind: type, where: str, required: bool = True) -> Any:
     """``d[key]`` checked to be of ``kind`` (ints are not bools); None when optional and absent."""
     if key not in d or d[key] is None:
         if required:
@@ -679,7 +678,7 @@ def _get(d: dict[str, Any], key: str, kind: type, where: str, required: bool = T
     return value
 
 
-def _num(d: dict[str, Any], key: str, where: str, default: float | None = None) -> float:
+def _num(d: Dict[str, Any], key: str, where: str, default: Optional[float] = None) -> float:
     value = d.get(key, default)
     if not _finite(value):
         raise ValueError(f"{where}.{key} {_short(value)} must be a finite number")
@@ -692,7 +691,7 @@ def _sha(value: Any, what: str) -> str:
     return value
 
 
-def _export_folders_inside(folder: Path, limit: int = 5) -> list[Path]:
+def _export_folders_inside(folder: Path, limit: int = 5) -> List[Path]:
     """Direct subfolders holding a manifest.json (``sacvit-demo`` -> ``sacvit-demo/export``)."""
     try:
         children = sorted(p for p in folder.iterdir() if p.is_dir() and (p / MANIFEST_NAME).is_file())
@@ -701,7 +700,7 @@ def _export_folders_inside(folder: Path, limit: int = 5) -> list[Path]:
     return children[:limit]
 
 
-def _entries(d: dict[str, Any], section: str) -> dict[str, ArtifactFile]:
+def _entries(d: Dict[str, Any], section: str) -> Dict[str, ArtifactFile]:
     raw = _get(d, section, dict, "manifest", required=False) or {}
     unknown = sorted(set(raw) - set(GRAPH_ROLES))
     if unknown:

@@ -8,11 +8,12 @@ is checked to reference only plain files in its own folder before it is loaded.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Set
 
 from sacvit_deploy.core.manifest import ArtifactError, safe_child
 
 
-def external_data_files(path: Path) -> set[str]:
+def external_data_files(path: Path) -> Set[str]:
     """The external-data file names a graph references, each checked to stay inside its folder."""
     import onnx
     from onnx.external_data_helper import ExternalDataInfo

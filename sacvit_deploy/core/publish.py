@@ -14,9 +14,8 @@ import os
 import re
 import shutil
 import stat
-from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Protocol, Type, Union
 
 from sacvit_deploy.core.atomic import write_errors
 from sacvit_deploy.core.errors import SacvitError
@@ -38,7 +37,7 @@ ARTIFACT_NAME = re.compile(
 )
 
 
-def previous_artifacts(out: Path) -> dict[str, str | None]:
+def previous_artifacts(out: Path) -> Dict[str, Optional[str]]:
     """The entries of ``out`` a previous export or build wrote, by name -> sha256 (None for the
     manifest itself); empty when ``out`` has no readable manifest. Only names of this tool's naming
     scheme count (see :func:`owned_entry_problem` for the checks before one is replaced)."""
@@ -46,7 +45,7 @@ def previous_artifacts(out: Path) -> dict[str, str | None]:
         old = Manifest.load(out)
     except SacvitError:
         return {}
-    owned: dict[str, str | None] = {MANIFEST_NAME: None}
+    owned: Dict[str, Optional[str]] = {MANIFEST_NAME: None}
     entries = [*old.graphs.values(), *old.engines.values(), *([old.weights] if old.weights else [])]
     for entry in entries:
         owned[entry.file] = entry.sha256
@@ -64,7 +63,9 @@ def previous_artifacts(out: Path) -> dict[str, str | None]:
     }
 
 
-def owned_entry_problem(folder: Path, name: str, sha256: str | dict[str, str] | None) -> str | None:
+def owned_entry_problem(
+    folder: Path, name: str, sha256: Optional[Union[str, Dict[str, str]]]
+) -> Optional[str]:
     """Why ``folder/name`` may not be replaced or deleted, or None when this tool provably wrote it.
 
     ``sha256`` is what was recorded when it was written: a file's digest (None: the folder's index
@@ -91,7 +92,7 @@ def owned_entry_problem(folder: Path, name: str, sha256: str | dict[str, str] | 
     return None
 
 
-def _folder_problem(path: Path, files: dict[str, str]) -> str | None:
+def _folder_problem(path: Path, files: Dict[str, str]) -> Optional[str]:
     found = 0
     for root, dirs, names in os.walk(path):
         for d in dirs:
@@ -111,10 +112,10 @@ def _folder_problem(path: Path, files: dict[str, str]) -> str | None:
 
 def prepare_output_folder(
     out: Path,
-    error: type[SacvitError] = SacvitError,
+    error: Type[SacvitError] = SacvitError,
     what: str = "export",
-    owned: Callable[[Path], Mapping[str, str | dict[str, str] | None]] = previous_artifacts,
-) -> dict[str, str | dict[str, str] | None]:
+    owned: Callable[[Path], Mapping[str, Optional[Union[str, Dict[str, str]]]]] = previous_artifacts,
+) -> Dict[str, Optional[Union[str, Dict[str, str]]]]:
     """Check that ``out`` can receive output; returns the old entries that may be replaced.
 
     ``owned(out)`` names the entries a previous run left (files or folders) with the sha256 recorded
@@ -159,7 +160,7 @@ def prepare_output_folder(
 
 
 # Folders prepare_output_folder created (out and missing parents), removed again if nothing lands.
-_CREATED: dict[Path, list[Path]] = {}
+_CREATED: Dict[Path, List[Path]] = {}
 
 
 @contextlib.contextmanager
@@ -189,7 +190,7 @@ def publish(
     staging: Path,
     out: Path,
     index: FolderIndex,
-    previous: Mapping[str, str | dict[str, str] | None],
+    previous: Mapping[str, Optional[Union[str, Dict[str, str]]]],
     index_name: str = MANIFEST_NAME,
 ) -> None:
     """Move the staged entries into ``out``, drop the stale ones, and write ``index`` last.

@@ -9,13 +9,14 @@ and the runtime's version questions (:mod:`sacvit_deploy.backends.trt_version`) 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Dict, Tuple
 
 
 @dataclass(frozen=True)
 class TrtFamily:
     name: str  # as the user writes it
     label: str
-    first: tuple[int, int]  # the first (major, minor) in the family
+    first: Tuple[int, int]  # the first (major, minor) in the family
     max_opset: int  # the parser's highest ONNX opset (a ceiling is this package's policy)
     native_layernorm: bool  # the parser maps ONNX LayerNormalization (from 8.6)
 
@@ -25,7 +26,7 @@ class TrtFamily:
         return not self.native_layernorm
 
 
-TRT_FAMILIES: dict[str, TrtFamily] = {
+TRT_FAMILIES: Dict[str, TrtFamily] = {
     f.name: f
     for f in (
         TrtFamily("8.5", "TensorRT 8.5 (JetPack 5.1)", (8, 5), 17, native_layernorm=False),
@@ -34,9 +35,9 @@ TRT_FAMILIES: dict[str, TrtFamily] = {
         TrtFamily("11", "TensorRT 11.x", (11, 0), 24, native_layernorm=True),
     )
 }
-TRT_FAMILY_NAMES: tuple[str, ...] = tuple(TRT_FAMILIES)
+TRT_FAMILY_NAMES: Tuple[str, ...] = tuple(TRT_FAMILIES)
 # Later 10.x releases raised the parser's opset ceiling past the "10" family's 10.0 row.
-OPSET_RAISES: dict[tuple[int, int], int] = {(10, 15): 24}
+OPSET_RAISES: Dict[Tuple[int, int], int] = {(10, 15): 24}
 
 
 def family_of(major: int, minor: int) -> TrtFamily:

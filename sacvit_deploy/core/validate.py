@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any
+from typing import Any, Optional
 
 from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.core.exit_rule import check_threshold
@@ -41,7 +41,7 @@ def threshold(value: Any, name: str = "threshold") -> float:
         raise InvalidValue(str(exc)) from None
 
 
-def threshold_note(value: float, name: str = "threshold") -> str | None:
+def threshold_note(value: float, name: str = "threshold") -> Optional[str]:
     """What a legal but surprising threshold means, said once, or None."""
     if value > 1.0:
         return (
@@ -75,7 +75,7 @@ def workers(value: Any, name: str = "workers", minimum: int = 0) -> int:
     return w
 
 
-def image_batch(array: Any, resolution: int | None = None, name: str = "images") -> Any:
+def image_batch(array: Any, resolution: Optional[int] = None, name: str = "images") -> Any:
     """A preprocessed batch as the runners take it: (B, 3, R, R), B >= 1, floating point, finite.
     Accepts numpy arrays and anything with ``.numpy()`` / ``__array__`` (a CPU torch tensor);
     returns it unchanged."""

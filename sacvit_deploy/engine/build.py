@@ -45,7 +45,7 @@ import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, FrozenSet, List, Optional, Set, Tuple, Union
 
 from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.core.extras import install_hint
@@ -79,18 +79,18 @@ MAX_PROFILE_BATCH = 1024
 class BuildOptions:
     fp16: bool = False
     int8: bool = False
-    calib_images: Path | None = None
+    calib_images: Optional[Path] = None
     min_batch: int = 1
     opt_batch: int = 8
     max_batch: int = 32
-    stage2_opt_batch: int | None = None  # default: the expected hard fraction of opt_batch
+    stage2_opt_batch: Optional[int] = None  # default: the expected hard fraction of opt_batch
     workspace_gib: float = 4.0
-    timing_cache: Path | None = None
+    timing_cache: Optional[Path] = None
     version_compatible: bool = False
     hardware_compat: str = "none"  # none | ampere+ | same-cc
-    dla_core: int | None = None
+    dla_core: Optional[int] = None
     strict: bool = False
-    baseline: bool | None = None  # None: build it when the export has one
+    baseline: Optional[bool] = None  # None: build it when the export has one
     parity_images: int = 32
     buffers: str = "auto"  # device memory (calibration, parity check): auto|cuda-python|pycuda|torch
     qdq: bool = False  # set from the export's manifest: its graphs carry Q/DQ nodes (quantize)
@@ -151,8 +151,8 @@ class BuildResult:
     folder: Path
     manifest: Manifest
     seconds: float
-    files: dict[str, int] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
+    files: Dict[str, int] = field(default_factory=dict)
+    warnings: List[str] = field(default_factory=list)
 
 
 # ---- small steps ------------------------------------------------------------------------------------
@@ -164,8 +164,8 @@ def make_logger(trt: Any) -> Any:
     class Logger(trt.ILogger):
         def __init__(self) -> None:
             trt.ILogger.__init__(self)  # pybind11 needs the base initialised explicitly
-            self.errors: list[str] = []
-            self.seen: set[str] = set()
+            self.errors: List[str] = []
+            self.seen: Set[str] = set()
 
         def log(self, level: Any, msg: str) -> None:
             text = str(msg)
@@ -178,7 +178,7 @@ def make_logger(trt: Any) -> Any:
     return Logger()
 
 
-def network_flags(trt: Any, version: Any, strongly_typed: bool | None = None) -> tuple[int, list[str]]:
+def network_flags(trt: Any, version: Any, strongly_typed: Optional[bool] = None) -> Tuple[int, List[str]]:
     """The creation flags: EXPLICIT_BATCH below 10; STRONGLY_TYPED when the build is strongly typed
     (11.x always; 10.12+ unless calibrated INT8: :meth:`TrtVersion.builds_strongly_typed`)."""
     from sacvit_deploy.backends.trt_version import enum_member
@@ -198,7 +198,7 @@ def network_flags(trt: Any, version: Any, strongly_typed: bool | None = None) ->
 
 def onnx_for_build(
     path: Path, strongly_typed: bool, fp16: bool, reduced: bool
-) -> tuple[bytes, Any, dict | None]:
+) -> Tuple[bytes, Any, Optional[dict]]:
     """The ONNX bytes to parse, the FP32 islands (when a reduced precision needs them), the FP16 rewrite summary.
 
     Strongly typed + FP16: the float16 rewrite of the graph. Otherwise the file as exported.
@@ -214,7 +214,7 @@ def onnx_for_build(
     return path.read_bytes(), islands, None
 
 
-def describe_parser_error(error: Any, nodes: list[tuple[str, str]]) -> str:
+def describe_parser_error(error: Any, nodes: List[Tuple[str, str]]) -> str:
     """One parser error with the node's index, name and operator (looked up in the graph when the
     TensorRT version's ParserError has no ``node_name()``)."""
     index = int(error.node())
@@ -239,7 +239,7 @@ def network_from_onnx(
     onnx_bytes: bytes,
     path: Path,
     flags: int,
-) -> tuple[Any, Any]:
+) -> Tuple[Any, Any]:
     """Parse ``onnx_bytes`` into a new network; every parser error is logged, the first one raised."""
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
@@ -264,7 +264,7 @@ def network_from_onnx(
     )
 
 
-def constrain_fp32_layers(trt: Any, network: Any, island_tensors: frozenset[str]) -> list[str]:
+def constrain_fp32_layers(trt: Any, network: Any, island_tensors: FrozenSet[str]) -> List[str]:
     """Pin LayerNorm, Softmax, the gate and the token-score path to float32 (TensorRT <= 10, FP16/INT8).
 
     A layer is pinned when its type is one of :data:`ISLAND_LAYER_TYPES` or it computes a tensor of
@@ -289,10 +289,10 @@ def constrain_fp32_layers(trt: Any, network: Any, island_tensors: frozenset[str]
     return pinned
 
 
-Shapes = dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
+Shapes = Dict[str, Tuple[Tuple[int, ...], Tuple[int, ...], Tuple[int, ...]]]
 
 
-def profile_shapes(inputs: list[TensorSpec], low: int, opt: int, high: int) -> Shapes:
+def profile_shapes(inputs: List[TensorSpec], low: int, opt: int, high: int) -> Shapes:
     """min/opt/max per input: the batch axis from the options, the other dims from the graph."""
     shapes: Shapes = {}
     for spec in inputs:
@@ -313,9 +313,9 @@ def config_for(
     shapes: Shapes,
     timing_cache: Any = None,
     calibrator: Any = None,
-    calibration_batch: int | None = None,
-    strongly_typed: bool | None = None,
-) -> tuple[Any, list[str]]:
+    calibration_batch: Optional[int] = None,
+    strongly_typed: Optional[bool] = None,
+) -> Tuple[Any, List[str]]:
     """A builder config for one engine; returns it and the names of the flags set.
 
     Precision flags only on weakly typed builds (``strongly_typed`` False; default: what the version
@@ -328,7 +328,7 @@ def config_for(
         strongly_typed = version.builds_strongly_typed(options.int8, options.qdq)
 
     config = builder.create_builder_config()
-    flags: list[str] = []
+    flags: List[str] = []
 
     def flag(name: str) -> None:
         config.set_flag(enum_member(trt, "BuilderFlag", name))
@@ -388,7 +388,7 @@ def _describe_shapes(shapes: Shapes) -> str:
     return ", ".join(f"{name} batch {low[0]}..{high[0]}" for name, (low, _opt, high) in shapes.items())
 
 
-def dla_layer_count(network: Any, config: Any) -> dict[str, int]:
+def dla_layer_count(network: Any, config: Any) -> Dict[str, int]:
     """How many of the network's layers the config says can run on the DLA (the rest fall back to the GPU)."""
     layers = [network.get_layer(i) for i in range(network.num_layers)]
     return {"dla": sum(bool(config.can_run_on_DLA(layer)) for layer in layers), "layers": len(layers)}
@@ -405,7 +405,7 @@ def build_serialized(builder: Any, network: Any, config: Any, logger: Any, what:
     return bytes(plan)
 
 
-def load_timing_cache(config: Any, path: Path | None) -> Any:
+def load_timing_cache(config: Any, path: Optional[Path]) -> Any:
     """A timing cache from ``path`` when it exists (else empty), shared by every build of this run."""
     data = b""
     if path is not None and path.is_file():
@@ -427,7 +427,7 @@ def save_timing_cache(cache: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def expected_hard_fraction(manifest: Manifest) -> tuple[float, str]:
+def expected_hard_fraction(manifest: Manifest) -> Tuple[float, str]:
     """The share of images expected to reach stage 2: measured at export if recorded, else LF-ViT's 23%."""
     rows = manifest.verification.rows if manifest.verification else []
     rates = [r["exit_rate"] for r in rows if "exit_rate" in r]
@@ -445,12 +445,12 @@ def stage2_opt_batch(options: BuildOptions, hard_fraction: float) -> int:
 
 
 # ---- checks before building -----------------------------------------------------------------------
-def check_options(trt: Any, version: Any, options: BuildOptions, gpu: Any, manifest: Manifest) -> list[str]:
+def check_options(trt: Any, version: Any, options: BuildOptions, gpu: Any, manifest: Manifest) -> List[str]:
     """Options the installed TensorRT (or this GPU, or the export) cannot honour: one clear error each.
 
     Returns warnings: what this project's policy advises against but TensorRT may still do.
     """
-    warnings: list[str] = []
+    warnings: List[str] = []
     from sacvit_deploy.backends.trt_version import HARDWARE_COMPAT
 
     if options.qdq and (options.int8 or options.fp16):
@@ -500,14 +500,14 @@ def check_options(trt: Any, version: Any, options: BuildOptions, gpu: Any, manif
     return warnings
 
 
-def _cc(text: str) -> tuple[int, ...]:
+def _cc(text: str) -> Tuple[int, ...]:
     try:
         return tuple(int(p) for p in str(text).split("."))
     except ValueError:
         return (0,)
 
 
-def _roles(manifest: Manifest, export_dir: Path, baseline: bool | None) -> list[str]:
+def _roles(manifest: Manifest, export_dir: Path, baseline: Optional[bool]) -> List[str]:
     missing = [r for r in ("stage1", "stage2") if r not in manifest.graphs]
     if missing:
         raise EngineBuildError(
@@ -523,8 +523,8 @@ def _roles(manifest: Manifest, export_dir: Path, baseline: bool | None) -> list[
 
 # ---- the whole build ---------------------------------------------------------------------------------
 def build_engines(
-    export_dir: str | Path,
-    out: str | Path,
+    export_dir: Union[str, Path],
+    out: Union[str, Path],
     options: BuildOptions,
 ) -> BuildResult:
     """Build the engines of ``export_dir`` into ``out`` with a manifest, after a parity check.
@@ -558,7 +558,7 @@ def build_engines(
     trt = import_tensorrt()
     version = installed_version(trt)
     gpu = gpu_module.detect_gpu(0)
-    warnings: list[str] = []
+    warnings: List[str] = []
     for message in check_options(trt, version, options, gpu, manifest):
         warnings.append(message)
         _log.warning(message)
@@ -609,13 +609,13 @@ def build_engines(
     )
     reduced = options.fp16 or options.int8
     flags_bits, net_flag_names = network_flags(trt, version, strongly_typed)
-    calibration: dict[str, Any] | None = None
-    entries: dict[str, ArtifactFile] = {}
-    flag_names: list[str] = []
+    calibration: Optional[Dict[str, Any]] = None
+    entries: Dict[str, ArtifactFile] = {}
+    flag_names: List[str] = []
     with staging_folder(out) as staging:
         timing_config = builder.create_builder_config()
         timing_cache = load_timing_cache(timing_config, options.timing_cache)
-        reference: dict[str, Any] = {}
+        reference: Dict[str, Any] = {}
         if options.int8:
             reference = _active_reference(export_dir, manifest)
             calibration = {"images": image_source, "images_sha256": None, "caches": {}}
@@ -628,7 +628,7 @@ def build_engines(
                     graph_path, strongly_typed, options.fp16, reduced
                 )
                 network, _parser = network_from_onnx(trt, builder, logger, onnx_bytes, graph_path, flags_bits)
-                pinned: list[str] = []
+                pinned: List[str] = []
                 if reduced and not strongly_typed and islands is not None:
                     pinned = constrain_fp32_layers(trt, network, islands.tensors)
                 opt = opt2 if role == "stage2" else options.opt_batch
@@ -662,7 +662,7 @@ def build_engines(
                     cache_file = staging / calibration["caches"][role]["file"]
                     calibration["caches"][role]["sha256"] = sha256_file(cache_file)
                 seconds = time.perf_counter() - t0
-                info: dict[str, Any] = {
+                info: Dict[str, Any] = {
                     "role": role,
                     "precision": options.precision,
                     "profiles": {
@@ -705,7 +705,7 @@ def build_engines(
         if calibration is not None:
             calibration["images_sha256"] = _images_sha(images)
 
-        tensorrt_info: dict[str, Any] = {
+        tensorrt_info: Dict[str, Any] = {
             "version": str(version),
             "gpu": gpu.name,
             "compute_capability": gpu.compute_capability,
@@ -759,7 +759,7 @@ def build_engines(
     return BuildResult(out, engines_manifest, time.perf_counter() - start, files, warnings)
 
 
-def _int8_path(options: BuildOptions, strongly_typed: bool) -> str | None:
+def _int8_path(options: BuildOptions, strongly_typed: bool) -> Optional[str]:
     if options.qdq:
         how = "STRONGLY_TYPED" if strongly_typed else "BuilderFlag.INT8, no calibrator"
         return f"explicit quantization: the export's Q/DQ nodes, built {how}"
@@ -768,7 +768,7 @@ def _int8_path(options: BuildOptions, strongly_typed: bool) -> str | None:
     return None
 
 
-def _fp16_path(options: BuildOptions, strongly_typed: bool) -> str | None:
+def _fp16_path(options: BuildOptions, strongly_typed: bool) -> Optional[str]:
     if not options.fp16:
         return None
     if strongly_typed:
@@ -791,7 +791,7 @@ def _images_sha(images: Any) -> str:
     return fingerprint([images])
 
 
-def _active_reference(export_dir: Path, manifest: Manifest) -> dict[str, Any]:
+def _active_reference(export_dir: Path, manifest: Manifest) -> Dict[str, Any]:
     """An active stage-1 reference runner: stage 2 is calibrated on stage 1's outputs."""
     from sacvit_deploy.engine.parity import reference_runners
 
@@ -811,12 +811,12 @@ def _calibrator_for(
     role: str,
     graph: ArtifactFile,
     images: Any,
-    reference: dict[str, Any],
+    reference: Dict[str, Any],
     out: Path,
     staging: Path,
-    previous: set[str],
+    previous: Set[str],
     options: BuildOptions,
-) -> tuple[Any, int, dict[str, Any]]:
+) -> Tuple[Any, int, Dict[str, Any]]:
     """The calibrator of one engine, its batch size, and the cache entry for the manifest."""
     import numpy as np
 
@@ -829,7 +829,7 @@ def _calibrator_for(
     )
     from sacvit_deploy.runtime.pipeline import run_any_batch
 
-    feeds: dict[str, np.ndarray] = {"image": images}
+    feeds: Dict[str, np.ndarray] = {"image": images}
     if role == "stage2":
         outputs = run_any_batch(reference["stage1"], {"image": images})
         for spec in graph.inputs[1:]:
@@ -856,8 +856,8 @@ def _calibrator_for(
 
 
 def _previous_calibration(
-    out: Path, previous: set[str], role: str, onnx_sha: str, data_sha: str, batch: int
-) -> bytes | None:
+    out: Path, previous: Set[str], role: str, onnx_sha: str, data_sha: str, batch: int
+) -> Optional[bytes]:
     """The cache a previous build left in ``out``, if it was made from the same graph, data and batch."""
     try:
         old = Manifest.load(out)
@@ -884,10 +884,10 @@ def _parity(
     manifest: Manifest,
     staging: Path,
     engines_manifest: Manifest,
-    roles: list[str],
+    roles: List[str],
     images: Any,
     options: BuildOptions,
-) -> dict[str, Any]:
+) -> Dict[str, Any]:
     from sacvit_deploy.backends.tensorrt_backend import TensorRTRunner
     from sacvit_deploy.engine.parity import compare_runners, parity_report, reference_runners
 

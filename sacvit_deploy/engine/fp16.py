@@ -27,7 +27,7 @@ from __future__ import annotations
 import copy
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Dict, FrozenSet, List, Optional, Set, Tuple
 
 FP16_MAX = 65504.0
 # Ops that always compute in float32.
@@ -52,11 +52,11 @@ class Fp16ConversionError(Exception):
 class Fp32Islands:
     """The nodes (by index in ``graph.node``) that stay float32, and why, plus their float outputs."""
 
-    nodes: dict[int, str]  # node index -> reason: layernorm | softmax | gate | token-score | fixed-type
-    tensors: frozenset[str]  # names of the float tensors the island nodes produce
+    nodes: Dict[int, str]  # node index -> reason: layernorm | softmax | gate | token-score | fixed-type
+    tensors: FrozenSet[str]  # names of the float tensors the island nodes produce
 
-    def counts(self) -> dict[str, int]:
-        out: dict[str, int] = defaultdict(int)
+    def counts(self) -> Dict[str, int]:
+        out: Dict[str, int] = defaultdict(int)
         for reason in self.nodes.values():
             out[reason] += 1
         return dict(sorted(out.items()))
@@ -70,9 +70,9 @@ class Fp16Conversion:
     casts: int = 0
     initializers: int = 0  # float initializers stored as float16
     clipped: int = 0  # initializer values clipped to the float16 range
-    notes: list[str] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> Dict[str, Any]:
         return {
             "fp16_nodes": self.fp16_nodes,
             "fp32_nodes": len(self.islands.nodes),
@@ -84,12 +84,12 @@ class Fp16Conversion:
 
 
 # ---- analysis -----------------------------------------------------------------------------------------
-def _producers(graph: Any) -> dict[str, int]:
+def _producers(graph: Any) -> Dict[str, int]:
     return {out: i for i, node in enumerate(graph.node) for out in node.output if out}
 
 
-def _consumers(graph: Any) -> dict[str, list[int]]:
-    users: dict[str, list[int]] = defaultdict(list)
+def _consumers(graph: Any) -> Dict[str, List[int]]:
+    users: Dict[str, List[int]] = defaultdict(list)
     for i, node in enumerate(graph.node):
         for name in dict.fromkeys(node.input):  # a node using a tensor twice (x * x) counts once
             if name:
@@ -97,8 +97,8 @@ def _consumers(graph: Any) -> dict[str, list[int]]:
     return users
 
 
-def _ancestors(graph: Any, producers: dict[str, int], output: str) -> set[int]:
-    seen: set[int] = set()
+def _ancestors(graph: Any, producers: Dict[str, int], output: str) -> Set[int]:
+    seen: Set[int] = set()
     stack = [producers[output]] if output in producers else []
     while stack:
         i = stack.pop()
@@ -109,7 +109,7 @@ def _ancestors(graph: Any, producers: dict[str, int], output: str) -> set[int]:
     return seen
 
 
-def _constant_tensors(graph: Any) -> set[str]:
+def _constant_tensors(graph: Any) -> Set[str]:
     """Initializers and everything computed from initializers alone (e.g. the exporter's Identity copies)."""
     constants = {t.name for t in graph.initializer}
     for node in graph.node:  # nodes are topologically sorted
@@ -118,17 +118,17 @@ def _constant_tensors(graph: Any) -> set[str]:
     return constants
 
 
-def decomposed_layernorms(graph: Any) -> set[int]:
+def decomposed_layernorms(graph: Any) -> Set[int]:
     """Node indices of LayerNorms written out as ReduceMean/Sub/Mul/ReduceMean/Add/Sqrt/Div(/Mul/Add)."""
     nodes = graph.node
     users = _consumers(graph)
     constants = _constant_tensors(graph)
 
-    def only_user(name: str, op: str) -> int | None:
+    def only_user(name: str, op: str) -> Optional[int]:
         found = [i for i in users.get(name, []) if nodes[i].op_type == op]
         return found[0] if len(found) == 1 else None
 
-    found: set[int] = set()
+    found: Set[int] = set()
     for i, mean in enumerate(nodes):
         if mean.op_type != "ReduceMean" or not mean.input:
             continue
@@ -173,7 +173,7 @@ def fp32_islands(model: Any) -> Fp32Islands:
     graph = model.graph
     producers = _producers(graph)
     outputs = {o.name for o in graph.output}
-    reasons: dict[int, str] = {}
+    reasons: Dict[int, str] = {}
     for i in decomposed_layernorms(graph):
         reasons[i] = "layernorm"
     for i, node in enumerate(graph.node):
@@ -202,7 +202,7 @@ def fp32_islands(model: Any) -> Fp32Islands:
     return Fp32Islands(dict(sorted(reasons.items())), tensors)
 
 
-def _tensor_types(model: Any) -> dict[str, int]:
+def _tensor_types(model: Any) -> Dict[str, int]:
     """Element type of every tensor, from ONNX shape inference."""
     import onnx
 
@@ -247,7 +247,7 @@ def convert_to_fp16(model: Any) -> Fp16Conversion:
         return float32 if i in islands.nodes else float16
 
     # 1. The type each float tensor will have: a node's float outputs take the node's region.
-    new_type: dict[str, int] = {}
+    new_type: Dict[str, int] = {}
     for v in graph.input:
         if types.get(v.name) == float32:
             new_type[v.name] = float32
@@ -276,12 +276,12 @@ def convert_to_fp16(model: Any) -> Fp16Conversion:
         )
 
     # 3. Initializers: float16 unless some consumer needs float32 (then a float16 copy for the others).
-    wants: dict[str, set[int]] = defaultdict(set)
+    wants: Dict[str, Set[int]] = defaultdict(set)
     for i, node in enumerate(graph.node):
         for k, name in enumerate(node.input):
             if name and types.get(name) == float32:
                 wants[name].add(_wanted(node, k, region(i)))
-    fp16_copy: dict[str, str] = {}
+    fp16_copy: Dict[str, str] = {}
     new_inits = []
     for init in graph.initializer:
         if init.data_type != float32 or init.name not in wants:
@@ -304,7 +304,7 @@ def convert_to_fp16(model: Any) -> Fp16Conversion:
 
     # 4. Nodes: retype the attribute-typed ones, and cast every float input to the node's region.
     new_nodes = []
-    cast_of: dict[tuple[str, int], str] = {}
+    cast_of: Dict[Tuple[str, int], str] = {}
     for i, node in enumerate(graph.node):
         here = region(i)
         if here == float16:
@@ -349,7 +349,7 @@ def _wanted(node: Any, index: int, region: int) -> int:
     return region
 
 
-def _to_fp16(array: Any, np: Any) -> tuple[Any, int]:
+def _to_fp16(array: Any, np: Any) -> Tuple[Any, int]:
     finite = np.isfinite(array)
     over = int(np.count_nonzero(finite & (np.abs(array) > FP16_MAX)))
     clipped = np.where(finite, np.clip(array, -FP16_MAX, FP16_MAX), array)

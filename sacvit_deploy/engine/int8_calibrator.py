@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -29,10 +28,10 @@ class ImagesError(SacvitError):
 
 
 def load_images(
-    folder: Path | None,
+    folder: Optional[Path],
     preprocess_cfg: Any,
-    limit: int | None = None,
-) -> tuple[np.ndarray, str]:
+    limit: Optional[int] = None,
+) -> Tuple[np.ndarray, str]:
     """Preprocessed images (N, 3, R, R) float32 from ``folder``, or the bundled samples; and where from.
 
     Unreadable files are skipped (logged as warnings). Raises :class:`ImagesError` when none loads.
@@ -53,7 +52,7 @@ def fingerprint(arrays: Sequence[np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def calibration_batches(feeds: dict[str, np.ndarray], batch_size: int) -> list[dict[str, np.ndarray]]:
+def calibration_batches(feeds: Dict[str, np.ndarray], batch_size: int) -> List[Dict[str, np.ndarray]]:
     """Split whole-dataset feeds into full batches (TensorRT calibrates on fixed-size batches)."""
     n = next(iter(feeds.values())).shape[0]
     return [
@@ -70,10 +69,10 @@ class _DeviceFeed:
 
     def __init__(self, buffers: str) -> None:
         self.buffers = buffers
-        self._held: list[Any] = []
+        self._held: List[Any] = []
         self._memory: Any = None
 
-    def upload(self, arrays: dict[str, np.ndarray], names: Sequence[str]) -> list[int]:
+    def upload(self, arrays: Dict[str, np.ndarray], names: Sequence[str]) -> List[int]:
         from sacvit_deploy.backends.device import open_memory
 
         self.free()
@@ -95,9 +94,9 @@ class _DeviceFeed:
 
 def make_entropy_calibrator(
     trt: Any,
-    batches: list[dict[str, np.ndarray]],
+    batches: List[Dict[str, np.ndarray]],
     cache_out: Path,
-    cache_in: bytes | None = None,
+    cache_in: Optional[bytes] = None,
     buffers: str = "auto",
 ) -> Any:
     """An ``IInt8EntropyCalibrator2`` feeding ``batches``; the cache is written to ``cache_out``.
@@ -118,7 +117,7 @@ def make_entropy_calibrator(
         def get_batch_size(self) -> int:
             return self.batch_size
 
-        def get_batch(self, names: list[str], *_: Any) -> list[int] | None:
+        def get_batch(self, names: List[str], *_: Any) -> Optional[List[int]]:
             if self.index >= len(self.batches):
                 self.feed.close()
                 return None
@@ -126,7 +125,7 @@ def make_entropy_calibrator(
             self.index += 1
             return self.feed.upload(batch, names)
 
-        def read_calibration_cache(self) -> bytes | None:
+        def read_calibration_cache(self) -> Optional[bytes]:
             return self.cache_in or None
 
         def write_calibration_cache(self, cache: Any) -> None:

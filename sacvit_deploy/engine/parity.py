@@ -13,7 +13,7 @@ the build warns (fails with ``--strict``) when decisions agree on fewer than
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, List, Tuple
 
 from sacvit_deploy.backends.base import Runner
 from sacvit_deploy.backends.factory import BackendChoice, cuda_device_count, has_module, make_runner
@@ -29,8 +29,8 @@ CRITERIA = Criteria(tolerance=None, min_agreement=MIN_AGREEMENT, hair=DECISION_H
 
 
 def reference_runners(
-    export_dir: Path, manifest: Manifest, roles: list[str]
-) -> tuple[dict[str, Runner], str]:
+    export_dir: Path, manifest: Manifest, roles: List[str]
+) -> Tuple[Dict[str, Runner], str]:
     """Runners on the export folder: ONNX Runtime (CPU) if installed, else the PyTorch weights."""
     if has_module("onnxruntime"):
         choice = BackendChoice("onnxruntime", "cpu", "cpu", "parity reference")
@@ -45,18 +45,18 @@ def reference_runners(
 
 
 def compare_runners(
-    reference: dict[str, Runner],
-    engines: dict[str, Runner],
+    reference: Dict[str, Runner],
+    engines: Dict[str, Runner],
     images: Any,  # (B, 3, R, R) float32 numpy (or a torch tensor)
     threshold: float,
-) -> list[ParityRow]:
+) -> List[ParityRow]:
     """Parity rows of ``engines`` against ``reference`` on preprocessed real ``images``."""
     return parity.compare_runners(
         ("reference", reference), ("TensorRT", engines), {"real": images}, threshold, CRITERIA
     )
 
 
-def parity_report(rows: list[ParityRow], reference: str, images: str) -> dict[str, Any]:
+def parity_report(rows: List[ParityRow], reference: str, images: str) -> Dict[str, Any]:
     return {
         "reference": reference,
         "images": images,

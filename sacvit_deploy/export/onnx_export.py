@@ -21,10 +21,9 @@ import io
 import math
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -59,10 +58,10 @@ class ExportError(SacvitError):
 
 @dataclass
 class ExportOptions:
-    batch: int | None = None  # None: dynamic batch axis
-    opset: int | None = None
+    batch: Optional[int] = None  # None: dynamic batch axis
+    opset: Optional[int] = None
     target_trt: str = "10"
-    threshold: float | None = None
+    threshold: Optional[float] = None
     baseline: bool = False
     weights: bool = True  # model.safetensors beside the graphs, for the torch backend
 
@@ -86,7 +85,7 @@ class ExportResult:
     folder: Path
     manifest: Manifest
     seconds: float
-    files: dict[str, int] = field(default_factory=dict)  # name -> size in bytes
+    files: Dict[str, int] = field(default_factory=dict)  # name -> size in bytes
 
 
 class DecomposedLayerNorm(nn.Module):
@@ -124,7 +123,7 @@ def prepare_for_export(model: nn.Module, target_trt: str) -> nn.Module:
 
 
 # ---- one graph ----------------------------------------------------------------------------------------
-def _example_inputs(model: SACViT, role: str, batch: int) -> tuple[Tensor, ...]:
+def _example_inputs(model: SACViT, role: str, batch: int) -> Tuple[Tensor, ...]:
     g = torch.Generator().manual_seed(0)
     cfg = model.cfg
     image = torch.randn(batch, cfg.in_chans, cfg.img_size, cfg.img_size, generator=g)
@@ -149,12 +148,12 @@ def _fold_constants_into_initializers(graph: Any) -> None:
     graph.node.extend(keep)
 
 
-def _declare_shapes(values: Any, specs: list[TensorSpec]) -> None:
+def _declare_shapes(values: Any, specs: List[TensorSpec]) -> None:
     """Write the designed shapes into the graph's inputs/outputs (the tracer leaves some symbolic);
     the checker's shape inference then confirms they are consistent with the graph."""
     if len(values) != len(specs):
         raise ExportError(f"the graph has {len(values)} inputs/outputs where the design has {len(specs)}")
-    for value, spec in zip(values, specs):  # noqa: B905 (lengths checked above; zip(strict=) is 3.10+)
+    for value, spec in zip(values, specs):
         dims = value.type.tensor_type.shape.dim
         del dims[:]
         for s in spec.shape:
@@ -165,7 +164,7 @@ def _declare_shapes(values: Any, specs: list[TensorSpec]) -> None:
                 dim.dim_value = s
 
 
-def _specs_from_graph(values: Any) -> list[TensorSpec]:
+def _specs_from_graph(values: Any) -> List[TensorSpec]:
     import onnx
 
     specs = []
@@ -179,7 +178,7 @@ def _specs_from_graph(values: Any) -> list[TensorSpec]:
 
 def export_graph(
     module: nn.Module,
-    example: tuple[Tensor, ...],
+    example: Tuple[Tensor, ...],
     role: str,
     cfg: Any,
     path: Path,
@@ -247,7 +246,7 @@ def export_graph(
     )
 
 
-def _torchscript_exporter() -> dict[str, Any]:
+def _torchscript_exporter() -> Dict[str, Any]:
     """``dynamo=False`` where ``torch.onnx.export`` has the switch (torch 2.5+; from 2.9 it defaults to
     the dynamo exporter); older torch only has the TorchScript exporter and refuses the keyword."""
     import inspect
@@ -256,7 +255,7 @@ def _torchscript_exporter() -> dict[str, Any]:
 
 
 # ---- the output folder --------------------------------------------------------------------------------
-def prepare_output_folder(out: Path) -> set[str]:
+def prepare_output_folder(out: Path) -> Set[str]:
     """Check ``out`` can receive an export; returns the names of old artifacts to replace."""
     return publish.prepare_output_folder(out, ExportError, "export")
 
@@ -264,11 +263,11 @@ def prepare_output_folder(out: Path) -> set[str]:
 # ---- the whole export ---------------------------------------------------------------------------------
 def export_artifacts(
     model: SACViT,
-    out: str | Path,
+    out: Union[str, Path],
     options: ExportOptions,
     source_format: str,
-    source: dict[str, Any] | None = None,
-    verify: Callable[[Path, Manifest], dict[str, Any]] | None = None,
+    source: Optional[Dict[str, Any]] = None,
+    verify: Optional[Callable[[Path, Manifest], Dict[str, Any]]] = None,
     log: Callable[[str], None] = lambda _msg: None,
 ) -> ExportResult:
     """Export stage 1, stage 2 (and the baseline) into ``out`` with a manifest.
@@ -291,7 +290,7 @@ def export_artifacts(
         dynamic = options.batch is None
         trace_batch = 2 if dynamic else options.batch
         roles = ["stage1", "stage2"] + (["baseline"] if options.baseline else [])
-        graphs: dict[str, ArtifactFile] = {}
+        graphs: Dict[str, ArtifactFile] = {}
         for role in roles:
             t = time.perf_counter()
             module = graph_module(prepared, role)

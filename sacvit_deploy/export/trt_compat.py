@@ -12,10 +12,9 @@ ends with a parity check against ONNX Runtime.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Set, Tuple, Union
 
 import numpy as np
 import onnx
@@ -60,7 +59,7 @@ class Problem:
     def is_error(self) -> bool:
         return self.severity == ERROR
 
-    def to_dict(self) -> dict[str, str]:
+    def to_dict(self) -> Dict[str, str]:
         return asdict(self)
 
     def line(self, graph: str) -> str:
@@ -74,7 +73,7 @@ class ProblemGroup:
     """The same finding on several nodes (e.g. every LayerNormalization): reported once, counted."""
 
     first: Problem
-    nodes: tuple[str, ...]
+    nodes: Tuple[str, ...]
 
     @property
     def is_error(self) -> bool:
@@ -89,16 +88,16 @@ class ProblemGroup:
         return f"{graph}: {p.severity} [{p.rule}]{where}: {p.message} — fix: {p.fix}"
 
 
-def group_problems(problems: list[Problem]) -> list[ProblemGroup]:
+def group_problems(problems: List[Problem]) -> List[ProblemGroup]:
     """One group per distinct finding (same severity, rule, op, message and fix), in first-seen order."""
-    groups: dict[tuple[str, str, str, str, str], list[Problem]] = {}
+    groups: Dict[Tuple[str, str, str, str, str], List[Problem]] = {}
     for p in problems:
         groups.setdefault((p.severity, p.rule, p.op, p.message, p.fix), []).append(p)
     return [ProblemGroup(ps[0], tuple(p.node for p in ps)) for ps in groups.values()]
 
 
 # ---- loading -------------------------------------------------------------------------------------
-def load_graph(path: str | Path) -> onnx.ModelProto:
+def load_graph(path: Union[str, Path]) -> onnx.ModelProto:
     """Read an ONNX file (without its external weights: the check needs structure, not values)."""
     path = Path(path)
     if not path.is_file():
@@ -128,13 +127,13 @@ def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
 # ---- what the checks know about tensors ------------------------------------------------------------
 @dataclass
 class _Tensor:
-    dtype: int | None = None  # TensorProto element type
-    rank: int | None = None
+    dtype: Optional[int] = None  # TensorProto element type
+    rank: Optional[int] = None
     static: bool = False  # every dim known
     const: bool = False  # an initializer or a Constant node output (the parser's "weights")
-    numel: int | None = None  # for constants
-    values: np.ndarray | None = None  # for small constants
-    dims: tuple[int, ...] | None = None  # for initializers (per-channel scale counts)
+    numel: Optional[int] = None  # for constants
+    values: Optional[np.ndarray] = None  # for small constants
+    dims: Optional[Tuple[int, ...]] = None  # for initializers (per-channel scale counts)
 
 
 def _from_type(tp: onnx.TypeProto) -> _Tensor:
@@ -182,9 +181,9 @@ def _constant_node_tensor(node: onnx.NodeProto) -> _Tensor:
 class _Scope:
     """Tensor facts visible in one graph; a subgraph sees its own and its parents' names."""
 
-    def __init__(self, graph: onnx.GraphProto, parent: _Scope | None = None) -> None:
+    def __init__(self, graph: onnx.GraphProto, parent: Optional[_Scope] = None) -> None:
         self.parent = parent
-        self.tensors: dict[str, _Tensor] = {}
+        self.tensors: Dict[str, _Tensor] = {}
         for v in [*graph.input, *graph.value_info, *graph.output]:
             self.tensors[v.name] = _from_type(v.type)
         for init in graph.initializer:
@@ -198,7 +197,7 @@ class _Scope:
                 self.tensors[node.output[0]] = t
 
     def get(self, name: str) -> _Tensor:
-        scope: _Scope | None = self
+        scope: Optional[_Scope] = self
         while scope is not None:
             if name in scope.tensors:
                 return scope.tensors[name]
@@ -223,7 +222,7 @@ def _input(node: onnx.NodeProto, i: int) -> str:
     return node.input[i] if len(node.input) > i else ""
 
 
-def _dtype_name(dtype: int | None) -> str:
+def _dtype_name(dtype: Optional[int]) -> str:
     return _DTYPE_NAME.get(dtype or 0, "UNDEFINED")
 
 
@@ -234,16 +233,16 @@ class _Checker:
         self.sup = sup
         self.v = sup.version
         self.label = sup.label
-        self.problems: list[Problem] = []
+        self.problems: List[Problem] = []
         self.functions = {(f.domain, f.name): f for f in model.functions}
         self.opset = next((o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS), None)
-        self._dtype_seen: set[str] = set()  # a tensor is reported once, as I/O or as a node output
+        self._dtype_seen: Set[str] = set()  # a tensor is reported once, as I/O or as a node output
 
     def add(self, severity: str, rule: str, node: str, op: str, message: str, fix: str) -> None:
         self.problems.append(Problem(severity, rule, node, op, message, fix))
 
     # -- graph level -------------------------------------------------------------------------------
-    def run(self) -> list[Problem]:
+    def run(self) -> List[Problem]:
         self.check_opset()
         graph = self.model.graph
         scope = _Scope(graph)
@@ -419,7 +418,7 @@ class _Checker:
     # -- operator rules ------------------------------------------------------------------------------
     def op_TopK(self, node: onnx.NodeProto, name: str, scope: _Scope) -> None:
         if self.opset is not None and self.opset < 10:
-            k_value: int | None = _attr(node, "k")
+            k_value: Optional[int] = _attr(node, "k")
             k_const = True
         else:
             k = scope.get(_input(node, 1))
@@ -521,7 +520,7 @@ class _Checker:
             return
         then_g, else_g = branches["then_branch"], branches["else_branch"]
         then_s, else_s = _Scope(then_g, scope), _Scope(else_g, scope)
-        for i, (t_out, e_out) in enumerate(zip(then_g.output, else_g.output, strict=False)):
+        for i, (t_out, e_out) in enumerate(zip(then_g.output, else_g.output)):
             rt, re_ = then_s.get(t_out.name).rank, else_s.get(e_out.name).rank
             if rt is not None and re_ is not None and rt != re_:
                 self.add(
@@ -704,7 +703,7 @@ class _Checker:
 
 
 # ---- public API ----------------------------------------------------------------------------------
-def check_model(model: onnx.ModelProto | str | Path, trt: str) -> list[Problem]:
+def check_model(model: Union[Union[onnx.ModelProto, str], Path], trt: str) -> List[Problem]:
     """Problems a TensorRT ``trt`` ONNX parser (``8.5``, ``8.6``, ``10``, ``11``) would have with ``model``.
 
     A path is read with :func:`load_graph` (an unreadable file raises ``ArtifactError``).
@@ -716,8 +715,8 @@ def check_model(model: onnx.ModelProto | str | Path, trt: str) -> list[Problem]:
 
 
 def check_models(
-    models: dict[str, onnx.ModelProto | str | Path], versions: Iterable[str]
-) -> Iterator[tuple[str, str, list[Problem]]]:
+    models: Dict[str, Union[Union[onnx.ModelProto, str], Path]], versions: Iterable[str]
+) -> Iterator[Tuple[str, str, List[Problem]]]:
     """(key, version, problems) for every model and version; each graph is read and inferred once."""
     versions = [ts.support(v).version for v in versions]
     for key, model in models.items():
@@ -726,12 +725,14 @@ def check_models(
             yield key, v, _Checker(inferred, ts.support(v)).run()
 
 
-def check_folder(folder: str | Path, trt: str) -> dict[str, list[Problem]]:
+def check_folder(folder: Union[str, Path], trt: str) -> Dict[str, List[Problem]]:
     """Check every graph of an export folder (``manifest.json``), after verifying their sha256."""
     return check_folder_versions(folder, [trt])[ts.support(trt).version]
 
 
-def check_folder_versions(folder: str | Path, versions: Iterable[str]) -> dict[str, dict[str, list[Problem]]]:
+def check_folder_versions(
+    folder: Union[str, Path], versions: Iterable[str]
+) -> Dict[str, Dict[str, List[Problem]]]:
     """``{version: {role: problems}}`` for an export folder; each graph is read once for all versions."""
     manifest = Manifest.load(folder)
     if not manifest.graphs:
@@ -743,7 +744,7 @@ def check_folder_versions(folder: str | Path, versions: Iterable[str]) -> dict[s
     for path in paths.values():
         external_data_files(path)  # refuses weights referenced outside the folder
     versions = list(versions)
-    results: dict[str, dict[str, list[Problem]]] = {ts.support(v).version: {} for v in versions}
+    results: Dict[str, Dict[str, List[Problem]]] = {ts.support(v).version: {} for v in versions}
     for role, version, problems in check_models(paths, versions):
         results[version][role] = problems
     return results

@@ -31,6 +31,7 @@ guide's "backward compatible to opset 7").
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Dict, FrozenSet, Tuple
 
 from sacvit_deploy.core.trt_families import TRT_FAMILIES, TRT_FAMILY_NAMES
 
@@ -45,7 +46,7 @@ class ParserSupport:
 
     version: str
     min_opset: int  # default ONNX domain
-    ops: frozenset[str]  # default-domain operators the parser imports
+    ops: FrozenSet[str]  # default-domain operators the parser imports
     native_int64: bool  # False: the parser casts INT64 down to INT32 (8.x); native from 9.0
     dynamic_topk_k: bool  # TopK's K may be a run-time tensor (8.6+)
     local_functions: bool  # ONNX model-local functions are expanded (9.0+)
@@ -105,7 +106,7 @@ _OPS_11 = _OPS_10 | {
 
 # The first TensorRT release whose parser imports an operator, where a source says so; used to tell
 # the user which version would take a graph as it is.
-FIRST_SUPPORTED: dict[str, str] = {
+FIRST_SUPPORTED: Dict[str, str] = {
     "LayerNormalization": "8.6",
     "GroupNormalization": "8.6",
     "IsInf": "8.6",
@@ -123,7 +124,7 @@ FIRST_SUPPORTED: dict[str, str] = {
     "DFT": "11.2",
 }
 
-SUPPORT: dict[str, ParserSupport] = {
+SUPPORT: Dict[str, ParserSupport] = {
     "8.5": ParserSupport(
         version="8.5",
         # operators.md 8.5-GA: "supports operators up to Opset 17". The lower bound 7 is the
@@ -180,7 +181,7 @@ DATA_DEPENDENT_OPS = frozenset({"NonZero", "NonMaxSuppression"})
 
 # (operator, input index) -> the versions whose parser needs that input to be an initializer or a
 # Constant node's output (the parser's "weights"); everything else is a run-time tensor to it.
-CONSTANT_INPUTS: dict[tuple[str, int], frozenset[str]] = {
+CONSTANT_INPUTS: Dict[Tuple[str, int], FrozenSet[str]] = {
     ("Slice", 3): frozenset({"8.5", "8.6", "10"}),  # axes; tensor axes from 10.3 (10.0 still needs it)
     ("Squeeze", 1): frozenset({"8.5", "8.6", "10"}),  # axes; dynamic axes from 10.7
     ("Unsqueeze", 1): frozenset({"8.5", "8.6", "10"}),  # axes; dynamic axes from 10.7
@@ -243,7 +244,7 @@ QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 QDQ_MIN_OPSET = 10
 QDQ_PER_CHANNEL_OPSET = 13
 # Q/DQ element types each parser takes (onnx.TensorProto names). sacvit-deploy writes INT8 only.
-QDQ_TYPES: dict[str, frozenset[str]] = {
+QDQ_TYPES: Dict[str, FrozenSet[str]] = {
     "8.5": frozenset({"INT8"}),
     "8.6": frozenset({"INT8"}),
     "10": frozenset({"INT8", "FLOAT8E4M3FN", "INT4"}),

@@ -15,7 +15,7 @@ differs (see the comparator's docstring for why the limit is scaled).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, Optional
 
 import torch
 
@@ -34,7 +34,7 @@ class VerificationError(SacvitError):
     """The exported graphs do not match PyTorch within tolerance."""
 
 
-def check_graphs(folder: Path, manifest: Manifest) -> dict[str, str]:
+def check_graphs(folder: Path, manifest: Manifest) -> Dict[str, str]:
     import onnx
 
     results = {}
@@ -54,9 +54,9 @@ def verify_export(
     manifest: Manifest,
     model: SACViT,
     real_images: Any = None,
-    tolerance: Tolerance | None = None,
-    threads: int | None = None,
-) -> dict[str, Any]:
+    tolerance: Optional[Tolerance] = None,
+    threads: Optional[int] = None,
+) -> Dict[str, Any]:
     """Verify the graphs in ``folder`` against ``model``; raise VerificationError when parity fails."""
     tolerance = tolerance or Tolerance()
     checker = check_graphs(folder, manifest)
@@ -90,7 +90,7 @@ def verify_export(
     return report
 
 
-def tensorrt_parser_check(folder: Path, manifest: Manifest, target: str) -> dict[str, Any]:
+def tensorrt_parser_check(folder: Path, manifest: Manifest, target: str) -> Dict[str, Any]:
     """The static TensorRT-parser check of every graph for 8.5, 8.6, 10 and 11.
 
     Fails the export when a graph would not parse on the ``--target-trt`` the user asked for: that
@@ -100,7 +100,7 @@ def tensorrt_parser_check(folder: Path, manifest: Manifest, target: str) -> dict
     from sacvit_deploy.export.trt_support import VERSIONS
 
     paths = {role: manifest.file_path(folder, entry) for role, entry in manifest.graphs.items()}
-    report: dict[str, Any] = {}
+    report: Dict[str, Any] = {}
     for role, version, problems in check_models(paths, VERSIONS):
         errors = [p for p in problems if p.is_error]
         report.setdefault(version, {})[role] = {
@@ -118,8 +118,8 @@ def tensorrt_parser_check(folder: Path, manifest: Manifest, target: str) -> dict
 
 
 def check_parity(
-    folder: Path, manifest: Manifest, real_images: Any, tolerance: Tolerance | None = None
-) -> dict[str, Any]:
+    folder: Path, manifest: Manifest, real_images: Any, tolerance: Optional[Tolerance] = None
+) -> Dict[str, Any]:
     """``check --run``: ONNX Runtime on the folder's graphs vs the folder's own PyTorch weights
     (model.safetensors), through the same comparator as export verification. Returns the report;
     the caller decides what a failure means."""

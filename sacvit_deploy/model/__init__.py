@@ -8,7 +8,7 @@ need torch (``sacvit``, ``checkpoint``, ``layers``) import it themselves.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import Any, List
 
 # public name -> the submodule that defines it
 _LAZY = {
@@ -43,5 +43,5 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(f"sacvit_deploy.model.{module}"), name)
 
 
-def __dir__() -> list[str]:
+def __dir__() -> List[str]:
     return sorted(set(globals()) | set(_LAZY))

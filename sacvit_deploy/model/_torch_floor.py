@@ -8,6 +8,7 @@ line naming its version and the fix instead of a failure deep inside export or l
 from __future__ import annotations
 
 import re
+from typing import Optional
 
 import torch
 
@@ -17,7 +18,7 @@ TORCH_FLOOR = (2, 3)
 _FLOOR = ".".join(map(str, TORCH_FLOOR))
 
 
-def torch_problem(version: str) -> str | None:
+def torch_problem(version: str) -> Optional[str]:
     """Why ``version`` of torch cannot run this package, or None."""
     # Major.minor only: NVIDIA's Jetson builds are pre-releases (2.3.0a0+...nv24.04) of the release they ship.
     found = re.match(r"(\d+)\.(\d+)", version)

@@ -19,10 +19,9 @@ import json
 import pickle
 import re
 import types
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -58,7 +57,7 @@ class LoadedCheckpoint:
     cfg: ModelConfig
     fmt: str
     path: Path
-    notes: list[str] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
 
 
 # ---- reading files safely ---------------------------------------------------------------------------
@@ -144,7 +143,7 @@ def _not_a_checkpoint(path: Path, exc: BaseException) -> str:
     )
 
 
-def _strip_prefix(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+def _strip_prefix(sd: Dict[str, Tensor]) -> Dict[str, Tensor]:
     # DistributedDataParallel and torch.compile prefixes.
     for prefix in ("module.", "_orig_mod."):
         if sd and all(k.startswith(prefix) for k in sd):
@@ -152,7 +151,7 @@ def _strip_prefix(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     return sd
 
 
-def read_checkpoint(path: str | Path) -> RawCheckpoint:
+def read_checkpoint(path: Union[str, Path]) -> RawCheckpoint:
     """Read tensors and metadata from a safetensors or weights-only torch file."""
     path = Path(path)
     problem = not_a_regular_file(path)
@@ -197,7 +196,7 @@ def read_checkpoint(path: str | Path) -> RawCheckpoint:
     obj = _torch_load_untrusted(path)
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a state_dict or a checkpoint dict")
-    metadata: dict[str, Any] = {}
+    metadata: Dict[str, Any] = {}
     cfg = None
     if obj.get("format") == FORMAT_TAG:
         try:
@@ -221,7 +220,9 @@ def read_checkpoint(path: str | Path) -> RawCheckpoint:
 
 
 # ---- understanding what is inside ------------------------------------------------------------------
-def open_checkpoint(path: str | Path, fmt: str) -> tuple[RawCheckpoint, CheckpointFormat, FormatAdapter]:
+def open_checkpoint(
+    path: Union[str, Path], fmt: str
+) -> Tuple[RawCheckpoint, CheckpointFormat, FormatAdapter]:
     """Read the file (or the folder's weights file) and decide its format: the user's, checked against
     the file, or for ``auto`` the first row whose adapter recognises it."""
     if fmt != AUTO and fmt not in CHECKPOINT_FORMATS:
@@ -259,7 +260,7 @@ def open_checkpoint(path: str | Path, fmt: str) -> tuple[RawCheckpoint, Checkpoi
 
 
 def _mismatch_error(
-    raw: RawCheckpoint, model_sd: dict[str, Tensor], sd: dict[str, Tensor], cfg: ModelConfig
+    raw: RawCheckpoint, model_sd: Dict[str, Tensor], sd: Dict[str, Tensor], cfg: ModelConfig
 ) -> None:
     missing = sorted(set(model_sd) - set(sd))
     unexpected = sorted(set(sd) - set(model_sd))
@@ -293,9 +294,9 @@ def _mismatch_error(
 
 def _check_config_against_tensors(
     raw: RawCheckpoint,
-    sd: dict[str, Tensor],
+    sd: Dict[str, Tensor],
     cfg: ModelConfig,
-    skip: tuple[str, ...] = (),
+    skip: Tuple[str, ...] = (),
     from_file: bool = False,
 ) -> None:
     """Compare ``cfg``'s tensor shapes with the file's BEFORE any model is built: a config that
@@ -331,7 +332,7 @@ def _check_config_against_tensors(
         _mismatch_error(raw, expected, given, cfg)
 
 
-def _check_finite(path: Path, sd: dict[str, Tensor]) -> None:
+def _check_finite(path: Path, sd: Dict[str, Tensor]) -> None:
     """A NaN or Inf weight is named here, not found later as a baffling parity failure."""
     for name, t in sd.items():
         if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
@@ -343,7 +344,7 @@ def _check_finite(path: Path, sd: dict[str, Tensor]) -> None:
             )
 
 
-def _load_into(model: torch.nn.Module, sd: dict[str, Tensor], raw: RawCheckpoint, cfg: ModelConfig) -> None:
+def _load_into(model: torch.nn.Module, sd: Dict[str, Tensor], raw: RawCheckpoint, cfg: ModelConfig) -> None:
     model_sd = model.state_dict()
     if set(model_sd) != set(sd) or any(tuple(sd[k].shape) != tuple(v.shape) for k, v in model_sd.items()):
         _mismatch_error(raw, model_sd, sd, cfg)
@@ -370,7 +371,7 @@ def resample_pos_embed(pos_embed: Tensor, new_grid: int, num_prefix: int = 1) ->
     return torch.cat([prefix, g], dim=1)
 
 
-def single_stage_to_sacvit(sd: dict[str, Tensor], model: SACViT) -> dict[str, Tensor]:
+def single_stage_to_sacvit(sd: Dict[str, Tensor], model: SACViT) -> Dict[str, Tensor]:
     """A single-stage DeiT state dict (timm names) -> SAC-ViT's (fresh reuse block from ``model``)."""
     sd = dict(sd)
     pos = sd.pop("pos_embed")
@@ -384,7 +385,9 @@ def single_stage_to_sacvit(sd: dict[str, Tensor], model: SACViT) -> dict[str, Te
 
 
 # ---- public API -------------------------------------------------------------------------------------
-def load_checkpoint(path: str | Path, fmt: str = "auto", variant: str | None = None) -> LoadedCheckpoint:
+def load_checkpoint(
+    path: Union[str, Path], fmt: str = "auto", variant: Optional[str] = None
+) -> LoadedCheckpoint:
     """Load any supported checkpoint (a file, or a folder a format owns) into a SACViT in eval mode."""
     raw, row, adapter = open_checkpoint(path, fmt)
     cfg = adapter.config(raw, variant)
@@ -406,7 +409,7 @@ def load_checkpoint(path: str | Path, fmt: str = "auto", variant: str | None = N
     return LoadedCheckpoint(model.eval(), cfg, row.name, raw.path, notes)
 
 
-def load_baseline(path: str | Path, fmt: str = "auto", variant: str | None = None) -> DeiT:
+def load_baseline(path: Union[str, Path], fmt: str = "auto", variant: Optional[str] = None) -> DeiT:
     """The single-stage DeiT from a single-stage file, or from a two-stage checkpoint's shared weights."""
     raw, row, adapter = open_checkpoint(path, fmt)
     if row.two_stage:
@@ -422,7 +425,7 @@ def load_baseline(path: str | Path, fmt: str = "auto", variant: str | None = Non
     return model.eval()
 
 
-def save_checkpoint(model: SACViT, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+def save_checkpoint(model: SACViT, path: Union[str, Path], metadata: Optional[Dict[str, str]] = None) -> Path:
     """Write this project's format: safetensors with the config in its metadata."""
     from safetensors.torch import save
 

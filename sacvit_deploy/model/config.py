@@ -8,7 +8,7 @@ the exported graphs and the runtime need travels in :class:`ModelConfig`, prepro
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Dict
 
 from sacvit_deploy.core.config import (
     ATTENTIONS,
@@ -46,12 +46,12 @@ _BACKBONES = {
 _REGION_SIZE = {7: 5, 9: 8}
 _LF_THRESHOLD = {7: 0.76, 9: 0.75}
 
-VARIANTS: dict[str, dict[str, Any]] = {
+VARIANTS: Dict[str, Dict[str, Any]] = {
     f"deit_{name}_{res}": {"img_size": res, **dims} for name, dims in _BACKBONES.items() for res in (224, 288)
 }
 
 # What each checkpoint format implies for stage 2 (the table is core.formats.CHECKPOINT_FORMATS).
-FORMAT_PRESETS: dict[str, dict[str, Any]] = {name: stage2_preset(name) for name in FORMATS}
+FORMAT_PRESETS: Dict[str, Dict[str, Any]] = {name: stage2_preset(name) for name in FORMATS}
 
 
 def make_config(variant: str = "deit_small_224", fmt: str = "sacvit", **overrides: Any) -> ModelConfig:
@@ -62,7 +62,7 @@ def make_config(variant: str = "deit_small_224", fmt: str = "sacvit", **override
         raise ConfigError(f"unknown format {fmt!r}; choose one of: {', '.join(CHECKPOINT_FORMATS)}")
     base = dict(VARIANTS[variant])
     s = base["img_size"] // 32
-    fields: dict[str, Any] = {
+    fields: Dict[str, Any] = {
         "variant": variant,
         "region_size": _REGION_SIZE.get(s, min(5, s)),
         "exit_threshold": _LF_THRESHOLD.get(s, 0.76),
@@ -81,7 +81,7 @@ def tiny_config(fmt: str = "sacvit", **overrides: Any) -> ModelConfig:
 
     128 px input, an 8x8 fine grid, a 4x4 stage-1 grid, a 3x3 window, 4 blocks of width 32.
     """
-    fields: dict[str, Any] = {
+    fields: Dict[str, Any] = {
         "variant": "tiny_test",
         "img_size": 128,
         "embed_dim": 32,

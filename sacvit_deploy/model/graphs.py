@@ -11,6 +11,8 @@ Names are the contract between export, manifest, backends and runtime:
 
 from __future__ import annotations
 
+from typing import Optional, Tuple
+
 from torch import Tensor, nn
 
 from sacvit_deploy.core.graph_io import ROLES, graph_specs
@@ -24,7 +26,7 @@ class Stage1Graph(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, image: Tensor) -> tuple[Tensor, ...]:
+    def forward(self, image: Tensor) -> Tuple[Tensor, ...]:
         return tuple(self.model.forward_stage1(image))
 
 
@@ -48,7 +50,7 @@ class BaselineGraph(nn.Module):
         return self.model(image)
 
 
-def graph_module(model: SACViT, role: str, baseline: DeiT | None = None) -> nn.Module:
+def graph_module(model: SACViT, role: str, baseline: Optional[DeiT] = None) -> nn.Module:
     if role == "stage1":
         return Stage1Graph(model)
     if role == "stage2":

@@ -16,6 +16,8 @@ graphs hold plain MatMul / Softmax that every TensorRT parser reads (like timm's
 
 from __future__ import annotations
 
+from typing import Optional, Tuple
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -56,7 +58,7 @@ def image_to_patches(image: Tensor, patch_size: int) -> Tensor:
 class Mlp(nn.Module):
     """timm's Mlp: fc1 -> GELU -> fc2 (dropout omitted: DeiT uses none at these sizes)."""
 
-    def __init__(self, in_features: int, hidden_features: int, out_features: int | None = None) -> None:
+    def __init__(self, in_features: int, hidden_features: int, out_features: Optional[int] = None) -> None:
         super().__init__()
         self.fc1 = nn.Linear(in_features, hidden_features)
         self.act = nn.GELU()
@@ -84,8 +86,8 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(
-        self, x: Tensor, num_targets: int | None = None, return_cls_attn: bool = False
-    ) -> tuple[Tensor, Tensor | None]:
+        self, x: Tensor, num_targets: Optional[int] = None, return_cls_attn: bool = False
+    ) -> Tuple[Tensor, Optional[Tensor]]:
         _, n, c = x.shape
         qkv = self.qkv(x).reshape(-1, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, H, N, hd)
@@ -157,8 +159,8 @@ class Block(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(
-        self, x: Tensor, num_targets: int | None = None, return_cls_attn: bool = False
-    ) -> tuple[Tensor, Tensor | None]:
+        self, x: Tensor, num_targets: Optional[int] = None, return_cls_attn: bool = False
+    ) -> Tuple[Tensor, Optional[Tensor]]:
         y, cls_attn = self.attn(self.norm1(x), num_targets=num_targets, return_cls_attn=return_cls_attn)
         x = x + self.drop_path(y)
         x = x + self.drop_path(self.mlp(self.norm2(x)))

@@ -8,7 +8,7 @@ dynamic dimension is the batch.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -74,7 +74,7 @@ class _Backbone(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def _run_blocks(self, x: Tensor, num_targets: int | None = None) -> Tensor:
+    def _run_blocks(self, x: Tensor, num_targets: Optional[int] = None) -> Tensor:
         for blk in self.blocks:
             x, _ = blk(x, num_targets=num_targets)
         return x
@@ -136,7 +136,7 @@ class SACViT(_Backbone):
         self._init_weights()
 
     # ---- stage 1 -------------------------------------------------------------------------------
-    def _stage1(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _stage1(self, image: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         """-> logits1, E1 (stage-1 input tokens), Z1 (normed output tokens), scores (B, S*S)."""
         size = self.cfg.stage1_size
         x_low = F.interpolate(image, size=(size, size), mode="bilinear", align_corners=True)
@@ -144,7 +144,7 @@ class SACViT(_Backbone):
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed_list[0]
         e1 = x
         decay = self.cfg.ema_decay
-        score: Tensor | None = None
+        score: Optional[Tensor] = None
         for i, blk in enumerate(self.blocks):
             x, cls_attn = blk(x, return_cls_attn=i in self.score_layers)
             if cls_attn is not None:
@@ -191,7 +191,7 @@ class SACViT(_Backbone):
         return self.head(x[:, 0])
 
     # ---- both ----------------------------------------------------------------------------------
-    def forward(self, image: Tensor, threshold: float | None = None) -> EarlyExitOutput:
+    def forward(self, image: Tensor, threshold: Optional[float] = None) -> EarlyExitOutput:
         """Reference early exit: per sample, stage 1's answer if confident enough, else stage 2's.
 
         Runs stage 2 on the whole batch (static shapes); the runtime pipeline runs it on the hard
@@ -205,7 +205,7 @@ class SACViT(_Backbone):
         stage = 2 - exited.long()
         return EarlyExitOutput(logits, stage, s1.confidence)
 
-    def forward_train(self, image: Tensor, select_tokens: bool = True) -> tuple[Tensor, Tensor]:
+    def forward_train(self, image: Tensor, select_tokens: bool = True) -> Tuple[Tensor, Tensor]:
         """Both stages on every sample, for training: returns (logits1, logits2).
 
         With ``select_tokens=False`` (the warm-up phase) stage 2 sees all (2S)^2 fine tokens plus

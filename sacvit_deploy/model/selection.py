@@ -14,6 +14,8 @@ that is the score inside the chosen region and -inf outside it.
 
 from __future__ import annotations
 
+from typing import Tuple
+
 import torch
 from torch import Tensor, nn
 
@@ -59,7 +61,7 @@ class TokenSelector(nn.Module):
         # Buffers, not parameters: rebuilt from the config, never stored in checkpoints.
         self.register_buffer("members", members, persistent=False)
 
-    def forward(self, scores: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, scores: Tensor) -> Tuple[Tensor, Tensor]:
         if self.use_window:
             window_sums = scores @ self.members.t()  # (B, num_windows)
             best = window_sums.argmax(dim=1)  # first maximum on ties

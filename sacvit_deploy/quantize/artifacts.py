@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -46,11 +45,11 @@ FEW_CALIBRATION_IMAGES = 32  # fewer gives a warning: ranges from a handful of i
 @dataclass
 class QuantizeOptions:
     per_channel: bool = True
-    ops: tuple[str, ...] = QUANTIZABLE_OPS
+    ops: Tuple[str, ...] = QUANTIZABLE_OPS
     method: str = "minmax"
     batch: int = 8
     quantize_head: bool = False
-    threads: int | None = None
+    threads: Optional[int] = None
 
     def validate(self) -> None:
         bad = [op for op in self.ops if op not in QUANTIZABLE_OPS]
@@ -70,10 +69,10 @@ class CalibrationImages:
 
     images: np.ndarray  # (N, 3, R, R) float32
     source: str
-    paths: list[Path] = field(default_factory=list)
+    paths: List[Path] = field(default_factory=list)
     skipped: int = 0
 
-    def record(self) -> dict[str, Any]:
+    def record(self) -> Dict[str, Any]:
         files = hashlib.sha256()
         for p in self.paths:
             files.update(p.name.encode() + b"\0" + sha256_file(p).encode() + b"\n")
@@ -115,21 +114,21 @@ class QuantizeResult:
     folder: Path
     manifest: Manifest
     seconds: float
-    files: dict[str, int] = field(default_factory=dict)
+    files: Dict[str, int] = field(default_factory=dict)
 
 
 def is_quantized(manifest: Manifest) -> bool:
     return bool(getattr(manifest, "quantization", None))
 
 
-def _fixed_batch(entry: ArtifactFile) -> int | None:
+def _fixed_batch(entry: ArtifactFile) -> Optional[int]:
     first = entry.inputs[0].shape[0] if entry.inputs and entry.inputs[0].shape else None
     return first if isinstance(first, int) else None
 
 
 def _stage1_outputs(
-    folder: Path, manifest: Manifest, images: np.ndarray, threads: int | None
-) -> dict[str, np.ndarray]:
+    folder: Path, manifest: Manifest, images: np.ndarray, threads: Optional[int]
+) -> Dict[str, np.ndarray]:
     """The float stage 1's outputs for the calibration images (stage 2's calibration feeds)."""
     from sacvit_deploy.backends.arrays import to_host
     from sacvit_deploy.backends.factory import BackendChoice, make_runner
@@ -137,7 +136,7 @@ def _stage1_outputs(
 
     choice = BackendChoice("onnxruntime", "cpu", "cpu", "stage-2 calibration feeds")
     runner = make_runner(folder, manifest, "stage1", choice, threads=threads)
-    parts: dict[str, list[np.ndarray]] = {}
+    parts: Dict[str, List[np.ndarray]] = {}
     with runner:
         for start in range(0, images.shape[0], 32):
             out = run_any_batch(runner, {"image": np.ascontiguousarray(images[start : start + 32])})
@@ -147,11 +146,11 @@ def _stage1_outputs(
 
 
 def quantize_artifacts(
-    float_dir: str | Path,
-    out: str | Path,
+    float_dir: Union[str, Path],
+    out: Union[str, Path],
     calibration: CalibrationImages,
     options: QuantizeOptions,
-    verify: Callable[[Path, Manifest], dict[str, Any]] | None = None,
+    verify: Optional[Callable[[Path, Manifest], Dict[str, Any]]] = None,
     log: Callable[[str], None] = lambda _msg: None,
 ) -> QuantizeResult:
     """Quantize every graph of ``float_dir`` into ``out``; ``verify(staging, manifest)`` may raise to abort."""
@@ -189,11 +188,11 @@ def quantize_artifacts(
         )
     previous = publish.prepare_output_folder(out, QuantizeError, "quantize")
 
-    feeds_all: dict[str, np.ndarray] = {"image": calibration.images}
+    feeds_all: Dict[str, np.ndarray] = {"image": calibration.images}
     if "stage2" in manifest.graphs:
         feeds_all.update(_stage1_outputs(float_dir, manifest, calibration.images, options.threads))
-    graphs: dict[str, ArtifactFile] = {}
-    per_role: dict[str, Any] = {}
+    graphs: Dict[str, ArtifactFile] = {}
+    per_role: Dict[str, Any] = {}
     with publish.staging_folder(out) as staging:
         for role, entry in manifest.graphs.items():
             t = time.perf_counter()
@@ -246,7 +245,7 @@ def quantize_artifacts(
                 f"quantized {role}.onnx: {sum(plan.quantize_ops.values())} layers int8 "
                 f"({graphs[role].size / 2**20:.1f} MB, {time.perf_counter() - t:.1f} s)"
             )
-        details: dict[str, Any] = {
+        details: Dict[str, Any] = {
             "method": {
                 "tool": f"onnxruntime.quantization.quantize_static (onnxruntime {_ort_version()})",
                 "calibration": options.method,

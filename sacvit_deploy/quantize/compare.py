@@ -15,9 +15,8 @@ With labels, the accuracy of both sides: early exit, exit rate, each stage, the 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -26,7 +25,7 @@ from sacvit_deploy.core.compare import Answers, compare_detailed, reduced_precis
 DEFAULT_MIN_AGREEMENT = 0.95
 
 
-def _runners(folder: Path, manifest: Any, roles: Iterable[str], threads: int | None) -> dict[str, Any]:
+def _runners(folder: Path, manifest: Any, roles: Iterable[str], threads: Optional[int]) -> Dict[str, Any]:
     from sacvit_deploy.backends.factory import BackendChoice, make_runner
 
     choice = BackendChoice("onnxruntime", "cpu", "cpu", "int8 vs float comparison")
@@ -44,11 +43,11 @@ def compare_folders(
     float_manifest: Any,
     int8_dir: Path,
     int8_manifest: Any,
-    batches: Iterable[tuple[Any, Sequence[int] | None]],
+    batches: Iterable[Tuple[Any, Optional[Sequence[int]]]],
     source: str,
     min_agreement: float = DEFAULT_MIN_AGREEMENT,
-    threads: int | None = None,
-) -> dict[str, Any]:
+    threads: Optional[int] = None,
+) -> Dict[str, Any]:
     """The agreement report of ``int8_dir`` vs ``float_dir`` on ``batches`` of (images, labels or None)."""
     from sacvit_deploy.runtime.parity import named
 
@@ -77,7 +76,7 @@ def compare_folders(
             source,
             reduced_precision(min_agreement),
         )
-    report: dict[str, Any] = {
+    report: Dict[str, Any] = {
         "images": source,
         "samples": int(images.shape[0]),
         "threshold": threshold,
@@ -95,8 +94,8 @@ def _agree(a: np.ndarray, b: np.ndarray) -> float:
     return float((a == b).mean()) if a.size else 1.0
 
 
-def _accuracy(f: Answers, q: Answers, labels: np.ndarray, threshold: float) -> dict[str, Any]:
-    result: dict[str, Any] = {"threshold": threshold, "images": int(labels.size)}
+def _accuracy(f: Answers, q: Answers, labels: np.ndarray, threshold: float) -> Dict[str, Any]:
+    result: Dict[str, Any] = {"threshold": threshold, "images": int(labels.size)}
     for name, side in (("float", f), ("int8", q)):
         entry = {
             "early_exit": _agree(side.final.argmax(-1), labels),

@@ -15,7 +15,7 @@ run against the OpenVINO runners of a folder.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, Optional
 
 import numpy as np
 
@@ -39,11 +39,11 @@ INT8_CRITERIA = Criteria(tolerance=None, min_agreement=DEFAULT_MIN_AGREEMENT, ha
 def check_openvino_parity(
     folder: Path,
     manifest: Manifest,
-    real_images: np.ndarray | None,
-    ov_device: str | None = None,
-    hint: str | None = None,
-    tolerance: Tolerance | None = None,
-) -> dict[str, Any]:
+    real_images: Optional[np.ndarray],
+    ov_device: Optional[str] = None,
+    hint: Optional[str] = None,
+    tolerance: Optional[Tolerance] = None,
+) -> Dict[str, Any]:
     """The parity report (rows as export verification's) of OpenVINO on ``folder``'s graphs."""
     from sacvit_deploy.backends.factory import choose_backend
 

@@ -25,10 +25,9 @@ import logging
 import re
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
 
 import numpy as np
 
@@ -60,25 +59,25 @@ class QuantizeError(SacvitError):
 class NodePlan:
     """Which nodes of one graph are quantized, and why the others stay float."""
 
-    quantize: list[str] = field(default_factory=list)
+    quantize: List[str] = field(default_factory=list)
     quantize_ops: Counter = field(default_factory=Counter)  # op type -> count
-    kept: dict[str, list[str]] = field(default_factory=dict)  # reason -> node names
+    kept: Dict[str, List[str]] = field(default_factory=dict)  # reason -> node names
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> Dict[str, Any]:
         return {
             "quantized": dict(sorted(self.quantize_ops.items())),
             "kept_float": {reason: len(names) for reason, names in sorted(self.kept.items())},
         }
 
 
-def _constants(graph: Any) -> set[str]:
+def _constants(graph: Any) -> Set[str]:
     names = {i.name for i in graph.initializer}
     names |= {n.output[0] for n in graph.node if n.op_type == "Constant" and n.output}
     return names
 
 
 def plan_nodes(
-    model: Any, ops: tuple[str, ...] = QUANTIZABLE_OPS, output: str = "logits", quantize_head: bool = False
+    model: Any, ops: Tuple[str, ...] = QUANTIZABLE_OPS, output: str = "logits", quantize_head: bool = False
 ) -> NodePlan:
     """Choose the nodes to quantize in ``model`` (an ``onnx.ModelProto``); see the module docstring."""
     graph = model.graph
@@ -87,7 +86,7 @@ def plan_nodes(
     names = {id(node): node.name or f"{node.op_type}#{i}" for i, node in enumerate(graph.node)}
 
     # Nodes the logits depend on (backwards from the output).
-    on_path: set[int] = set()
+    on_path: Set[int] = set()
     stack = [producer[output]] if output in producer else []
     while stack:
         node = stack.pop()
@@ -103,10 +102,10 @@ def plan_nodes(
         n for n in graph.node if n.op_type in QUANTIZABLE_OPS and is_weight_layer(n) and id(n) in on_path
     ]
     # The head: the weight layers met first walking back from the logits.
-    heads: set[int] = set()
+    heads: Set[int] = set()
     if not quantize_head:
         cand_ids = {id(n) for n in candidates}
-        seen: set[int] = set()
+        seen: Set[int] = set()
         stack = [producer[output]] if output in producer else []
         while stack:
             node = stack.pop()
@@ -159,7 +158,7 @@ def even_batch(n: int, batch: int) -> int:
     return batch
 
 
-def feed_batches(feeds: dict[str, np.ndarray], batch: int, fixed: bool) -> Iterator[dict[str, np.ndarray]]:
+def feed_batches(feeds: Dict[str, np.ndarray], batch: int, fixed: bool) -> Iterator[Dict[str, np.ndarray]]:
     """Calibration feeds in batches of ``batch``; a fixed-batch graph gets its last batch padded."""
     n = next(iter(feeds.values())).shape[0]
     for start in range(0, n, batch):
@@ -174,12 +173,12 @@ def feed_batches(feeds: dict[str, np.ndarray], batch: int, fixed: bool) -> Itera
 def quantize_graph(
     src: Path,
     dst: Path,
-    feeds: dict[str, np.ndarray],
+    feeds: Dict[str, np.ndarray],
     plan: NodePlan,
     per_channel: bool = True,
     method: str = "minmax",
     batch: int = 8,
-    fixed_batch: int | None = None,
+    fixed_batch: Optional[int] = None,
 ) -> None:
     """Static QDQ quantization of the graph ``src`` into ``dst``, calibrated on ``feeds``."""
     import onnx
@@ -207,7 +206,7 @@ def quantize_graph(
         def __init__(self) -> None:
             self._it = feed_batches(feeds, fixed_batch or batch, fixed_batch is not None)
 
-        def get_next(self) -> dict[str, np.ndarray] | None:
+        def get_next(self) -> Optional[Dict[str, np.ndarray]]:
             return next(self._it, None)
 
     model = onnx.load(str(src))
@@ -255,7 +254,7 @@ def _installed_onnxruntime() -> str:
     return str(onnxruntime.__version__)
 
 
-def onnxruntime_problem(version: str) -> str | None:
+def onnxruntime_problem(version: str) -> Optional[str]:
     """Why quantize cannot run on onnxruntime ``version`` (one line), or None."""
     found = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", version)
     if found is None or tuple(int(p or 0) for p in found.groups()) >= ONNXRUNTIME_FLOOR:
@@ -267,7 +266,7 @@ def onnxruntime_problem(version: str) -> str | None:
     )
 
 
-def _float_inputs_for_float_nodes(path: Path, quantized: set[str]) -> None:
+def _float_inputs_for_float_nodes(path: Path, quantized: Set[str]) -> None:
     """Give the nodes that stay float their float input back.
 
     The quantizer routes EVERY consumer of a quantized activation through its DequantizeLinear, also
@@ -314,7 +313,7 @@ def _quiet_preprocessing_advice() -> Iterator[None]:
         root.removeFilter(drop)
 
 
-def qdq_summary(model: Any) -> dict[str, Any]:
+def qdq_summary(model: Any) -> Dict[str, Any]:
     """What a QDQ graph holds: Q/DQ counts, the ops fed by dequantized weights, per-channel or not."""
     graph = model.graph
     constants = _constants(graph)

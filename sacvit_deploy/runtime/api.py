@@ -14,9 +14,8 @@ tensor is copied to the host). Results are numpy arrays. torch is never imported
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -40,10 +39,10 @@ class Pipeline:
     @classmethod
     def from_artifacts(
         cls,
-        folder: str | Path | None = None,
+        folder: Optional[Union[str, Path]] = None,
         backend: str = "auto",
-        device: str | None = None,
-        threshold: float | None = None,
+        device: Optional[str] = None,
+        threshold: Optional[float] = None,
         **options: Any,
     ) -> Pipeline:
         """Open ``folder`` (default: ``engines/`` if it has engines, else ``export/``)."""
@@ -67,7 +66,7 @@ class Pipeline:
     def close(self) -> None:
         self._opened.pipeline.deactivate()
 
-    def run(self, images: Any, threshold: float | None = None) -> PipelineOutput:
+    def run(self, images: Any, threshold: Optional[float] = None) -> PipelineOutput:
         """A preprocessed batch (B, 3, R, R) float32 (numpy, or a torch tensor) -> numpy logits,
         answering stage, confidence."""
         validate.image_batch(images, self.manifest.preprocess.input_size)
@@ -87,12 +86,12 @@ class Pipeline:
         return np.stack([preprocess(load_image(img), cfg) for img in images])
 
     def predict(
-        self, images: Any, topk: int = 5, batch_size: int = 32, threshold: float | None = None
-    ) -> list[Prediction]:
+        self, images: Any, topk: int = 5, batch_size: int = 32, threshold: Optional[float] = None
+    ) -> List[Prediction]:
         """Classify paths, PIL images or arrays (one or a sequence); returns one Prediction each."""
         topk, batch_size = validate.topk(topk), validate.batch_size(batch_size)
         items: Sequence[Any] = images if isinstance(images, (list, tuple)) else [images]
-        preds: list[Prediction] = []
+        preds: List[Prediction] = []
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
             out = self.run(self.preprocess(chunk), threshold)
@@ -102,12 +101,12 @@ class Pipeline:
 
     def predict_files(
         self,
-        paths: Sequence[str | Path],
+        paths: Sequence[Union[str, Path]],
         topk: int = 5,
         batch_size: int = 32,
         workers: int = 2,
-        threshold: float | None = None,
-        class_names: Sequence[str] | None = None,
+        threshold: Optional[float] = None,
+        class_names: Optional[Sequence[str]] = None,
     ) -> Iterator[PredictedBatch]:
         """Stream image files batch by batch (decoded ahead on ``workers`` threads); a file that
         cannot be read is a Prediction with ``error``, and the run goes on."""

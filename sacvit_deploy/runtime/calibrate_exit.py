@@ -14,11 +14,10 @@ separate step, :meth:`ExitCalibrationRun.write`, through :meth:`Manifest.with_ca
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator, Optional, Union
 
 from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.core.manifest import MANIFEST_NAME, ExitCalibration, Manifest
@@ -53,7 +52,7 @@ class ExitCalibrationRun:
     calibration: Calibration
     flops: FlopsReport
     unreadable: int  # images skipped because they did not load
-    unreachable: UnreachableTarget | None  # the target no threshold reaches (the curve is still here)
+    unreachable: Optional[UnreachableTarget]  # the target no threshold reaches (the curve is still here)
 
     def record(self) -> ExitCalibration:
         """The manifest's ``calibration`` record for the chosen threshold."""
@@ -90,11 +89,11 @@ class ExitCalibrationJob:
 
     def __init__(
         self,
-        artifacts: str | Path | None,
-        images: str | Path,
+        artifacts: Optional[Union[str, Path]],
+        images: Union[str, Path],
         backend: str = "auto",
-        device: str | None = None,
-        threads: int | None = None,
+        device: Optional[str] = None,
+        threads: Optional[int] = None,
         folder_labels: str = "names",
         **runner_options: Any,
     ) -> None:
@@ -108,9 +107,9 @@ class ExitCalibrationJob:
 
     def run(
         self,
-        target: Target | None = None,
+        target: Optional[Target] = None,
         batch_size: int = 32,
-        on_batch: Callable[[Batch], None] | None = None,
+        on_batch: Optional[Callable[[Batch], None]] = None,
     ) -> ExitCalibrationRun:
         """Both stages on every image, then the sweep; ``on_batch`` sees each loaded batch
         (its ``failures`` are the unreadable files)."""
@@ -151,9 +150,9 @@ class ExitCalibrationJob:
 
 
 def calibrate_exit(
-    artifacts: str | Path | None,
-    images: str | Path,
-    target: Target | None = None,
+    artifacts: Optional[Union[str, Path]],
+    images: Union[str, Path],
+    target: Optional[Target] = None,
     **options: Any,
 ) -> ExitCalibrationRun:
     """Calibrate the exit threshold of an artifact folder on an ImageFolder of labelled images.

@@ -25,10 +25,9 @@ from __future__ import annotations
 import csv
 import math
 import os
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -55,11 +54,11 @@ class LabelledImages:
     """An ImageFolder: one sub-folder per class."""
 
     root: Path
-    paths: list[Path]
-    labels: list[int]
+    paths: List[Path]
+    labels: List[int]
     mapping: str  # "names" (folder name = class name), "index" (= class index), "sorted" (folder i = class i)
-    folders: dict[str, int]  # folder name -> class index
-    empty_folders: list[str] = field(default_factory=list)
+    folders: Dict[str, int]  # folder name -> class index
+    empty_folders: List[str] = field(default_factory=list)
     ignored_files: int = 0  # images directly in the root, outside any class folder
 
     def describe(self) -> str:
@@ -75,7 +74,7 @@ FOLDER_MAPPINGS = ("names", "index", "sorted")
 
 
 def find_labelled_images(
-    root: str | Path, num_classes: int, class_names: Sequence[str] | None, mapping: str = "names"
+    root: Union[str, Path], num_classes: int, class_names: Optional[Sequence[str]], mapping: str = "names"
 ) -> LabelledImages:
     """Images and labels of an ImageFolder ``root/<class>/<image>`` (images found recursively).
 
@@ -131,8 +130,8 @@ def find_labelled_images(
                 f"with {num_classes} classes (sorted order, folder i = class i); remove the extra folders"
             )
         index = {f: i for i, f in enumerate(folders)}
-    paths: list[Path] = []
-    labels: list[int] = []
+    paths: List[Path] = []
+    labels: List[int] = []
     empty = []
     for folder in folders:
         found = _scan_folder(root / folder)
@@ -184,8 +183,8 @@ class Predictions:
 def predict_both_stages(
     stage1: Runner,
     stage2: Runner,
-    batches: Iterable[tuple[np.ndarray, Sequence[int]]],
-    buckets: Sequence[int] | None = None,
+    batches: Iterable[Tuple[np.ndarray, Sequence[int]]],
+    buckets: Optional[Sequence[int]] = None,
 ) -> Predictions:
     """Run stage 1 and stage 2 on every image of every (images, labels) batch (runners active)."""
     conf, p1, p2, ys = [], [], [], []
@@ -222,7 +221,7 @@ class CurvePoint:
     def exit_rate(self) -> float:
         return self.n_exit / self.n
 
-    def to_dict(self) -> dict[str, float]:
+    def to_dict(self) -> Dict[str, float]:
         return {
             "threshold": self.threshold,
             "accuracy": self.accuracy,
@@ -231,14 +230,14 @@ class CurvePoint:
         }
 
 
-def grid(step: float = 0.01, lo: float = 0.0, hi: float = 1.0) -> list[float]:
+def grid(step: float = 0.01, lo: float = 0.0, hi: float = 1.0) -> List[float]:
     """Thresholds lo, lo + step, ..., hi as exact decimal multiples of step, clipped to [0, 1]."""
     a, b = math.ceil(round(max(lo, 0.0) / step, 6)), math.floor(round(min(hi, 1.0) / step, 6))
     decimals = max(0, -math.floor(math.log10(step)))
     return [round(i * step, decimals) for i in range(a, b + 1)]
 
 
-def evaluate(pred: Predictions, flops: FlopsReport, thresholds: Iterable[float]) -> list[CurvePoint]:
+def evaluate(pred: Predictions, flops: FlopsReport, thresholds: Iterable[float]) -> List[CurvePoint]:
     """One curve point per threshold (sorted, duplicates dropped)."""
     ths = sorted(set(float(t) for t in thresholds))
     t = np.asarray(ths, dtype=np.float32)[:, None]  # float32, like the pipeline's comparison
@@ -249,7 +248,7 @@ def evaluate(pred: Predictions, flops: FlopsReport, thresholds: Iterable[float])
     n_correct = np.where(exits, right1, right2).sum(1).tolist()
     return [
         CurvePoint(th, int(e), int(c), pred.n, flops.expected(e / pred.n))
-        for th, e, c in zip(ths, n_exit, n_correct, strict=True)
+        for th, e, c in zip(ths, n_exit, n_correct)
     ]
 
 
@@ -279,7 +278,7 @@ class UnreachableTarget(SacvitError):
 _EPS = 1e-9
 
 
-def _middle(tied: list[CurvePoint]) -> CurvePoint:
+def _middle(tied: List[CurvePoint]) -> CurvePoint:
     lo, hi = tied[0].threshold, tied[-1].threshold
     mid = (lo + hi) / 2
     return min(tied, key=lambda p: (abs(p.threshold - mid), p.threshold))
@@ -325,9 +324,9 @@ def choose(points: Sequence[CurvePoint], target: Target) -> CurvePoint:
 
 @dataclass
 class Calibration:
-    points: list[CurvePoint]  # the union of the coarse and fine grids, sorted by threshold
-    chosen: CurvePoint | None
-    target: Target | None
+    points: List[CurvePoint]  # the union of the coarse and fine grids, sorted by threshold
+    chosen: Optional[CurvePoint]
+    target: Optional[Target]
     stage1_accuracy: float
     stage2_accuracy: float
     flops: FlopsReport
@@ -336,14 +335,14 @@ class Calibration:
     def point_at(self, threshold: float) -> CurvePoint:
         return min(self.points, key=lambda p: abs(p.threshold - threshold))
 
-    def summary_rows(self, every: float = 0.05, extra: Sequence[float] = ()) -> list[CurvePoint]:
+    def summary_rows(self, every: float = 0.05, extra: Sequence[float] = ()) -> List[CurvePoint]:
         """Points every ``every``, the chosen one and those at the ``extra`` thresholds, sorted."""
         keep = set(grid(every)) | {float(t) for t in extra}
         if self.chosen is not None:
             keep.add(self.chosen.threshold)
         return [p for p in self.points if p.threshold in keep]
 
-    def record(self) -> dict[str, Any]:
+    def record(self) -> Dict[str, Any]:
         """What ``--write`` stores in the manifest's ``calibration`` field."""
         assert self.chosen is not None and self.target is not None
         return {
@@ -363,7 +362,7 @@ class Calibration:
 def calibrate(
     pred: Predictions,
     flops: FlopsReport,
-    target: Target | None,
+    target: Optional[Target],
     step: float = 0.01,
     fine_step: float = 0.001,
     window: float = 0.01,
@@ -410,9 +409,9 @@ def write_csv(cal: Calibration, path: Path) -> Path:
 
 def images_and_labels(
     labelled: LabelledImages, batches: Iterable[Any]
-) -> Iterable[tuple[np.ndarray, list[int]]]:
+) -> Iterable[Tuple[np.ndarray, List[int]]]:
     """(images, labels) per :func:`iter_batches` batch, labels looked up by path."""
-    label_of = {os.fspath(p): y for p, y in zip(labelled.paths, labelled.labels, strict=True)}
+    label_of = {os.fspath(p): y for p, y in zip(labelled.paths, labelled.labels)}
     for batch in batches:
         if batch.images.shape[0]:
             yield (

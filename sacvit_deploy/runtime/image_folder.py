@@ -7,11 +7,10 @@ caller keeps its own wording for "no such folder" / "nothing loaded" (a differen
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, List, Optional
 
 import numpy as np
 
@@ -21,21 +20,21 @@ from sacvit_deploy.runtime.images import collect_images, iter_batches, sample_im
 @dataclass
 class FolderImages:
     images: np.ndarray  # (N, 3, R, R) float32, N = len(paths); N is 0 when nothing loaded
-    paths: list[Path]  # the files that loaded, in order
+    paths: List[Path]  # the files that loaded, in order
     found: int  # image files picked before loading (after ``limit``)
     source: str  # the folder, or "bundled sample images"
-    skipped: list[str] = field(default_factory=list)  # one line per file that failed to load
+    skipped: List[str] = field(default_factory=list)  # one line per file that failed to load
 
     def describe(self) -> str:
         return f"{self.source} ({self.images.shape[0]} images)"
 
 
 def load_image_folder(
-    folder: Path | None,
+    folder: Optional[Path],
     preprocess_cfg: Any,
-    limit: int | None = None,
+    limit: Optional[int] = None,
     spread: bool = False,
-    on_skip: Callable[[str], None] | None = None,
+    on_skip: Optional[Callable[[str], None]] = None,
     batch_size: int = 16,
 ) -> FolderImages:
     """Images of ``folder`` (recursive, sorted; the bundled samples when None), preprocessed exactly

@@ -33,11 +33,10 @@ import os
 import re
 import threading
 from collections import deque
-from collections.abc import Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
+from typing import Deque, Dict, Generator, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -45,6 +44,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from sacvit_deploy.core.config import PreprocessConfig
 from sacvit_deploy.core.errors import ConfigError, SacvitError
 from sacvit_deploy.core.fileinfo import not_a_regular_file
+from sacvit_deploy.core.package_data import package_path
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 
@@ -70,7 +70,7 @@ def _one_line(text: object) -> str:
 class ImageLoadError(SacvitError):
     """An image that cannot be read or preprocessed; ``str()`` is ``"{path}: {reason}"``."""
 
-    def __init__(self, path: Path | str, reason: str) -> None:
+    def __init__(self, path: Union[Path, str], reason: str) -> None:
         super().__init__(path, reason)
         self.path = path
         self.reason = _one_line(reason)
@@ -83,7 +83,7 @@ class ImageLoadError(SacvitError):
 _decoding = threading.local()
 
 
-def decoding() -> Path | None:
+def decoding() -> Optional[Path]:
     """The file this thread is loading now, if any: what a warning Pillow raises while it parses a
     file's metadata ("Corrupt EXIF data", "Tag data larger than file") is about, though the warning
     does not say so."""
@@ -100,7 +100,9 @@ def _naming(path: Path) -> Iterator[None]:
 
 
 def load_image(
-    source: str | os.PathLike[str] | Image.Image | np.ndarray, *, min_side: int | None = None
+    source: Union[Union[Union[str, os.PathLike[str]], Image.Image], np.ndarray],
+    *,
+    min_side: Optional[int] = None,
 ) -> Image.Image:
     """Return ``source`` as an 8-bit RGB PIL image with its EXIF orientation applied.
 
@@ -122,7 +124,7 @@ def load_image(
     raise TypeError(f"load_image takes a path, a PIL image or a numpy array, not {type(source).__name__}")
 
 
-def _load_file(path: Path, min_side: int | None = None) -> Image.Image:
+def _load_file(path: Path, min_side: Optional[int] = None) -> Image.Image:
     problem = not_a_regular_file(path)
     if problem == "no such file":
         raise ImageLoadError(path, "file not found")
@@ -136,8 +138,8 @@ def _load_file(path: Path, min_side: int | None = None) -> Image.Image:
         raise ImageLoadError(path, f"cannot read the file ({exc.strerror or exc})") from None
     if st.st_size == 0:
         raise ImageLoadError(path, "empty file (0 bytes)")
-    im: Image.Image | None = None
-    decoded: Image.Image | None = None
+    im: Optional[Image.Image] = None
+    decoded: Optional[Image.Image] = None
     try:
         im = Image.open(path)
         _check_pixels(path, im.size)
@@ -188,7 +190,7 @@ DRAFT_PIXELS = 16_000_000
 DRAFT_MARGIN = 4
 
 
-def _draft(im: Image.Image, min_side: int | None) -> None:
+def _draft(im: Image.Image, min_side: Optional[int]) -> None:
     if min_side is None or im.format != "JPEG" or im.size[0] * im.size[1] <= DRAFT_PIXELS:
         return
     width, height = im.size
@@ -197,7 +199,7 @@ def _draft(im: Image.Image, min_side: int | None) -> None:
         im.draft("RGB", (max(1, int(width / scale)), max(1, int(height / scale))))
 
 
-def _decode(im: Image.Image, name: Path | str, in_place: bool = False) -> Image.Image:
+def _decode(im: Image.Image, name: Union[Path, str], in_place: bool = False) -> Image.Image:
     """Fully decode ``im`` (a truncated file fails here, not later) and apply EXIF orientation.
 
     Returns a new image (the caller may close ``im`` afterwards), or with ``in_place`` (a file this
@@ -219,13 +221,13 @@ def _decode(im: Image.Image, name: Path | str, in_place: bool = False) -> Image.
         raise ImageLoadError(name, f"truncated or corrupt image ({type(exc).__name__}: {exc})") from None
 
 
-def _check_pixels(name: Path | str, size: tuple[int, int]) -> None:
+def _check_pixels(name: Union[Path, str], size: Tuple[int, int]) -> None:
     pixels = size[0] * size[1]
     if pixels > MAX_PIXELS:
         raise ImageLoadError(name, _bomb_reason(pixels, MAX_PIXELS, "MAX_PIXELS"))
 
 
-def _bomb_reason(pixels: int | str, limit: int, knob: str) -> str:
+def _bomb_reason(pixels: Union[int, str], limit: int, knob: str) -> str:
     return f"decompression bomb: {pixels} pixels exceeds the limit of {limit}; raise {knob} if you trust the file"
 
 
@@ -242,7 +244,7 @@ def _pillow_bomb_error(path: Path, exc: Exception) -> ImageLoadError:
 
 
 # ---- conversion to 8-bit RGB --------------------------------------------------------------------
-def _to_rgb(im: Image.Image, name: Path | str) -> Image.Image:
+def _to_rgb(im: Image.Image, name: Union[Path, str]) -> Image.Image:
     mode = im.mode
     if mode in _ALPHA_MODES or (mode in ("P", "L", "RGB") and "transparency" in im.info):
         return _on_white(im.convert("RGBA"))
@@ -261,7 +263,7 @@ def _on_white(rgba: Image.Image) -> Image.Image:
     return Image.alpha_composite(white, rgba).convert("RGB")
 
 
-def _to_uint8(a: np.ndarray, name: Path | str) -> np.ndarray:
+def _to_uint8(a: np.ndarray, name: Union[Path, str]) -> np.ndarray:
     """8-bit samples of a bool, uint8, 16-bit integer or [0, 1] float array."""
     if a.dtype == np.uint8:
         return a
@@ -328,14 +330,14 @@ def _resample(cfg: PreprocessConfig) -> Image.Resampling:
         ) from None
 
 
-def _resize_output_size(width: int, height: int, size: int) -> tuple[int, int]:
+def _resize_output_size(width: int, height: int, size: int) -> Tuple[int, int]:
     """torchvision's ``Resize(size)`` rule: the shorter side becomes ``size``, the longer side is truncated."""
     if width <= height:
         return size, int(size * height / width)
     return int(size * width / height), size
 
 
-def preprocess(img: Image.Image, cfg: PreprocessConfig, *, out: np.ndarray | None = None) -> np.ndarray:
+def preprocess(img: Image.Image, cfg: PreprocessConfig, *, out: Optional[np.ndarray] = None) -> np.ndarray:
     """DeiT's evaluation transform: a float32 array of shape (3, R, R), R = ``cfg.input_size``.
 
     Computes what torchvision's ``Resize(cfg.resize_size, interpolation)`` (shorter side,
@@ -385,7 +387,7 @@ def _is_image_name(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _scan_folder(root: Path) -> list[Path]:
+def _scan_folder(root: Path) -> List[Path]:
     """Image files under ``root``, recursively, skipping hidden files and folders (links to folders
     are not followed, so a link cycle cannot loop)."""
     found = []
@@ -402,7 +404,7 @@ def _identity(path: Path) -> Path:
         return Path(os.path.abspath(path))
 
 
-def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
+def collect_images(inputs: Sequence[Union[str, Path]]) -> List[Path]:
     """The image files named by ``inputs``: files, folders and glob patterns, in order.
 
     A file is kept whatever its suffix (it fails later with a clear reason if it is no image). A
@@ -411,7 +413,7 @@ def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
     matches, sorted; folders it matches are scanned. A file reached twice is kept once, at its first
     place. Raises :class:`SacvitError` for an input that matches nothing, or if no image is found.
     """
-    found: dict[Path, Path] = {}
+    found: Dict[Path, Path] = {}
     for item in inputs:
         raw = os.fspath(item)
         path = Path(raw).expanduser()
@@ -445,10 +447,10 @@ def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
     return list(found.values())
 
 
-def sample_images() -> list[Path]:
+def sample_images() -> List[Path]:
     """The sample photos bundled with the package, sorted (origins and licenses: SOURCES.md)."""
-    root = resources.files("sacvit_deploy") / "data" / "samples"
-    paths = sorted(Path(str(p)) for p in root.iterdir() if _is_image_name(Path(p.name)))
+    root = package_path("data", "samples")
+    paths = sorted(p for p in root.iterdir() if _is_image_name(Path(p.name)))
     if not paths:
         raise SacvitError(f"{root}: no sample images; the sacvit-deploy install is incomplete, reinstall it")
     return paths
@@ -464,13 +466,13 @@ class Batch:
     """
 
     images: np.ndarray
-    paths: list[Path]
-    failures: list[ImageLoadError]
+    paths: List[Path]
+    failures: List[ImageLoadError]
     index: int
 
 
 def iter_batches(
-    paths: Sequence[str | Path],
+    paths: Sequence[Union[str, Path]],
     cfg: PreprocessConfig,
     batch_size: int,
     workers: int = 2,
@@ -495,10 +497,10 @@ def iter_batches(
 
 
 def _batches(
-    chunks: list[list[Path]], cfg: PreprocessConfig, workers: int, prefetch: int
+    chunks: List[List[Path]], cfg: PreprocessConfig, workers: int, prefetch: int
 ) -> Generator[Batch, None, None]:
     size = cfg.input_size
-    pending: deque[tuple[np.ndarray, list[Future[ImageLoadError | None]]]] = deque()
+    pending: Deque[Tuple[np.ndarray, List[Future]]] = deque()  # futures of Optional[ImageLoadError]
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sacvit-decode")
     try:
         for index, chunk in enumerate(chunks):
@@ -521,7 +523,7 @@ def _batches(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _load_into(path: Path, cfg: PreprocessConfig, out: np.ndarray) -> ImageLoadError | None:
+def _load_into(path: Path, cfg: PreprocessConfig, out: np.ndarray) -> Optional[ImageLoadError]:
     """Decode and preprocess one file into ``out``; whatever goes wrong is this file's error.
 
     An image over :data:`LARGE_PIXELS` is decoded on one dedicated thread, one at a time, however
@@ -534,7 +536,7 @@ def _load_into(path: Path, cfg: PreprocessConfig, out: np.ndarray) -> ImageLoadE
     return _decode_into(path, cfg, out)
 
 
-def _decode_into(path: Path, cfg: PreprocessConfig, out: np.ndarray) -> ImageLoadError | None:
+def _decode_into(path: Path, cfg: PreprocessConfig, out: np.ndarray) -> Optional[ImageLoadError]:
     try:
         preprocess(load_image(path, min_side=cfg.resize_size), cfg, out=out)
     except ImageLoadError as exc:
@@ -548,7 +550,7 @@ def _decode_into(path: Path, cfg: PreprocessConfig, out: np.ndarray) -> ImageLoa
 
 LARGE_PIXELS = 16_000_000
 _LARGE_LOCK = threading.Lock()
-_LARGE_POOL: ThreadPoolExecutor | None = None
+_LARGE_POOL: Optional[ThreadPoolExecutor] = None
 
 
 def _large_decoder() -> ThreadPoolExecutor:

@@ -26,10 +26,9 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 # "NAME cur/avg" or "NAME curmW/avgmW[/peakmW]"; the trailing \b refuses "RAM 2448/30536MB".
 _RAIL = re.compile(r"\b([A-Z][A-Z0-9_]*) (\d+)(?:mW)?/(\d+)(?:mW)?(?:/(\d+)(?:mW)?)?\b")
@@ -50,11 +49,11 @@ Popen = Callable[..., Any]  # subprocess.Popen's signature
 class TegraSample:
     """One tegrastats line: instantaneous power per rail (mW) and JetPack 6's timestamp if any."""
 
-    rails: dict[str, int]
-    stamp: str | None = None
+    rails: Dict[str, int]
+    stamp: Optional[str] = None
 
     @property
-    def total(self) -> tuple[str, int] | None:
+    def total(self) -> Optional[Tuple[str, int]]:
         """(rail name, mW) of the board's total: the input rail, else the sum of all rails."""
         for name in TOTAL_RAILS:
             if name in self.rails:
@@ -83,12 +82,12 @@ class PowerSummary:
     mean_mw: float
     min_mw: float
     max_mw: float
-    rails_mean_mw: dict[str, float] = field(default_factory=dict)
+    rails_mean_mw: Dict[str, float] = field(default_factory=dict)
 
     def energy_mj(self, seconds: float) -> float:
         return self.mean_mw * seconds  # mW x s = mJ
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> Dict[str, Any]:
         return {
             "rail": self.rail,
             "samples": self.samples,
@@ -99,7 +98,7 @@ class PowerSummary:
         }
 
 
-def summarize_power(lines: Sequence[str]) -> PowerSummary | None:
+def summarize_power(lines: Sequence[str]) -> Optional[PowerSummary]:
     """Average the total power of tegrastats lines; None when no line has a power rail."""
     samples = [s for s in (parse_tegrastats_line(line) for line in lines) if s.rails]
     if not samples:
@@ -107,7 +106,7 @@ def summarize_power(lines: Sequence[str]) -> PowerSummary | None:
     totals = [s.total for s in samples]
     names = {t[0] for t in totals if t}
     values = [t[1] for t in totals if t]
-    rails: dict[str, list[int]] = {}
+    rails: Dict[str, List[int]] = {}
     for s in samples:
         for name, mw in s.rails.items():
             rails.setdefault(name, []).append(mw)
@@ -121,9 +120,9 @@ def summarize_power(lines: Sequence[str]) -> PowerSummary | None:
     )
 
 
-def parse_nvpmodel(text: str) -> dict[str, Any]:
+def parse_nvpmodel(text: str) -> Dict[str, Any]:
     """``nvpmodel -q`` output -> {"mode": "MAXN", "id": 0} (keys absent when not found)."""
-    out: dict[str, Any] = {}
+    out: Dict[str, Any] = {}
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     for i, line in enumerate(lines):
         if line.startswith("NV Power Mode"):
@@ -136,7 +135,7 @@ def parse_nvpmodel(text: str) -> dict[str, Any]:
 _FREQS = re.compile(r"MinFreq=(\d+) MaxFreq=(\d+)")
 
 
-def parse_jetson_clocks(text: str) -> bool | None:
+def parse_jetson_clocks(text: str) -> Optional[bool]:
     """``jetson_clocks --show`` -> True when every online CPU and the GPU are pinned (min == max)."""
     pinned = []
     for line in text.splitlines():
@@ -163,13 +162,13 @@ def read_text(path: Path) -> str:
 @dataclass
 class JetsonInfo:
     model: str
-    l4t: str | None
-    nvpmodel: dict[str, Any]
-    jetson_clocks: bool | None
+    l4t: Optional[str]
+    nvpmodel: Dict[str, Any]
+    jetson_clocks: Optional[bool]
     jetson_clocks_source: str
-    tegrastats: str | None  # its path, None when missing
+    tegrastats: Optional[str]  # its path, None when missing
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> Dict[str, Any]:
         return {
             "model": self.model,
             "l4t": self.l4t,
@@ -186,12 +185,12 @@ class Jetson:
 
     run: CommandRunner = run_command
     read: TextReader = read_text
-    which: Callable[[str], str | None] = shutil.which
+    which: Callable[[str], Optional[str]] = shutil.which
     popen: Popen = subprocess.Popen
     interval_ms: int = 100
     power_seconds: float = 2.0  # shortest power-measurement loop: about 20 tegrastats samples
 
-    def model(self) -> str | None:
+    def model(self) -> Optional[str]:
         """The board name when this is a Jetson (device tree or nv_tegra_release), else None."""
         try:
             model = self.read(_MODEL_FILE).replace("\x00", "").strip()
@@ -205,7 +204,7 @@ class Jetson:
             return None
         return model or "NVIDIA Jetson (model unknown)"
 
-    def probe(self) -> tuple[JetsonInfo | None, str]:
+    def probe(self) -> Tuple[Optional[JetsonInfo], str]:
         """(info, note). info is None off a Jetson or without tegrastats; the note says why."""
         model = self.model()
         if model is None:
@@ -224,7 +223,7 @@ class Jetson:
             return info, f"power: {model} but tegrastats is not on PATH; power skipped"
         return info, f"power: {model}, sampling tegrastats every {self.interval_ms} ms"
 
-    def _l4t(self) -> str | None:
+    def _l4t(self) -> Optional[str]:
         try:
             first = self.read(_RELEASE_FILE).splitlines()[0]
         except (OSError, IndexError):
@@ -232,7 +231,7 @@ class Jetson:
         m = re.search(r"R(\d+) \(release\), REVISION: ([\d.]+)", first)
         return f"{m.group(1)}.{m.group(2)}" if m else first.strip("# ").strip()
 
-    def _nvpmodel(self) -> dict[str, Any]:
+    def _nvpmodel(self) -> Dict[str, Any]:
         if self.which("nvpmodel") is None:
             return {}
         try:
@@ -240,7 +239,7 @@ class Jetson:
         except (OSError, subprocess.SubprocessError):
             return {}
 
-    def _clocks(self) -> tuple[bool | None, str]:
+    def _clocks(self) -> Tuple[Optional[bool], str]:
         if self.which("jetson_clocks") is not None:
             try:
                 state = parse_jetson_clocks(self.run(["jetson_clocks", "--show"]))
@@ -266,9 +265,9 @@ class TegrastatsSampler:
     def __init__(self, popen: Popen = subprocess.Popen, interval_ms: int = 100) -> None:
         self._popen = popen
         self.interval_ms = interval_ms
-        self.lines: list[str] = []
+        self.lines: List[str] = []
         self._proc: Any = None
-        self._thread: threading.Thread | None = None
+        self._thread: Optional[threading.Thread] = None
         self.seconds = 0.0
 
     def __enter__(self) -> TegrastatsSampler:
@@ -307,5 +306,5 @@ class TegrastatsSampler:
         if self._thread is not None:
             self._thread.join(timeout=2)
 
-    def summary(self) -> PowerSummary | None:
+    def summary(self) -> Optional[PowerSummary]:
         return summarize_power(self.lines)

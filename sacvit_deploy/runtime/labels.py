@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from importlib.resources import files
+from typing import Optional, Tuple
+
+from sacvit_deploy.core.package_data import package_path
 
 
 @lru_cache(maxsize=1)
-def imagenet_class_names() -> tuple[str, ...]:
+def imagenet_class_names() -> Tuple[str, ...]:
     """The 1000 ImageNet-1k class names in index order (from torchvision's list, BSD-3-Clause)."""
-    text = (files("sacvit_deploy") / "data" / "imagenet_classes.txt").read_text(encoding="utf-8")
+    text = package_path("data", "imagenet_classes.txt").read_text(encoding="utf-8")
     names = tuple(line for line in text.splitlines() if line)
     assert len(names) == 1000, "corrupt package data: imagenet_classes.txt"
     return names
 
 
-def default_class_names(num_classes: int) -> tuple[str, ...] | None:
+def default_class_names(num_classes: int) -> Optional[Tuple[str, ...]]:
     """ImageNet's names for a 1000-class model; None otherwise (predictions show class indices)."""
     return imagenet_class_names() if num_classes == 1000 else None

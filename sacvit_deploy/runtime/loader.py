@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, Tuple, Union
 
 from sacvit_deploy.backends.base import Runner
 from sacvit_deploy.backends.factory import BackendChoice, choose_backend, make_runner
@@ -38,12 +38,12 @@ class OpenedPipeline:
 
 
 def open_pipeline(
-    folder: str | Path | None = None,
+    folder: Optional[Union[str, Path]] = None,
     backend: str = "auto",
-    device: str | None = None,
-    provider: str | None = None,
-    threshold: float | None = None,
-    buckets: tuple[int, ...] | None = None,
+    device: Optional[str] = None,
+    provider: Optional[str] = None,
+    threshold: Optional[float] = None,
+    buckets: Optional[Tuple[int, ...]] = None,
     **options: Any,
 ) -> OpenedPipeline:
     folder = Path(folder) if folder is not None else default_artifacts()

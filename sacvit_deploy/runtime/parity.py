@@ -8,8 +8,7 @@ accepts, and runs every image set through it.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
-from typing import Any
+from typing import Any, Dict, List, Mapping, Tuple
 
 import numpy as np
 
@@ -20,7 +19,7 @@ from sacvit_deploy.runtime.pipeline import run_any_batch
 
 
 def _stage_fn(runner: Runner):
-    def run(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(feed: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         out = run_any_batch(runner, {k: np.ascontiguousarray(v) for k, v in feed.items()})
         host = {k: to_host(v) for k, v in out.items()}
         return {k: v.astype(np.float32) if v.dtype.kind == "f" else v for k, v in host.items()}
@@ -33,14 +32,14 @@ def named(name: str, runners: Mapping[str, Runner]) -> NamedRunner:
 
 
 def compare_runners(
-    reference: tuple[str, Mapping[str, Runner]],
-    candidate: tuple[str, Mapping[str, Runner]],
+    reference: Tuple[str, Mapping[str, Runner]],
+    candidate: Tuple[str, Mapping[str, Runner]],
     image_sets: Mapping[str, Any],
     threshold: float,
     criteria: Criteria = EXACT,
-) -> list[ParityRow]:
+) -> List[ParityRow]:
     """Activate both sides' runners, compare them on every image set, deactivate them again."""
-    rows: list[ParityRow] = []
+    rows: List[ParityRow] = []
     with contextlib.ExitStack() as stack:
         for r in (*reference[1].values(), *candidate[1].values()):
             stack.enter_context(r)

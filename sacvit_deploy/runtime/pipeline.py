@@ -19,9 +19,8 @@ The currency is numpy (see backends/arrays.py): nothing here imports torch or a 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -40,7 +39,7 @@ class PipelineOutput:
     logits: np.ndarray  # (B, C) float32 final logits: stage 1's for exited samples, stage 2's for the rest
     stage: np.ndarray  # (B,) int64, 1 or 2
     confidence: np.ndarray  # (B,) float32 stage-1 confidence
-    timings: dict[str, float] = field(default_factory=dict)  # seconds, filled when timing is on
+    timings: Dict[str, float] = field(default_factory=dict)  # seconds, filled when timing is on
 
     @property
     def exit_rate(self) -> float:
@@ -59,7 +58,7 @@ class EarlyExitPipeline:
         stage1: Runner,
         stage2: Runner,
         threshold: float,
-        buckets: Sequence[int] | None = None,
+        buckets: Optional[Sequence[int]] = None,
     ) -> None:
         self.stage1 = stage1
         self.stage2 = stage2
@@ -68,13 +67,13 @@ class EarlyExitPipeline:
         # get padded batches; dynamic ones run the exact count.
         fixed = stage2.fixed_batch
         if fixed is not None:
-            self.buckets: tuple[int, ...] | None = (fixed,)
+            self.buckets: Optional[Tuple[int, ...]] = (fixed,)
         elif buckets:
             self.buckets = tuple(sorted(set(int(b) for b in buckets)))
         else:
             self.buckets = None
         self._buckets1 = _stage1_buckets(stage1)
-        self._checked: float | None = None  # the last threshold that passed check_threshold
+        self._checked: Optional[float] = None  # the last threshold that passed check_threshold
 
     # ---- lifecycle -----------------------------------------------------------------------------
     def activate(self) -> EarlyExitPipeline:
@@ -97,7 +96,7 @@ class EarlyExitPipeline:
         return self.stage1.device
 
     # ---- running -------------------------------------------------------------------------------
-    def run(self, images: Any, threshold: float | None = None, timing: bool = False) -> PipelineOutput:
+    def run(self, images: Any, threshold: Optional[float] = None, timing: bool = False) -> PipelineOutput:
         """images: (B, 3, R, R) float32 numpy, normalised. Returns logits, answering stage, confidence
         (numpy arrays on the host)."""
         th = self.threshold if threshold is None else float(threshold)
@@ -168,7 +167,7 @@ def _host_copy(a: Any) -> np.ndarray:
     return a.copy() if isinstance(a, np.ndarray) else to_host(a)
 
 
-def stage2_feed(images: Any, out1: dict[str, Any], hard: np.ndarray) -> dict[str, Any]:
+def stage2_feed(images: Any, out1: Dict[str, Any], hard: np.ndarray) -> Dict[str, Any]:
     """Stage 2's inputs for the hard samples: their images (host) and stage-1 outputs (where they
     live: host or device), compacted into contiguous batches."""
     if hard.size == images.shape[0] and hard[-1] == hard.size - 1:  # every sample is hard: no copies
@@ -182,24 +181,24 @@ def stage2_feed(images: Any, out1: dict[str, Any], hard: np.ndarray) -> dict[str
     return feed
 
 
-def hard_samples(images: Any, out1: dict[str, Any], threshold: float) -> tuple[np.ndarray, dict[str, Any]]:
+def hard_samples(images: Any, out1: Dict[str, Any], threshold: float) -> Tuple[np.ndarray, Dict[str, Any]]:
     """The samples that do not exit under ``threshold`` and stage 2's compacted feed for them."""
     hard = hard_indices(out1["confidence"], threshold)
     return hard, stage2_feed(images, out1, hard)
 
 
-def _stage1_buckets(runner: Runner) -> tuple[int, ...] | None:
+def _stage1_buckets(runner: Runner) -> Optional[Tuple[int, ...]]:
     fixed = runner.fixed_batch
     return (fixed,) if fixed is not None else None
 
 
-def run_any_batch(runner: Runner, feed: dict[str, Any]) -> dict[str, Any]:
+def run_any_batch(runner: Runner, feed: Dict[str, Any]) -> Dict[str, Any]:
     """Run a feed of any batch size: padded or chunked to what the runner accepts."""
     n = next(iter(feed.values())).shape[0]
     return run_batched(runner, feed, n, _stage1_buckets(runner))
 
 
-def bucket_for(n: int, buckets: Sequence[int] | None) -> int:
+def bucket_for(n: int, buckets: Optional[Sequence[int]]) -> int:
     """The smallest bucket that holds n samples (n itself without buckets or beyond the largest)."""
     if not buckets:
         return n
@@ -210,8 +209,8 @@ def bucket_for(n: int, buckets: Sequence[int] | None) -> int:
 
 
 def run_batched(
-    runner: Runner, feed: dict[str, Any], n: int, buckets: Sequence[int] | None
-) -> dict[str, Any]:
+    runner: Runner, feed: Dict[str, Any], n: int, buckets: Optional[Sequence[int]]
+) -> Dict[str, Any]:
     """Run n samples, in chunks of the runner's maximum batch, each padded up to its bucket."""
     limit = runner.max_batch
     if limit is None or n <= limit:
@@ -225,8 +224,8 @@ def run_batched(
 
 
 def _run_padded(
-    runner: Runner, feed: dict[str, Any], n: int, buckets: Sequence[int] | None
-) -> dict[str, Any]:
+    runner: Runner, feed: Dict[str, Any], n: int, buckets: Optional[Sequence[int]]
+) -> Dict[str, Any]:
     size = bucket_for(n, buckets)
     if size == n:
         return runner.infer(feed)

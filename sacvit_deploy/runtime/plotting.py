@@ -7,7 +7,7 @@ switch, no display needed.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, List, Optional
 
 from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.core.extras import install_hint, missing_module_message
@@ -44,7 +44,7 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def plot_profile(report: dict[str, Any], path: Path) -> Path:
+def plot_profile(report: Dict[str, Any], path: Path) -> Path:
     """Left: end-to-end / ideal / baseline latency per batch size (median, p90 bar).
     Right: MEDIAN time per image (the statistic of the text report), the pipeline's bar split into
     stage 1, gate and stage 2 by each part's share of the summed mean times (medians of the parts do
@@ -66,7 +66,7 @@ def plot_profile(report: dict[str, Any], path: Path) -> Path:
         left.errorbar(
             sizes,
             med,
-            yerr=[[0] * len(med), [max(q - m, 0) for m, q in zip(med, p90, strict=True)]],
+            yerr=[[0] * len(med), [max(q - m, 0) for m, q in zip(med, p90)]],
             fmt=style,
             capsize=3,
             label=label,
@@ -83,14 +83,14 @@ def plot_profile(report: dict[str, Any], path: Path) -> Path:
     xs = list(range(len(sizes)))
     bottom = [0.0] * len(sizes)
     parts = ("stage1", "gate", "stage2")
-    for row, label in zip(parts, ("stage 1", "gate + compaction", "stage 2"), strict=True):
+    for row, label in zip(parts, ("stage 1", "gate + compaction", "stage 2")):
         per_image = []
         for b in batches:
             total = sum(b["latency"][p]["mean_ms"] for p in parts) or 1.0
             share = b["latency"][row]["mean_ms"] / total
             per_image.append(share * b["latency"]["pipeline_staged"]["median_ms"] / b["batch"])
         right.bar([x - 0.2 for x in xs], per_image, width=0.4, bottom=bottom, label=label)
-        bottom = [a + c for a, c in zip(bottom, per_image, strict=True)]
+        bottom = [a + c for a, c in zip(bottom, per_image)]
     if all("baseline" in b["latency"] for b in batches):
         right.bar(
             [x + 0.2 for x in xs],
@@ -99,9 +99,7 @@ def plot_profile(report: dict[str, Any], path: Path) -> Path:
             color="0.6",
             label="baseline DeiT",
         )
-    right.set_xticks(
-        xs, [f"{s}\n{100 * b['exit_rate']:.0f}% exit" for s, b in zip(sizes, batches, strict=True)]
-    )
+    right.set_xticks(xs, [f"{s}\n{100 * b['exit_rate']:.0f}% exit" for s, b in zip(sizes, batches)])
     right.set_xlabel("batch size")
     right.set_ylabel("median ms per image (split by mean shares)")
     right.set_title("stage breakdown (pipeline synced per stage)")
@@ -116,7 +114,7 @@ def plot_profile(report: dict[str, Any], path: Path) -> Path:
 
 
 def plot_calibration(
-    curve: list[dict[str, float]], chosen: dict[str, float] | None, ref: dict[str, float], path: Path
+    curve: List[Dict[str, float]], chosen: Optional[Dict[str, float]], ref: Dict[str, float], path: Path
 ) -> Path:
     """Left: accuracy vs mean GFLOPs per image (the budgeted-classification curve).
     Right: accuracy and exit rate vs threshold."""

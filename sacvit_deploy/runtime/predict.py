@@ -8,11 +8,10 @@ that writes each batch as it comes keeps every finished row.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Iterator, List, Optional, Protocol, Sequence, Union
 
 import numpy as np
 
@@ -21,12 +20,12 @@ from sacvit_deploy.runtime.results import Prediction, to_predictions
 
 
 class RunsBatches(Protocol):
-    def run(self, images: np.ndarray, threshold: float | None = None) -> PipelineOutput: ...
+    def run(self, images: np.ndarray, threshold: Optional[float] = None) -> PipelineOutput: ...
 
 
 @dataclass
 class PredictedBatch:
-    predictions: list[Prediction]  # input order; failed files carry an error
+    predictions: List[Prediction]  # input order; failed files carry an error
     seconds: float  # time in the pipeline (not decoding)
 
     @property
@@ -44,13 +43,13 @@ class PredictedBatch:
 
 def predict_files(
     pipeline: RunsBatches,
-    paths: Sequence[str | Path],
+    paths: Sequence[Union[str, Path]],
     preprocess: Any,  # PreprocessConfig
     topk: int,
-    class_names: Sequence[str] | None,
+    class_names: Optional[Sequence[str]],
     batch_size: int = 32,
     workers: int = 2,
-    threshold: float | None = None,
+    threshold: Optional[float] = None,
 ) -> Iterator[PredictedBatch]:
     """Classify image files batch by batch; a bad file is its own row, never the end of the run."""
     from sacvit_deploy.runtime.images import iter_batches

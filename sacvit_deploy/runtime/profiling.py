@@ -38,9 +38,8 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -119,7 +118,7 @@ class LatencyStats:
         """Images per second at the median latency (0 when the median is 0)."""
         return batch / self.median if self.median > 0 else 0.0
 
-    def to_dict(self) -> dict[str, float | int]:
+    def to_dict(self) -> Dict[str, Union[float, int]]:
         return {
             "n": self.n,
             "median_ms": 1e3 * self.median,
@@ -139,7 +138,7 @@ class ExitSplit:
     threshold: float
     n_exit: int
     n: int
-    requested: float | None = None
+    requested: Optional[float] = None
 
     @property
     def exit_rate(self) -> float:
@@ -150,7 +149,7 @@ def _f32(x: float) -> float:
     return float(np.float32(x))
 
 
-def _between(lo: float, hi: float) -> float | None:
+def _between(lo: float, hi: float) -> Optional[float]:
     """A float32 strictly between two float32 values (their midpoint), or None when they are
     equal or adjacent floats: no threshold separates them robustly."""
     mid = _f32((lo + hi) / 2.0)
@@ -176,7 +175,7 @@ def threshold_for_exit_rate(confidence: Any, rate: float) -> ExitSplit:
         raise SacvitError("no confidences to choose an exit threshold from")
     target = math.floor(rate * n + 0.5)
 
-    def split(k: int) -> float | None:  # threshold letting the k most confident samples exit
+    def split(k: int) -> Optional[float]:  # threshold letting the k most confident samples exit
         if k == n:
             return _f32(c[0] / 2.0) if c[0] > 0 else 0.0
         if k == 0:
@@ -210,7 +209,7 @@ def device_sync(device: str) -> Callable[[], None]:
     return sync
 
 
-def timed(fn: Callable[[], Any], sync: Callable[[], None]) -> tuple[float, Any]:
+def timed(fn: Callable[[], Any], sync: Callable[[], None]) -> Tuple[float, Any]:
     """(seconds, result) of one call, the device synchronised before the clock stops."""
     t = time.perf_counter()
     result = fn()
@@ -218,7 +217,7 @@ def timed(fn: Callable[[], Any], sync: Callable[[], None]) -> tuple[float, Any]:
     return time.perf_counter() - t, result
 
 
-def pool_batches(pool: Any, batch: int, count: int) -> list[np.ndarray]:
+def pool_batches(pool: Any, batch: int, count: int) -> List[np.ndarray]:
     """``count`` batches of ``batch`` consecutive pool images, wrapping around the pool.
 
     Only distinct batches are built: the offsets repeat after ``len(pool) / gcd(len(pool), batch)``.
@@ -237,7 +236,7 @@ def pool_batches(pool: Any, batch: int, count: int) -> list[np.ndarray]:
 class _Prepared:
     images: np.ndarray  # host batch
     n_hard: int
-    stage2_feed: dict[str, Any]  # hard samples, compacted where stage 1 left them (host or device)
+    stage2_feed: Dict[str, Any]  # hard samples, compacted where stage 1 left them (host or device)
 
 
 def _prepare(pipe: EarlyExitPipeline, x: np.ndarray, threshold: float) -> _Prepared:
@@ -261,28 +260,28 @@ class BatchProfile:
     batch: int
     rounds: int
     distinct_batches: int
-    samples: dict[str, list[float]]
+    samples: Dict[str, List[float]]
     exits: int  # samples answered by stage 1, over the timed rounds
     images: int  # samples run, over the timed rounds
-    power: dict[str, Any] | None = None
+    power: Optional[Dict[str, Any]] = None
 
     @property
     def exit_rate(self) -> float:
         return self.exits / self.images if self.images else 0.0
 
-    def stats(self, row: str) -> LatencyStats | None:
+    def stats(self, row: str) -> Optional[LatencyStats]:
         values = self.samples.get(row)
         return LatencyStats.of(values) if values else None
 
     @property
     def overhead(self) -> float:
         """Median over rounds of end_to_end / ideal - 1 (paired: both timed in the same round)."""
-        pairs = zip(self.samples["end_to_end"], self.samples["ideal"], strict=True)
+        pairs = zip(self.samples["end_to_end"], self.samples["ideal"])
         ratios = [e / i for e, i in pairs if i > 0]
         return float(np.median(ratios)) - 1.0 if ratios else 0.0
 
     @property
-    def speedup(self) -> float | None:
+    def speedup(self) -> Optional[float]:
         """Baseline median latency / end-to-end median latency (= the images/s ratio)."""
         base, e2e = self.stats("baseline"), self.stats("end_to_end")
         if base is None or e2e is None or e2e.median <= 0:
@@ -297,7 +296,7 @@ def profile_batch(
     threshold: float,
     warmup: int,
     iters: int,
-    baseline: Runner | None = None,
+    baseline: Optional[Runner] = None,
     advance: Callable[[int], None] = lambda _n: None,
 ) -> BatchProfile:
     """Time one batch size (see the module docstring for what each row measures).
@@ -308,7 +307,7 @@ def profile_batch(
         raise SacvitError(f"--iters must be >= 1 and --warmup >= 0 (got {iters}, {warmup})")
     sync = device_sync(pipe.device)
     prepared = [_prepare(pipe, x, threshold) for x in pool_batches(pool, batch, iters)]
-    samples: dict[str, list[float]] = {
+    samples: Dict[str, List[float]] = {
         r: [] for r in (*PIPELINE_ROWS, *ALONE_ROWS, *(("baseline",) if baseline else ()))
     }
     exits = images = 0
@@ -316,7 +315,7 @@ def profile_batch(
     for i in range(warmup + iters):
         p = prepared[i % len(prepared)]
         x = p.images
-        calls: dict[str, Callable[[], Any]] = {
+        calls: Dict[str, Callable[[], Any]] = {
             "end_to_end": lambda x=x: pipe.run(x, threshold),
             "staged": lambda x=x: pipe.run(x, threshold, timing=True),
             "stage1_alone": lambda x=x: run_any_batch(pipe.stage1, {"image": x}),
@@ -330,8 +329,8 @@ def profile_batch(
             calls["baseline"] = lambda x=x: run_any_batch(baseline, {"image": x})
         names = list(calls)
         shift = i % len(names)  # rotate the order so no call always follows the same one
-        seconds: dict[str, float] = {"stage2_alone": 0.0}
-        results: dict[str, Any] = {}
+        seconds: Dict[str, float] = {"stage2_alone": 0.0}
+        results: Dict[str, Any] = {}
         for name in names[shift:] + names[:shift]:
             seconds[name], results[name] = timed(calls[name], sync)
         advance(1)
@@ -359,7 +358,7 @@ def measure_power(
     sync: Callable[[], None],
     min_calls: int,
     min_seconds: float,
-) -> dict[str, Any]:
+) -> Dict[str, Any]:
     """Run ``fn`` alone under a power sampler (at least ``min_calls`` calls and ``min_seconds``).
 
     Returns the sampler's average power and the energy per image: mean power x loop time / images.
@@ -374,7 +373,7 @@ def measure_power(
         seconds = time.perf_counter() - start
     summary = sampler.summary()
     images = calls * images_per_call
-    record: dict[str, Any] = {"seconds": seconds, "images": images, "calls": calls}
+    record: Dict[str, Any] = {"seconds": seconds, "images": images, "calls": calls}
     if summary is None:
         record.update(samples=0, mean_mw=None, energy_per_image_mj=None)
         return record
@@ -384,12 +383,12 @@ def measure_power(
 
 
 # ---- environment ----------------------------------------------------------------------------------
-def package_versions() -> dict[str, str | None]:
+def package_versions() -> Dict[str, Optional[str]]:
     """Versions of what decides the timings (None: not installed)."""
     import importlib.util
     from importlib import metadata
 
-    versions: dict[str, str | None] = {"sacvit-deploy": __version__, "python": platform.python_version()}
+    versions: Dict[str, Optional[str]] = {"sacvit-deploy": __version__, "python": platform.python_version()}
     for dist in ("torch", "onnxruntime", "onnxruntime-gpu", "tensorrt", "onnx", "numpy"):
         try:
             versions[dist] = metadata.version(dist)
@@ -431,11 +430,11 @@ def host_device_note(device: str) -> str:
 
 def environment(
     choice: Any,
-    runners: dict[str, Runner],
+    runners: Dict[str, Runner],
     device: str,
-    threads: int | None,
-    jetson: dict[str, Any] | None,
-) -> dict[str, Any]:
+    threads: Optional[int],
+    jetson: Optional[Dict[str, Any]],
+) -> Dict[str, Any]:
     gpu = _gpu_name(str(device))
     return {
         "backend": choice.backend,
@@ -456,7 +455,7 @@ def environment(
     }
 
 
-def _gpu_name(device: str) -> str | None:
+def _gpu_name(device: str) -> Optional[str]:
     """The GPU's name from the driver (ctypes on libcuda), or None on the CPU / without a driver."""
     if not device.startswith("cuda"):
         return None
@@ -478,14 +477,16 @@ def _gpu_name(device: str) -> str | None:
         return None
 
 
-def _torch_threads() -> int | None:
+def _torch_threads() -> Optional[int]:
     """torch's intra-op threads when torch is already loaded (it is not imported for this)."""
     torch = sys.modules.get("torch")
     return int(torch.get_num_threads()) if torch is not None and hasattr(torch, "get_num_threads") else None
 
 
 # ---- the report -----------------------------------------------------------------------------------
-def batch_record(bp: BatchProfile, flops: FlopsReport, requested_exit_rate: float | None) -> dict[str, Any]:
+def batch_record(
+    bp: BatchProfile, flops: FlopsReport, requested_exit_rate: Optional[float]
+) -> Dict[str, Any]:
     rows = {name: s.to_dict() for name in bp.samples if (s := bp.stats(name)) is not None}
     throughput = {
         name: s.throughput(bp.batch) for name in THROUGHPUT_ROWS if (s := bp.stats(name)) is not None
@@ -516,12 +517,12 @@ def batch_record(bp: BatchProfile, flops: FlopsReport, requested_exit_rate: floa
 def build_report(
     batches: Sequence[BatchProfile],
     flops: FlopsReport,
-    env: dict[str, Any],
-    model: dict[str, Any],
-    settings: dict[str, Any],
+    env: Dict[str, Any],
+    model: Dict[str, Any],
+    settings: Dict[str, Any],
     split: ExitSplit,
     notes: Sequence[str] = (),
-) -> dict[str, Any]:
+) -> Dict[str, Any]:
     return {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
@@ -553,7 +554,7 @@ def _ms(v: float) -> str:
     return f"{v:9.3f}" if v < 10 else f"{v:9.2f}"
 
 
-def format_report(report: dict[str, Any]) -> list[str]:
+def format_report(report: Dict[str, Any]) -> List[str]:
     """trtexec-style text: one latency table per batch size, then a summary across batch sizes."""
     env, th, fl = report["environment"], report["threshold"], report["flops"]
     m, s = report["model"], report["settings"]
@@ -638,7 +639,7 @@ def format_report(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _power_text(power: dict[str, Any]) -> str:
+def _power_text(power: Dict[str, Any]) -> str:
     parts = []
     for who in ("pipeline", "baseline"):
         p = power.get(who)
@@ -656,15 +657,15 @@ def _power_text(power: dict[str, Any]) -> str:
 
 @dataclass
 class ProfileSettings:
-    batch_sizes: list[int]
+    batch_sizes: List[int]
     warmup: int = 5
     iters: int = 20
-    threshold: float | None = None
-    exit_rate: float | None = None
+    threshold: Optional[float] = None
+    exit_rate: Optional[float] = None
     images: str = "synthetic"
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: Dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> Dict[str, Any]:
         return {
             "batch_sizes": list(self.batch_sizes),
             "warmup": self.warmup,
@@ -690,11 +691,11 @@ def run_profile(
     pipe: EarlyExitPipeline,
     pool: Any,
     settings: ProfileSettings,
-    baseline: Runner | None = None,
+    baseline: Optional[Runner] = None,
     jetson: Any = None,
     log: Callable[[str], None] = lambda _msg: None,
     advance: Callable[[int], None] = lambda _n: None,
-) -> tuple[ExitSplit, list[BatchProfile]]:
+) -> Tuple[ExitSplit, List[BatchProfile]]:
     """Choose the threshold on the pool, then profile every batch size (runners must be active).
 
     ``jetson``: a :class:`sacvit_deploy.runtime.jetson.Jetson` whose sampler measures power, or

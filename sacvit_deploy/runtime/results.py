@@ -12,10 +12,9 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -26,12 +25,12 @@ from sacvit_deploy.runtime.pipeline import PipelineOutput
 @dataclass
 class Prediction:
     source: str  # file path, or "<array 3>" style label for in-memory inputs
-    classes: list[int] = field(default_factory=list)  # top-k class indices, best first
-    probabilities: list[float] = field(default_factory=list)
-    names: list[str | None] = field(default_factory=list)
+    classes: List[int] = field(default_factory=list)  # top-k class indices, best first
+    probabilities: List[float] = field(default_factory=list)
+    names: List[Optional[str]] = field(default_factory=list)
     stage: int = 0  # 1 or 2: the stage that answered; 0 when the image failed
     confidence: float = 0.0  # stage-1 confidence (max softmax of stage 1)
-    error: str | None = None
+    error: Optional[str] = None
 
     @property
     def label(self) -> str:
@@ -40,14 +39,14 @@ class Prediction:
         name = self.names[0] if self.names else None
         return name if name is not None else str(self.classes[0])
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> Dict[str, Any]:
         if self.error is not None:
             return {"path": self.source, "error": self.error}
         return {
             "path": self.source,
             "top": [
                 {"class": c, "name": n, "probability": round(p, 6)}
-                for c, n, p in zip(self.classes, self.names, self.probabilities, strict=True)
+                for c, n, p in zip(self.classes, self.names, self.probabilities)
             ],
             "stage": self.stage,
             "confidence": round(self.confidence, 6),
@@ -55,8 +54,8 @@ class Prediction:
 
 
 def to_predictions(
-    output: PipelineOutput, sources: Sequence[str], topk: int, class_names: Sequence[str] | None
-) -> list[Prediction]:
+    output: PipelineOutput, sources: Sequence[str], topk: int, class_names: Optional[Sequence[str]]
+) -> List[Prediction]:
     probs = softmax(np.asarray(output.logits, dtype=np.float32))
     k = min(topk, probs.shape[1])
     # Best first; ties keep the lower class index first (a stable sort of the negated probabilities).
@@ -106,19 +105,19 @@ class ResultWriter:
 
     def __init__(
         self,
-        stream: IO[str] | None,
+        stream: Optional[IO[str]],
         topk: int,
-        path: Path | None = None,
-        clean: Callable[[str], str] | None = None,
+        path: Optional[Path] = None,
+        clean: Optional[Callable[[str], str]] = None,
     ) -> None:
         self.stream = stream
         self.topk = topk
         self.path = path
         self.rows = 0  # whole rows written (header not counted)
         self.clean = clean or (lambda text: text)
-        self._fd: int | None = None
+        self._fd: Optional[int] = None
         self._good = 0  # byte offset just after the last complete line
-        self._failed: RowWriteError | None = None
+        self._failed: Optional[RowWriteError] = None
         if path is not None:
             try:
                 self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
@@ -131,7 +130,7 @@ class ResultWriter:
             self._send(line, row=False)
 
     # ---- formatting (per format) ----------------------------------------------------------------
-    def header(self) -> list[str]:
+    def header(self) -> List[str]:
         return []
 
     def lines(self, p: Prediction) -> str:
@@ -207,14 +206,14 @@ class JsonlWriter(ResultWriter):
 
 
 class CsvWriter(ResultWriter):
-    def header(self) -> list[str]:
+    def header(self) -> List[str]:
         names = ["path", "stage", "confidence"]
         for i in range(1, self.topk + 1):
             names += [f"top{i}_class", f"top{i}_name", f"top{i}_probability"]
         return [self._csv_line([*names, "error"])]
 
     def lines(self, p: Prediction) -> str:
-        row: list[Any] = [p.source, p.stage or "", f"{p.confidence:.6f}" if p.error is None else ""]
+        row: List[Any] = [p.source, p.stage or "", f"{p.confidence:.6f}" if p.error is None else ""]
         for i in range(self.topk):
             if i < len(p.classes):
                 row += [p.classes[i], p.names[i] or "", f"{p.probabilities[i]:.6f}"]
@@ -222,7 +221,7 @@ class CsvWriter(ResultWriter):
                 row += ["", "", ""]
         return self._csv_line([*row, p.error or ""])
 
-    def _csv_line(self, row: list[Any]) -> str:
+    def _csv_line(self, row: List[Any]) -> str:
         buf = io.StringIO()
         terminal = self._fd is None and _is_terminal(self.stream)
         csv.writer(buf).writerow([self.clean(str(v)) if terminal else v for v in row])
@@ -233,7 +232,7 @@ class TableWriter(ResultWriter):
     """Aligned text rows, printed as each batch finishes (a table that streams). Always for a human:
     every shown string goes through ``clean``."""
 
-    def header(self) -> list[str]:
+    def header(self) -> List[str]:
         return [f"{'stage':>5}  {'conf':>6}  {'prob':>6}  {'prediction':<28}  path\n"]
 
     def lines(self, p: Prediction) -> str:
@@ -246,7 +245,7 @@ class TableWriter(ResultWriter):
         if self.topk > 1 and len(p.classes) > 1:
             rest = [
                 f"{c(name) if name is not None else cls} {prob:.2f}"
-                for cls, name, prob in zip(p.classes[1:], p.names[1:], p.probabilities[1:], strict=True)
+                for cls, name, prob in zip(p.classes[1:], p.names[1:], p.probabilities[1:])
             ]
             extra = "  (" + ", ".join(rest) + ")"
         return f"{p.stage:>5}  {p.confidence:>6.3f}  {p.probabilities[0]:>6.3f}  {label:<28}  {c(p.source)}{extra}\n"
@@ -256,7 +255,7 @@ WRITERS = {"table": TableWriter, "jsonl": JsonlWriter, "csv": CsvWriter}
 
 
 def open_writer(
-    fmt: str, output: Path | None, topk: int, clean: Callable[[str], str] | None = None
+    fmt: str, output: Optional[Path], topk: int, clean: Optional[Callable[[str], str]] = None
 ) -> ResultWriter:
     """A writer to ``output`` (a file, created or truncated) or, when None, to standard output."""
     if output is None:
@@ -264,7 +263,7 @@ def open_writer(
     return WRITERS[fmt](None, topk, output, clean)
 
 
-def _is_terminal(stream: IO[str] | None) -> bool:
+def _is_terminal(stream: Optional[IO[str]]) -> bool:
     try:
         return stream is not None and stream.isatty()
     except (ValueError, OSError):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -36,7 +37,7 @@ def _signed(value: float, rng: np.random.Generator) -> float:
     return -value if rng.random() < 0.5 else value
 
 
-def _affine(img: Image.Image, matrix: tuple[float, ...], fill: tuple[int, ...], rng: np.random.Generator):
+def _affine(img: Image.Image, matrix: Tuple[float, ...], fill: Tuple[int, ...], rng: np.random.Generator):
     resample = _GEOMETRIC_RESAMPLE[int(rng.integers(2))]
     return img.transform(img.size, Image.Transform.AFFINE, matrix, resample=resample, fillcolor=fill)
 
@@ -114,15 +115,15 @@ class RandAugment:
     magnitude_std: float = 0.5
     num_ops: int = 2
     prob: float = 0.5
-    fill: tuple[int, int, int] = (124, 116, 104)  # DeiT: the ImageNet mean in 0-255
+    fill: Tuple[int, int, int] = (124, 116, 104)  # DeiT: the ImageNet mean in 0-255
 
     @classmethod
-    def from_string(cls, spec: str, fill: tuple[int, int, int] | None = None) -> RandAugment:
+    def from_string(cls, spec: str, fill: Optional[Tuple[int, int, int]] = None) -> RandAugment:
         """timm's notation: ``rand-m9-mstd0.5-inc1`` (``-nN`` sets the number of operations)."""
         parts = spec.split("-")
         if parts[0] != "rand" or len(parts) < 2:
             raise ValueError(f"{spec!r}: expected a RandAugment string like rand-m9-mstd0.5-inc1")
-        fields: dict[str, float] = {}
+        fields: Dict[str, float] = {}
         for part in parts[1:]:
             match = re.fullmatch(r"(mstd|inc|m|n|p)([0-9.]+)", part)
             if not match:
@@ -157,8 +158,8 @@ class RandomErasing:
     """One N(0, 1)-noise box on a normalised (C, H, W) tensor with probability ``prob``."""
 
     prob: float = 0.25
-    area: tuple[float, float] = (0.02, 1 / 3)
-    aspect: tuple[float, float] = (0.3, 1 / 0.3)
+    area: Tuple[float, float] = (0.02, 1 / 3)
+    aspect: Tuple[float, float] = (0.3, 1 / 0.3)
 
     def __call__(self, x: Tensor, rng: np.random.Generator) -> Tensor:
         if rng.random() >= self.prob:
@@ -201,7 +202,7 @@ class MixupCutmix:
     def active(self) -> bool:
         return self.prob > 0 and (self.mixup_alpha > 0 or self.cutmix_alpha > 0)
 
-    def __call__(self, x: Tensor, labels: Tensor, rng: np.random.Generator) -> tuple[Tensor, Tensor]:
+    def __call__(self, x: Tensor, labels: Tensor, rng: np.random.Generator) -> Tuple[Tensor, Tensor]:
         target = smooth_one_hot(labels, self.num_classes, self.smoothing)
         if not self.active or rng.random() >= self.prob:
             return x, target

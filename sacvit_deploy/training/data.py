@@ -12,6 +12,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -50,19 +51,19 @@ class ImageFolderSplit:
     """The images of one split: (path, class index) pairs, sorted by class then file name."""
 
     root: Path
-    class_names: tuple[str, ...]
-    samples: tuple[tuple[Path, int], ...]
+    class_names: Tuple[str, ...]
+    samples: Tuple[Tuple[Path, int], ...]
 
 
 def _is_image(p: Path) -> bool:
     return p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
 
 
-def _class_folders(split_dir: Path) -> list[Path]:
+def _class_folders(split_dir: Path) -> List[Path]:
     return sorted((p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")), key=str)
 
 
-def scan_image_folder(data_dir: str | Path) -> tuple[ImageFolderSplit, ImageFolderSplit]:
+def scan_image_folder(data_dir: Union[str, Path]) -> Tuple[ImageFolderSplit, ImageFolderSplit]:
     """Check the layout and list the images of the train and val splits."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
@@ -97,11 +98,11 @@ def scan_image_folder(data_dir: str | Path) -> tuple[ImageFolderSplit, ImageFold
 
 
 def list_split(
-    split_dir: str | Path, class_names: tuple[str, ...], every_class: bool = False
+    split_dir: Union[str, Path], class_names: Tuple[str, ...], every_class: bool = False
 ) -> ImageFolderSplit:
     """The images of ``split_dir/<class>/*`` for the given classes (a missing class folder has none)."""
     split_dir = Path(split_dir)
-    samples: list[tuple[Path, int]] = []
+    samples: List[Tuple[Path, int]] = []
     for label, name in enumerate(class_names):
         folder = split_dir / name
         files = (
@@ -120,13 +121,13 @@ def list_split(
     return ImageFolderSplit(split_dir, class_names, tuple(samples))
 
 
-def _short(names: list[str], limit: int = 5) -> str:
+def _short(names: List[str], limit: int = 5) -> str:
     shown = ", ".join(names[:limit])
     return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
 # ---- transforms -------------------------------------------------------------------------------------
-def to_normalized_tensor(img: Image.Image, mean: tuple[float, ...], std: tuple[float, ...]) -> Tensor:
+def to_normalized_tensor(img: Image.Image, mean: Tuple[float, ...], std: Tuple[float, ...]) -> Tensor:
     """RGB PIL image -> (3, H, W) float tensor, scaled to [0, 1], then normalised."""
     # numpy, not torch: per-image torch ops are slow when torch's threads compete for the cores.
     x = np.asarray(img, dtype=np.float32) * np.float32(1 / 255)
@@ -151,16 +152,16 @@ class TrainTransform:
     def __init__(
         self,
         pp: PreprocessConfig,
-        scale: tuple[float, float] = (0.08, 1.0),
-        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        scale: Tuple[float, float] = (0.08, 1.0),
+        ratio: Tuple[float, float] = (3 / 4, 4 / 3),
         hflip: bool = True,
-        rand_augment: RandAugment | None = None,
-        erasing: RandomErasing | None = None,
+        rand_augment: Optional[RandAugment] = None,
+        erasing: Optional[RandomErasing] = None,
     ) -> None:
         self.pp, self.scale, self.ratio, self.hflip = pp, scale, ratio, hflip
         self.rand_augment, self.erasing = rand_augment, erasing
 
-    def crop_box(self, width: int, height: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    def crop_box(self, width: int, height: int, rng: np.random.Generator) -> Tuple[int, int, int, int]:
         """torchvision's RandomResizedCrop.get_params: (left, top, w, h)."""
         area = width * height
         log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
@@ -198,7 +199,7 @@ class ImageFolderDataset(Dataset):
     """One split; ``set_epoch`` re-seeds the augmentation of every sample for that epoch."""
 
     def __init__(
-        self, split: ImageFolderSplit, transform: TrainTransform | EvalTransform, seed: int = 0
+        self, split: ImageFolderSplit, transform: Union[TrainTransform, EvalTransform], seed: int = 0
     ) -> None:
         self.split, self.transform, self.seed, self.epoch = split, transform, seed, 0
 
@@ -208,7 +209,7 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.split.samples)
 
-    def __getitem__(self, draw: int) -> tuple[Tensor, int]:
+    def __getitem__(self, draw: int) -> Tuple[Tensor, int]:
         # A draw >= len is a repeated-augmentation copy (GlobalBatchSampler): same image, own seed.
         copy, index = divmod(draw, len(self.split.samples))
         path, label = self.split.samples[index]

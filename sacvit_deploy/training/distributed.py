@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, List, Mapping, Optional, Type
 
 import torch
 import torch.distributed as dist
@@ -38,7 +37,7 @@ class World:
     local_rank: int = 0
     size: int = 1
     local_size: int = 1
-    backend: str | None = None  # None: no process group
+    backend: Optional[str] = None  # None: no process group
 
     @property
     def is_main(self) -> bool:
@@ -56,7 +55,7 @@ def _int(env: Mapping[str, str], name: str) -> int:
         raise WorldError(f"{name}={env[name]!r} is not an integer; {_LAUNCH}") from None
 
 
-def world_from_env(env: Mapping[str, str] | None = None) -> World:
+def world_from_env(env: Optional[Mapping[str, str]] = None) -> World:
     """Read (and check) what torchrun set; no process group is created here."""
     env = os.environ if env is None else env
     present = [k for k in _REQUIRED if k in env]
@@ -82,7 +81,7 @@ def world_from_env(env: Mapping[str, str] | None = None) -> World:
     return World(rank, local_rank, size, local_size, backend=None)
 
 
-def resolve_device(device: str, amp: str | None, world: World) -> torch.device:
+def resolve_device(device: str, amp: Optional[str], world: World) -> torch.device:
     """cpu, cuda, cuda:N or auto; under torchrun each process takes cuda:LOCAL_RANK."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -161,10 +160,10 @@ def all_reduce_sum(t: torch.Tensor, world: World) -> torch.Tensor:
     return t
 
 
-def all_gather_objects(obj: Any, world: World) -> list[Any]:
+def all_gather_objects(obj: Any, world: World) -> List[Any]:
     if not world.distributed:
         return [obj]
-    out: list[Any] = [None] * world.size
+    out: List[Any] = [None] * world.size
     dist.all_gather_object(out, obj)
     return out
 
@@ -177,7 +176,7 @@ def broadcast_object(obj: Any, world: World, src: int = 0) -> Any:
     return box[0]
 
 
-def agree(error: str | None, world: World, cls: type[SacvitError] = WorldError) -> None:
+def agree(error: Optional[str], world: World, cls: Type[SacvitError] = WorldError) -> None:
     """Raise the same one-line error on every process when any of them found one (nobody hangs)."""
     errors = all_gather_objects(error, world)
     for rank, message in enumerate(errors):

@@ -24,10 +24,9 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple, Union
 
 import numpy as np
 import torch
@@ -86,12 +85,12 @@ class TrainOptions:
 
     data_dir: Path
     out_dir: Path = Path("runs/sacvit")
-    variant: str | None = None  # default DEFAULT_VARIANT; exclusive with model_config
-    format: str | None = None  # default "sacvit"; exclusive with model_config
-    model_config: ModelConfig | None = None  # a full config instead of variant + format
-    init: Path | None = None
+    variant: Optional[str] = None  # default DEFAULT_VARIANT; exclusive with model_config
+    format: Optional[str] = None  # default "sacvit"; exclusive with model_config
+    model_config: Optional[ModelConfig] = None  # a full config instead of variant + format
+    init: Optional[Path] = None
     init_format: str = "deit"
-    num_classes: int | None = None  # a check: must equal the number of class folders
+    num_classes: Optional[int] = None  # a check: must equal the number of class folders
     freeze_epochs: int = 0  # train only the head and reuse block for this many epochs
     epochs: int = 300
     batch_size: int = 128  # global: all processes and accumulation steps together
@@ -100,32 +99,32 @@ class TrainOptions:
     min_lr: float = 1e-5
     weight_decay: float = 0.05
     warmup_epochs: float = 5.0
-    selection_warmup_epochs: int | None = None  # default: round(0.77 * epochs), like LF-ViT
-    threshold: float | None = None  # default: the config's exit threshold
-    clip_grad: float | None = None
+    selection_warmup_epochs: Optional[int] = None  # default: round(0.77 * epochs), like LF-ViT
+    threshold: Optional[float] = None  # default: the config's exit threshold
+    clip_grad: Optional[float] = None
     recipe: str = "ours"
-    drop_path: float | None = None
-    smoothing: float | None = None
-    mixup: float | None = None
-    cutmix: float | None = None
-    rand_augment: str | None = None  # e.g. rand-m9-mstd0.5-inc1; "none" switches it off
-    reprob: float | None = None
-    repeated_aug: int | None = None
-    ema_decay: float | None = None  # 0 switches the EMA off
-    layer_decay: float | None = None
+    drop_path: Optional[float] = None
+    smoothing: Optional[float] = None
+    mixup: Optional[float] = None
+    cutmix: Optional[float] = None
+    rand_augment: Optional[str] = None  # e.g. rand-m9-mstd0.5-inc1; "none" switches it off
+    reprob: Optional[float] = None
+    repeated_aug: Optional[int] = None
+    ema_decay: Optional[float] = None  # 0 switches the EMA off
+    layer_decay: Optional[float] = None
     device: str = "auto"
     amp: bool = False
     amp_dtype: str = "fp16"
     dist_backend: str = "auto"
     dist_timeout_s: float = 1800.0
-    workers: int | None = None  # default: from the CPUs this process may use
+    workers: Optional[int] = None  # default: from the CPUs this process may use
     resume: bool = False
     seed: int = 0
     hflip: bool = True
     rrc_scale: float = 0.08
-    max_steps: int | None = None  # per epoch, optimizer steps and val batches: for smoke tests
+    max_steps: Optional[int] = None  # per epoch, optimizer steps and val batches: for smoke tests
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> Dict[str, Any]:
         d = dataclasses.asdict(self)
         d["model_config"] = self.model_config.to_dict() if self.model_config else None
         return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}
@@ -139,11 +138,11 @@ class Recipe:
     smoothing: float
     mixup: float
     cutmix: float
-    rand_augment: str | None
+    rand_augment: Optional[str]
     reprob: float
     repeated_aug: int
-    ema_decay: float | None
-    layer_decay: float | None
+    ema_decay: Optional[float]
+    layer_decay: Optional[float]
 
     @classmethod
     def of(cls, opts: TrainOptions) -> Recipe:
@@ -182,7 +181,7 @@ class EvalResult:
     pred2: Tensor
     confidence: Tensor
 
-    def metrics(self, threshold: float) -> dict[str, float]:
+    def metrics(self, threshold: float) -> Dict[str, float]:
         exited = exit_mask(self.confidence, threshold)
         ok1, ok2 = self.pred1 == self.labels, self.pred2 == self.labels
         combined = torch.where(exited, ok1, ok2)
@@ -202,7 +201,7 @@ class EvalResult:
         }
 
     @staticmethod
-    def concat(parts: list[EvalResult]) -> EvalResult:
+    def concat(parts: List[EvalResult]) -> EvalResult:
         return EvalResult(
             *(torch.cat([getattr(p, k) for p in parts]) for k in ("labels", "pred1", "pred2", "confidence"))
         )
@@ -216,8 +215,8 @@ class TrainResult:
     epochs_done: int
     steps: int
     best_metric: float
-    history: list[dict[str, Any]] = field(default_factory=list)
-    ema_model: SACViT | None = None
+    history: List[Dict[str, Any]] = field(default_factory=list)
+    ema_model: Optional[SACViT] = None
     world_size: int = 1
 
     @property
@@ -234,7 +233,7 @@ class TrainResult:
 
 
 # ---- pieces ----------------------------------------------------------------------------------------
-def per_sample_loss(logits1: Tensor, logits2: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def per_sample_loss(logits1: Tensor, logits2: Tensor, targets: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     """Per sample: CE(logits2, targets) + KL(softmax(logits2).detach() || softmax(logits1)).
 
     ``targets`` are class indices (B,) or soft targets (B, C) (label smoothing, Mixup / CutMix).
@@ -250,7 +249,7 @@ def per_sample_loss(logits1: Tensor, logits2: Tensor, targets: Tensor) -> tuple[
     return ce + kl, ce, kl
 
 
-def distillation_loss(logits1: Tensor, logits2: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def distillation_loss(logits1: Tensor, logits2: Tensor, labels: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     """CE(logits2, y) + KL(softmax(logits2).detach() || softmax(logits1)), 1:1, batchmean."""
     loss, ce, kl = per_sample_loss(logits1, logits2, labels)
     return loss.mean(), ce.mean(), kl.mean()
@@ -265,7 +264,9 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, base_lr: float, min_lr
 
 
 @torch.no_grad()
-def _predict(model: SACViT, loader: Any, device: torch.device | str, max_batches: int | None) -> EvalResult:
+def _predict(
+    model: SACViT, loader: Any, device: Union[torch.device, str], max_batches: Optional[int]
+) -> EvalResult:
     was_training = model.training
     model.eval()
     # Start from empty tensors: a process with an empty shard still has something to gather.
@@ -288,9 +289,9 @@ def _predict(model: SACViT, loader: Any, device: torch.device | str, max_batches
 def evaluate(
     model: SACViT,
     loader: Any,
-    device: torch.device | str = "cpu",
-    max_batches: int | None = None,
-    world: World | None = None,
+    device: Union[torch.device, str] = "cpu",
+    max_batches: Optional[int] = None,
+    world: Optional[World] = None,
 ) -> EvalResult:
     """Both stages on every sample, as deployed (token selection on); shards gathered in rank order."""
     result = _predict(model, loader, device, max_batches)
@@ -303,7 +304,7 @@ def evaluate(
 
 # ---- model config and init --------------------------------------------------------------------------
 def resolve_model_config(
-    opts: TrainOptions, class_names: tuple[str, ...], init_cfg: ModelConfig | None
+    opts: TrainOptions, class_names: Tuple[str, ...], init_cfg: Optional[ModelConfig]
 ) -> ModelConfig:
     """The config to train: from --config-json, a sacvit --init, or variant + format; data's classes."""
     fmt = opts.format or "sacvit"
@@ -351,7 +352,7 @@ def load_init_weights(model: SACViT, opts: TrainOptions, log: Callable[[str], No
 
 
 # ---- resumable checkpoint ---------------------------------------------------------------------------
-def save_resumable(path: Path, payload: dict[str, Any]) -> None:
+def save_resumable(path: Path, payload: Dict[str, Any]) -> None:
     """Serialised in memory, then core.atomic's writer: a crash never leaves a half-written last.pt,
     a full disk is one line and leaves the previous last.pt as it was."""
     import io
@@ -362,7 +363,7 @@ def save_resumable(path: Path, payload: dict[str, Any]) -> None:
 
 
 # What a resumable checkpoint holds, by key: (accepted types, what it is).
-_RESUMABLE_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
+_RESUMABLE_FIELDS: Dict[str, Tuple[Tuple[type, ...], str]] = {
     "config": ((dict,), "the model config"),
     "model": ((dict,), "the weights"),
     "optimizer": ((dict,), "the optimizer state"),
@@ -373,7 +374,7 @@ _RESUMABLE_FIELDS: dict[str, tuple[tuple[type, ...], str]] = {
 }
 
 
-def _resumable_problem(ckpt: dict[str, Any]) -> str | None:
+def _resumable_problem(ckpt: Dict[str, Any]) -> Optional[str]:
     """What is wrong with a loaded last.pt's fields (a damaged or hand-edited file), or None."""
     for key, (types, what) in _RESUMABLE_FIELDS.items():
         if key not in ckpt:
@@ -396,7 +397,7 @@ def _resumable_problem(ckpt: dict[str, Any]) -> str | None:
     return None
 
 
-def load_resumable(path: Path, cfg: ModelConfig) -> dict[str, Any]:
+def load_resumable(path: Path, cfg: ModelConfig) -> Dict[str, Any]:
     if not path.is_file():
         raise TrainError(f"{path}: no checkpoint to resume; run without --resume to start this run")
     try:
@@ -534,7 +535,7 @@ class _TrainForward(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: Tensor, select_tokens: bool) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, select_tokens: bool) -> Tuple[Tensor, Tensor]:
         return self.model.forward_train(x, select_tokens=select_tokens)
 
 
@@ -563,9 +564,9 @@ class _NoProgress:
 
 def train(
     opts: TrainOptions,
-    log: Callable[[str], None] | None = None,
-    progress: Callable[[], EpochProgress] | None = None,
-    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+    log: Optional[Callable[[str], None]] = None,
+    progress: Optional[Callable[[], EpochProgress]] = None,
+    on_epoch_end: Optional[Callable[[Dict[str, Any]], None]] = None,
 ) -> TrainResult:
     """Train (or resume) a two-stage model on an ImageFolder; see the module docstring for outputs.
 
@@ -603,8 +604,8 @@ def _train(
     world: World,
     device: torch.device,
     log: Callable[[str], None],
-    make_progress: Callable[[], EpochProgress] | None,
-    on_epoch_end: Callable[[dict[str, Any]], None] | None,
+    make_progress: Optional[Callable[[], EpochProgress]],
+    on_epoch_end: Optional[Callable[[Dict[str, Any]], None]],
     lock: contextlib.ExitStack,
 ) -> TrainResult:
     error = None
@@ -709,7 +710,7 @@ def _train(
         return lr_at(step, total_steps, warmup_steps, opts.lr, opts.min_lr)
 
     start_epoch, step, best, best_ema = 0, 0, -math.inf, -math.inf
-    history: list[dict[str, Any]] = []
+    history: List[Dict[str, Any]] = []
     if resumed is not None:
         restore_state(last_path, "the weights", lambda: _load_weights(model, resumed["model"]))
         restore_state(
@@ -763,7 +764,7 @@ def _train(
             f"--selection-warmup-epochs {max(0, opts.epochs - 1)} or more --epochs"
         )
 
-    frozen: bool | None = None
+    frozen: Optional[bool] = None
     net: nn.Module = _TrainForward(model)
     model.train()
     for epoch in range(start_epoch, opts.epochs):
@@ -900,12 +901,12 @@ def _train(
 def _train_epoch(
     net: nn.Module,
     model: SACViT,
-    ema: ModelEma | None,
+    ema: Optional[ModelEma],
     loader: Any,
     sampler: GlobalBatchSampler,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
-    mixer: MixupCutmix | None,
+    mixer: Optional[MixupCutmix],
     opts: TrainOptions,
     world: World,
     device: torch.device,
@@ -917,7 +918,7 @@ def _train_epoch(
     progress: EpochProgress,
     label: str,
     epoch: int,
-) -> tuple[float, int]:
+) -> Tuple[float, int]:
     """One epoch of at most ``steps`` optimizer steps; returns the mean loss (all processes) and the step.
 
     Each process's loss is a sum over its samples times world / global batch: DDP's gradient average
@@ -978,7 +979,7 @@ def _train_epoch(
     return float(totals[0]) / max(1.0, float(totals[1])), step
 
 
-def _load_weights(model: SACViT, weights: dict[str, Tensor]) -> None:
+def _load_weights(model: SACViT, weights: Dict[str, Tensor]) -> None:
     own = model.state_dict()
     for name, value in weights.items():
         if name in own and own[name].is_floating_point() and not value.is_floating_point():
@@ -986,7 +987,7 @@ def _load_weights(model: SACViT, weights: dict[str, Tensor]) -> None:
     model.load_state_dict(weights)
 
 
-def _load_optimizer(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+def _load_optimizer(optimizer: torch.optim.Optimizer, state: Dict[str, Any]) -> None:
     optimizer.load_state_dict(state)
     for group in optimizer.param_groups:  # load_state_dict does not look at the moments' shapes
         for p in group["params"]:
@@ -995,13 +996,15 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> 
                     raise ValueError(f"{key} has shape {tuple(value.shape)}, its parameter {tuple(p.shape)}")
 
 
-def _read_log(path: Path, upto_epoch: int, log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+def _read_log(
+    path: Path, upto_epoch: int, log: Optional[Callable[[str], None]] = None
+) -> List[Dict[str, Any]]:
     """Entries up to the resumed epoch, rewritten atomically. What a crash leaves is repaired with a
     line: a torn or unreadable line is dropped, and so is a later epoch (a crash between the log and
     the checkpoint); missing epochs (a log older than the checkpoint) are said, not invented."""
     if not path.is_file():
         return []
-    rows: list[dict[str, Any]] = []
+    rows: List[Dict[str, Any]] = []
     dropped = 0
     for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
         if not line.strip():
@@ -1031,5 +1034,5 @@ def _read_log(path: Path, upto_epoch: int, log: Callable[[str], None] | None = N
     return rows
 
 
-def _ranges(epochs: list[int]) -> str:
+def _ranges(epochs: List[int]) -> str:
     return ", ".join(str(e + 1) for e in epochs) if epochs else "none"

@@ -8,7 +8,7 @@ explicitly wins over the preset. docs/training.md has the table.
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -16,7 +16,7 @@ from torch import nn
 RAND_AUGMENT_DEIT = "rand-m9-mstd0.5-inc1"
 
 # name -> (ours, DeiT / LF-ViT / CF-ViT). "ours" is the light default that fine-tunes small sets.
-RECIPE_FIELDS: dict[str, tuple[Any, Any]] = {
+RECIPE_FIELDS: Dict[str, Tuple[Any, Any]] = {
     "smoothing": (0.0, 0.1),
     "mixup": (0.0, 0.8),
     "cutmix": (0.0, 1.0),
@@ -59,10 +59,10 @@ class ModelEma:
             else:
                 value.copy_(current[name])
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
+    def state_dict(self) -> Dict[str, torch.Tensor]:
         return {k: v.detach().cpu() for k, v in self.module.state_dict().items()}
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+    def load_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
         self.module.load_state_dict(state)
 
 
@@ -81,8 +81,8 @@ def layer_id(name: str, depth: int) -> int:
 
 
 def param_groups(
-    model: nn.Module, weight_decay: float, layer_decay: float | None = None
-) -> list[dict[str, Any]]:
+    model: nn.Module, weight_decay: float, layer_decay: Optional[float] = None
+) -> List[Dict[str, Any]]:
     """AdamW groups: no weight decay on biases, norms (every 1-d tensor), cls_token, pos_embed_list.*.
 
     With ``layer_decay`` (BEiT-style, e.g. 0.65 for fine-tuning) the learning rate of layer ``i`` is
@@ -99,7 +99,7 @@ def param_groups(
             {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0},
         ]
     depth = len(model.blocks)  # type: ignore[arg-type]
-    groups: dict[tuple[int, bool], dict[str, Any]] = {}
+    groups: Dict[Tuple[int, bool], Dict[str, Any]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue

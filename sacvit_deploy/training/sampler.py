@@ -18,8 +18,8 @@ A draw is encoded as ``index + copy * num_samples`` so the dataset can seed each
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Iterator, List, Tuple
 
 import numpy as np
 
@@ -31,7 +31,7 @@ _PERMUTATION_STREAM = 0x5A3
 class Shard:
     """One process's micro-batch: the draws, and how many of them (from the front) count."""
 
-    draws: tuple[int, ...]
+    draws: Tuple[int, ...]
     weighted: int
 
 
@@ -99,12 +99,12 @@ class GlobalBatchSampler:
                 else:
                     yield Shard((int(chunk[0]),), 0)
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[List[int]]:
         for shard in self.shards():
             yield list(shard.draws)
 
 
-def shard_weights(sampler: GlobalBatchSampler) -> list[int]:
+def shard_weights(sampler: GlobalBatchSampler) -> List[int]:
     """How many draws of each micro-batch count in the loss (the rest are zero-weight fillers)."""
     return [s.weighted for s in sampler.shards()]
 

@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Dict, Optional, Tuple, Type, Union
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -69,7 +69,7 @@ class Endpoint:
         return cls(url.rstrip("/"), protocol, f"{host}:{port}", ssl)
 
 
-def import_client(protocol: str) -> tuple[ModuleType, type[Exception]]:
+def import_client(protocol: str) -> Tuple[ModuleType, Type[Exception]]:
     """``tritonclient.http`` or ``tritonclient.grpc``, and its exception type."""
     try:
         if protocol == "http":
@@ -95,11 +95,11 @@ class ServedModel:
     name: str
     max_batch: int
     threshold: float
-    client: dict[str, Any]
-    stage_models: tuple[str, str]
+    client: Dict[str, Any]
+    stage_models: Tuple[str, str]
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], where: str) -> ServedModel:
+    def from_config(cls, config: Dict[str, Any], where: str) -> ServedModel:
         params = {k: (v or {}).get("string_value", "") for k, v in (config.get("parameters") or {}).items()}
         raw = params.get(tc.CLIENT_PARAMETER)
         if not raw:
@@ -139,10 +139,10 @@ class TritonRunner:
         self.endpoint = Endpoint.parse(url)
         self.model = model
         self.timeout = timeout
-        self.served: ServedModel | None = None
+        self.served: Optional[ServedModel] = None
         self._client: Any = None
-        self._module: ModuleType | None = None
-        self._error: type[Exception] = Exception
+        self._module: Optional[ModuleType] = None
+        self._error: Type[Exception] = Exception
 
     @property
     def is_active(self) -> bool:
@@ -154,7 +154,7 @@ class TritonRunner:
         module, error = import_client(self.endpoint.protocol)
         self._module, self._error = module, error
         url = self.endpoint.url
-        kwargs: dict[str, Any] = {"url": self.endpoint.address, "ssl": self.endpoint.ssl}
+        kwargs: Dict[str, Any] = {"url": self.endpoint.address, "ssl": self.endpoint.ssl}
         if self.endpoint.protocol == "http":
             kwargs.update(connection_timeout=self.timeout, network_timeout=self.timeout)
         try:
@@ -209,7 +209,7 @@ class TritonRunner:
     def __exit__(self, *exc: object) -> None:
         self.deactivate()
 
-    def infer(self, images: np.ndarray, threshold: float | None = None) -> dict[str, np.ndarray]:
+    def infer(self, images: np.ndarray, threshold: Optional[float] = None) -> Dict[str, np.ndarray]:
         """One request: ``image`` (n, 3, R, R) float32 -> ``logits``, ``stage``, ``confidence``."""
         if self._client is None or self._module is None:
             raise TritonClientError("the Triton runner is not active; use it in a `with` block")
@@ -246,7 +246,7 @@ def _close(client: Any) -> None:
 class TritonPipeline:
     """``EarlyExitPipeline.run`` semantics with the gate on the server: images in, PipelineOutput out."""
 
-    def __init__(self, runner: TritonRunner, threshold: float | None = None) -> None:
+    def __init__(self, runner: TritonRunner, threshold: Optional[float] = None) -> None:
         self.runner = runner
         self._override = None if threshold is None else float(threshold)
 
@@ -269,7 +269,7 @@ class TritonPipeline:
     def __exit__(self, *exc: object) -> None:
         self.deactivate()
 
-    def run(self, images: Any, threshold: float | None = None) -> PipelineOutput:
+    def run(self, images: Any, threshold: Optional[float] = None) -> PipelineOutput:
         """images: (B, 3, R, R) float32 numpy (or a torch tensor), normalised; sent in requests of at
         most the model's max batch. Returns numpy arrays, like EarlyExitPipeline."""
         th = self._override if threshold is None else float(threshold)
@@ -313,8 +313,8 @@ class OpenedTriton:
 def open_triton(
     url: str,
     model: str = "sacvit",
-    threshold: float | None = None,
-    artifacts: str | Path | None = None,
+    threshold: Optional[float] = None,
+    artifacts: Optional[Union[str, Path]] = None,
     timeout: float = TIMEOUT_S,
 ) -> OpenedTriton:
     """Connect to the server, check the model is ready, and read its preprocessing."""

@@ -19,9 +19,8 @@ Facts from Triton's model-configuration docs that shape these files:
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from sacvit_deploy.core.manifest import ArtifactFile, TensorSpec
 
@@ -60,31 +59,31 @@ class Placement:
 
     kind: str = "gpu"
     count: int = 1
-    gpus: tuple[int, ...] = ()
+    gpus: Tuple[int, ...] = ()
 
-    def instance_group(self, kind: str | None = None) -> list[dict[str, Any]]:
+    def instance_group(self, kind: Optional[str] = None) -> List[Dict[str, Any]]:
         kind = kind or self.kind
-        group: dict[str, Any] = {"count": self.count, "kind": Token(KINDS[kind])}
+        group: Dict[str, Any] = {"count": self.count, "kind": Token(KINDS[kind])}
         if self.gpus and kind == "gpu":
             group["gpus"] = list(self.gpus)
         return [group]
 
 
-def tensor_dims(spec: TensorSpec) -> tuple[list[int], bool]:
+def tensor_dims(spec: TensorSpec) -> Tuple[List[int], bool]:
     """``dims`` without the batch axis (symbolic dims as -1), and whether a reshape to ``[]`` is needed."""
     dims = [d if isinstance(d, int) else -1 for d in spec.shape[1:]]
     return (dims, False) if dims else ([1], True)
 
 
-def tensor_config(spec: TensorSpec) -> dict[str, Any]:
+def tensor_config(spec: TensorSpec) -> Dict[str, Any]:
     dims, reshape = tensor_dims(spec)
-    entry: dict[str, Any] = {"name": spec.name, "data_type": Token(TRITON_DTYPES[spec.dtype]), "dims": dims}
+    entry: Dict[str, Any] = {"name": spec.name, "data_type": Token(TRITON_DTYPES[spec.dtype]), "dims": dims}
     if reshape:
         entry["reshape"] = {"shape": []}
     return entry
 
 
-def preferred_batch_sizes(backend: str, max_batch: int, opt_batch: int | None) -> list[int]:
+def preferred_batch_sizes(backend: str, max_batch: int, opt_batch: Optional[int]) -> List[int]:
     """TensorRT: the profile's opt batch and the max; none for ONNX Runtime (see the module docstring)."""
     if backend != "tensorrt":
         return []
@@ -98,10 +97,10 @@ def stage_config(
     backend: str,
     max_batch: int,
     placement: Placement,
-    opt_batch: int | None = None,
-    queue_delay_us: int | None = None,
-) -> dict[str, Any]:
-    batching: dict[str, Any] = {}
+    opt_batch: Optional[int] = None,
+    queue_delay_us: Optional[int] = None,
+) -> Dict[str, Any]:
+    batching: Dict[str, Any] = {}
     preferred = preferred_batch_sizes(backend, max_batch, opt_batch)
     if preferred:
         batching["preferred_batch_size"] = preferred
@@ -132,10 +131,10 @@ def bls_config(
     max_batch: int,
     count: int,
     threshold: float,
-    stage_models: dict[str, str],
-    client_info: dict[str, Any],
-    queue_delay_us: int | None = None,
-) -> dict[str, Any]:
+    stage_models: Dict[str, str],
+    client_info: Dict[str, Any],
+    queue_delay_us: Optional[int] = None,
+) -> Dict[str, Any]:
     """The Python-backend model that runs the gate. It runs on the CPU (numpy); the stages hold the GPU."""
     outputs = []
     for out_name, dtype in BLS_OUTPUTS:
@@ -168,14 +167,14 @@ def format_threshold(threshold: float) -> str:
 
 
 # ---- protobuf text format ------------------------------------------------------------------------------
-def render_pbtxt(config: dict[str, Any], header: Sequence[str] = ()) -> str:
+def render_pbtxt(config: Dict[str, Any], header: Sequence[str] = ()) -> str:
     """``config`` in protobuf text format; ``parameters`` is Triton's map<string, ModelParameter>."""
     lines = [f"# {line}" for line in header]
     _render_fields(config, 0, lines)
     return "\n".join(lines) + "\n"
 
 
-def _render_fields(message: dict[str, Any], depth: int, lines: list[str]) -> None:
+def _render_fields(message: Dict[str, Any], depth: int, lines: List[str]) -> None:
     pad = "  " * depth
     for key, value in message.items():
         if key == "parameters":

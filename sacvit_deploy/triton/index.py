@@ -11,7 +11,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, Set, Union
 
 from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.core.version import __version__
@@ -35,14 +35,14 @@ class RepositoryIndex:
 
     name: str
     backend: str
-    models: dict[str, str]  # role (bls, stage1, stage2) -> model folder
-    files: dict[str, str]  # path relative to the repository -> sha256
-    source: dict[str, Any] = field(default_factory=dict)
-    options: dict[str, Any] = field(default_factory=dict)
+    models: Dict[str, str]  # role (bls, stage1, stage2) -> model folder
+    files: Dict[str, str]  # path relative to the repository -> sha256
+    source: Dict[str, Any] = field(default_factory=dict)
+    options: Dict[str, Any] = field(default_factory=dict)
     created: str = ""
     package_version: str = __version__
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> Dict[str, Any]:
         return {
             "schema": INDEX_SCHEMA,
             "schema_version": SCHEMA_VERSION,
@@ -62,7 +62,7 @@ class RepositoryIndex:
         return write_text(Path(folder) / INDEX_NAME, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def load(cls, folder: str | Path) -> RepositoryIndex:
+    def load(cls, folder: Union[str, Path]) -> RepositoryIndex:
         path = Path(folder) / INDEX_NAME
         if not path.is_file():
             raise RepositoryError(
@@ -95,5 +95,5 @@ class RepositoryIndex:
                 raise RepositoryError(f"{path}: model name {model!r} is not a plain folder name")
         return index
 
-    def owned(self) -> set[str]:
+    def owned(self) -> Set[str]:
         return {INDEX_NAME, *self.models.values()}

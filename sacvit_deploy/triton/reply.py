@@ -8,8 +8,7 @@ in [0, 1]. Anything else is one :class:`ReplyError` naming the server, the outpu
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from typing import Any, Dict, Mapping, Optional
 
 import numpy as np
 
@@ -20,7 +19,7 @@ class ReplyError(SacvitError):
     """A server's reply that cannot be a SAC-ViT answer (wrong rows, shape, dtype, values)."""
 
 
-def _column(value: np.ndarray, rows: int) -> np.ndarray | None:
+def _column(value: np.ndarray, rows: int) -> Optional[np.ndarray]:
     """(rows,) or (rows, 1) as (rows,); None for any other shape."""
     if value.shape == (rows,):
         return value
@@ -30,8 +29,8 @@ def _column(value: np.ndarray, rows: int) -> np.ndarray | None:
 
 
 def validate_reply(
-    reply: Mapping[str, Any], rows: int, num_classes: int | None, where: str
-) -> dict[str, np.ndarray]:
+    reply: Mapping[str, Any], rows: int, num_classes: Optional[int], where: str
+) -> Dict[str, np.ndarray]:
     """The checked reply: ``logits`` float32 (rows, classes), ``stage`` int64 (rows,),
     ``confidence`` float32 (rows,). ``where`` names the server and model in the error."""
 
@@ -41,7 +40,7 @@ def validate_reply(
             "these images; check that the server runs the repository `sacvit-deploy triton` wrote"
         )
 
-    arrays: dict[str, np.ndarray] = {}
+    arrays: Dict[str, np.ndarray] = {}
     for name in ("logits", "stage", "confidence"):
         value = reply.get(name)
         if value is None:

@@ -28,14 +28,13 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 from sacvit_deploy.core import publish
 from sacvit_deploy.core.manifest import ArtifactFile, Manifest
+from sacvit_deploy.core.package_data import package_path
 from sacvit_deploy.core.version import __version__
 from sacvit_deploy.runtime.labels import default_class_names
 from sacvit_deploy.triton import config as tc
@@ -57,13 +56,13 @@ DEFAULT_MAX_BATCH = 32
 @dataclass(frozen=True)
 class RepositoryOptions:
     backend: str = "onnxruntime"
-    max_batch: int | None = None  # None: 32 for ONNX Runtime, the engines' profile max for TensorRT
+    max_batch: Optional[int] = None  # None: 32 for ONNX Runtime, the engines' profile max for TensorRT
     instances: int = 1
-    kind: str | None = None  # None: cpu for --backend python (PyTriton's server has no GPU code), else gpu
-    gpus: tuple[int, ...] = ()
-    threshold: float | None = None  # None: the manifest's
+    kind: Optional[str] = None  # None: cpu for --backend python (PyTriton's server has no GPU code), else gpu
+    gpus: Tuple[int, ...] = ()
+    threshold: Optional[float] = None  # None: the manifest's
     name: str = "sacvit"
-    queue_delay_us: int | None = None  # None: the per-model defaults (config.QUEUE_DELAY_US)
+    queue_delay_us: Optional[int] = None  # None: the per-model defaults (config.QUEUE_DELAY_US)
 
     @property
     def instance_kind(self) -> str:
@@ -71,7 +70,7 @@ class RepositoryOptions:
             return self.kind
         return "cpu" if self.backend in tc.PYTHON_STAGES else "gpu"
 
-    def model_names(self) -> dict[str, str]:
+    def model_names(self) -> Dict[str, str]:
         return {"bls": self.name, "stage1": f"{self.name}_stage1", "stage2": f"{self.name}_stage2"}
 
     def check(self) -> None:
@@ -112,14 +111,14 @@ class RepositoryResult:
     threshold: float
     seconds: float
     validated: bool  # parsed with Triton's schema (needs tritonclient) and matched with the graphs
-    files: dict[str, int] = field(default_factory=dict)  # relative path -> size in bytes
+    files: Dict[str, int] = field(default_factory=dict)  # relative path -> size in bytes
 
 
 # ---- reading the artifacts --------------------------------------------------------------------------
-def stage_entries(manifest: Manifest, folder: Path, backend: str) -> dict[str, ArtifactFile]:
+def stage_entries(manifest: Manifest, folder: Path, backend: str) -> Dict[str, ArtifactFile]:
     """The stage files the backend needs: ONNX graphs (onnxruntime, python), or TensorRT engines."""
     section = "engines" if backend == "tensorrt" else "graphs"
-    entries: dict[str, ArtifactFile] = getattr(manifest, section)
+    entries: Dict[str, ArtifactFile] = getattr(manifest, section)
     if backend == "tensorrt" and not entries:
         raise RepositoryError(
             f"{folder}/manifest.json lists no TensorRT engines; build them with `sacvit-deploy build-engine` "
@@ -133,7 +132,7 @@ def stage_entries(manifest: Manifest, folder: Path, backend: str) -> dict[str, A
     return {r: entries[r] for r in ("stage1", "stage2")}
 
 
-def _check_dynamic_batch(entries: dict[str, ArtifactFile], folder: Path) -> None:
+def _check_dynamic_batch(entries: Dict[str, ArtifactFile], folder: Path) -> None:
     for role, entry in entries.items():
         for spec in entry.inputs + entry.outputs:
             if not spec.shape or isinstance(spec.shape[0], int):
@@ -144,10 +143,10 @@ def _check_dynamic_batch(entries: dict[str, ArtifactFile], folder: Path) -> None
                 )
 
 
-def engine_batch_range(entries: dict[str, ArtifactFile], folder: Path) -> tuple[int, dict[str, int]]:
+def engine_batch_range(entries: Dict[str, ArtifactFile], folder: Path) -> Tuple[int, Dict[str, int]]:
     """The largest batch every engine profile allows, and each engine's opt batch."""
     bound = None
-    opt: dict[str, int] = {}
+    opt: Dict[str, int] = {}
     for role, entry in entries.items():
         profiles = entry.info.get("profiles") or {}
         for spec in entry.inputs:
@@ -193,15 +192,15 @@ def bls_instances(options: RepositoryOptions) -> int:
 
 
 def bls_source() -> str:
-    return (resources.files("sacvit_deploy.triton") / "bls_model.py").read_text(encoding="utf-8")
+    return package_path("triton", "bls_model.py").read_text(encoding="utf-8")
 
 
 def stage_source() -> str:
     """``model.py`` of a ``--backend python`` stage: its ONNX graph run by onnxruntime."""
-    return (resources.files("sacvit_deploy.triton") / "stage_model.py").read_text(encoding="utf-8")
+    return package_path("triton", "stage_model.py").read_text(encoding="utf-8")
 
 
-def _client_info(manifest: Manifest, source: dict[str, Any]) -> dict[str, Any]:
+def _client_info(manifest: Manifest, source: Dict[str, Any]) -> Dict[str, Any]:
     """What the client needs to preprocess like the server's model: the config parameter ``sacvit_client``.
 
     Class names equal to the defaults for the class count (ImageNet's for 1000) are left out, to keep
@@ -221,12 +220,12 @@ def _client_info(manifest: Manifest, source: dict[str, Any]) -> dict[str, Any]:
 
 def _model_json(
     manifest: Manifest,
-    entries: dict[str, ArtifactFile],
+    entries: Dict[str, ArtifactFile],
     options: RepositoryOptions,
     max_batch: int,
     threshold: float,
-    source: dict[str, Any],
-) -> dict[str, Any]:
+    source: Dict[str, Any],
+) -> Dict[str, Any]:
     names = options.model_names()
     return {
         "schema": MODEL_SCHEMA,
@@ -251,7 +250,7 @@ def _model_json(
     }
 
 
-def _write_text(path: Path, text: str, written: dict[str, tuple[int, str]], root: Path) -> None:
+def _write_text(path: Path, text: str, written: Dict[str, Tuple[int, str]], root: Path) -> None:
     data = text.encode("utf-8")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
@@ -259,8 +258,8 @@ def _write_text(path: Path, text: str, written: dict[str, tuple[int, str]], root
 
 
 def write_repository(
-    artifacts: str | Path,
-    out: str | Path,
+    artifacts: Union[str, Path],
+    out: Union[str, Path],
     options: RepositoryOptions,
     log: Callable[[str], None] = lambda _msg: None,
 ) -> RepositoryResult:
@@ -270,7 +269,7 @@ def write_repository(
     artifacts, out = Path(artifacts), Path(out)
     manifest = Manifest.load(artifacts)
     entries = stage_entries(manifest, artifacts, options.backend)
-    opt_batch: dict[str, int] = {}
+    opt_batch: Dict[str, int] = {}
     if options.backend != "tensorrt":
         _check_dynamic_batch(entries, artifacts)
         max_batch = options.max_batch or DEFAULT_MAX_BATCH
@@ -287,7 +286,7 @@ def write_repository(
     manifest.verify(artifacts, section, roles=("stage1", "stage2"))  # before anything is copied
 
     names = options.model_names()
-    source: dict[str, Any] = {
+    source: Dict[str, Any] = {
         "artifacts": str(artifacts.resolve()),
         "section": section,
         **{role: {"file": e.file, "sha256": e.sha256} for role, e in entries.items()},
@@ -299,7 +298,7 @@ def write_repository(
     placement = tc.Placement(options.instance_kind, options.instances, tuple(options.gpus))
     previous = publish.prepare_output_folder(out, RepositoryError, "triton", owned=_owned)
     header_source = f"{artifacts.resolve()}/manifest.json"
-    written: dict[str, tuple[int, str]] = {}  # relative path -> (size, sha256)
+    written: Dict[str, Tuple[int, str]] = {}  # relative path -> (size, sha256)
     with publish.staging_folder(out) as staging:
         for role in ("stage1", "stage2"):
             entry = entries[role]
@@ -406,7 +405,7 @@ def _validate_staged(staging: Path, index: RepositoryIndex) -> bool:
     return True
 
 
-def _owned(out: Path) -> dict[str, str | dict[str, str] | None]:
+def _owned(out: Path) -> Dict[str, Optional[Union[str, Dict[str, str]]]]:
     """What a previous run wrote in ``out``: the index, and each model folder with the sha256 of every
     file in it. Only folders named as this tool names them (NAME, NAME_stage1, NAME_stage2) count, so
     an index listing a user's folder owns nothing by that entry."""
@@ -415,7 +414,7 @@ def _owned(out: Path) -> dict[str, str | dict[str, str] | None]:
     except RepositoryError:
         return {}
     scheme = set(RepositoryOptions(name=index.name).model_names().values())
-    owned: dict[str, str | dict[str, str] | None] = {INDEX_NAME: None}
+    owned: Dict[str, Optional[Union[str, Dict[str, str]]]] = {INDEX_NAME: None}
     for model in index.models.values():
         if model in scheme:
             owned[model] = {rel: sha for rel, sha in index.files.items() if rel.startswith(f"{model}/")}

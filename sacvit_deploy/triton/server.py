@@ -38,10 +38,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from sacvit_deploy.core.errors import SacvitError
 
@@ -64,7 +63,7 @@ class TritonUnsupported(TritonServerError):
     """The PyTriton wheel's tritonserver does not run on this platform (Linux x86_64, glibc 2.35+)."""
 
 
-def platform_problem() -> str | None:
+def platform_problem() -> Optional[str]:
     """Why the wheel's binaries cannot run here, or None."""
     if sys.platform != "linux" or platform.machine() not in ("x86_64", "AMD64"):
         return f"the nvidia-pytriton wheel is for Linux x86_64, this is {sys.platform} {platform.machine()}"
@@ -78,7 +77,7 @@ def platform_problem() -> str | None:
     return None
 
 
-def _dist_version(folders: Sequence[Path], name: str) -> str | None:
+def _dist_version(folders: Sequence[Path], name: str) -> Optional[str]:
     """The version of an installed distribution found on these folders (from its dist-info name)."""
     pattern = re.compile(rf"^{name}-([0-9][^-]*)\.dist-info$", re.IGNORECASE)
     for folder in folders:
@@ -129,7 +128,7 @@ class TritonInstall:
         )
 
     @classmethod
-    def find(cls, env: str | Path | None = None) -> TritonInstall:
+    def find(cls, env: Optional[Union[str, Path]] = None) -> TritonInstall:
         """``env``, else ``$SACVIT_TRITON_ENV``, else this Python's environment if it has nvidia-pytriton."""
         problem = platform_problem()
         if problem:
@@ -146,13 +145,15 @@ class TritonInstall:
         if not sites:
             raise TritonServerError(f"{where}: {root} has no nvidia-pytriton (its tritonserver); {SETUP}")
         site = sites[-1].parents[3]
-        version = site.parent.name.removeprefix("python")
+        version = (
+            site.parent.name[len("python") :] if site.parent.name.startswith("python") else site.parent.name
+        )
         install = cls(root, site, version)
         if not (install.bin / "python3").exists():
             raise TritonServerError(f"{where}: {root} has no bin/python3; make it a venv: {SETUP}")
         return install
 
-    def check_python(self, need_onnxruntime: bool = True) -> dict[str, str]:
+    def check_python(self, need_onnxruntime: bool = True) -> Dict[str, str]:
         """numpy < 2 (and onnxruntime) in the environment the stub runs; their versions."""
         numpy = _dist_version([self.site], "numpy")
         pip = f"{self.bin / 'python3'} -m pip install"
@@ -220,11 +221,11 @@ class TritonServer:
     repository: Path
     install: TritonInstall
     ports: Ports = field(default_factory=Ports)
-    log_path: Path | None = None  # default: server.log in the scratch folder, removed by stop()
+    log_path: Optional[Path] = None  # default: server.log in the scratch folder, removed by stop()
     exit_on_error: bool = True  # False: keep running when a model fails to load (for fault tests)
-    extra_args: tuple[str, ...] = ()
-    process: subprocess.Popen | None = None
-    _scratch: tempfile.TemporaryDirectory | None = None
+    extra_args: Tuple[str, ...] = ()
+    process: Optional[subprocess.Popen] = None
+    _scratch: Optional[tempfile.TemporaryDirectory] = None
 
     @property
     def http_url(self) -> str:
@@ -239,10 +240,10 @@ class TritonServer:
         return f"http://{LOOPBACK}:{self.ports.metrics}/metrics"
 
     @property
-    def pid(self) -> int | None:
+    def pid(self) -> Optional[int]:
         return self.process.pid if self.process else None
 
-    def command(self, backends: Path) -> list[str]:
+    def command(self, backends: Path) -> List[str]:
         return [
             str(self.install.binary),
             f"--model-repository={self.repository}",
@@ -261,7 +262,7 @@ class TritonServer:
             *self.extra_args,
         ]
 
-    def environment(self) -> dict[str, str]:
+    def environment(self) -> Dict[str, str]:
         env = dict(os.environ)
         libs = [str(self.install.libs), env.get("LD_LIBRARY_PATH", "")]
         env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in libs if p)
@@ -272,7 +273,9 @@ class TritonServer:
             env.pop(name, None)
         return env
 
-    def start(self, wait_for: Sequence[str] | None = None, timeout: float = START_TIMEOUT_S) -> TritonServer:
+    def start(
+        self, wait_for: Optional[Sequence[str]] = None, timeout: float = START_TIMEOUT_S
+    ) -> TritonServer:
         """Start and wait until ready: the server (all models), or only the models in ``wait_for``."""
         if self.process is not None:
             return self
@@ -298,7 +301,7 @@ class TritonServer:
             raise
         return self
 
-    def wait_ready(self, models: Sequence[str] | None, timeout: float) -> None:
+    def wait_ready(self, models: Optional[Sequence[str]], timeout: float) -> None:
         paths = [f"/v2/models/{m}/ready" for m in models] if models else ["/v2/health/ready"]
         deadline = time.monotonic() + timeout
         while True:
@@ -313,7 +316,7 @@ class TritonServer:
                 raise TritonServerError(f"tritonserver not ready after {timeout:.0f} s: {self.log_tail()}")
             time.sleep(0.2)
 
-    def _get(self, path: str) -> tuple[int, bytes]:
+    def _get(self, path: str) -> Tuple[int, bytes]:
         try:
             with urllib.request.urlopen(self.http_url + path, timeout=5) as r:
                 return r.status, r.read()
@@ -328,11 +331,11 @@ class TritonServer:
             raise TritonServerError(f"{self.http_url}{path}: HTTP {status or 'unreachable'}")
         return json.loads(body)
 
-    def metadata(self) -> dict[str, Any]:
+    def metadata(self) -> Dict[str, Any]:
         """``/v2``: the server's name, version and extensions."""
         return self.get_json("/v2")
 
-    def statistics(self, model: str) -> dict[str, Any]:
+    def statistics(self, model: str) -> Dict[str, Any]:
         """``/v2/models/MODEL/stats`` of the model's version: counts and cumulative times."""
         stats = self.get_json(f"/v2/models/{model}/stats")["model_stats"]
         return stats[0] if stats else {}
@@ -352,7 +355,7 @@ class TritonServer:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def stop(self, timeout: float = STOP_TIMEOUT_S) -> int | None:
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> Optional[int]:
         """SIGTERM to the server's PID (it unloads the models and stops its stubs), then SIGKILL to its
         process group if it has not exited in ``timeout``; the exit code, None if never started.
 
@@ -396,13 +399,13 @@ class TritonServer:
 
 
 @contextlib.contextmanager
-def signals_held(on_signal: Callable[[], None] | None = None) -> Iterator[list[int]]:
+def signals_held(on_signal: Optional[Callable[[], None]] = None) -> Iterator[List[int]]:
     """Ctrl-C and SIGTERM do not interrupt the block (cleanup that must finish); each one calls
     ``on_signal`` (e.g. escalate to SIGKILL) and is recorded in the yielded list. Main thread only;
     elsewhere the block runs as is."""
     import threading
 
-    caught: list[int] = []
+    caught: List[int] = []
     if threading.current_thread() is not threading.main_thread():
         yield caught
         return

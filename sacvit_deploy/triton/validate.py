@@ -18,7 +18,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from sacvit_deploy.core.errors import ConfigError, SacvitError
 from sacvit_deploy.core.extras import install_hint
@@ -53,10 +53,10 @@ class Finding:
 @dataclass
 class ValidationReport:
     folder: Path
-    findings: list[Finding] = field(default_factory=list)
+    findings: List[Finding] = field(default_factory=list)
 
     @property
-    def failures(self) -> list[Finding]:
+    def failures(self) -> List[Finding]:
         return [f for f in self.findings if not f.ok and not f.note]
 
     @property
@@ -89,14 +89,14 @@ def parse_config(path: Path) -> Any:
         raise ValueError(str(exc)) from None
 
 
-def config_as_dict(message: Any) -> dict[str, Any]:
+def config_as_dict(message: Any) -> Dict[str, Any]:
     from google.protobuf.json_format import MessageToDict
 
     return MessageToDict(message, preserving_proto_field_name=True)
 
 
 # ---- tensors -------------------------------------------------------------------------------------------
-def _io_summary(entries: Any, enum: Any) -> dict[str, tuple[str, list[int], list[int] | None]]:
+def _io_summary(entries: Any, enum: Any) -> Dict[str, Tuple[str, List[int], Optional[List[int]]]]:
     out = {}
     for t in entries:
         reshape = list(t.reshape.shape) if t.HasField("reshape") else None
@@ -104,7 +104,7 @@ def _io_summary(entries: Any, enum: Any) -> dict[str, tuple[str, list[int], list
     return out
 
 
-def _expected_io(specs: list[TensorSpec]) -> dict[str, tuple[str, list[int], list[int] | None]]:
+def _expected_io(specs: List[TensorSpec]) -> Dict[str, Tuple[str, List[int], Optional[List[int]]]]:
     out = {}
     for spec in specs:
         dims, reshape = tc.tensor_dims(spec)
@@ -130,14 +130,14 @@ def _compare_io(report: ValidationReport, model: str, what: str, got: dict, want
     report.add(model, what, not problems, detail)
 
 
-def _onnx_io(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]] | None:
+def _onnx_io(path: Path) -> Optional[Tuple[List[TensorSpec], List[TensorSpec]]]:
     try:
         import onnx
     except ImportError:
         return None
     proto = onnx.load(str(path), load_external_data=False)
 
-    def specs(values: Any) -> list[TensorSpec]:
+    def specs(values: Any) -> List[TensorSpec]:
         result = []
         for v in values:
             tt = v.type.tensor_type
@@ -152,7 +152,9 @@ def _onnx_io(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]] | None:
 
 
 # ---- the repository --------------------------------------------------------------------------------
-def validate_repository(folder: str | Path, index: RepositoryIndex | None = None) -> ValidationReport:
+def validate_repository(
+    folder: Union[str, Path], index: Optional[RepositoryIndex] = None
+) -> ValidationReport:
     """Check every model of a repository written by ``sacvit-deploy triton``; never raises for findings."""
     cls = model_config_class()  # fail early, and once, without tritonclient
     folder = Path(folder)
@@ -169,7 +171,7 @@ def validate_repository(folder: str | Path, index: RepositoryIndex | None = None
     _check_files(report, folder, index)
 
     model_json = _load_model_json(report, folder / bls_name / MODEL_JSON, bls_name)
-    configs: dict[str, Any] = {}
+    configs: Dict[str, Any] = {}
     for role, model in names.items():
         path = folder / model / tc.CONFIG_NAME
         try:
@@ -220,7 +222,7 @@ def _check_files(report: ValidationReport, folder: Path, index: RepositoryIndex)
             report.add(model, f"file {rel}", True, f"sha256 {sha[:12]}…")
 
 
-def _load_model_json(report: ValidationReport, path: Path, model: str) -> dict[str, Any] | None:
+def _load_model_json(report: ValidationReport, path: Path, model: str) -> Optional[Dict[str, Any]]:
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
         if d.get("schema") != MODEL_SCHEMA:
@@ -280,7 +282,7 @@ def _check_stage(
     index: RepositoryIndex,
     role: str,
     cfg: Any,
-    model_json: dict[str, Any],
+    model_json: Dict[str, Any],
     enum: _EnumNames,
 ) -> None:
     model = index.models[role]
@@ -343,8 +345,8 @@ def _check_bls(
     report: ValidationReport,
     folder: Path,
     index: RepositoryIndex,
-    configs: dict[str, Any],
-    model_json: dict[str, Any],
+    configs: Dict[str, Any],
+    model_json: Dict[str, Any],
     enum: _EnumNames,
 ) -> None:
     model = index.models["bls"]

@@ -7,6 +7,7 @@ a dotted module path for a format that lives outside it) and builds its ``Adapte
 from __future__ import annotations
 
 import importlib
+from typing import Dict
 
 from sacvit_deploy.core.errors import CheckpointError
 from sacvit_deploy.core.formats import AUTO, CHECKPOINT_FORMATS
@@ -14,7 +15,7 @@ from sacvit_deploy.model.formats.base import FormatAdapter, RawCheckpoint
 
 __all__ = ["FormatAdapter", "RawCheckpoint", "adapter_for"]
 
-_CACHE: dict[str, FormatAdapter] = {}
+_CACHE: Dict[str, FormatAdapter] = {}
 
 
 def adapter_for(name: str) -> FormatAdapter:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, List, Optional
 
 from torch import Tensor
 
@@ -35,13 +35,13 @@ class RawCheckpoint:
     """Tensors and plain metadata read from a file, before any interpretation."""
 
     path: Path
-    state_dict: dict[str, Tensor]
-    metadata: dict[str, Any] = field(default_factory=dict)
-    config: ModelConfig | None = None  # only for this project's format
-    notes: list[str] = field(default_factory=list)  # what an adapter assumed, for the user
+    state_dict: Dict[str, Tensor]
+    metadata: Dict[str, Any] = field(default_factory=dict)
+    config: Optional[ModelConfig] = None  # only for this project's format
+    notes: List[str] = field(default_factory=list)  # what an adapter assumed, for the user
 
 
-def kind_of(sd: dict[str, Tensor]) -> str:
+def kind_of(sd: Dict[str, Tensor]) -> str:
     if "pos_embed_list.0" in sd or "pos_embed_list.1" in sd:
         return "two-stage"
     if "pos_embed" in sd:
@@ -49,16 +49,16 @@ def kind_of(sd: dict[str, Tensor]) -> str:
     return "unknown"
 
 
-def grid_side(n_tokens: int, extra: int = 1) -> int | None:
+def grid_side(n_tokens: int, extra: int = 1) -> Optional[int]:
     side = round((n_tokens - extra) ** 0.5)
     return side if side * side == n_tokens - extra else None
 
 
-def _depth(sd: dict[str, Tensor]) -> int:
+def _depth(sd: Dict[str, Tensor]) -> int:
     return 1 + max(int(m.group(1)) for k in sd for m in [re.match(r"blocks\.(\d+)\.", k)] if m)
 
 
-def guess_variant(sd: dict[str, Tensor]) -> str | None:
+def guess_variant(sd: Dict[str, Tensor]) -> Optional[str]:
     """The named variant whose shapes these tensors have, or None."""
     try:
         dim = sd["cls_token"].shape[-1]
@@ -75,7 +75,7 @@ def guess_variant(sd: dict[str, Tensor]) -> str | None:
     return name if name in VARIANTS and depth == 12 else None
 
 
-def shape_summary(sd: dict[str, Tensor]) -> str:
+def shape_summary(sd: Dict[str, Tensor]) -> str:
     try:
         return f"embed_dim {sd['cls_token'].shape[-1]}, depth {_depth(sd)}"
     except (KeyError, ValueError):
@@ -83,7 +83,7 @@ def shape_summary(sd: dict[str, Tensor]) -> str:
 
 
 def config_from_shapes(
-    raw: RawCheckpoint, fmt: str, variant: str | None, sd: dict[str, Tensor] | None = None
+    raw: RawCheckpoint, fmt: str, variant: Optional[str], sd: Optional[Dict[str, Tensor]] = None
 ) -> ModelConfig:
     """A named variant's config for a file that carries none: ``variant`` or the one the shapes of
     ``sd`` (the adapter's tensors; default the file's) match."""
@@ -111,19 +111,19 @@ class FormatAdapter:
         self.row = row
         self.name = row.name
 
-    def locate(self, path: Path) -> Path | None:
+    def locate(self, path: Path) -> Optional[Path]:
         return None
 
     def detect(self, raw: RawCheckpoint) -> bool:
         return False
 
-    def mismatch(self, raw: RawCheckpoint) -> str | None:
+    def mismatch(self, raw: RawCheckpoint) -> Optional[str]:
         if kind_of(raw.state_dict) == "unknown" and raw.config is None:
             return "no DeiT / SAC-ViT weights inside (no cls_token/pos_embed keys); is this the right file?"
         return None
 
-    def config(self, raw: RawCheckpoint, variant: str | None) -> ModelConfig:
+    def config(self, raw: RawCheckpoint, variant: Optional[str]) -> ModelConfig:
         return config_from_shapes(raw, self.name, variant, self.state_dict(raw))
 
-    def state_dict(self, raw: RawCheckpoint) -> dict[str, Tensor]:
+    def state_dict(self, raw: RawCheckpoint) -> Dict[str, Tensor]:
         return dict(raw.state_dict)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Dict, Optional
+
 from torch import Tensor
 
 from sacvit_deploy.core.errors import CheckpointError
@@ -12,12 +14,12 @@ class Adapter(FormatAdapter):
     def detect(self, raw: RawCheckpoint) -> bool:
         return raw.config is None and kind_of(raw.state_dict) == "deit"
 
-    def mismatch(self, raw: RawCheckpoint) -> str | None:
+    def mismatch(self, raw: RawCheckpoint) -> Optional[str]:
         if kind_of(raw.state_dict) == "two-stage" and raw.config is None:
             return "a two-stage checkpoint (pos_embed_list.*), not timm DeiT; pass --format lf-vit or cf-vit"
         return super().mismatch(raw)
 
-    def state_dict(self, raw: RawCheckpoint) -> dict[str, Tensor]:
+    def state_dict(self, raw: RawCheckpoint) -> Dict[str, Tensor]:
         sd = dict(raw.state_dict)
         if "dist_token" in sd or "head_dist.weight" in sd:
             raise CheckpointError(

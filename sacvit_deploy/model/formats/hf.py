@@ -18,7 +18,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -64,7 +64,7 @@ _DISTILLED = (
 )
 
 
-def _read_json(path: Path, what: str) -> dict[str, Any]:
+def _read_json(path: Path, what: str) -> Dict[str, Any]:
     try:
         if path.stat().st_size > _MAX_JSON:
             raise CheckpointError(
@@ -83,13 +83,13 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
 class _Fields:
     """Typed reads of an untrusted JSON object; each failure names the file, the field and the fix."""
 
-    def __init__(self, data: dict[str, Any], path: Path) -> None:
+    def __init__(self, data: Dict[str, Any], path: Path) -> None:
         self.data, self.path = data, path
 
     def bad(self, key: str, why: str) -> CheckpointError:
         return CheckpointError(f"{self.path}: {key} {why}; re-save the model with save_pretrained")
 
-    def int(self, key: str, default: int | None = None, low: int = 1, high: int = 2**20) -> int:
+    def int(self, key: str, default: Optional[int] = None, low: int = 1, high: int = 2**20) -> int:
         value = self.data.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise self.bad(key, f"is {value!r}, not an integer in {low}..{high}")
@@ -109,13 +109,13 @@ class _Fields:
             raise self.bad(key, f"is {value!r}, not true or false")
         return value
 
-    def str(self, key: str, default: str | None = None) -> str:
+    def str(self, key: str, default: Optional[str] = None) -> str:
         value = self.data.get(key, default)
         if not isinstance(value, str):
             raise self.bad(key, f"is {value!r}, not a string")
         return value
 
-    def square(self, key: str, default: int | None = None) -> int:
+    def square(self, key: str, default: Optional[int] = None) -> int:
         value = self.data.get(key, default)
         if isinstance(value, (list, tuple)) and len(value) == 2 and value[0] == value[1]:
             value = value[0]
@@ -124,7 +124,7 @@ class _Fields:
         return value
 
 
-def class_names(fields: _Fields, num_labels: int) -> tuple[str, ...] | None:
+def class_names(fields: _Fields, num_labels: int) -> Optional[Tuple[str, ...]]:
     """``id2label`` as a tuple in class order; None for transformers' placeholders LABEL_0, LABEL_1, ..."""
     raw = fields.data.get("id2label")
     if raw is None:
@@ -132,7 +132,7 @@ def class_names(fields: _Fields, num_labels: int) -> tuple[str, ...] | None:
     if not isinstance(raw, dict) or len(raw) != num_labels:
         n = len(raw) if isinstance(raw, dict) else type(raw).__name__
         raise fields.bad("id2label", f"has {n} entries for {num_labels} classes (the head's rows)")
-    names: dict[int, str] = {}
+    names: Dict[int, str] = {}
     for key, value in raw.items():
         if not (isinstance(key, str) and key.isdigit() and int(key) < num_labels) or not isinstance(
             value, str
@@ -149,7 +149,7 @@ def class_names(fields: _Fields, num_labels: int) -> tuple[str, ...] | None:
     return ordered
 
 
-def preprocess_for(folder: Path, img_size: int) -> tuple[PreprocessConfig, list[str]]:
+def preprocess_for(folder: Path, img_size: int) -> Tuple[PreprocessConfig, List[str]]:
     """preprocessor_config.json's normalisation, resampling and resize (DeiT's crop_pct when absent)."""
     default = PreprocessConfig.for_resolution(img_size)
     path = folder / PREPROCESSOR
@@ -196,7 +196,7 @@ def preprocess_for(folder: Path, img_size: int) -> tuple[PreprocessConfig, list[
 class Adapter(FormatAdapter):
     config_in_file = True
 
-    def locate(self, path: Path) -> Path | None:
+    def locate(self, path: Path) -> Optional[Path]:
         if not path.is_dir() or not (path / CONFIG).is_file():
             return None
         for name in WEIGHTS:
@@ -216,14 +216,14 @@ class Adapter(FormatAdapter):
             k.startswith(("vit.embeddings.", "deit.embeddings.")) for k in raw.state_dict
         )
 
-    def mismatch(self, raw: RawCheckpoint) -> str | None:
+    def mismatch(self, raw: RawCheckpoint) -> Optional[str]:
         if any(k.startswith("deit.") or "distillation" in k for k in raw.state_dict):
             return _DISTILLED
         if not self.detect(raw):
             return "no Hugging Face ViT tensors (vit.embeddings.*) inside; pass the folder save_pretrained wrote, or --format auto"
         return None
 
-    def config(self, raw: RawCheckpoint, variant: str | None) -> ModelConfig:
+    def config(self, raw: RawCheckpoint, variant: Optional[str]) -> ModelConfig:
         folder = raw.path.parent
         path = folder / CONFIG
         if not path.is_file():
@@ -272,7 +272,7 @@ class Adapter(FormatAdapter):
             )
         pre, notes = preprocess_for(folder, img)
         raw.notes.extend(notes)
-        fields: dict[str, Any] = {
+        fields: Dict[str, Any] = {
             "img_size": img,
             "patch_size": patch,
             "in_chans": chans,
@@ -313,11 +313,11 @@ class Adapter(FormatAdapter):
         except ConfigError as exc:
             raise CheckpointError(f"{path}: {exc}") from None
 
-    def state_dict(self, raw: RawCheckpoint) -> dict[str, Tensor]:
+    def state_dict(self, raw: RawCheckpoint) -> Dict[str, Tensor]:
         if (reason := self.mismatch(raw)) is not None:
             raise CheckpointError(f"{raw.path}: {reason}")
-        out: dict[str, Tensor] = {}
-        parts: dict[tuple[str, str], dict[int, Tensor]] = {}
+        out: Dict[str, Tensor] = {}
+        parts: Dict[Tuple[str, str], Dict[int, Tensor]] = {}
         unknown = []
         for key, value in raw.state_dict.items():
             for pattern in _QKV:

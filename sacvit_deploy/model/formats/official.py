@@ -6,6 +6,8 @@ is what ``--format auto`` goes by.
 
 from __future__ import annotations
 
+from typing import Optional
+
 from sacvit_deploy.model.formats.base import FormatAdapter, RawCheckpoint, kind_of
 
 
@@ -18,7 +20,7 @@ class Adapter(FormatAdapter):
             and self.row.detect_key in raw.metadata
         )
 
-    def mismatch(self, raw: RawCheckpoint) -> str | None:
+    def mismatch(self, raw: RawCheckpoint) -> Optional[str]:
         if raw.config is not None:
             return "a sacvit-deploy checkpoint (it carries its config); pass --format sacvit"
         if kind_of(raw.state_dict) == "deit":
