@@ -20,12 +20,10 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from sacvit_deploy.backends.arrays import DTYPES
-from sacvit_deploy.core.errors import SacvitError
+from sacvit_deploy.backends.errors import BackendError
 from sacvit_deploy.core.manifest import TensorSpec
 
-
-class BackendError(SacvitError):
-    """A backend that cannot run: missing package or provider, bad feed, incompatible engine."""
+__all__ = ["BackendError", "Runner", "format_shape"]
 
 
 class Runner(abc.ABC):

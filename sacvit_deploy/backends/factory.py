@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 
-from sacvit_deploy.backends.base import BackendError, Runner
+from sacvit_deploy.backends.errors import BackendError
 from sacvit_deploy.core.extras import install_hint
 from sacvit_deploy.core.manifest import Manifest
 
@@ -46,8 +46,11 @@ class BackendChoice:
 # A probe answers for ``auto``: a BackendChoice when the backend can run the folder here, else the
 # reason it cannot (one short clause). ``select`` answers an explicit ``--backend NAME``: a choice, or a
 # BackendError saying what is missing and how to get it.
-if TYPE_CHECKING:  # subscripted collections.abc.Callable fails at run time on Python 3.8
+if TYPE_CHECKING:
+    # subscripted collections.abc.Callable fails at run time on Python 3.8
     from typing import Callable
+
+    from sacvit_deploy.backends.base import Runner  # numpy: not needed to pick a backend
 
     Probe = Callable[[Manifest, Union[str, None]], Union[BackendChoice, str]]
     Select = Callable[[Manifest, Union[str, None], Union[str, None]], BackendChoice]

@@ -16,8 +16,6 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from sacvit_deploy.core.errors import SacvitError
 
 
@@ -53,7 +51,9 @@ class ExitRule:
     def hard_indices(self, confidence: Any) -> Any:
         """Indices of the samples that go on to stage 2 (int64, on the confidence's device)."""
         hard = ~self.exits(confidence)
-        if isinstance(hard, np.ndarray):
+        if _is_numpy(hard):
+            import numpy as np  # already loaded: the array is numpy's
+
             return np.flatnonzero(hard)
         return hard.nonzero().flatten()
 
@@ -64,10 +64,15 @@ class ExitRule:
     def stage(self, confidence: Any) -> Any:
         """1 where stage 1 answers, 2 where stage 2 does (int64)."""
         e = self.exits(confidence)
-        if isinstance(e, np.ndarray):
-            return 2 - e.astype(np.int64)
+        if _is_numpy(e):
+            return 2 - e.astype("int64")
         return 2 - e.long()
 
     def near(self, confidence: Any, margin: float) -> Any:
         """True where the decision depends on rounding: |confidence - threshold| <= margin."""
         return abs(confidence - self.threshold) <= margin
+
+
+def _is_numpy(a: Any) -> bool:
+    # numpy arrays without importing numpy here: the CLI's --help imports this module (via validate)
+    return type(a).__module__ == "numpy"
