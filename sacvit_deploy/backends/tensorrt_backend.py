@@ -44,6 +44,7 @@ import numpy as np
 
 from sacvit_deploy.backends.arrays import is_device_array
 from sacvit_deploy.backends.base import BackendError, Runner
+from sacvit_deploy.backends.trt_logger import make_logger
 from sacvit_deploy.core.manifest import ArtifactFile
 
 # TensorRT DataType member name -> the manifest's dtype name.
@@ -94,6 +95,7 @@ class TensorRTRunner(Runner):
         self._engine: Any = None
         self._context: Any = None
         self._memory: Any = None  # device.DeviceMemory while active
+        self._logger: Any = None  # trt_logger.make_logger's, while active
         self._version = ""
         self._output_dtypes = {name: np.dtype(spec.dtype) for name, spec in self.output_specs.items()}
         self._gpu: Any = None
@@ -163,16 +165,17 @@ class TensorRTRunner(Runner):
         except DeviceError as exc:
             raise BackendError(str(exc)) from None
         try:
-            logger = trt.Logger(trt.Logger.WARNING)
+            # TensorRT's messages through ours, never raw to the terminal; kept as long as the runtime
+            logger = self._logger = make_logger(trt)
             runtime = trt.Runtime(logger)
             if self.build_info.get("version_compatible"):
                 # A version-compatible engine carries its own lean runtime: host code TensorRT must load.
                 runtime.engine_host_code_allowed = True
             engine = runtime.deserialize_cuda_engine(self.path.read_bytes())
             if engine is None:
+                said = f" ({logger.errors[0][:300]})" if logger.errors else ""
                 raise BackendError(
-                    f"{self.path}: TensorRT {version} cannot load this engine (see TensorRT's message above); "
-                    f"{self._rebuild_hint()}"
+                    f"{self.path}: TensorRT {version} cannot load this engine{said}; {self._rebuild_hint()}"
                 )
             self._check_io(trt, engine)
             context = engine.create_execution_context()
@@ -193,6 +196,7 @@ class TensorRTRunner(Runner):
         # The context before the engine before the runtime: each holds memory of the next. The device
         # memory last: closing it waits for the stream and frees every buffer (outputs included).
         self._context = self._engine = self._runtime = None
+        self._logger = None
         if self._memory is not None:
             self._memory.close()
         self._memory = None
@@ -258,9 +262,8 @@ class TensorRTRunner(Runner):
                 outputs[name] = memory.empty(shape, dtype)
                 context.set_tensor_address(name, outputs[name].ptr)
             if not context.execute_async_v3(memory.stream_handle):
-                raise BackendError(
-                    f"{self.name}: TensorRT failed to run the engine (see TensorRT's message above)"
-                )
+                errors = getattr(self._logger, "errors", None) or ["no message"]
+                raise BackendError(f"{self.name}: TensorRT failed to run the engine ({errors[-1][:300]})")
         finally:
             memory.synchronize()  # the one sync of the call (also after a failure: staged inputs in flight)
             staged.clear()

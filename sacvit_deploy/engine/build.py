@@ -47,6 +47,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, FrozenSet, List, Optional, Set, Tuple, Union
 
+from sacvit_deploy.backends.trt_logger import make_logger as _trt_logger
 from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.core.extras import install_hint
 from sacvit_deploy.core.manifest import (
@@ -158,24 +159,7 @@ class BuildResult:
 # ---- small steps ------------------------------------------------------------------------------------
 def make_logger(trt: Any) -> Any:
     """A TensorRT logger that keeps errors (for our messages) and logs each warning once."""
-    severity = trt.ILogger.Severity
-    errors = {severity.ERROR, severity.INTERNAL_ERROR}
-
-    class Logger(trt.ILogger):
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)  # pybind11 needs the base initialised explicitly
-            self.errors: List[str] = []
-            self.seen: Set[str] = set()
-
-        def log(self, level: Any, msg: str) -> None:
-            text = str(msg)
-            if level in errors:
-                self.errors.append(text)
-            elif level == severity.WARNING and text not in self.seen:
-                self.seen.add(text)
-                _log.warning("TensorRT: %s", text)
-
-    return Logger()
+    return _trt_logger(trt, _log)
 
 
 def network_flags(trt: Any, version: Any, strongly_typed: Optional[bool] = None) -> Tuple[int, List[str]]:
