@@ -645,7 +645,7 @@ def test_python_stage_model_runs_on_tritons_python():
     assert top == {"json", "os", "numpy", "triton_python_backend_utils"}  # onnxruntime: inside initialize
 
 
-def test_server_setup_problems_are_one_line_with_the_fix(tmp_path, monkeypatch):
+def test_server_setup_problems_are_one_line_with_the_fix(built, tmp_path, monkeypatch):
     from sacvit_deploy.triton import server as ts
 
     monkeypatch.setattr(ts, "platform_problem", lambda: None)  # the layout checks, on any machine
@@ -672,10 +672,19 @@ def test_server_setup_problems_are_one_line_with_the_fix(tmp_path, monkeypatch):
     assert install.check_python() == {"numpy": "1.26.4", "onnxruntime": "1.32.0"}
     with pytest.raises(ts.TritonServerError, match="no Python backend stub for Python 3.11"):
         install.prepare_backends(tmp_path / "b")
-    result = runner.invoke(app, ["serve", "--triton-env", str(tmp_path / "none")])
+    _, root, _ = built
+    result = runner.invoke(
+        app, ["serve", "--artifacts", str(root / "export"), "--triton-env", str(tmp_path / "none")]
+    )
     assert (
         result.exit_code == 1 and result.stderr.count("\n") == 1 and "has no nvidia-pytriton" in result.stderr
     )
+    # the artifacts are checked before the Triton environment, whose fix is a long install
+    result = runner.invoke(
+        app, ["serve", "--artifacts", str(tmp_path), "--triton-env", str(tmp_path / "none")]
+    )
+    assert result.exit_code == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert "manifest" in result.stderr and "nvidia-pytriton" not in result.stderr
 
 
 def test_the_server_command_listens_on_loopback_only(tmp_path):
