@@ -1376,12 +1376,13 @@ def test_signal_mid_run_keeps_whole_rows_and_prints_a_summary(base, tmp_path, si
 _SCRIPT = [str(Path(sys.executable).with_name("sacvit-deploy"))]
 
 
-@pytest.mark.parametrize("after", [0.4, 1.0, 1.7])
+@pytest.mark.parametrize("after", [0.2, 0.6, 1.0])
 @pytest.mark.parametrize("command", [CLI, _SCRIPT], ids=["python-m", "console-script"])
 def test_ctrl_c_while_importing_gives_no_traceback(base, tmp_path, command, after):
     """Across the import window: a KeyboardInterrupt inside an extension's initialisation once
     aborted the process (pybind11 -> std::terminate, rc -6) or, under ``python -m``, turned exit
-    code 130 into death by SIGINT (rc -2) after "interrupted" was printed."""
+    code 130 into death by SIGINT (rc -2) after "interrupted" was printed. Without torch the window is
+    about a second (numpy, onnx, onnxruntime); at 1.7 s a quiet machine had classified all 400."""
     if not Path(command[0]).exists():
         pytest.skip("the console script is not installed next to this Python")
     result, _ = _signal_run(base, tmp_path, signal.SIGINT, wait_for_rows=False, after=after, command=command)

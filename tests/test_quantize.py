@@ -420,7 +420,7 @@ def test_every_cli_method_quantizes_the_demo_model(method, demo_export, tmp_path
     )
     assert result.exit_code == 0, result.output
     manifest = Manifest.load(out)
-    assert manifest.quantization["method"]["calibration"] == method
+    assert manifest.quantization.details["method"]["calibration"] == method
     rows = {r["check"]: r for r in json.loads(report.read_text())["rows"]}
     assert rows["pipeline@0.610"]["top1_agreement"] >= 0.9 and rows["pipeline@0.610"]["exit_agreement"] >= 0.9
 

@@ -139,10 +139,10 @@ def test_augmentation_does_not_depend_on_worker_count(data_dir):
     assert torch.equal(batches[0][0], batches[1][0]) and torch.equal(batches[0][1], batches[1][1])
 
 
-def test_a_corrupt_image_is_one_line_with_or_without_loader_workers(data_dir):
+def test_a_corrupt_image_is_one_line_with_or_without_loader_workers(tmp_path):
     """torch re-raises a worker's exception with the worker's traceback in its message: the data
     error keeps only its own line, so train prints one line with --workers 2 as with 0."""
-    split, _ = scan_image_folder(data_dir)
+    split, _ = scan_image_folder(write_folder(tmp_path / "data"))
     bad, _label = split.samples[0]
     Path(bad).write_bytes(b"not an image at all")
     ds = ImageFolderDataset(split, TrainTransform(tiny_config().preprocess), seed=3)

@@ -510,12 +510,13 @@ def test_check_folder(tmp_path):
 
 
 def test_cli_groups_the_same_problem_on_many_nodes(tmp_path):
+    report_path = tmp_path.parent / f"{tmp_path.name}-report.json"  # never inside the artifact folder
     chain = [
         helper.make_node("LayerNormalization", [src, "g", "b"], [dst], name=f"ln{i}", axis=-1)
         for i, (src, dst) in enumerate([("x", "a"), ("a", "c"), ("c", "y")])
     ]
     write_folder(tmp_path, {"stage1": model(chain, inits=LN_INITS), "stage2": clean_model()})
-    result = runner.invoke(app, ["check", str(tmp_path), "--trt", "8.5", "--json", str(tmp_path / "r.json")])
+    result = runner.invoke(app, ["check", str(tmp_path), "--trt", "8.5", "--json", str(report_path)])
     assert result.exit_code == 2, result.output
     lines = result.stdout.splitlines()
     assert lines[0].startswith(
@@ -527,7 +528,7 @@ def test_cli_groups_the_same_problem_on_many_nodes(tmp_path):
         "verdict: FAIL (parser check: some graph will NOT parse on TensorRT 8.5; exit code 2)",
     ]
     # the JSON report keeps every node
-    report = json.loads((tmp_path / "r.json").read_text())
+    report = json.loads(report_path.read_text())
     assert [p["node"] for p in report["results"][0]["problems"]] == ["ln0", "ln1", "ln2"]
 
 
@@ -542,8 +543,9 @@ def test_cli_clean_folder_exits_0(tmp_path):
 
 
 def test_cli_reports_problems_and_exits_2(tmp_path):
+    report_path = tmp_path.parent / f"{tmp_path.name}-report.json"  # never inside the artifact folder
     write_folder(tmp_path, {"stage1": model([layernorm_node()], inits=LN_INITS), "stage2": clean_model()})
-    result = runner.invoke(app, ["check", str(tmp_path), "--trt", "8.5", "--json", str(tmp_path / "r.json")])
+    result = runner.invoke(app, ["check", str(tmp_path), "--trt", "8.5", "--json", str(report_path)])
     assert result.exit_code == 2, result.output
     assert result.stdout.splitlines() == [
         "stage1.onnx: error [layernorm] node 'ln' (LayerNormalization): LayerNormalization (opset 17) is not "
@@ -553,7 +555,7 @@ def test_cli_reports_problems_and_exits_2(tmp_path):
         "stage2.onnx: parses on TensorRT 8.5",
         "verdict: FAIL (parser check: some graph will NOT parse on TensorRT 8.5; exit code 2)",
     ]
-    report = json.loads((tmp_path / "r.json").read_text())
+    report = json.loads(report_path.read_text())
     first = report["results"][0]
     assert (first["graph"], first["trt"], first["parses"]) == ("stage1.onnx", "8.5", False)
     assert first["problems"][0]["rule"] == "layernorm"
