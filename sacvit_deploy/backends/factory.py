@@ -181,6 +181,18 @@ def _entry(entries: dict, role: str, folder: Path, what: str) -> Any:
     return entries[role]
 
 
+def _checked_graph(folder: Path, manifest: Manifest, role: str) -> Tuple[Path, Any]:
+    """An ONNX graph's path and manifest entry, its hash and external data checked before any
+    runtime opens it (every backend that reads the ONNX files)."""
+    from sacvit_deploy.core.onnx_files import external_data_files
+
+    entry = _entry(manifest.graphs, role, folder, "ONNX graph")
+    manifest.verify(folder, "graphs", roles=(role,))
+    path = manifest.file_path(folder, entry)
+    external_data_files(path)
+    return path, entry
+
+
 # ---- tensorrt --------------------------------------------------------------------------------------
 def _trt_select(manifest: Manifest, device: Optional[str], provider: Optional[str]) -> BackendChoice:
     if not manifest.engines:
@@ -252,13 +264,10 @@ def _ort_factory(
     folder: Path, manifest: Manifest, role: str, choice: BackendChoice, **options: Any
 ) -> Runner:
     from sacvit_deploy.backends.onnxruntime_backend import OnnxRuntimeRunner
-    from sacvit_deploy.core.onnx_files import external_data_files
 
-    entry = _entry(manifest.graphs, role, folder, "ONNX graph")
-    manifest.verify(folder, "graphs", roles=(role,))
-    external_data_files(manifest.file_path(folder, entry))
+    path, entry = _checked_graph(folder, manifest, role)
     return OnnxRuntimeRunner(
-        manifest.file_path(folder, entry),
+        path,
         entry.inputs,
         entry.outputs,
         provider=choice.provider or "cpu",
@@ -296,13 +305,10 @@ def _ov_probe(manifest: Manifest, device: Optional[str]) -> Union[BackendChoice,
 
 def _ov_factory(folder: Path, manifest: Manifest, role: str, choice: BackendChoice, **options: Any) -> Runner:
     from sacvit_deploy.backends.openvino_backend import DEFAULT_CACHE, OpenVinoRunner
-    from sacvit_deploy.core.onnx_files import external_data_files
 
-    entry = _entry(manifest.graphs, role, folder, "ONNX graph")
-    manifest.verify(folder, "graphs", roles=(role,))
-    external_data_files(manifest.file_path(folder, entry))
+    path, entry = _checked_graph(folder, manifest, role)
     return OpenVinoRunner(
-        manifest.file_path(folder, entry),
+        path,
         entry.inputs,
         entry.outputs,
         device=choice.provider or "CPU",
