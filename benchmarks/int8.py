@@ -34,6 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -64,12 +65,12 @@ def random_model(variant: str, fmt: str) -> SACViT:
     return model
 
 
-def split_threshold(conf: torch.Tensor, n_hard: int) -> float:
+def split_threshold(conf: np.ndarray, n_hard: int) -> float:
     """A threshold sending exactly the ``n_hard`` least confident samples to stage 2."""
-    c = conf.sort().values
+    c = np.sort(np.asarray(conf).reshape(-1))
     if n_hard == 0:
         return 0.0  # every sample exits (a threshold below 0 is refused)
-    if n_hard >= c.numel():
+    if n_hard >= c.size:
         return float(c[-1]) + 1.0
     return float((c[n_hard - 1] + c[n_hard]) / 2)
 
@@ -131,7 +132,7 @@ def main() -> None:
     try:
         for bs in [int(b) for b in args.batch_sizes.split(",")]:
             g = torch.Generator().manual_seed(bs)
-            x = torch.randn(bs, 3, cfg.img_size, cfg.img_size, generator=g)
+            x = torch.randn(bs, 3, cfg.img_size, cfg.img_size, generator=g).numpy()  # runners take numpy
             fns = {}
             if bs == 1:
                 # the batch-1 mix: an easy image (threshold 0: it exits) and a hard one (above 1: it does not)
@@ -141,12 +142,7 @@ def main() -> None:
             else:
                 n_hard = round(args.hard_fraction * bs)
                 for name, o in opened.items():
-                    th = split_threshold(
-                        torch.from_numpy(
-                            run_any_batch(o.pipeline.stage1, {"image": x.numpy()})["confidence"]
-                        ),
-                        n_hard,
-                    )
+                    th = split_threshold(run_any_batch(o.pipeline.stage1, {"image": x})["confidence"], n_hard)
                     assert int((o.pipeline.run(x, th).stage == 2).sum()) == n_hard
                     fns[f"pipeline {name}"] = lambda o=o, th=th, x=x: o.pipeline.run(x, th)
             for name, b in baselines.items():
