@@ -136,16 +136,16 @@ def test_infer_triton_gives_the_local_rows(built, server, images_dir, protocol):
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 @torch.no_grad()
 def test_triton_pipeline_equals_the_local_pipeline(server, local, protocol):
-    torch.manual_seed(7)
-    x = torch.randn(20, 3, 128, 128)  # 20 > max batch 16: two requests
+    # numpy in and out on both sides (the runtime's currency); 20 > max batch 16: two requests
+    x = np.random.default_rng(7).standard_normal((20, 3, 128, 128), dtype=np.float32)
     url = server.http_url if protocol == "http" else server.grpc_url
     with open_triton(url).pipeline as pipe:
         conf = local.run(x, 0.0).confidence
         for th in (0.0, mixed_threshold(conf), 1.01, None):
             got, want = pipe.run(x, th), local.run(x, th)
-            assert torch.equal(got.stage, want.stage), th
-            torch.testing.assert_close(got.confidence, want.confidence, rtol=0, atol=1e-6)
-            torch.testing.assert_close(got.logits, want.logits, rtol=0, atol=1e-5)
+            np.testing.assert_array_equal(got.stage, want.stage, err_msg=str(th))
+            np.testing.assert_allclose(got.confidence, want.confidence, rtol=0, atol=1e-6)
+            np.testing.assert_allclose(got.logits, want.logits, rtol=0, atol=1e-5)
         one = pipe.run(x[:1], float(conf[0]) + 1e-3)  # a single hard sample
         assert one.stage.tolist() == [2]
 
