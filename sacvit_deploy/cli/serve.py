@@ -109,13 +109,12 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the early-exit model with Triton on 127.0.0.1 until Ctrl-C or SIGTERM."""
-    from sacvit_deploy.core.manifest import Manifest
-    from sacvit_deploy.triton.repository import RepositoryOptions, stage_entries, write_repository
+    from sacvit_deploy.triton.repository import RepositoryOptions, check_artifacts, write_repository
     from sacvit_deploy.triton.server import Ports, TritonInstall, TritonServer, signals_held
 
     # The artifacts first (a read of the manifest), then the Triton environment (whose fix is a long
     # install): a wrong folder is said before the user builds an environment for it.
-    stage_entries(Manifest.load(artifacts), artifacts, "python")
+    check_artifacts(artifacts)
     install = TritonInstall.find(triton_env)
     versions = install.check_python()
     # From here on serve owns what it makes (the repository folder, tritonserver and its stubs):

@@ -257,6 +257,13 @@ def _write_text(path: Path, text: str, written: Dict[str, Tuple[int, str]], root
     written[path.relative_to(root).as_posix()] = (len(data), hashlib.sha256(data).hexdigest())
 
 
+def check_artifacts(folder: Union[str, Path], backend: str = "python") -> None:
+    """What ``write_repository`` would refuse in the folder (its manifest, the stage graphs), said
+    before anything else is set up: ``serve`` asks this before it looks for the Triton environment."""
+    folder = Path(folder)
+    stage_entries(Manifest.load(folder), folder, backend)
+
+
 def write_repository(
     artifacts: Union[str, Path],
     out: Union[str, Path],
