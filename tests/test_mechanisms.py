@@ -3,9 +3,9 @@ through it, and each test here holds a mechanism to a hostile case, including a 
 (a dummy registered in the test) that gets the output-path policy, the value checks and the
 escaping without asking.
 
-Mechanisms: path roles + output policy (cli._common.handle_errors), one atomic writer
+Mechanisms: path roles + output policy (cli._command.handle_errors, cli._paths), one atomic writer
 (core.atomic, core.publish), one run-folder lock (core.lock), crash-consistent resume
-(training.loop), one printer (cli._common consoles, log routing, ORT's logger), validated replies
+(training.loop), one printer (cli._console consoles, log routing, ORT's logger), validated replies
 (triton.reply), validated values (core.validate, for the CLI and the API), serve owning its children.
 """
 
@@ -31,18 +31,9 @@ import typer
 from typer.testing import CliRunner
 
 from sacvit_deploy.cli import app
-from sacvit_deploy.cli._common import (
-    ARTIFACTS,
-    INPUT,
-    OUTPUT_FILE,
-    OUTPUT_FOLDER,
-    err,
-    handle_errors,
-    note,
-    out,
-    path_roles,
-    write_json,
-)
+from sacvit_deploy.cli._command import handle_errors
+from sacvit_deploy.cli._console import err, note, out
+from sacvit_deploy.cli._paths import ARTIFACTS, INPUT, OUTPUT_FILE, OUTPUT_FOLDER, path_roles, write_json
 from sacvit_deploy.core import atomic, validate
 from sacvit_deploy.core.errors import SacvitError
 from tests.conftest import make_tiny
@@ -278,7 +269,7 @@ def test_package_log_records_and_onnxruntimes_logger_go_through_the_printer(tmp_
     script = textwrap.dedent(
         """
         import logging
-        from sacvit_deploy.cli._common import _route_logs
+        from sacvit_deploy.cli._console import _route_logs
         _route_logs()
         import onnx, onnxruntime as ort
         from onnx import helper, TensorProto, numpy_helper
@@ -891,7 +882,7 @@ _SERVE = textwrap.dedent(
     repo.write_repository = write_repository
     repo.check_artifacts = lambda folder, backend="python": None
     import sacvit_deploy.cli
-    from sacvit_deploy.cli._common import run_command
+    from sacvit_deploy.cli._command import run_command
     sys.exit(run_command(["serve", "--artifacts", "export", "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]))
     """
 )

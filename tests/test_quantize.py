@@ -156,7 +156,7 @@ def test_quantize_refusals_are_one_line_errors(int8, float_export, calib, tmp_pa
         ),
         (
             ["quantize", str(float_export), "--calib-images", str(calib), "--out", str(float_export)],
-            "is the artifact folder",  # the output policy of every command (cli._common)
+            "is the artifact folder",  # the output policy of every command (cli._paths)
         ),
     ]
     for args, text in cases:

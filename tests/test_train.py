@@ -317,7 +317,7 @@ def test_run_folder_refusals_leave_every_file_as_it_was(data_dir, tmp_path):
     # Through the CLI: one line, no traceback.
     result = CliRunner().invoke(app, ["train", str(data_dir), "--out", str(data_dir), "--device", "cpu"])
     assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
-    assert "is the input" in result.output  # the output policy every command shares (cli._common)
+    assert "is the input" in result.output  # the output policy every command shares (cli._paths)
 
 
 def test_device_and_amp_refusals(data_dir, tmp_path):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import typer
 from typing_extensions import Annotated
 
-from sacvit_deploy.cli._common import print_warnings_as_lines, register_app
+from sacvit_deploy.cli._command import register_app
+from sacvit_deploy.cli._console import print_warnings_as_lines
 from sacvit_deploy.cli._help import SacvitGroup
 from sacvit_deploy.cli.build_engine import build_engine
 from sacvit_deploy.cli.calibrate import calibrate

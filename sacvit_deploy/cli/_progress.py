@@ -16,7 +16,7 @@ import sys
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional
 
-from sacvit_deploy.cli._common import err
+from sacvit_deploy.cli._console import err
 
 Advance = Callable[[int], None]
 

@@ -12,18 +12,11 @@ import typer
 from rich.table import Table
 from typing_extensions import Annotated
 
-from sacvit_deploy.cli._common import (
-    ARTIFACTS,
-    CACHE_FILE,
-    INPUT,
-    OUTPUT_FOLDER,
-    handle_errors,
-    note,
-    out,
-    parity_table,
-    safe,
-)
+from sacvit_deploy.cli._command import handle_errors
+from sacvit_deploy.cli._console import note, out, safe
+from sacvit_deploy.cli._paths import ARTIFACTS, CACHE_FILE, INPUT, OUTPUT_FOLDER
 from sacvit_deploy.cli._progress import spinner
+from sacvit_deploy.cli._tables import parity_table
 from sacvit_deploy.core.errors import SacvitError
 
 ENGINES = "Engines"

@@ -14,10 +14,9 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from sacvit_deploy.cli._common import (
-    INPUT,
-    MAX_BATCH,
-    OUTPUT_FILE,
+from sacvit_deploy.cli._command import handle_errors
+from sacvit_deploy.cli._console import MAX_BATCH, note, out, safe
+from sacvit_deploy.cli._options import (
     RUN,
     ArtifactsOption,
     BackendName,
@@ -27,14 +26,9 @@ from sacvit_deploy.cli._common import (
     OvHintOption,
     ThreadsOption,
     check_batch_size,
-    check_manifest_writable,
-    check_output,
-    handle_errors,
-    note,
     openvino_options,
-    out,
-    safe,
 )
+from sacvit_deploy.cli._paths import INPUT, OUTPUT_FILE, check_manifest_writable, check_output
 from sacvit_deploy.cli._progress import progress_bar
 from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.model.flops import format_gflops

@@ -19,18 +19,11 @@ from typing import List, Optional
 import typer
 from typing_extensions import Annotated
 
-from sacvit_deploy.cli._common import (
-    ARTIFACTS,
-    OUTPUT_FILE,
-    check_output,
-    handle_errors,
-    note,
-    out,
-    parity_table,
-    printable,
-    verification_images,
-    write_json,
-)
+from sacvit_deploy.cli._command import handle_errors
+from sacvit_deploy.cli._console import note, out, printable
+from sacvit_deploy.cli._inputs import verification_images
+from sacvit_deploy.cli._paths import ARTIFACTS, OUTPUT_FILE, check_output, write_json
+from sacvit_deploy.cli._tables import parity_table
 from sacvit_deploy.core.trt_families import TRT_FAMILY_NAMES
 
 

@@ -19,7 +19,9 @@ from typing import List, Tuple
 import typer
 from typing_extensions import Annotated
 
-from sacvit_deploy.cli._common import OUTPUT_FOLDER, handle_errors, out, run_command, safe
+from sacvit_deploy.cli._command import handle_errors, run_command
+from sacvit_deploy.cli._console import out, safe
+from sacvit_deploy.cli._paths import OUTPUT_FOLDER
 from sacvit_deploy.core.errors import SacvitError
 
 DEFAULT_FOLDER = Path("sacvit-demo")

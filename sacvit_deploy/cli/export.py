@@ -9,20 +9,13 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from sacvit_deploy.cli._common import (
-    INPUT,
-    OUTPUT_FOLDER,
-    CheckpointFormatChoice,
-    TrtFamilyChoice,
-    handle_errors,
-    note,
-    out,
-    parity_table,
-    read_labels,
-    safe,
-    verification_images,
-)
+from sacvit_deploy.cli._command import handle_errors
+from sacvit_deploy.cli._console import note, out, safe
+from sacvit_deploy.cli._inputs import read_labels, verification_images
+from sacvit_deploy.cli._options import CheckpointFormatChoice, TrtFamilyChoice
+from sacvit_deploy.cli._paths import INPUT, OUTPUT_FOLDER
 from sacvit_deploy.cli._progress import spinner
+from sacvit_deploy.cli._tables import parity_table
 from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.core.formats import AUTO
 

@@ -12,10 +12,10 @@ from typing import List, Optional
 import typer
 from typing_extensions import Annotated
 
-from sacvit_deploy.cli._common import (
-    INPUT,
-    MAX_BATCH,
-    OUTPUT_FILE,
+from sacvit_deploy.cli._command import deferred_interrupts, handle_errors
+from sacvit_deploy.cli._console import MAX_BATCH, fail, note, printable, safe
+from sacvit_deploy.cli._inputs import read_labels
+from sacvit_deploy.cli._options import (
     RUN,
     ArtifactsOption,
     BackendName,
@@ -25,16 +25,9 @@ from sacvit_deploy.cli._common import (
     OvHintOption,
     ThreadsOption,
     check_batch_size,
-    check_output,
-    deferred_interrupts,
-    fail,
-    handle_errors,
-    note,
     openvino_options,
-    printable,
-    read_labels,
-    safe,
 )
+from sacvit_deploy.cli._paths import INPUT, OUTPUT_FILE, check_output
 from sacvit_deploy.cli._progress import progress_bar
 from sacvit_deploy.core.errors import SacvitError
 

@@ -16,9 +16,9 @@ from typing import List, Optional, Tuple
 import typer
 from typing_extensions import Annotated
 
-from sacvit_deploy.cli._common import (
-    INPUT,
-    OUTPUT_FILE,
+from sacvit_deploy.cli._command import handle_errors
+from sacvit_deploy.cli._console import note, out, printable, safe
+from sacvit_deploy.cli._options import (
     ArtifactsOption,
     BackendName,
     BackendOption,
@@ -27,15 +27,9 @@ from sacvit_deploy.cli._common import (
     OvHintOption,
     ThreadsOption,
     check_batch_size,
-    check_output,
-    handle_errors,
-    note,
     openvino_options,
-    out,
-    printable,
-    safe,
-    write_json,
 )
+from sacvit_deploy.cli._paths import INPUT, OUTPUT_FILE, check_output, write_json
 from sacvit_deploy.cli._progress import progress_bar
 from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.runtime.jetson import Jetson

@@ -16,18 +16,9 @@ from typing import Optional, Tuple
 import typer
 from typing_extensions import Annotated
 
-from sacvit_deploy.cli._common import (
-    ARTIFACTS,
-    INPUT,
-    OUTPUT_FILE,
-    OUTPUT_FOLDER,
-    err,
-    handle_errors,
-    note,
-    out,
-    safe,
-    write_json,
-)
+from sacvit_deploy.cli._command import handle_errors
+from sacvit_deploy.cli._console import err, note, out, safe
+from sacvit_deploy.cli._paths import ARTIFACTS, INPUT, OUTPUT_FILE, OUTPUT_FOLDER, write_json
 
 QUANT = "Quantization"
 VERIFY = "Verification"

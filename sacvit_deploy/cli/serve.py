@@ -17,17 +17,9 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from sacvit_deploy.cli._common import (
-    ARTIFACTS,
-    INPUT,
-    OUTPUT_FILE,
-    OUTPUT_FOLDER,
-    fail,
-    handle_errors,
-    note,
-    out,
-    safe,
-)
+from sacvit_deploy.cli._command import handle_errors
+from sacvit_deploy.cli._console import fail, note, out, safe
+from sacvit_deploy.cli._paths import ARTIFACTS, INPUT, OUTPUT_FILE, OUTPUT_FOLDER
 
 SERVER = "Server"
 MODEL = "Model"

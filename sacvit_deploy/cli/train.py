@@ -12,18 +12,10 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from sacvit_deploy.cli._common import (
-    INPUT,
-    OUTPUT_FOLDER,
-    InitFormatChoice,
-    Maximum,
-    TrainFormatChoice,
-    err,
-    handle_errors,
-    out,
-    printable,
-    safe,
-)
+from sacvit_deploy.cli._command import handle_errors
+from sacvit_deploy.cli._console import err, out, printable, safe
+from sacvit_deploy.cli._options import InitFormatChoice, Maximum, TrainFormatChoice
+from sacvit_deploy.cli._paths import INPUT, OUTPUT_FOLDER
 from sacvit_deploy.core.errors import ConfigError, SacvitError
 from sacvit_deploy.model.config import ModelConfig
 

@@ -16,7 +16,9 @@ import typer
 from rich.table import Table
 from typing_extensions import Annotated
 
-from sacvit_deploy.cli._common import ARTIFACTS, INPUT, OUTPUT_FOLDER, fail, handle_errors, note, out, safe
+from sacvit_deploy.cli._command import handle_errors
+from sacvit_deploy.cli._console import fail, note, out, safe
+from sacvit_deploy.cli._paths import ARTIFACTS, INPUT, OUTPUT_FOLDER
 from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.core.extras import install_hint
 

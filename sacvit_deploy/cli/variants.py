@@ -6,7 +6,8 @@ import typer
 from rich.table import Table
 from typing_extensions import Annotated
 
-from sacvit_deploy.cli._common import handle_errors, out
+from sacvit_deploy.cli._command import handle_errors
+from sacvit_deploy.cli._console import out
 from sacvit_deploy.core.formats import CHECKPOINT_FORMATS
 from sacvit_deploy.model.config import VARIANTS, make_config
 from sacvit_deploy.model.flops import FlopsReport, format_gflops

@@ -1,5 +1,5 @@
 """One place where the values every front end takes are checked: the CLI (every command, through
-``cli._common.handle_errors``, by parameter name) and the Python API (``runtime.api``) call the same
+``cli._command.handle_errors``, by parameter name) and the Python API (``runtime.api``) call the same
 functions, so ``--topk 0`` and ``predict(..., topk=0)`` get the same one-line error.
 
 Errors are :class:`InvalidValue`: a SacvitError (the CLI prints one line) and a ValueError (what

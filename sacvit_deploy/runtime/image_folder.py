@@ -1,7 +1,7 @@
 """The one image-folder loader: a folder (or the bundled samples) -> one preprocessed float32 array.
 
 INT8 calibration (``engine/int8_calibrator.py``, ``quantize/artifacts.py``) and the parity checks'
-real images (``cli/_common.verification_images``) all load through :func:`load_image_folder`; each
+real images (``cli/_inputs.verification_images``) all load through :func:`load_image_folder`; each
 caller keeps its own wording for "no such folder" / "nothing loaded" (a different option names it).
 """
 
