@@ -20,7 +20,6 @@ from sacvit_deploy.cli._options import check_values, value_checks
 from sacvit_deploy.cli._paths import check_paths, path_roles
 from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.core.extras import import_failure
-from sacvit_deploy.core.validate import MAX_BATCH as MAX_BATCH  # the one limit, shared with the API
 
 F = TypeVar("F", bound=Callable[..., Any])
 

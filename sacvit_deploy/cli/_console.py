@@ -20,8 +20,6 @@ import typer
 from rich.console import Console, ConsoleRenderable, RenderHook
 from rich.segment import Segment
 
-from sacvit_deploy.core.validate import MAX_BATCH as MAX_BATCH  # the one limit, shared with the API
-
 
 class _Console(Console):
     """The one printer. Markup is only ever what our own templates write: a message whose markup

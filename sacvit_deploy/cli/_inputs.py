@@ -10,7 +10,6 @@ from typing import (
 
 from sacvit_deploy.cli._console import note, safe
 from sacvit_deploy.core.errors import SacvitError
-from sacvit_deploy.core.validate import MAX_BATCH as MAX_BATCH  # the one limit, shared with the API
 
 
 def verification_images(folder: Optional[Path], cfg, limit: int = 16):  # -> torch.Tensor

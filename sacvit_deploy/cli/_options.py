@@ -27,7 +27,6 @@ from sacvit_deploy.cli._paths import RUN_ARTIFACTS, option_name
 from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.core.formats import AUTO, FORMAT_NAMES, INIT_FORMATS, TRAIN_FORMATS
 from sacvit_deploy.core.trt_families import TRT_FAMILY_NAMES
-from sacvit_deploy.core.validate import MAX_BATCH as MAX_BATCH  # the one limit, shared with the API
 
 
 class Maximum:

@@ -20,7 +20,6 @@ from typing_extensions import Annotated
 
 from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.core.fileinfo import resolved
-from sacvit_deploy.core.validate import MAX_BATCH as MAX_BATCH  # the one limit, shared with the API
 
 
 # ---- path options: every one declared as input or output, one policy for all -------------------------

@@ -10,7 +10,6 @@ from typing import (
 )
 
 from sacvit_deploy.cli._console import safe
-from sacvit_deploy.core.validate import MAX_BATCH as MAX_BATCH  # the one limit, shared with the API
 
 
 def parity_table(title: str, rows: List[Dict[str, Any]], low: str = "[red]FAIL[/]") -> Any:  # -> rich Table

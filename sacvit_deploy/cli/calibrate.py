@@ -15,7 +15,7 @@ import typer
 from typing_extensions import Annotated
 
 from sacvit_deploy.cli._command import handle_errors
-from sacvit_deploy.cli._console import MAX_BATCH, note, out, safe
+from sacvit_deploy.cli._console import note, out, safe
 from sacvit_deploy.cli._options import (
     RUN,
     ArtifactsOption,
@@ -31,6 +31,7 @@ from sacvit_deploy.cli._options import (
 from sacvit_deploy.cli._paths import INPUT, OUTPUT_FILE, check_manifest_writable, check_output
 from sacvit_deploy.cli._progress import progress_bar
 from sacvit_deploy.core.errors import SacvitError
+from sacvit_deploy.core.validate import MAX_BATCH
 from sacvit_deploy.model.flops import format_gflops
 
 TARGET = "Target (give one)"

@@ -13,7 +13,7 @@ import typer
 from typing_extensions import Annotated
 
 from sacvit_deploy.cli._command import deferred_interrupts, handle_errors
-from sacvit_deploy.cli._console import MAX_BATCH, fail, note, printable, safe
+from sacvit_deploy.cli._console import fail, note, printable, safe
 from sacvit_deploy.cli._inputs import read_labels
 from sacvit_deploy.cli._options import (
     RUN,
@@ -30,6 +30,7 @@ from sacvit_deploy.cli._options import (
 from sacvit_deploy.cli._paths import INPUT, OUTPUT_FILE, check_output
 from sacvit_deploy.cli._progress import progress_bar
 from sacvit_deploy.core.errors import SacvitError
+from sacvit_deploy.core.validate import MAX_BATCH
 
 IO_PANEL = "Input / output"
 TRITON = "Triton server"
