@@ -308,6 +308,7 @@ def test_profile_jetson_path_with_fakes(folders, tmp_path, monkeypatch):
         (["--exit-rate", "1.5"], "give a fraction in [0, 1]"),
         (["--batch-sizes", "1,zero"], "--batch-sizes '1,zero': give positive integers"),
         (["--batch-sizes", "0"], "give positive integers"),
+        (["--seed", "-1"], "--seed -1: give a whole number >= 0"),
     ],
 )
 def test_profile_cli_option_errors(folders, args, message):

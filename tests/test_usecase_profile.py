@@ -170,6 +170,8 @@ def test_baseline_missing_is_one_line(exported_tiny):
         ({"batch_sizes": "1,8"}, "give one or more batch sizes"),
         ({"iters": 0}, "--iters 0: give a whole number >= 1"),
         ({"warmup": -1}, "--warmup -1: give a whole number >= 0"),
+        ({"seed": -1}, "--seed -1: give a whole number >= 0"),
+        ({"iters": 2.5}, "--iters 2.5: give a whole number"),
     ],
 )
 def test_bad_options_are_one_line_before_anything_opens(tmp_path, options, message):

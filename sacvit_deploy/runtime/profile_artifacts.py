@@ -212,6 +212,7 @@ def _check_options(
     exit_rate: Optional[float],
     warmup: int,
     iters: int,
+    seed: int,
 ) -> List[int]:
     """The values, checked before anything is opened; the batch sizes without repeats, in order."""
     if images is not None and synthetic:
@@ -231,11 +232,13 @@ def _check_options(
         b = validate.batch_size(b, "--batch-sizes")
         if b not in sizes:
             sizes.append(b)
-    for name, value, least, what in (("--warmup", warmup, 0, "warm-up"), ("--iters", iters, 1, "timed")):
+    for name, value, least, what in (
+        ("--warmup", warmup, 0, "warm-up rounds per batch size"),
+        ("--iters", iters, 1, "timed rounds per batch size"),
+        ("--seed", seed, 0, "the synthetic images' random seed"),
+    ):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
-            raise validate.InvalidValue(
-                f"{name} {value!r}: give a whole number >= {least} ({what} rounds per batch size)"
-            )
+            raise validate.InvalidValue(f"{name} {value!r}: give a whole number >= {least} ({what})")
     return sizes
 
 
@@ -273,7 +276,7 @@ def profile_artifacts(
 
     say: Callable[[str], None] = log if log is not None else (lambda _line: None)
     step: Callable[[int], None] = advance if advance is not None else (lambda _n: None)
-    sizes = _check_options(batch_sizes, images, synthetic, threshold, exit_rate, warmup, iters)
+    sizes = _check_options(batch_sizes, images, synthetic, threshold, exit_rate, warmup, iters, seed)
 
     opened = open_pipeline(artifacts, backend=backend, device=device, threads=threads, **runner_options)
     manifest = opened.manifest
