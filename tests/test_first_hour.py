@@ -135,7 +135,7 @@ def test_usage_errors_exit_2_without_pydantic_wording(argv):
 
 
 def test_profile_load_lines_warn_when_the_load_moves_or_the_machine_is_busy():
-    from sacvit_deploy.cli.profile import load_lines
+    from sacvit_deploy.runtime.profile_artifacts import load_lines
 
     assert len(load_lines((0.5, 0, 0), (0.6, 0, 0), 2)) == 1
     moved = load_lines((0.5, 0, 0), (3.0, 0, 0), 2)

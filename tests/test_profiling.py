@@ -276,9 +276,9 @@ def test_profile_cli_real_images_and_threshold(folders, tmp_path):
 
 
 def test_profile_jetson_path_with_fakes(folders, tmp_path, monkeypatch):
-    # the package attribute `profile` is the command function: fetch the module itself
-    profile_cli = importlib.import_module("sacvit_deploy.cli.profile")
-    monkeypatch.setattr(profile_cli, "Jetson", lambda: fake_jetson())  # the name cli/profile calls
+    # the use case probes the Jetson: patch the name in its module
+    use_case = importlib.import_module("sacvit_deploy.runtime.profile_artifacts")
+    monkeypatch.setattr(use_case, "Jetson", lambda: fake_jetson())  # the name profile_artifacts calls
     out_json = tmp_path / "j.json"
     result = runner.invoke(
         app,
@@ -308,6 +308,7 @@ def test_profile_jetson_path_with_fakes(folders, tmp_path, monkeypatch):
         (["--exit-rate", "1.5"], "give a fraction in [0, 1]"),
         (["--batch-sizes", "1,zero"], "--batch-sizes '1,zero': give positive integers"),
         (["--batch-sizes", "0"], "give positive integers"),
+        (["--seed", "-1"], "--seed -1: give a whole number >= 0"),
     ],
 )
 def test_profile_cli_option_errors(folders, args, message):
