@@ -532,7 +532,8 @@ def build_engines(
     """Build the engines of ``export_dir`` into ``out`` with a manifest, after a parity check.
 
     Progress and warnings are logged (``logging``, this module's logger); the warnings are also in
-    the result.
+    the result. Without TensorRT: a one-line :class:`TensorRTError` with the install hint and what
+    to run without an NVIDIA GPU (the ONNX graphs).
     """
     from sacvit_deploy.backends import gpu as gpu_module
     from sacvit_deploy.backends.trt_version import installed_version
