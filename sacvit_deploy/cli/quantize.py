@@ -8,7 +8,6 @@ is, so both can be compared, profiled and deployed side by side. Details: docs/i
 
 from __future__ import annotations
 
-from contextlib import closing
 from enum import Enum
 from pathlib import Path
 from typing import Optional, Tuple
@@ -19,12 +18,10 @@ from typing_extensions import Annotated
 from sacvit_deploy.cli._command import handle_errors
 from sacvit_deploy.cli._console import err, note, out, safe
 from sacvit_deploy.cli._paths import ARTIFACTS, INPUT, OUTPUT_FILE, OUTPUT_FOLDER, write_json
+from sacvit_deploy.cli.calibrate import FolderLabels
 
 QUANT = "Quantization"
 VERIFY = "Verification"
-# Below this many GFLOPs per image (the demo model: 0.0137; DeiT-Ti 1.3), int8 on ONNX Runtime CPU may be
-# slower than float: measured 0.64-0.84x on the demo model (issue 24), 1.78x faster at DeiT-S (README).
-SMALL_GFLOPS = 1.0
 
 
 class CalibrationMethod(str, Enum):
@@ -160,6 +157,14 @@ def quantize(
         ),
         INPUT,
     ] = None,
+    folder_labels: Annotated[
+        FolderLabels,
+        typer.Option(
+            help="What a folder name of --images means: names = one of the model's class names; index = a "
+            "class index (folder 3 = class 3); sorted = the i-th folder in sorted order is class i.",
+            rich_help_panel=VERIFY,
+        ),
+    ] = FolderLabels.names,
     min_agreement: Annotated[
         float,
         typer.Option(
@@ -177,91 +182,48 @@ def quantize(
     ] = None,
 ) -> None:
     """Quantize a float export to INT8 Q/DQ graphs (static calibration), verified against the float graphs."""
-    import torch
+    from sacvit_deploy.quantize.quantize_export import QuantizeOptions, QuantizeRejected, quantize_export
 
-    from sacvit_deploy.core.manifest import Manifest
-    from sacvit_deploy.quantize.artifacts import QuantizeOptions, load_calibration_images, quantize_artifacts
-    from sacvit_deploy.quantize.compare import compare_folders
-    from sacvit_deploy.quantize.qdq import QuantizeError
-    from sacvit_deploy.runtime.images import iter_batches
+    def log(message: str) -> None:  # a calibration image that does not load is a warning
+        note(f"[yellow]{safe(message)}[/]" if message.startswith("skipped ") else safe(message))
 
     options = QuantizeOptions(per_channel, _ops(ops), method.value, calib_batch, quantize_head, threads)
-    options.validate()
-    float_manifest = Manifest.load(artifacts)
-    cfg = float_manifest.preprocess
-    with err.status("loading the calibration images ..."):
-        calib = load_calibration_images(
-            calib_images, cfg, max_calib_images, log=lambda m: note(f"[yellow]{safe(m)}[/]")
-        )
-    note(f"calibration: {calib.images.shape[0]} images from {safe(calib_images)}")
-    labelled = None
-    if images is not None:
-        from sacvit_deploy.runtime.exit_calibration import find_labelled_images
-
-        labelled = find_labelled_images(images, float_manifest.num_classes, float_manifest.class_names)
-        note(
-            f"verification: {len(labelled.paths)} labelled images in {safe(images)} ({safe(labelled.describe())})"
-        )
-
-    def batches():
-        if labelled is None:
-            for start in range(0, calib.images.shape[0], 32):
-                yield torch.from_numpy(calib.images[start : start + 32]), None
-            return
-        from sacvit_deploy.runtime.exit_calibration import images_and_labels
-
-        with closing(iter_batches(labelled.paths, cfg, batch_size=32)) as it:
-            yield from images_and_labels(labelled, it)
-
-    source = "labelled images" if labelled is not None else "calibration images"
-    report_box: dict = {}
-
-    def verify(staging: Path, manifest: Manifest) -> dict:
-        with err.status("comparing the int8 graphs with the float ones ..."):
-            report = compare_folders(
-                artifacts, float_manifest, staging, manifest, batches(), source, min_agreement, threads
+    try:
+        with err.status("checking the float export ...") as status:
+            run = quantize_export(
+                artifacts,
+                calib_images,
+                out_dir,
+                options=options,
+                images=images,
+                folder_labels=folder_labels.value,
+                max_calib_images=max_calib_images,
+                min_agreement=min_agreement,
+                log=log,
+                on_step=lambda step: status.update(f"{step} ..."),
             )
-        report_box["report"] = report
-        out.print(agreement_table(report))
-        if "accuracy" in report:
-            out.print(accuracy_table(report["accuracy"]))
-        if json_file is not None:
-            write_json(json_file, report)
-        if not report["passed"]:
-
-            def lowest(r: dict) -> float:
-                return min(r["top1_agreement"], 1.0 if r["exit_agreement"] is None else r["exit_agreement"])
-
-            worst = min((r for r in report["rows"] if not r["passed"]), key=lowest)
-            raise QuantizeError(
-                f"int8 {worst['check']} agrees with float on only "
-                f"{100 * lowest(worst):.1f}% of {worst['samples']} "
-                f"images (need {100 * min_agreement:.0f}%); nothing was written. Try more calibration images, "
-                "--method percentile, --ops MatMul (patch embedding float), or --min-agreement at your own risk"
-            )
-        return report
-
-    result = quantize_artifacts(
-        artifacts, out_dir, calib, options, verify=verify, log=lambda m: note(safe(m))
-    )
-    sizes = ", ".join(f"{name} {size / 2**20:.1f} MB" for name, size in result.files.items())
-    out.print(f"quantized to {safe(result.folder)}/ in {result.seconds:.1f} s: {sizes}")
-    if report_box.get("report", {}).get("accuracy"):
-        acc = report_box["report"]["accuracy"]
+    except QuantizeRejected as exc:  # the report is shown (and written) before the one-line error
+        _show_report(exc.report, json_file)
+        raise
+    _show_report(run.report, json_file)
+    sizes = ", ".join(f"{name} {size / 2**20:.1f} MB" for name, size in run.files.items())
+    out.print(f"quantized to {safe(run.folder)}/ in {run.seconds:.1f} s: {sizes}")
+    acc = run.accuracy
+    if acc:
         out.print(
             f"early-exit accuracy: float {100 * acc['float']['early_exit']:.2f}%, int8 {100 * acc['int8']['early_exit']:.2f}% "
             f"({acc['early_exit_delta_points']:+.2f} points)"
         )
-    from sacvit_deploy.model.flops import FlopsReport, format_gflops
-
-    gflops = FlopsReport.of(float_manifest.model).baseline
-    if gflops < SMALL_GFLOPS:
-        note(
-            f"note: at {format_gflops(gflops)} GFLOPs per image this model is small: on ONNX Runtime's CPU "
-            "kernels each int8 layer adds a quantize step and an int-to-float conversion, which can make the "
-            "int8 graphs SLOWER than the float ones here (int8 pays at DeiT-S size: README, section 9); "
-            f"measure both: sacvit-deploy profile --artifacts {artifacts}   and   --artifacts {result.folder}"
-        )
+    if run.speed_note is not None:
+        note(safe(run.speed_note))
     note(
-        f"next: sacvit-deploy check {safe(result.folder)} --trt 10,11   |   sacvit-deploy profile --artifacts {safe(result.folder)}"
+        f"next: sacvit-deploy check {safe(run.folder)} --trt 10,11   |   sacvit-deploy profile --artifacts {safe(run.folder)}"
     )
+
+
+def _show_report(report: dict, json_file: Optional[Path]) -> None:
+    out.print(agreement_table(report))
+    if "accuracy" in report:
+        out.print(accuracy_table(report["accuracy"]))
+    if json_file is not None:
+        write_json(json_file, report)

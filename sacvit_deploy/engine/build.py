@@ -506,6 +506,24 @@ def _roles(manifest: Manifest, export_dir: Path, baseline: Optional[bool]) -> Li
 
 
 # ---- the whole build ---------------------------------------------------------------------------------
+NOT_INSTALLED = "TensorRT is not installed"
+
+
+def _import_tensorrt(export_dir: Path) -> Any:
+    """``import tensorrt``; when it is missing, the install hint plus what to do without a GPU."""
+    from sacvit_deploy.backends.trt_version import TensorRTError, import_tensorrt
+
+    try:
+        return import_tensorrt()
+    except TensorRTError as exc:
+        if not str(exc).startswith(NOT_INSTALLED):
+            raise
+        raise TensorRTError(
+            f"{exc}. build-engine also needs an NVIDIA GPU: an engine is built on, and for, the GPU it "
+            f"runs on. Without one, run the ONNX graphs: sacvit-deploy infer IMAGES --artifacts {export_dir}"
+        ) from None
+
+
 def build_engines(
     export_dir: Union[str, Path],
     out: Union[str, Path],
@@ -514,10 +532,11 @@ def build_engines(
     """Build the engines of ``export_dir`` into ``out`` with a manifest, after a parity check.
 
     Progress and warnings are logged (``logging``, this module's logger); the warnings are also in
-    the result.
+    the result. Without TensorRT: a one-line :class:`TensorRTError` with the install hint and what
+    to run without an NVIDIA GPU (the ONNX graphs).
     """
     from sacvit_deploy.backends import gpu as gpu_module
-    from sacvit_deploy.backends.trt_version import import_tensorrt, installed_version
+    from sacvit_deploy.backends.trt_version import installed_version
 
     start = time.perf_counter()
     options.validate()
@@ -539,7 +558,7 @@ def build_engines(
 
     options = replace(options, buffers=resolve_buffers(options.buffers))
 
-    trt = import_tensorrt()
+    trt = _import_tensorrt(export_dir)
     version = installed_version(trt)
     gpu = gpu_module.detect_gpu(0)
     warnings: List[str] = []

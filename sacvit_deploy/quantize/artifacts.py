@@ -145,6 +145,21 @@ def _stage1_outputs(
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
+def check_float_export(float_dir: Path, manifest: Manifest, out: Path) -> None:
+    """Refuse what cannot be quantized (no graphs, an int8 folder, ``out`` = the float folder)."""
+    if not manifest.graphs:
+        raise QuantizeError(f"{float_dir}: lists no ONNX graphs (an engines folder?); pass the export folder")
+    if is_quantized(manifest):
+        raise QuantizeError(
+            f"{float_dir}: is already an int8 (Q/DQ) folder; quantize the float export it came from "
+            f"({manifest.quantization.float_folder})"
+        )
+    if out.resolve() == float_dir.resolve():
+        raise QuantizeError(
+            f"--out {out}: write the int8 graphs to their own folder, not into the float export"
+        )
+
+
 def quantize_artifacts(
     float_dir: Union[str, Path],
     out: Union[str, Path],
@@ -162,17 +177,7 @@ def quantize_artifacts(
     options.validate()
     float_dir, out = Path(float_dir), Path(out)
     manifest = Manifest.load(float_dir)
-    if not manifest.graphs:
-        raise QuantizeError(f"{float_dir}: lists no ONNX graphs (an engines folder?); pass the export folder")
-    if is_quantized(manifest):
-        raise QuantizeError(
-            f"{float_dir}: is already an int8 (Q/DQ) folder; quantize the float export it came from "
-            f"({manifest.quantization.float_folder})"
-        )
-    if out.resolve() == float_dir.resolve():
-        raise QuantizeError(
-            f"--out {out}: write the int8 graphs to their own folder, not into the float export"
-        )
+    check_float_export(float_dir, manifest, out)
     manifest.verify(float_dir)
     for entry in manifest.graphs.values():
         external_data_files(manifest.file_path(float_dir, entry))
