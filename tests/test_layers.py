@@ -147,3 +147,17 @@ def test_the_layer_test_sees_lazy_imports():
     graph = _graph()
     assert "sacvit_deploy.backends.onnxruntime_backend" in graph["sacvit_deploy.backends.factory"]
     assert any(d.startswith("sacvit_deploy.runtime") for d in graph["sacvit_deploy.cli.infer"])
+
+
+def test_commands_do_not_import_each_other():
+    """A command module (cli/<command>.py) imports shared CLI code only from cli/_*.py; the demo runs
+    other commands through ``run_command``, the real parser, never by importing them."""
+    bad = []
+    for mod, deps in _graph().items():
+        if _layer(mod) != "cli" or mod.count(".") != 2 or mod.rsplit(".", 1)[1].startswith("_"):
+            continue
+        for dep in deps:
+            leaf = dep.split(".")[2] if dep.count(".") >= 2 else ""
+            if _layer(dep) == "cli" and dep != mod and leaf and not leaf.startswith("_"):
+                bad.append(f"{mod} -> {dep}")
+    assert not bad, "commands importing commands:\n" + "\n".join(sorted(bad))

@@ -154,6 +154,14 @@ ThreadsOption = Annotated[
 ]
 
 
+class FolderLabels(str, Enum):
+    """What a class folder's name means (calibrate, quantize --images): runtime.exit_calibration."""
+
+    names = "names"
+    index = "index"
+    sorted = "sorted"
+
+
 class OvHint(str, Enum):
     LATENCY = "LATENCY"
     THROUGHPUT = "THROUGHPUT"

@@ -7,7 +7,6 @@ and the sweep: :mod:`sacvit_deploy.runtime.exit_calibration`.
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Optional
 
@@ -22,6 +21,7 @@ from sacvit_deploy.cli._options import (
     BackendName,
     BackendOption,
     DeviceOption,
+    FolderLabels,
     OvDeviceOption,
     OvHintOption,
     ThreadsOption,
@@ -35,12 +35,6 @@ from sacvit_deploy.core.validate import MAX_BATCH
 from sacvit_deploy.model.flops import format_gflops
 
 TARGET = "Target (give one)"
-
-
-class FolderLabels(str, Enum):
-    names = "names"
-    index = "index"
-    sorted = "sorted"
 
 
 OUTPUT = "Output"

@@ -17,8 +17,8 @@ from typing_extensions import Annotated
 
 from sacvit_deploy.cli._command import handle_errors
 from sacvit_deploy.cli._console import err, note, out, safe
+from sacvit_deploy.cli._options import FolderLabels
 from sacvit_deploy.cli._paths import ARTIFACTS, INPUT, OUTPUT_FILE, OUTPUT_FOLDER, write_json
-from sacvit_deploy.cli.calibrate import FolderLabels
 
 QUANT = "Quantization"
 VERIFY = "Verification"
