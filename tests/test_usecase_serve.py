@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,27 @@ def _gone(pid: int) -> bool:
             return f.read().split(") ", 1)[1].startswith("Z")
     except OSError:
         return True
+
+
+def _group(pgid: int) -> list[int]:
+    """The live (not zombie) processes of a process group: tritonserver's holds its backend stubs."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError):
+            state, _ppid, pgrp = stat.read_text().split(") ", 1)[1].split()[:3]
+            if int(pgrp) == pgid and state != "Z":
+                members.append(int(stat.parent.name))
+    return members
+
+
+def _all_gone(pids: list[int], within: float = 5.0) -> bool:
+    """A SIGKILL to a process group is delivered asynchronously: its members die a moment later."""
+    deadline = time.monotonic() + within
+    while not all(_gone(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +105,8 @@ def test_a_python_caller_serves_a_real_export_and_leaves_nothing_behind(
         with serving as s:
             pid, url, scratch = s.pid, s.http_url, s.repository
             assert s is serving and s.running and pid and not _gone(pid)
+            stubs = [p for p in _group(pid) if p != pid]
+            assert stubs, "tritonserver's process group holds no Python-backend stubs"
             assert scratch is not None and scratch.is_dir() and Path(tmp_path) in scratch.parents
             assert s.models == {"bls": "sacvit", "stage1": "sacvit_stage1", "stage2": "sacvit_stage2"}
             assert s.threshold == Manifest.load(exported_tiny).exit_threshold and s.max_batch == 8
@@ -98,10 +122,13 @@ def test_a_python_caller_serves_a_real_export_and_leaves_nothing_behind(
             np.testing.assert_allclose(got.logits, want.logits, rtol=0, atol=1e-5)
             if leave == "raises":
                 raise _Boom("the caller's own error")
-    assert _gone(pid), f"tritonserver (pid {pid}) outlived the with block"
+    assert _all_gone([pid, *stubs]), f"tritonserver (pid {pid}) or its stubs outlived the with block"
+    assert _group(pid) == []
     assert not serving.running and serving.exit_code == 0 and serving.pid == pid
     assert not scratch.parent.exists(), "the scratch repository was left behind"
-    assert list(tmp_path.iterdir()) == [], "temporary folders left behind"
+    # neither serve's scratch repository nor the server's own folder (backends, log); other libraries'
+    # files (a telemetry session file) are theirs
+    assert list(tmp_path.glob("sacvit-*")) == [], "temporary folders left behind"
     assert any(line.startswith("starting tritonserver (") for line in logged), logged
     with pytest.raises(TritonClientError, match="is unreachable"):
         open_triton(url, timeout=5)
@@ -165,10 +192,20 @@ def test_an_exception_in_the_with_block_stops_the_server_and_removes_the_scratch
         assert serving.running and serving.triton_version == "stand-in" and serving.threshold == 0.5
         assert len(stand_in) == 2 and not any(_gone(pid) for pid in stand_in)
         raise _Boom("mid-request")
-    assert all(_gone(pid) for pid in stand_in), "the server or its stub outlived the with block"
+    assert _all_gone(stand_in), "the server or its stub outlived the with block"
     assert serving.exit_code == -signal.SIGTERM and not serving.running
     assert not scratch.parent.exists() and not any(tmp_path.glob("sacvit-triton-*"))
     assert serving.stop() == -signal.SIGTERM  # again: nothing left to do, the same answer
+
+
+def test_the_callers_repository_is_written_and_kept(exported_tiny, stand_in, tmp_path):
+    with serve_artifacts(exported_tiny, ports=Ports(0, 0, 0), repository=tmp_path / "repo") as serving:
+        assert serving.repository == tmp_path / "repo"
+    assert _all_gone(stand_in)
+    assert (tmp_path / "repo" / "sacvit_triton.json").is_file()  # the index: what was written, kept
+    assert (tmp_path / "repo" / "sacvit_stage1" / "1" / "model.onnx").read_bytes() == (
+        exported_tiny / "stage1.onnx"
+    ).read_bytes()
 
 
 def test_a_failed_start_cleans_up_before_it_propagates(exported_tiny, stand_in, monkeypatch):
@@ -180,7 +217,7 @@ def test_a_failed_start_cleans_up_before_it_propagates(exported_tiny, stand_in, 
     with pytest.raises(srv.TritonServerError, match="before it was ready"), serving:
         pytest.fail("the block ran although the start failed")
     assert serving.repository is not None and not serving.repository.parent.exists()
-    assert all(_gone(pid) for pid in stand_in) and serving.pid == stand_in[0]
+    assert _all_gone(stand_in) and serving.pid == stand_in[0]
 
 
 def test_a_bad_artifacts_folder_fails_before_the_triton_env_is_looked_at(tmp_path, monkeypatch):

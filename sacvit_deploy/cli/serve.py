@@ -3,7 +3,8 @@
 Writes the model repository that `sacvit-deploy triton --backend python` writes (the BLS gate, and the
 stages' ONNX graphs run by onnxruntime inside Triton's Python backend) and starts the tritonserver of
 PyPI's nvidia-pytriton wheel on it (:mod:`sacvit_deploy.triton.server`), listening on 127.0.0.1 only.
-Prints the endpoints; Ctrl-C or SIGTERM stops the server (by its PID) and exits 0.
+Prints the endpoints; Ctrl-C or SIGTERM stops the server (by its PID) and exits 0. The work is
+:func:`sacvit_deploy.triton.serving.serve_artifacts`; this command owns the SIGTERM handler and the wait.
 """
 
 from __future__ import annotations
