@@ -3,13 +3,13 @@
 Writes the model repository that `sacvit-deploy triton --backend python` writes (the BLS gate, and the
 stages' ONNX graphs run by onnxruntime inside Triton's Python backend) and starts the tritonserver of
 PyPI's nvidia-pytriton wheel on it (:mod:`sacvit_deploy.triton.server`), listening on 127.0.0.1 only.
-Prints the endpoints; Ctrl-C or SIGTERM stops the server (by its PID) and exits 0.
+Prints the endpoints; Ctrl-C or SIGTERM stops the server (by its PID) and exits 0. The work is
+:func:`sacvit_deploy.triton.serving.serve_artifacts`; this command owns the SIGTERM handler and the wait.
 """
 
 from __future__ import annotations
 
 import signal
-import tempfile
 import time
 from pathlib import Path
 from typing import Optional
@@ -101,67 +101,55 @@ def serve(
     ] = None,
 ) -> None:
     """Serve the early-exit model with Triton on 127.0.0.1 until Ctrl-C or SIGTERM."""
-    from sacvit_deploy.triton.repository import RepositoryOptions, check_artifacts, write_repository
-    from sacvit_deploy.triton.server import Ports, TritonInstall, TritonServer, signals_held
+    from sacvit_deploy.triton.server import signals_held
+    from sacvit_deploy.triton.serving import Ports, RepositoryOptions, serve_artifacts
 
-    # The artifacts first (a read of the manifest), then the Triton environment (whose fix is a long
-    # install): a wrong folder is said before the user builds an environment for it.
-    check_artifacts(artifacts)
-    install = TritonInstall.find(triton_env)
-    versions = install.check_python()
+    options = RepositoryOptions(
+        backend="python",
+        max_batch=max_batch,
+        instances=instances,
+        threshold=threshold,
+        queue_delay_us=max_queue_delay_us,
+    )
+    # The artifacts, then the Triton environment: checked here, before anything is started.
+    serving = serve_artifacts(
+        artifacts,
+        options=options,
+        ports=Ports(http_port, grpc_port, metrics_port),
+        triton_env=triton_env,
+        repository=repository,
+        log_file=log,
+        log=lambda m: note(safe(m)),
+    )
     # From here on serve owns what it makes (the repository folder, tritonserver and its stubs):
     # a SIGTERM is handled like Ctrl-C from the first moment, and the cleanup below runs to the end
     # however many Ctrl-C / SIGTERM follow (each one escalates the server's stop to SIGKILL).
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    scratch = None
-    server = None
     stopped_by = ""
     try:
-        if repository is None:
-            scratch = tempfile.TemporaryDirectory(prefix="sacvit-serve-")
-            repository = Path(scratch.name) / "model_repository"
-        options = RepositoryOptions(
-            backend="python",
-            max_batch=max_batch,
-            instances=instances,
-            threshold=threshold,
-            queue_delay_us=max_queue_delay_us,
-        )
-        result = write_repository(artifacts, repository, options, log=lambda m: note(safe(m)))
-        server = TritonServer(repository, install, Ports(http_port, grpc_port, metrics_port), log_path=log)
-        note(
-            f"starting tritonserver ({safe(install.binary)}) with numpy {safe(versions['numpy'])}, "
-            f"onnxruntime {safe(versions['onnxruntime'])}"
-        )
-        server.start()
-        version = server.metadata().get("version", "?")
-        models = result.index.models
+        serving.start()
         out.print(
-            f"serving '{safe(models['bls'])}' (SAC-ViT early exit, threshold {result.threshold:g}, max batch "
-            f"{result.max_batch}) with Triton {safe(version)}, pid {server.pid}"
+            f"serving '{safe(serving.models['bls'])}' (SAC-ViT early exit, threshold {serving.threshold:g}, "
+            f"max batch {serving.max_batch}) with Triton {safe(serving.triton_version)}, pid {serving.pid}"
         )
-        out.print(f"  HTTP     {server.http_url}")
-        out.print(f"  gRPC     {server.grpc_url}")
-        out.print(f"  metrics  {server.metrics_url}")
-        out.print(f"  try      sacvit-deploy infer --triton {server.http_url} IMAGES")
+        out.print(f"  HTTP     {serving.http_url}")
+        out.print(f"  gRPC     {serving.grpc_url}")
+        out.print(f"  metrics  {serving.metrics_url}")
+        out.print(f"  try      sacvit-deploy infer --triton {serving.http_url} IMAGES")
         out.print("ready; Ctrl-C or SIGTERM stops it", highlight=False)
         out.file.flush()
-        while server.running:
+        while serving.running:
             time.sleep(0.2)
-        raise fail(
-            f"tritonserver exited on its own (code {server.process.returncode}): {safe(server.log_tail())}"
-        )
+        raise fail(f"tritonserver exited on its own (code {serving.returncode}): {safe(serving.log_tail())}")
     except KeyboardInterrupt:
         stopped_by = "Ctrl-C"
     except _Stop:
         stopped_by = "SIGTERM"
     finally:
-        with signals_held(lambda: server._kill_group(server.process) if server and server.process else None):
+        with signals_held(serving.kill):
             signal.signal(signal.SIGTERM, previous)
-            code = server.stop() if server is not None else None
-            if scratch is not None:
-                scratch.cleanup()
-    if server is None or server.pid is None:
+            code = serving.stop()
+    if serving.pid is None:
         note(f"{stopped_by}: stopped before tritonserver started; nothing left running")
         raise typer.Exit(130)
-    note(f"{stopped_by}: stopped tritonserver (pid {server.pid}, exit code {code})")
+    note(f"{stopped_by}: stopped tritonserver (pid {serving.pid}, exit code {code})")
