@@ -278,3 +278,30 @@ def test_the_cli_prints_the_use_case_result(verified, tmp_path, monkeypatch):
     assert "stage1.onnx 3.0 MB, stage2.onnx 5.0 MB" in shown
     assert "a line [red]logged[/] by the use case" in shown  # escaped, not Rich markup
     assert "Verification: ONNX Runtime (CPU) vs PyTorch" in shown and "TensorRT 10 parser check" in shown
+
+
+def test_export_artifacts_publishes_a_calibration_record_with_its_threshold_only(tmp_path):
+    """The kept record's parameter: its threshold is the export's; another one is refused before
+    anything is written."""
+    from sacvit_deploy.export.onnx_export import ExportError, export_artifacts
+
+    record = ExitCalibration.from_dict(
+        {
+            "threshold": 0.25,
+            "target": {"kind": "accuracy", "value": 0.8},
+            "accuracy": 0.8,
+            "exit_rate": 0.4,
+            "gflops_per_image": 0.01,
+            "images": 20,
+        }
+    )
+    model = make_tiny("sacvit")
+    with pytest.raises(ExportError) as exc:
+        export_artifacts(model, tmp_path / "a", ExportOptions(threshold=0.7), "sacvit", calibration=record)
+    assert "the calibration record is for 0.25" in _one_line(exc) and not (tmp_path / "a").exists()
+    result = export_artifacts(
+        model, tmp_path / "b", ExportOptions(weights=False), "sacvit", calibration=record
+    )
+    m = Manifest.load(tmp_path / "b")
+    assert m.exit_threshold == 0.25 and m.model.exit_threshold == 0.25 and m.calibration == record
+    assert result.manifest.calibration == record
