@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -11,7 +10,6 @@ from typing_extensions import Annotated
 
 from sacvit_deploy.cli._command import handle_errors
 from sacvit_deploy.cli._console import note, out, safe
-from sacvit_deploy.cli._inputs import read_labels, verification_images
 from sacvit_deploy.cli._options import CheckpointFormatChoice, TrtFamilyChoice
 from sacvit_deploy.cli._paths import INPUT, OUTPUT_FOLDER
 from sacvit_deploy.cli._progress import spinner
@@ -62,45 +60,13 @@ def print_verification(report: dict, target_trt: str, folder: Path) -> None:
             )
 
 
-def _calibration_to_keep(out_dir: Path, checkpoint_sha: Optional[str], threshold: Optional[float]):
-    """The calibration record of the folder being replaced, when it applies to this export.
-
-    ``calibrate --write`` stores a threshold chosen for one model's confidences: a re-export of the
-    same checkpoint (same sha256, no --threshold) keeps it; any other export resets the threshold and
-    says so, with the old value and how to get it back.
-    """
-    from sacvit_deploy.core.manifest import Manifest
-
-    try:
-        previous = Manifest.load(out_dir)
-    except Exception:  # no folder, not an export, or an unreadable manifest: nothing to keep
-        return None
-    cal = previous.calibration
-    if cal is None:
-        return None
-    same = checkpoint_sha is not None and previous.source.get("sha256") == checkpoint_sha
-    if threshold is None and same:
-        return cal
-    why = (
-        "--threshold replaces it"
-        if threshold is not None
-        else (
-            "it was chosen for another checkpoint"
-            if previous.source.get("sha256")
-            else "the folder does not record which checkpoint it was chosen for"
-        )
-    )
-    note(
-        f"[yellow]warning[/]: {safe(out_dir)}/ had the exit threshold {cal.threshold:g} from `calibrate "
-        f"--write` ({_describe(cal)}); this export resets it ({why}). To restore it: add --threshold "
-        f"{cal.threshold:g}, or run `sacvit-deploy calibrate ... --artifacts {safe(out_dir)} --write` again"
-    )
-    return None
-
-
-def _describe(cal) -> str:
-    target = cal.target
-    return f"target {target.get('kind')} {target.get('value')} on {cal.images} images"
+def _log_line(line: str) -> None:
+    """A line the export logs, escaped; its warnings and skipped images in yellow, as elsewhere."""
+    for word in ("warning", "skipped"):
+        if line.startswith(word + ":") or line.startswith(word + " "):
+            note(f"[yellow]{word}[/]{safe(line[len(word) :])}")
+            return
+    note(safe(line))
 
 
 @handle_errors
@@ -204,18 +170,9 @@ def export(
 ) -> None:
     """Export a checkpoint to two verified ONNX graphs (stage 1 + exit gate, stage 2) and a manifest."""
     from sacvit_deploy.core.compare import Tolerance  # numpy: imported by the command, not by --help
-    from sacvit_deploy.core.manifest import Manifest, sha256_file
-    from sacvit_deploy.export.onnx_export import ExportOptions, export_artifacts
-    from sacvit_deploy.export.verify import tensorrt_parser_check, verify_export
-    from sacvit_deploy.model.checkpoint import load_checkpoint
-    from sacvit_deploy.model.sacvit import SACViT
-    from sacvit_deploy.runtime.labels import default_class_names
+    from sacvit_deploy.export.export_checkpoint import export_checkpoint
+    from sacvit_deploy.export.onnx_export import ExportOptions
 
-    started = time.perf_counter()  # the whole command: checkpoint load, export, verification, publish
-    checkpoint_sha = sha256_file(checkpoint) if checkpoint.is_file() else None
-    kept = _calibration_to_keep(out_dir, checkpoint_sha, threshold)
-    if kept is not None:
-        threshold = kept.threshold
     options = ExportOptions(
         batch=parse_batch(batch),
         opset=opset,
@@ -224,61 +181,29 @@ def export(
         baseline=baseline,
         weights=weights,
     )
-    options.resolved_opset()  # fail on bad options before the (slow) checkpoint load
-    loaded = load_checkpoint(checkpoint, fmt.value, variant)
-    for line in loaded.notes:
-        note(f"note: {safe(line)}")
-    model = loaded.model
-    names = (
-        read_labels(labels, model.cfg.num_classes)
-        if labels
-        else model.cfg.class_names or default_class_names(model.cfg.num_classes)
-    )
-    if names != model.cfg.class_names:
-        renamed = SACViT(model.cfg.replace(class_names=names))
-        renamed.load_state_dict(model.state_dict())
-        model = renamed.eval()
-    note(
-        f"loaded {safe(checkpoint)} as {loaded.fmt} {model.cfg.variant} ({model.cfg.selection} selection, {model.cfg.attention} attention)"
-    )
-
-    real = None
-    if verify:
-        real = verification_images(verify_images, model.cfg)
-
-    def run_verification(folder, manifest):
-        report = verify_export(folder, manifest, model, real, Tolerance(atol, rtol))
-        report["tensorrt"] = tensorrt_parser_check(folder, manifest, target_trt.value)
-        return report
-
     with spinner("exporting" + (" and verifying against PyTorch" if verify else "")):
-        result = export_artifacts(
-            model,
+        run = export_checkpoint(
+            checkpoint,
             out_dir,
-            options,
-            loaded.fmt,
-            source={"checkpoint": checkpoint.name, "format": loaded.fmt, "sha256": checkpoint_sha},
-            verify=run_verification if verify else None,
-            log=lambda msg: note(safe(msg)),
+            fmt=fmt.value,
+            variant=variant,
+            labels=labels,
+            options=options,
+            verify=verify,
+            verify_images=verify_images,
+            tolerance=Tolerance(atol, rtol) if verify else None,
+            log=_log_line,
         )
-    if kept is not None:  # the same checkpoint: its calibrated threshold stays, with its record
-        manifest = Manifest.load(result.folder)
-        manifest.calibration = kept
-        manifest.save(result.folder)
-        note(
-            f"kept the calibrated exit threshold {kept.threshold:g} ({_describe(kept)}): the same checkpoint "
-            "(sha256) was calibrated in this folder; --threshold X sets another"
-        )
-    if result.manifest.verification:
-        print_verification(result.manifest.verification.to_dict(), target_trt.value, result.folder)
+    if run.verification is not None:
+        print_verification(run.verification, target_trt.value, run.folder)
     else:
         note("[yellow]verification skipped (--no-verify)[/]")
-    sizes = ", ".join(f"{name} {size / 2**20:.1f} MB" for name, size in result.files.items())
+    sizes = ", ".join(f"{name} {size / 2**20:.1f} MB" for name, size in run.files.items())
     out.print(
-        f"exported to {safe(result.folder)}/ in {time.perf_counter() - started:.1f} s "
+        f"exported to {safe(run.folder)}/ in {run.seconds:.1f} s "
         f"(checkpoint load, export{', verification' if verify else ''}; Python start-up not counted): {sizes}"
     )
     note(
-        f"next: sacvit-deploy check {safe(result.folder)} --trt {target_trt.value}   |   "
-        f"sacvit-deploy infer IMAGES --artifacts {safe(result.folder)}"
+        f"next: sacvit-deploy check {safe(run.folder)} --trt {target_trt.value}   |   "
+        f"sacvit-deploy infer IMAGES --artifacts {safe(run.folder)}"
     )

@@ -32,6 +32,7 @@ from sacvit_deploy.core import publish
 from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.core.manifest import (
     ArtifactFile,
+    ExitCalibration,
     ExporterInfo,
     Manifest,
     TensorSpec,
@@ -269,17 +270,27 @@ def export_artifacts(
     source: Optional[Dict[str, Any]] = None,
     verify: Optional[Callable[[Path, Manifest], Dict[str, Any]]] = None,
     log: Callable[[str], None] = lambda _msg: None,
+    calibration: Optional[ExitCalibration] = None,
 ) -> ExportResult:
     """Export stage 1, stage 2 (and the baseline) into ``out`` with a manifest.
 
     ``verify(staging_folder, manifest)`` runs before anything is published and may raise to abort;
-    its report is stored in the manifest.
+    its report is stored in the manifest. ``calibration``: the record of how the exit threshold was
+    chosen (a re-export keeping a calibrated threshold), published in the same manifest; its
+    threshold is the export's unless ``options.threshold`` says otherwise, which is an error.
     """
     start = time.perf_counter()
     opset = options.resolved_opset()
     if options.batch is not None and options.batch < 1:
         raise ExportError(f"--batch {options.batch}: use 'dynamic' or a positive batch size")
     threshold = model.cfg.exit_threshold if options.threshold is None else float(options.threshold)
+    if calibration is not None:
+        if options.threshold is not None and threshold != calibration.threshold:
+            raise ExportError(
+                f"--threshold {threshold:g}: the calibration record is for {calibration.threshold:g}; "
+                "give one of them"
+            )
+        threshold = calibration.threshold
     if not math.isfinite(threshold) or (not 0.0 <= threshold <= 1.0 + 1e-9 and threshold < 1.5):
         raise ExportError(f"--threshold {threshold}: must be in [0, 1] (above 1 disables early exit)")
     out = Path(out)
@@ -323,6 +334,7 @@ def export_artifacts(
                 },
             ),
             source=source or {},
+            calibration=calibration,
         )
         if verify is not None:
             manifest.verification = Verification.from_dict(verify(staging, manifest))
