@@ -208,9 +208,11 @@ def test_check_run_int8_folder(artifacts, tmp_path):
     from sacvit_deploy.quantize.openvino_parity import check_openvino_parity
 
     m = Manifest.load(q)
-    from sacvit_deploy.cli._inputs import verification_images
+    from sacvit_deploy.runtime.image_folder import verification_images
 
-    rep = check_openvino_parity(q, m, verification_images(None, m.model))  # the images check --run uses
+    rep = check_openvino_parity(
+        q, m, verification_images(None, m.model.preprocess)
+    )  # the images check --run uses
     assert rep["int8"] and rep["min_agreement"] == 0.95 and rep["atol"] is None  # numbers not gated
     assert {r["check"].split("@")[0] for r in rep["rows"]} == {"stage1", "stage2", "pipeline", "baseline"}
     # Every row at the manifest's threshold passes (top-1 and exits, as quantize's rule). The tiny

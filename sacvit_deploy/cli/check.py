@@ -20,8 +20,7 @@ import typer
 from typing_extensions import Annotated
 
 from sacvit_deploy.cli._command import handle_errors
-from sacvit_deploy.cli._console import note, out, printable
-from sacvit_deploy.cli._inputs import verification_images
+from sacvit_deploy.cli._console import note, out, printable, safe
 from sacvit_deploy.cli._paths import ARTIFACTS, OUTPUT_FILE, check_output, write_json
 from sacvit_deploy.cli._tables import parity_table
 from sacvit_deploy.core.trt_families import TRT_FAMILY_NAMES
@@ -168,7 +167,7 @@ def _run_parity(folder: Path, manifest) -> bool:
     """Print the parity table of ONNX Runtime vs PyTorch; True when a row failed."""
     from sacvit_deploy.export.verify import check_parity
 
-    report = check_parity(folder, manifest, verification_images(None, manifest.model))
+    report = check_parity(folder, manifest, _sample_images(manifest))
     title = (
         f"ONNX Runtime (CPU) vs PyTorch (model.safetensors), atol {report['atol']:.0e} + "
         f"rtol {report['rtol']:.0e} * max|reference|"
@@ -181,7 +180,7 @@ def _run_openvino_parity(folder: Path, manifest) -> bool:
     """Print the parity table of OpenVINO vs its reference; True when a row failed."""
     from sacvit_deploy.quantize.openvino_parity import check_openvino_parity
 
-    report = check_openvino_parity(folder, manifest, verification_images(None, manifest.model))
+    report = check_openvino_parity(folder, manifest, _sample_images(manifest))
     if report["int8"]:
         rule = f"int8: decisions agree on >= {100 * report['min_agreement']:.0f}% (quantize's rule)"
     else:
@@ -192,3 +191,10 @@ def _run_openvino_parity(folder: Path, manifest) -> bool:
 
 def _count(n: int, word: str) -> str:
     return f"{n} {word}{'s' if n != 1 else ''}"
+
+
+def _sample_images(manifest):  # -> numpy batch or None
+    """The bundled sample images, preprocessed as the manifest says (the parity checks' real images)."""
+    from sacvit_deploy.runtime.image_folder import verification_images
+
+    return verification_images(None, manifest.model.preprocess, log=lambda m: note(f"[yellow]{safe(m)}[/]"))

@@ -14,7 +14,6 @@ from typing_extensions import Annotated
 
 from sacvit_deploy.cli._command import deferred_interrupts, handle_errors
 from sacvit_deploy.cli._console import fail, note, printable, safe
-from sacvit_deploy.cli._inputs import read_labels
 from sacvit_deploy.cli._options import (
     RUN,
     ArtifactsOption,
@@ -106,7 +105,7 @@ def infer(
 ) -> None:
     """Classify images with the early-exit pipeline; stage 2 runs only for the samples that need it."""
     from sacvit_deploy.runtime.images import collect_images
-    from sacvit_deploy.runtime.labels import default_class_names
+    from sacvit_deploy.runtime.labels import default_class_names, read_labels
     from sacvit_deploy.runtime.loader import default_artifacts, open_pipeline
     from sacvit_deploy.runtime.predict import predict_files
     from sacvit_deploy.runtime.results import RowWriteError, open_writer

@@ -28,12 +28,10 @@ from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.core.manifest import ExitCalibration, Manifest, sha256_file
 
 if TYPE_CHECKING:  # torch-side types: the module itself imports no torch until it exports
-    import numpy as np
-
     from sacvit_deploy.core.compare import Tolerance
     from sacvit_deploy.export.onnx_export import ExportOptions
 
-__all__ = ["CalibrationDecision", "ExportRun", "export_checkpoint", "read_labels", "verification_images"]
+__all__ = ["CalibrationDecision", "ExportRun", "export_checkpoint"]
 
 Log = Callable[[str], None]
 
@@ -102,26 +100,13 @@ class ExportRun:
 
 
 # ---- inputs -------------------------------------------------------------------------------------------
-def read_labels(path: Union[str, Path], num_classes: int) -> Tuple[str, ...]:
-    """One class name per line (blank lines ignored); the count must match the model's classes."""
-    path = Path(path)
-    try:
-        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-        raise SacvitError(
-            f"{path}: cannot read the labels file ({reason}); pass a UTF-8 text file, one name per line"
-        ) from None
-    if len(names) != num_classes:
-        raise SacvitError(
-            f"{path}: {len(names)} labels for a model with {num_classes} classes; give one name per class"
-        )
-    return tuple(names)
 
 
 def _labels(labels: Union[str, Path, Sequence[str]], num_classes: int) -> Tuple[str, ...]:
     """A labels file (str or Path) or the names themselves (a list or tuple of strings)."""
     if isinstance(labels, (str, Path)):
+        from sacvit_deploy.runtime.labels import read_labels
+
         return read_labels(labels, num_classes)
     names = tuple(labels)
     for name in names:
@@ -134,21 +119,6 @@ def _labels(labels: Union[str, Path, Sequence[str]], num_classes: int) -> Tuple[
             f"labels: {len(names)} names for a model with {num_classes} classes; give one name per class"
         )
     return tuple(n.strip() for n in names)
-
-
-def verification_images(
-    folder: Optional[Union[str, Path]], preprocess: Any, limit: int = 16, log: Optional[Log] = None
-) -> Optional[np.ndarray]:
-    """Real images for parity checks: the folder's first ``limit``, else the samples bundled with the
-    package, preprocessed as the runtime does; None when none loaded. Unreadable files are logged
-    (``skipped ...``) and left out."""
-    from sacvit_deploy.runtime.image_folder import load_image_folder
-
-    say = log or _no_log
-    loaded = load_image_folder(
-        Path(folder) if folder is not None else None, preprocess, limit, on_skip=lambda m: say(f"skipped {m}")
-    )
-    return loaded.images if loaded.paths else None
 
 
 def calibration_decision(
@@ -239,6 +209,8 @@ def export_checkpoint(
 
     run_verification = None
     if verify:
+        from sacvit_deploy.runtime.image_folder import verification_images
+
         real = verification_images(verify_images, cfg.preprocess, log=say)
 
         def run_verification(folder: Path, manifest: Manifest) -> Dict[str, Any]:

@@ -1,7 +1,7 @@
 """The one image-folder loader: a folder (or the bundled samples) -> one preprocessed float32 array.
 
 INT8 calibration (``engine/int8_calibrator.py``, ``quantize/artifacts.py``) and the parity checks'
-real images (``cli/_inputs.verification_images``) all load through :func:`load_image_folder`; each
+real images (:func:`verification_images`) all load through :func:`load_image_folder`; each
 caller keeps its own wording for "no such folder" / "nothing loaded" (a different option names it).
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Union
 
 import numpy as np
 
@@ -62,3 +62,19 @@ def load_image_folder(
     images = np.concatenate(arrays) if arrays else np.zeros((0, 3, size, size), np.float32)
     source = str(folder) if folder is not None else "bundled sample images"
     return FolderImages(images, used, len(paths), source, skipped)
+
+
+def verification_images(
+    folder: Optional[Union[str, Path]],
+    preprocess: Any,
+    limit: int = 16,
+    log: Optional[Callable[[str], None]] = None,
+) -> Optional[np.ndarray]:
+    """Real images for parity checks: the folder's first ``limit``, else the samples bundled with the
+    package, preprocessed as the runtime does; None when none loaded. Unreadable files are logged
+    (``skipped ...``) and left out."""
+    say = log or (lambda _line: None)
+    loaded = load_image_folder(
+        Path(folder) if folder is not None else None, preprocess, limit, on_skip=lambda m: say(f"skipped {m}")
+    )
+    return loaded.images if loaded.paths else None
