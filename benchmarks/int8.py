@@ -34,45 +34,19 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _random_export import random_config
+from _random_export import LOGIT_STD, random_model, split_threshold
 from _timing import load_average, load_line, timed
 
 from sacvit_deploy.export.onnx_export import ExportOptions, export_artifacts
-from sacvit_deploy.model import SACViT
 from sacvit_deploy.quantize.artifacts import QuantizeOptions, load_calibration_images, quantize_artifacts
 from sacvit_deploy.runtime.images import sample_images
 from sacvit_deploy.runtime.loader import open_pipeline
 from sacvit_deploy.runtime.pipeline import run_any_batch
-
-LOGIT_STD = 4.0
-
-
-def random_model(variant: str, fmt: str) -> SACViT:
-    torch.manual_seed(0)
-    model = SACViT(random_config(variant, fmt)).eval()
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(8, 3, model.cfg.img_size, model.cfg.img_size, generator=g)
-    with torch.no_grad():
-        std = float(model.forward_stage1(x).logits.std())
-        model.head.weight.mul_(LOGIT_STD / std)
-        model.head.bias.zero_()
-    return model
-
-
-def split_threshold(conf: np.ndarray, n_hard: int) -> float:
-    """A threshold sending exactly the ``n_hard`` least confident samples to stage 2."""
-    c = np.sort(np.asarray(conf).reshape(-1))
-    if n_hard == 0:
-        return 0.0  # every sample exits (a threshold below 0 is refused)
-    if n_hard >= c.size:
-        return float(c[-1]) + 1.0
-    return float((c[n_hard - 1] + c[n_hard]) / 2)
 
 
 def main() -> None:

@@ -43,44 +43,20 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _random_export import QUICK_VARIANT, random_model, split_threshold
 from _timing import timed
 
 from sacvit_deploy.core.manifest import Manifest
 from sacvit_deploy.export.onnx_export import ExportOptions, export_artifacts
-from sacvit_deploy.model import SACViT, make_config
-from sacvit_deploy.model.config import tiny_config
+from sacvit_deploy.model import SACViT
 from sacvit_deploy.quantize.artifacts import QuantizeOptions, load_calibration_images, quantize_artifacts
 from sacvit_deploy.runtime.images import sample_images
 from sacvit_deploy.runtime.loader import open_pipeline
 from sacvit_deploy.runtime.pipeline import run_any_batch
 
-LOGIT_STD = 4.0
 HARD = 0.23
 TARGETS = {"batch 32": 2.5, "batch-1 mix": 2.0}
 ACCURACY_POINTS = 1.0
-
-
-def random_model(variant: str, quick: bool) -> SACViT:
-    """Random weights, head scaled so stage 1's logits have std ~4 (a trained DeiT-S's)."""
-    torch.manual_seed(0)
-    cfg = tiny_config("sacvit") if quick else make_config(variant, "sacvit")
-    model = SACViT(cfg).eval()
-    x = torch.randn(8, 3, cfg.img_size, cfg.img_size, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        std = float(model.forward_stage1(x).logits.std())
-        model.head.weight.mul_(LOGIT_STD / std)
-        model.head.bias.zero_()
-    return model
-
-
-def split_threshold(conf: np.ndarray, n_hard: int) -> float:
-    """A threshold sending exactly the ``n_hard`` least confident samples to stage 2."""
-    c = np.sort(np.asarray(conf).reshape(-1))
-    if n_hard == 0:
-        return 0.0
-    if n_hard >= c.size:
-        return float(c[-1]) + 1.0
-    return float((c[n_hard - 1] + c[n_hard]) / 2)
 
 
 def qoptions(threads: int | None, ops: str | None) -> QuantizeOptions:
@@ -230,7 +206,7 @@ def main() -> None:
     tmp = tempfile.TemporaryDirectory()
     root = Path(tmp.name)
     cache = root / "ov-cache"
-    model = random_model(args.variant, args.quick)
+    model = random_model(QUICK_VARIANT if args.quick else args.variant, "sacvit")
     size = model.cfg.img_size
     folders = export_pair(model, root, args.threads, args.ops)
     del model

@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _random_export import export_random_weights
+from _random_export import export_random_weights, split_threshold
 from _timing import load_average, load_line, timed
 
 from sacvit_deploy.model import FlopsReport
@@ -75,15 +75,8 @@ def main() -> None:
         for bs in [int(b) for b in args.batch_sizes.split(",")]:
             g = torch.Generator().manual_seed(bs)
             x = torch.randn(bs, 3, cfg.img_size, cfg.img_size, generator=g).numpy()  # runners take numpy
-            conf = torch.from_numpy(run_any_batch(pipe.stage1, {"image": x})["confidence"])
             n_hard = round(args.hard_fraction * bs)
-            # threshold between the n_hard-th and (n_hard+1)-th lowest confidence: exactly n_hard go to stage 2
-            c = conf.sort().values
-            th = (
-                0.0  # every sample exits (a threshold below 0 is refused)
-                if n_hard == 0
-                else (float(c[-1]) + 1.0 if n_hard >= bs else float((c[n_hard - 1] + c[n_hard]) / 2))
-            )
+            th = split_threshold(run_any_batch(pipe.stage1, {"image": x})["confidence"], n_hard)
             out = pipe.run(x, th)
             assert int((out.stage == 2).sum()) == n_hard
 

@@ -72,3 +72,32 @@ def images_dir(tmp_path_factory):
     for p in sample_images():
         shutil.copyfile(p, folder / p.name)
     return folder
+
+
+def tiny_train_options(data_dir, out, **changes):
+    """TrainOptions for a quick CPU run of the tiny model (2 epochs, batch 6, no loader workers) on
+    ``data_dir`` (e.g. the ``colour_data`` fixture), with ``changes`` on top."""
+    from sacvit_deploy.training import TrainOptions
+
+    base = dict(
+        data_dir=data_dir,
+        out_dir=out,
+        model_config=tiny_config(),
+        epochs=2,
+        batch_size=6,
+        lr=1e-3,
+        warmup_epochs=1,
+        selection_warmup_epochs=1,
+        workers=0,
+        device="cpu",
+    )
+    return TrainOptions(**{**base, **changes})
+
+
+@pytest.fixture(scope="module")
+def colour_data(tmp_path_factory):
+    """A tiny training ImageFolder (tests/fakes/pictures.write_colour_folder: 3 colour classes, 8 train
+    and 3 val images each), once per test module."""
+    from tests.fakes.pictures import write_colour_folder
+
+    return write_colour_folder(tmp_path_factory.mktemp("colour-data"))

@@ -3,27 +3,23 @@ Manifest.with_calibration; the CLI's --write and the library give the same recor
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
-from PIL import Image
 
 from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.core.manifest import Manifest
 from sacvit_deploy.export.onnx_export import ExportOptions, export_artifacts
 from sacvit_deploy.runtime.calibrate_exit import Target, calibrate_exit
-from sacvit_deploy.runtime.images import sample_images
 from tests.conftest import make_tiny
+from tests.fakes.pictures import write_labelled_photos
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("calibrate-api")
     export_artifacts(make_tiny("sacvit"), root / "export", ExportOptions(), "sacvit")
-    for i, cls in enumerate(("a", "b", "c")):
-        for p in sample_images()[:3]:
-            to = root / "labelled" / cls / f"{p.stem}.png"
-            to.parent.mkdir(parents=True, exist_ok=True)
-            Image.open(p).convert("RGB").rotate(90 * i).save(to)
-    (root / "labelled" / "b" / "broken.jpg").write_bytes(b"not a jpeg")
+    write_labelled_photos(root / "labelled", ("a", "b", "c"), per_class=3)
     return root
 
 
@@ -60,3 +56,25 @@ def test_without_a_target_there_is_nothing_to_write(workdir):
     assert run.calibration.chosen is None and len(run.calibration.points) > 100
     with pytest.raises(SacvitError, match="calibrate with a target"):
         run.write()
+
+
+def test_the_cli_write_and_the_library_write_give_the_same_record(workdir, tmp_path):
+    """The calibrate command is the library call plus printing: both store the same record."""
+    from typer.testing import CliRunner
+
+    from sacvit_deploy.cli import app
+
+    lib, cli = tmp_path / "lib", tmp_path / "cli"
+    shutil.copytree(workdir / "export", lib)
+    shutil.copytree(workdir / "export", cli)
+    target = Target("exit_rate", 0.5)
+    calibrate_exit(lib, workdir / "labelled", target, backend="onnxruntime", folder_labels="sorted").write()
+    args = ["calibrate", "--images", str(workdir / "labelled"), "--artifacts", str(cli)]
+    args += ["--folder-labels", "sorted", "--backend", "onnxruntime", "--target-exit-rate", "0.5", "--write"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    records = [Manifest.load(folder).calibration.to_dict() for folder in (lib, cli)]
+    for record in records:
+        assert record.pop("created")  # when it was written: the one field that may differ
+    assert records[0] == records[1]
+    assert Manifest.load(lib).exit_threshold == Manifest.load(cli).exit_threshold == records[0]["threshold"]

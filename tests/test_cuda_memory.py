@@ -33,6 +33,7 @@ from tests.fakes.fake_cuda_python import (
     make_fake_cuda_python,
 )
 from tests.fakes.fake_pycuda import install_fake_pycuda, is_freed
+from tests.fakes.fake_torch_cuda import CpuTorchMemory
 from tests.fakes.surface import (
     CUDA_DATA,
     CUDA_REAL,
@@ -384,35 +385,9 @@ def test_real_torch_tensors_are_wrapped_without_a_copy():
     np.testing.assert_array_equal(a.take_rows([4, 5, 1]).to_host(), t.cpu().numpy()[[4, 5, 1]])
 
 
-class _CpuTorchMemory(device.TorchMemory):
-    """TorchMemory's allocation and copy logic on CPU tensors (no CUDA here): the stream parts stubbed."""
-
-    def __init__(self) -> None:
-        device.DeviceMemory.__init__(self, 0)
-        import torch
-
-        self.torch, self.device, self.stream = torch, torch.device("cpu"), None
-        self._regions = {}
-        self.copies = []
-
-    def _after_current_stream(self) -> None:
-        self.pending = True
-
-    def _copy(self, dst, src) -> None:
-        self.copies.append(dst.numel())
-        dst.copy_(src)
-
-    def _sync(self) -> None:
-        pass
-
-    @property
-    def stream_handle(self) -> int:
-        return 1
-
-
 def test_torch_memory_regions_and_zero_copy_wrapping():
     torch = pytest.importorskip("torch")
-    mem = _CpuTorchMemory()
+    mem = CpuTorchMemory()
     t = torch.arange(30, dtype=torch.float32).reshape(10, 3)
     a = mem.wrap(t)
     assert a.ptr == t.data_ptr() and a.shape == (10, 3) and a.dtype == np.float32 and mem.copies == []

@@ -14,10 +14,14 @@ import numpy as np
 import pytest
 import torch
 
+from sacvit_deploy.backends.device import DeviceArray
 from sacvit_deploy.backends.factory import BackendChoice, make_runner
 from sacvit_deploy.core.manifest import Manifest
+from sacvit_deploy.runtime.api import Pipeline
+from sacvit_deploy.runtime.loader import OpenedPipeline, open_pipeline
 from sacvit_deploy.runtime.pipeline import EarlyExitPipeline
 from tests.fakes.fake_cuda_python import API_MODULES
+from tests.fakes.fake_torch_cuda import FakeCudaTensor, install_cpu_torch_memory
 from tests.fakes.fixtures import build, install_fake_tensorrt, shared_export
 
 TRT = BackendChoice("tensorrt", "cuda", None, "test")
@@ -77,3 +81,87 @@ def test_the_pipeline_compacts_hard_samples_on_the_device(built, monkeypatch, tm
         ref = model(torch.from_numpy(x), threshold)
     np.testing.assert_allclose(got.logits, ref.logits.numpy(), atol=1e-4, rtol=1e-4)
     np.testing.assert_array_equal(got.stage, ref.stage.numpy())
+
+
+# ---- torch tensors at the API edge -----------------------------------------------------------------------
+def _six_hard(model, x: np.ndarray) -> float:
+    with torch.no_grad():
+        c = np.sort(model.forward_stage1(torch.from_numpy(x)).confidence.numpy())
+    return float((c[5] + c[6]) / 2)
+
+
+def _spy(monkeypatch, pipeline) -> list:
+    """The batches ``pipeline.run`` receives."""
+    seen, run = [], pipeline.run
+
+    def spying(images, threshold=None, timing=False):
+        seen.append(images)
+        return run(images, threshold, timing)
+
+    monkeypatch.setattr(pipeline, "run", spying)
+    return seen
+
+
+def _trt_pipeline(engines, threshold) -> OpenedPipeline:
+    m = Manifest.load(engines)
+    r1, r2 = make_runner(engines, m, "stage1", TRT), make_runner(engines, m, "stage2", TRT)
+    return OpenedPipeline(EarlyExitPipeline(r1, r2, threshold, buckets=(BUCKET, MAX_BATCH)), m, engines, TRT)
+
+
+def test_a_cuda_torch_tensor_goes_to_tensorrt_without_a_host_copy(built, monkeypatch, tmp_path):
+    """Pipeline.run(cuda_tensor) on TensorRT: the tensor's memory is wrapped (backends.device.wrap_torch),
+    stage 1 reads it where it lies, stage 2's hard images are compacted and padded device to device."""
+    model, engines = built
+    install_fake_tensorrt(monkeypatch, tmp_path, "10.3.0", cuda="bindings")
+    copies = sys.modules[API_MODULES["bindings"]].copies
+    torch_memory = install_cpu_torch_memory(monkeypatch)
+    x = np.random.default_rng(5).standard_normal((11, 3, 128, 128), dtype=np.float32)
+    threshold = _six_hard(model, x)
+    tensor = FakeCudaTensor(torch.from_numpy(x))
+    opened = _trt_pipeline(engines, threshold)
+    seen = _spy(monkeypatch, opened.pipeline)
+    with Pipeline(opened) as pipe:
+        copies.clear()
+        got = pipe.run(tensor)
+    assert len(seen) == 1 and isinstance(seen[0], DeviceArray) and seen[0].ptr == tensor.data_ptr()
+    assert tensor.host_copies == 0  # neither the API, its checks nor the pipeline copied it to the host
+    assert [n for k, n in copies if k == "htod"] == []  # and nothing went host to device
+    # the 6 hard images: compacted (one copy per run of consecutive rows) and padded to the bucket of 8
+    # in the tensor's memory, device to device
+    hard = np.flatnonzero(got.stage == 2)
+    assert hard.size == 6 and len(torch_memory.copies) == _runs(hard) + 3
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x), threshold)
+    np.testing.assert_allclose(got.logits, ref.logits.numpy(), atol=1e-4, rtol=1e-4)
+    np.testing.assert_array_equal(got.stage, ref.stage.numpy())
+
+
+def test_a_cuda_torch_tensor_is_copied_to_the_host_for_other_runners(
+    built, monkeypatch, tmp_path, tmp_path_factory
+):
+    """ONNX Runtime (numpy in), TensorRT on another GPU than the tensor's, and a CPU tensor: the
+    pipeline gets numpy."""
+    model, engines = built
+    install_fake_tensorrt(monkeypatch, tmp_path, "10.3.0", cuda="bindings")
+    install_cpu_torch_memory(monkeypatch, index=1)
+    x = np.random.default_rng(5).standard_normal((11, 3, 128, 128), dtype=np.float32)
+    threshold = _six_hard(model, x)
+    export = shared_export(tmp_path_factory)[1]
+    cases = [
+        (
+            open_pipeline(export, "onnxruntime", "cpu", threshold=threshold),
+            FakeCudaTensor(torch.from_numpy(x)),
+            1,
+        ),
+        (_trt_pipeline(engines, threshold), FakeCudaTensor(torch.from_numpy(x), index=1), 1),
+        (_trt_pipeline(engines, threshold), torch.from_numpy(x), 0),
+    ]
+    for opened, tensor, host_copies in cases:
+        seen = _spy(monkeypatch, opened.pipeline)
+        with Pipeline(opened) as pipe:
+            got = pipe.run(tensor)
+        assert len(seen) == 1 and isinstance(seen[0], np.ndarray), (opened.choice, seen)
+        assert getattr(tensor, "host_copies", 0) == host_copies
+        with torch.no_grad():
+            ref = model(torch.from_numpy(x), threshold)
+        np.testing.assert_allclose(got.logits, ref.logits.numpy(), atol=1e-4, rtol=1e-4)

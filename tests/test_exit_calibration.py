@@ -32,6 +32,7 @@ from sacvit_deploy.runtime.exit_calibration import (
 from sacvit_deploy.runtime.images import sample_images
 from sacvit_deploy.runtime.loader import open_pipeline
 from tests.conftest import make_tiny
+from tests.fakes.pictures import write_labelled_photos
 
 runner = CliRunner()
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -243,12 +244,7 @@ def workdir(tmp_path_factory):
     """A tiny export and an ImageFolder of the bundled photos (rotated copies), plus a bad file."""
     root = tmp_path_factory.mktemp("calibrate")
     export_artifacts(make_tiny("sacvit"), root / "export", ExportOptions(), "sacvit")
-    for i, cls in enumerate(("class_a", "class_b", "class_c")):
-        for p in sample_images()[:4]:
-            _to = root / "labelled" / cls / f"{p.stem}.png"
-            _to.parent.mkdir(parents=True, exist_ok=True)
-            Image.open(p).convert("RGB").rotate(90 * i).save(_to)
-    (root / "labelled" / "class_b" / "broken.jpg").write_bytes(b"not a jpeg")
+    write_labelled_photos(root / "labelled", ("class_a", "class_b", "class_c"), per_class=4)
     return root
 
 

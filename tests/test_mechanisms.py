@@ -36,7 +36,7 @@ from sacvit_deploy.cli._console import err, note, out
 from sacvit_deploy.cli._paths import ARTIFACTS, INPUT, OUTPUT_FILE, OUTPUT_FOLDER, path_roles, write_json
 from sacvit_deploy.core import atomic, validate
 from sacvit_deploy.core.errors import SacvitError
-from tests.conftest import make_tiny
+from tests.conftest import make_tiny, tiny_train_options
 
 ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -616,34 +616,11 @@ def test_a_second_writer_is_refused_and_a_dead_ones_lock_is_taken_over(tmp_path)
     assert lines == []
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    from tests.fakes.pictures import write_colour_folder
-
-    return write_colour_folder(tmp_path_factory.mktemp("mech-data"), 8, 3, 0)
-
-
 def _options(data_dir: Path, out: Path, **changes):
-    from sacvit_deploy.model import tiny_config
-    from sacvit_deploy.training import TrainOptions
-
-    base = dict(
-        data_dir=data_dir,
-        out_dir=out,
-        model_config=tiny_config(),
-        epochs=2,
-        batch_size=6,
-        lr=1e-3,
-        warmup_epochs=1,
-        selection_warmup_epochs=1,
-        workers=0,
-        device="cpu",
-        max_steps=1,
-    )
-    return TrainOptions(**{**base, **changes})
+    return tiny_train_options(data_dir, out, **{"max_steps": 1, **changes})
 
 
-def test_train_refuses_a_run_folder_another_training_holds(data_dir, tmp_path):
+def test_train_refuses_a_run_folder_another_training_holds(colour_data, tmp_path):
     from sacvit_deploy.training import train
 
     out = tmp_path / "run"
@@ -651,24 +628,24 @@ def test_train_refuses_a_run_folder_another_training_holds(data_dir, tmp_path):
     proc = _holder(out)
     try:
         with pytest.raises(SacvitError, match="another training run is writing here") as info:
-            train(_options(data_dir, out), log=[].append)
+            train(_options(colour_data, out), log=[].append)
         assert str(out) in str(info.value)
     finally:
         proc.kill()
         proc.wait()
     assert sorted(p.name for p in out.iterdir()) == [".sacvit-lock"]  # nothing of the run was written
     lines: list[str] = []
-    train(_options(data_dir, out, epochs=1), log=lines.append)  # the dead holder's lock is taken over
+    train(_options(colour_data, out, epochs=1), log=lines.append)  # the dead holder's lock is taken over
     assert any("no longer running" in line for line in lines)
 
 
 # ---- 4. resume is crash-consistent -------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def finished_run(data_dir, tmp_path_factory) -> Path:
+def finished_run(colour_data, tmp_path_factory) -> Path:
     from sacvit_deploy.training import train
 
     out = tmp_path_factory.mktemp("mech-run") / "run"
-    train(_options(data_dir, out), log=[].append)
+    train(_options(colour_data, out), log=[].append)
     return out
 
 
@@ -691,7 +668,7 @@ def _offsets(size: int, count: int) -> list[int]:
     return sorted({0, 1, size - 1, *np.linspace(0, size, count, dtype=int).tolist()} - {size})
 
 
-def test_resume_after_the_log_was_cut_anywhere(data_dir, finished_run, tmp_path):
+def test_resume_after_the_log_was_cut_anywhere(colour_data, finished_run, tmp_path):
     """A kill -9 while appending leaves log.jsonl cut at any byte: resume continues, keeps every
     whole line of the epochs last.pt holds, says what it dropped, and leaves whole lines only."""
     log = (finished_run / "log.jsonl").read_bytes()
@@ -700,7 +677,7 @@ def test_resume_after_the_log_was_cut_anywhere(data_dir, finished_run, tmp_path)
         run = tmp_path / f"cut{cut}"
         shutil.copytree(finished_run, run)
         (run / "log.jsonl").write_bytes(log[:cut])
-        result, lines = _resume(data_dir, run)
+        result, lines = _resume(colour_data, run)
         kept = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
         assert kept == whole[: len(kept)], cut
         assert result.history == kept, cut
@@ -713,7 +690,7 @@ def test_resume_after_the_log_was_cut_anywhere(data_dir, finished_run, tmp_path)
             assert any("the missing lines are not recreated" in line for line in lines), (cut, lines)
 
 
-def test_a_log_newer_than_the_checkpoint_is_cut_back(data_dir, finished_run, tmp_path):
+def test_a_log_newer_than_the_checkpoint_is_cut_back(colour_data, finished_run, tmp_path):
     import torch
 
     run = tmp_path / "run"
@@ -721,21 +698,21 @@ def test_a_log_newer_than_the_checkpoint_is_cut_back(data_dir, finished_run, tmp
     ckpt = torch.load(run / "last.pt", weights_only=True)
     ckpt["epoch"] = 0  # the crash came between the log line of epoch 2 and its checkpoint
     torch.save(ckpt, run / "last.pt")
-    result, lines = _resume(data_dir, run)
+    result, lines = _resume(colour_data, run)
     epochs = [json.loads(line)["epoch"] for line in (run / "log.jsonl").read_text().splitlines()]
     assert epochs == [0, 1]  # epoch 2's old line dropped, then written again by the resumed run
     assert [r["epoch"] for r in result.history] == [0, 1]
     assert any("at epoch 2/2" in line for line in lines)
 
 
-def test_resume_after_last_pt_was_cut_anywhere_is_one_line(data_dir, finished_run, tmp_path):
+def test_resume_after_last_pt_was_cut_anywhere_is_one_line(colour_data, finished_run, tmp_path):
     data = (finished_run / "last.pt").read_bytes()
     for cut in _offsets(len(data), 16):
         run = tmp_path / f"cut{cut}"
         shutil.copytree(finished_run, run)
         (run / "last.pt").write_bytes(data[:cut])
         with pytest.raises(SacvitError) as info:
-            _resume(data_dir, run)
+            _resume(colour_data, run)
         message = str(info.value)
         assert "last.pt" in message and "\n" not in message, (cut, message)
 
@@ -779,35 +756,35 @@ def _damaged(edit):
         (_damaged(lambda c: c["optimizer"]["param_groups"].pop()), "the optimizer state does not fit"),
     ],
 )
-def test_a_damaged_last_pt_is_named_with_what_is_wrong(data_dir, finished_run, tmp_path, edit, words):
+def test_a_damaged_last_pt_is_named_with_what_is_wrong(colour_data, finished_run, tmp_path, edit, words):
     import torch
 
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     torch.save(edit(torch.load(run / "last.pt", weights_only=True)), run / "last.pt")
     with pytest.raises(SacvitError) as info:
-        _resume(data_dir, run)
+        _resume(colour_data, run)
     message = str(info.value)
     assert message.startswith(str(run / "last.pt")) and words in message and "\n" not in message, message
 
 
-def test_a_run_killed_before_its_first_checkpoint_resumes_from_the_start(data_dir, finished_run, tmp_path):
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_the_start(colour_data, finished_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     (run / "last.pt").unlink()
     (run / "log.jsonl").write_text('{"epoch": 0, "lo')
     (run / ".partial-999999-last.pt").write_bytes(b"half")  # what a kill -9 mid-write leaves
-    result, lines = _resume(data_dir, run)
+    result, lines = _resume(colour_data, run)
     assert any("starting it from the beginning" in line for line in lines)
     assert [r["epoch"] for r in result.history] == [0, 1]
 
 
-def test_the_cli_resume_is_one_line_on_a_torn_checkpoint(data_dir, finished_run, tmp_path):
+def test_the_cli_resume_is_one_line_on_a_torn_checkpoint(colour_data, finished_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     (run / "last.pt").write_bytes((run / "last.pt").read_bytes()[:100])
     result = _run(
-        app, ["train", str(data_dir), "--out", str(run), "--resume", "--workers", "0", "--device", "cpu"]
+        app, ["train", str(colour_data), "--out", str(run), "--resume", "--workers", "0", "--device", "cpu"]
     )
     assert result.exit_code == 1 and len(_errors(result.output)) == 1 and "last.pt" in result.output, (
         result.output

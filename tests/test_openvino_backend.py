@@ -86,13 +86,13 @@ def test_numpy_inside(artifacts):
     m = Manifest.load(folder)
     x = np.random.default_rng(0).standard_normal((3, 3, 128, 128)).astype(np.float32)
     with make_runner(folder, m, "baseline", CPU) as r:
-        out = r.infer_numpy({"image": x})
+        out = r.infer({"image": x})
         assert isinstance(out["logits"], np.ndarray) and out["logits"].dtype == np.float32
-        again = r.infer_numpy({"image": x})
+        again = r.infer({"image": x})
         assert out["logits"] is not again["logits"]  # fresh arrays, not the request's reused memory
         np.testing.assert_array_equal(out["logits"], again["logits"])
         with pytest.raises(BackendError, match="expected float32"):
-            r.infer_numpy({"image": x.astype(np.float64)})
+            r.infer({"image": x.astype(np.float64)})
 
 
 def test_compiled_model_cache(artifacts, tmp_path):

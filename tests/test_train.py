@@ -19,7 +19,6 @@ from sacvit_deploy.model import SACViT, load_checkpoint, save_checkpoint, tiny_c
 from sacvit_deploy.training import (
     EvalTransform,
     ImageFolderDataset,
-    TrainOptions,
     TrainTransform,
     distillation_loss,
     lr_at,
@@ -30,32 +29,8 @@ from sacvit_deploy.training import (
 )
 from sacvit_deploy.training.data import ImageDecodeError
 from sacvit_deploy.training.loop import load_init_weights
+from tests.conftest import tiny_train_options
 from tests.fakes.pictures import write_colour_folder
-
-
-def write_folder(root: Path, n_train: int = 8, n_val: int = 3, seed: int = 0) -> Path:
-    return write_colour_folder(root, n_train, n_val, seed)
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    return write_folder(tmp_path_factory.mktemp("data"))
-
-
-def options(data_dir: Path, out: Path, **changes) -> TrainOptions:
-    base = dict(
-        data_dir=data_dir,
-        out_dir=out,
-        model_config=tiny_config(),
-        epochs=2,
-        batch_size=6,
-        lr=1e-3,
-        warmup_epochs=1,
-        selection_warmup_epochs=1,
-        workers=0,
-        device="cpu",
-    )
-    return TrainOptions(**{**base, **changes})
 
 
 def quiet():
@@ -64,8 +39,8 @@ def quiet():
 
 
 # ---- data ------------------------------------------------------------------------------------------
-def test_scan_lists_classes_and_images(data_dir):
-    train_split, val_split = scan_image_folder(data_dir)
+def test_scan_lists_classes_and_images(colour_data):
+    train_split, val_split = scan_image_folder(colour_data)
     assert train_split.class_names == ("blue", "green", "red")
     assert len(train_split.samples) == 24 and len(val_split.samples) == 9
     assert {label for _, label in val_split.samples} == {0, 1, 2}
@@ -101,7 +76,7 @@ def test_bad_layouts_are_one_line_errors(tmp_path, make, message):
 
 
 def test_val_classes_must_match_train(tmp_path):
-    root = write_folder(tmp_path / "data", n_train=1, n_val=1)
+    root = write_colour_folder(tmp_path / "data", n_train=1, n_val=1)
     (root / "val" / "red").rename(root / "val" / "purple")
     with pytest.raises(SacvitError, match=r"missing red; extra purple"):
         scan_image_folder(root)
@@ -127,8 +102,8 @@ def test_transforms_shapes_and_determinism():
     torch.testing.assert_close(grey.mean(dim=(1, 2)), expected, atol=1e-3, rtol=0)
 
 
-def test_augmentation_does_not_depend_on_worker_count(data_dir):
-    split, _ = scan_image_folder(data_dir)
+def test_augmentation_does_not_depend_on_worker_count(colour_data):
+    split, _ = scan_image_folder(colour_data)
     ds = ImageFolderDataset(split, TrainTransform(tiny_config().preprocess), seed=3)
     ds.set_epoch(5)
     batches = []
@@ -142,7 +117,7 @@ def test_augmentation_does_not_depend_on_worker_count(data_dir):
 def test_a_corrupt_image_is_one_line_with_or_without_loader_workers(tmp_path):
     """torch re-raises a worker's exception with the worker's traceback in its message: the data
     error keeps only its own line, so train prints one line with --workers 2 as with 0."""
-    split, _ = scan_image_folder(write_folder(tmp_path / "data"))
+    split, _ = scan_image_folder(write_colour_folder(tmp_path / "data"))
     bad, _label = split.samples[0]
     Path(bad).write_bytes(b"not an image at all")
     ds = ImageFolderDataset(split, TrainTransform(tiny_config().preprocess), seed=3)
@@ -205,9 +180,9 @@ def test_lr_schedule_warms_up_linearly_then_cosine():
 
 
 # ---- runs ------------------------------------------------------------------------------------------
-def test_training_writes_loadable_checkpoints_and_log(data_dir, tmp_path):
+def test_training_writes_loadable_checkpoints_and_log(colour_data, tmp_path):
     out = tmp_path / "run"
-    result = train(options(data_dir, out, threshold=0.6), log=quiet())
+    result = train(tiny_train_options(colour_data, out, threshold=0.6), log=quiet())
     assert result.steps == 2 * 4 and len(result.history) == 2
     assert [r["token_selection"] for r in result.history] == [False, True]
 
@@ -235,15 +210,17 @@ def _stop_after_first_epoch(record: dict) -> None:
         raise _Interrupt
 
 
-def test_resume_continues_and_matches_an_uninterrupted_run(data_dir, tmp_path):
-    full = train(options(data_dir, tmp_path / "full", drop_path=0.1), log=quiet())
+def test_resume_continues_and_matches_an_uninterrupted_run(colour_data, tmp_path):
+    full = train(tiny_train_options(colour_data, tmp_path / "full", drop_path=0.1), log=quiet())
 
-    opts = options(data_dir, tmp_path / "cut", drop_path=0.1)
+    opts = tiny_train_options(colour_data, tmp_path / "cut", drop_path=0.1)
     with pytest.raises(_Interrupt):
         train(opts, log=quiet(), on_epoch_end=_stop_after_first_epoch)
     assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["epoch"] == 0
     lines: list[str] = []
-    resumed = train(options(data_dir, tmp_path / "cut", drop_path=0.1, resume=True), log=lines.append)
+    resumed = train(
+        tiny_train_options(colour_data, tmp_path / "cut", drop_path=0.1, resume=True), log=lines.append
+    )
     text = "\n".join(lines)
     assert "resuming" in text and "at epoch 2/2, step 4" in text
 
@@ -255,22 +232,24 @@ def test_resume_continues_and_matches_an_uninterrupted_run(data_dir, tmp_path):
     assert len((tmp_path / "cut" / "log.jsonl").read_text().splitlines()) == 2
 
 
-def test_resume_refusals(data_dir, tmp_path):
+def test_resume_refusals(colour_data, tmp_path):
     with pytest.raises(SacvitError, match="no checkpoint to resume"):
-        train(options(data_dir, tmp_path / "none", resume=True), log=quiet())
+        train(tiny_train_options(colour_data, tmp_path / "none", resume=True), log=quiet())
     out = tmp_path / "run"
-    train(options(data_dir, out, epochs=1, max_steps=1), log=quiet())
+    train(tiny_train_options(colour_data, out, epochs=1, max_steps=1), log=quiet())
     with pytest.raises(SacvitError, match="a run is already there; pass --resume"):
-        train(options(data_dir, out, epochs=1), log=quiet())
+        train(tiny_train_options(colour_data, out, epochs=1), log=quiet())
     with pytest.raises(SacvitError, match=r"another model config \(exit_threshold 0.5 vs 0.9"):
-        train(options(data_dir, out, epochs=2, threshold=0.9, resume=True), log=quiet())
+        train(tiny_train_options(colour_data, out, epochs=2, threshold=0.9, resume=True), log=quiet())
 
 
-def test_init_copies_weights_and_reinitialises_a_head_of_another_size(data_dir, tmp_path):
+def test_init_copies_weights_and_reinitialises_a_head_of_another_size(colour_data, tmp_path):
     torch.manual_seed(5)
     source = SACViT(tiny_config(num_classes=10))
     init = save_checkpoint(source, tmp_path / "init.safetensors")
-    opts = options(data_dir, tmp_path / "run", model_config=None, init=init, init_format="sacvit")
+    opts = tiny_train_options(
+        colour_data, tmp_path / "run", model_config=None, init=init, init_format="sacvit"
+    )
     target = SACViT(tiny_config(num_classes=3))
     fresh_head = target.head.weight.detach().clone()
     lines: list[str] = []
@@ -284,7 +263,7 @@ def test_init_copies_weights_and_reinitialises_a_head_of_another_size(data_dir, 
     assert result.cfg.num_classes == 3 and result.cfg.variant == "tiny_test"
 
 
-def test_run_folder_refusals_leave_every_file_as_it_was(data_dir, tmp_path):
+def test_run_folder_refusals_leave_every_file_as_it_was(colour_data, tmp_path):
     """Outputs are never inputs: --out in the data, on a file, on the --init checkpoint or on an
     earlier run's files is refused before any work, and nothing is written or truncated."""
     earlier = tmp_path / "earlier"
@@ -297,8 +276,8 @@ def test_run_folder_refusals_leave_every_file_as_it_was(data_dir, tmp_path):
     a_file = tmp_path / "notes.txt"
     a_file.write_text("keep")
     cases = [
-        (data_dir, "is inside the training data"),
-        (data_dir / "train" / "run", "is inside the training data"),
+        (colour_data, "is inside the training data"),
+        (colour_data / "train" / "run", "is inside the training data"),
         (a_file, "is a file; --out takes the run folder"),
         (earlier, r"already holds best.safetensors, log.jsonl from an earlier run"),
     ]
@@ -309,31 +288,36 @@ def test_run_folder_refusals_leave_every_file_as_it_was(data_dir, tmp_path):
     before = snapshot()
     for out, message in cases:
         with pytest.raises(SacvitError, match=message):
-            train(options(data_dir, out, epochs=1, max_steps=1), log=quiet())
+            train(tiny_train_options(colour_data, out, epochs=1, max_steps=1), log=quiet())
     with pytest.raises(SacvitError, match="is the run's own best.safetensors, which this run overwrites"):
-        train(options(data_dir, init, init=init / "best.safetensors", epochs=1, max_steps=1), log=quiet())
+        train(
+            tiny_train_options(colour_data, init, init=init / "best.safetensors", epochs=1, max_steps=1),
+            log=quiet(),
+        )
     assert snapshot() == before
-    assert not (data_dir / "train" / "run").exists()
+    assert not (colour_data / "train" / "run").exists()
     # Through the CLI: one line, no traceback.
-    result = CliRunner().invoke(app, ["train", str(data_dir), "--out", str(data_dir), "--device", "cpu"])
+    result = CliRunner().invoke(
+        app, ["train", str(colour_data), "--out", str(colour_data), "--device", "cpu"]
+    )
     assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
     assert "is the input" in result.output  # the output policy every command shares (cli._paths)
 
 
-def test_device_and_amp_refusals(data_dir, tmp_path):
+def test_device_and_amp_refusals(colour_data, tmp_path):
     with pytest.raises(SacvitError, match="--amp needs --device cuda"):
-        train(options(data_dir, tmp_path / "a", amp=True), log=quiet())
+        train(tiny_train_options(colour_data, tmp_path / "a", amp=True), log=quiet())
     if not torch.cuda.is_available():
         with pytest.raises(SacvitError, match="--device cuda: .*no CUDA"):
-            train(options(data_dir, tmp_path / "b", device="cuda"), log=quiet())
+            train(tiny_train_options(colour_data, tmp_path / "b", device="cuda"), log=quiet())
 
 
 # ---- CLI -------------------------------------------------------------------------------------------
-def test_cli_trains_one_epoch(data_dir, tmp_path):
+def test_cli_trains_one_epoch(colour_data, tmp_path):
     cfg_path = tmp_path / "cfg.json"
     cfg_path.write_text(json.dumps(tiny_config().to_dict()))
     out = tmp_path / "run"
-    args = ["train", str(data_dir), "--config-json", str(cfg_path), "--epochs", "1", "--max-steps", "2"]
+    args = ["train", str(colour_data), "--config-json", str(cfg_path), "--epochs", "1", "--max-steps", "2"]
     args += ["--batch-size", "4", "--workers", "0", "--device", "cpu", "--out", str(out), "--no-hflip"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -349,7 +333,7 @@ def test_cli_errors_are_one_line(tmp_path):
     assert result.output.strip().count("\n") == 0 and "no such folder" in result.output
     cfg_path = tmp_path / "cfg.json"
     cfg_path.write_text(json.dumps(tiny_config().to_dict()))
-    write_folder(tmp_path / "d", n_train=1, n_val=1)
+    write_colour_folder(tmp_path / "d", n_train=1, n_val=1)
     result = runner.invoke(
         app, ["train", str(tmp_path / "d"), "--config-json", str(cfg_path), "--variant", "deit_tiny_224"]
     )

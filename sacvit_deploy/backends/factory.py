@@ -424,6 +424,3 @@ register_backend(
         "OpenVINO on a CPU when installed (after ONNX Runtime's CUDA provider)",
     )
 )
-
-# Kept for callers that listed the names: derived from the table.
-BACKENDS = backend_names()

@@ -223,11 +223,7 @@ class OpenVinoRunner(Runner):
         self._compiled = None
 
     # ---- running -------------------------------------------------------------------------------
-    def infer_numpy(self, feed: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        """The same as :meth:`infer` (numpy in, fresh numpy out); kept for callers that named it."""
-        return self.infer(feed)
-
-    def _infer_numpy(self, feed: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    def _infer(self, feed: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
         arrays = {name: np.ascontiguousarray(feed[name]) for name in self.input_specs}
         batch = next(iter(arrays.values())).shape[0]
         parts = min(len(self._requests), batch) if self.fixed_batch is None else 1
@@ -261,9 +257,6 @@ class OpenVinoRunner(Runner):
             name: request.get_tensor(name).data.astype(self._out_dtypes[name], copy=True)
             for name in self._out_names
         }
-
-    def _infer(self, feed: Mapping[str, Any]) -> Dict[str, Any]:
-        return self._infer_numpy(feed)
 
     def describe(self) -> Dict[str, Any]:
         d = super().describe()

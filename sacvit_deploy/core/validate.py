@@ -94,8 +94,11 @@ def image_batch(array: Any, resolution: Optional[int] = None, name: str = "image
         raise InvalidValue(
             f"{name}: dtype {dtype}; give floating-point pixels, normalised as preprocess() does"
         )
-    host = array.detach().cpu().numpy() if hasattr(array, "detach") else np.asarray(array)
-    if not np.isfinite(host).all():
+    if hasattr(array, "detach"):  # a torch tensor: checked where it lies (a CUDA one is not copied here)
+        finite = bool(array.detach().isfinite().all())
+    else:
+        finite = bool(np.isfinite(np.asarray(array)).all())
+    if not finite:
         raise InvalidValue(f"{name}: holds NaN or infinite values; give finite pixels")
     return array
 

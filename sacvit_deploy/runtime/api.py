@@ -8,8 +8,9 @@
 
 Inputs are paths, PIL images or numpy arrays (HxWx3 uint8, like a decoded image); they are
 preprocessed exactly as the manifest says. ``run(batch)`` takes an already preprocessed batch: a
-numpy array, or a torch tensor when torch is installed (a CPU tensor is read without a copy, a CUDA
-tensor is copied to the host). Results are numpy arrays. torch is never imported here.
+numpy array, or a torch tensor when torch is installed (a CPU tensor is read without a copy; a CUDA
+tensor goes to TensorRT as it is, wrapped as a device array without a copy, and is copied to the host
+for the other backends). Results are numpy arrays. torch is never imported here.
 """
 
 from __future__ import annotations
@@ -71,8 +72,21 @@ class Pipeline:
         answering stage, confidence."""
         validate.image_batch(images, self.manifest.preprocess.input_size)
         threshold = None if threshold is None else validate.threshold(threshold)
-        self._opened.pipeline.activate()
-        return self._opened.pipeline.run(as_host_batch(images), threshold)
+        pipeline = self._opened.pipeline
+        pipeline.activate()
+        return pipeline.run(self._batch(images), threshold)
+
+    def _batch(self, images: Any) -> Any:
+        """The batch in the runners' currency: a CUDA torch tensor on the GPU both TensorRT stages run
+        on stays there (a device array over its memory: no copy); anything else becomes numpy."""
+        if not isinstance(images, np.ndarray) and getattr(images, "is_cuda", False) is True:
+            where = f"cuda:{images.device.index or 0}"
+            pipeline = self._opened.pipeline
+            if pipeline.takes_device_arrays and pipeline.stage1.device == pipeline.stage2.device == where:
+                from sacvit_deploy.backends.device import wrap_torch
+
+                return wrap_torch(images.detach())
+        return as_host_batch(images)
 
     def preprocess(self, images: Iterable[Any]) -> np.ndarray:
         """Decode and preprocess images into one (B, 3, R, R) float32 numpy batch."""

@@ -24,7 +24,14 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from sacvit_deploy.backends.arrays import concat_rows, pad_rows, slice_rows, take_rows, to_host
+from sacvit_deploy.backends.arrays import (
+    concat_rows,
+    is_device_array,
+    pad_rows,
+    slice_rows,
+    take_rows,
+    to_host,
+)
 from sacvit_deploy.backends.base import Runner
 from sacvit_deploy.core.compare import mixed_threshold  # noqa: F401  (re-exported: the one definition)
 from sacvit_deploy.core.errors import SacvitError
@@ -95,14 +102,20 @@ class EarlyExitPipeline:
     def device(self) -> str:
         return self.stage1.device
 
+    @property
+    def takes_device_arrays(self) -> bool:
+        """Whether a device-array batch runs where it lies (both stages on TensorRT, which reads device
+        memory; the pipeline compacts its rows on the device); other runners get it copied to the host."""
+        return self.stage1.backend == "tensorrt" and self.stage2.backend == "tensorrt"
+
     # ---- running -------------------------------------------------------------------------------
     def run(self, images: Any, threshold: Optional[float] = None, timing: bool = False) -> PipelineOutput:
-        """images: (B, 3, R, R) float32 numpy, normalised. Returns logits, answering stage, confidence
-        (numpy arrays on the host)."""
+        """images: (B, 3, R, R) float32 numpy (or a device array, see :attr:`takes_device_arrays`),
+        normalised. Returns logits, answering stage, confidence (numpy arrays on the host)."""
         th = self.threshold if threshold is None else float(threshold)
-        if not isinstance(images, np.ndarray):
+        if not isinstance(images, np.ndarray) and not (is_device_array(images) and self.takes_device_arrays):
             images = to_host(images)
-        n = images.shape[0] if images.ndim else 0
+        n = images.shape[0] if len(images.shape) else 0
         if n == 0:
             raise SacvitError("empty batch: pass at least one image")
         if not timing:

@@ -47,3 +47,17 @@ def write_colour_folder(root: Path, n_train: int = 8, n_val: int = 3, seed: int 
                 pixels = np.asarray(colour)[None, None] + rng.normal(0, 25, (h, w, 3))
                 Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(folder / f"{i}.png")
     return root
+
+
+def write_labelled_photos(root: Path, classes: tuple[str, ...], per_class: int) -> Path:
+    """A labelled ImageFolder of the photos bundled with the package: ``root/<class>/<photo>.png``, class
+    ``i`` holding the first ``per_class`` photos rotated by ``90 * i`` degrees, and in the second class
+    one file that is not an image (``broken.jpg``)."""
+    from sacvit_deploy.runtime.images import sample_images
+
+    for i, cls in enumerate(classes):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for p in sample_images()[:per_class]:
+            Image.open(p).convert("RGB").rotate(90 * i).save(root / cls / f"{p.stem}.png")
+    (root / classes[1] / "broken.jpg").write_bytes(b"not a jpeg")
+    return root
