@@ -19,7 +19,7 @@ def parity_table(title: str, rows: List[Dict[str, Any]], low: str = "[red]FAIL[/
     def pct(v: Optional[float]) -> str:
         return "-" if v is None else f"{100 * v:.1f}%"
 
-    table = Table(title=title, caption=PARITY_CAPTION)
+    table = Table(title=safe(title), caption=PARITY_CAPTION)
     columns = [
         "check",
         "images",
@@ -36,9 +36,9 @@ def parity_table(title: str, rows: List[Dict[str, Any]], low: str = "[red]FAIL[/
     for r in rows:
         limit = r.get("limit")
         table.add_row(
-            r["check"],
-            r.get("images", ""),
-            str(r["samples"]),
+            safe(r["check"]),
+            safe(r.get("images", "")),
+            safe(r["samples"]),
             f"{r['max_abs_diff']:.2e}",
             "-" if limit is None else f"{limit:.1e}",
             pct(r["top1_agreement"]),

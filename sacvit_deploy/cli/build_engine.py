@@ -60,8 +60,8 @@ def engine_notes() -> Iterator[None]:
 def print_engines(result) -> None:  # result: BuildResult
     trt = result.manifest.tensorrt
     table = Table(
-        title=f"TensorRT {trt.version} engines on {trt.gpu} (compute capability "
-        f"{trt.compute_capability}), {trt.precision}"
+        title=f"TensorRT {safe(trt.version)} engines on {safe(trt.gpu)} (compute capability "
+        f"{safe(trt.compute_capability)}), {safe(trt.precision)}"
     )
     for col in ("engine", "size (MB)", "batch min/opt/max", "FP32 islands", "build (s)"):
         table.add_column(col, justify="left" if col == "engine" else "right")
@@ -72,10 +72,10 @@ def print_engines(result) -> None:  # result: BuildResult
         islands = info.get("fp32_islands")
         island_text = ", ".join(f"{k} {v}" for k, v in islands.items()) if islands else "-"
         table.add_row(
-            entry.file,
+            safe(entry.file),
             f"{entry.size / 2**20:.1f}",
-            batches,
-            island_text,
+            safe(batches),
+            safe(island_text),
             f"{info.get('build_seconds', 0):.1f}",
         )
     out.print(table)

@@ -138,7 +138,7 @@ def check(
     )
     for version in not_targeted:
         note(
-            f"TensorRT {version} is older than this export's target ({target}), so its verdict does not "
+            f"TensorRT {version} is older than this export's target ({safe(target)}), so its verdict does not "
             f"set the exit code: for {version}, export with --target-trt {version}; name it "
             f"(--trt {version}) to make it count"
         )

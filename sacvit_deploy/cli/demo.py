@@ -99,7 +99,7 @@ def demo(
         "[bold]sacvit-deploy demo[/]: a small SAC-ViT bundled with the package (handwritten digits on varied "
         "backgrounds, 10 classes). Stage 1 looks at a half-resolution image and answers when it is confident; "
         f"the other images go to stage 2, which re-reads the informative region at full resolution. "
-        f"Everything goes to {out_dir}/.",
+        f"Everything goes to {safe(out_dir)}/.",
         highlight=False,
     )
     if not export_step:

@@ -56,7 +56,7 @@ def print_verification(report: dict, target_trt: str, folder: Path) -> None:
             how = " (JetPack 5: LayerNorm decomposed)" if version == "8.5" else ""
             note(
                 f"  expected for an export made for TensorRT {target_trt}: for {version}, export with "
-                f"--target-trt {version}{how}; `sacvit-deploy check {folder} --trt {version}` lists why"
+                f"--target-trt {version}{how}; `sacvit-deploy check {safe(folder)} --trt {version}` lists why"
             )
 
 

@@ -52,12 +52,12 @@ def parse_gpus(value: Optional[str]) -> Tuple[int, ...]:
 
 
 def print_report(report) -> None:  # report: ValidationReport
-    table = Table(title=f"Triton repository check: {report.folder}")
+    table = Table(title=f"Triton repository check: {safe(report.folder)}")
     for col in ("model", "check", "result", "detail"):
         table.add_column(col)
     for f in report.findings:
         verdict = "[yellow]note[/]" if f.note else ("[green]ok[/]" if f.ok else "[red]FAIL[/]")
-        table.add_row(f.model, f.check, verdict, f.detail)
+        table.add_row(safe(f.model), safe(f.check), verdict, safe(f.detail))
     out.print(table)
 
 
@@ -150,11 +150,11 @@ def triton(
         notes = sum(f.note for f in report.findings)
         if failures:
             raise fail(
-                f"{check}: {len(failures)} of {len(report.findings)} checks failed; see the table above",
+                f"{safe(check)}: {len(failures)} of {len(report.findings)} checks failed; see the table above",
                 EXIT_CHECK_FAILED,
             )
         out.print(
-            f"{check}: all {len(report.findings) - notes} checks passed"
+            f"{safe(check)}: all {len(report.findings) - notes} checks passed"
             + (f", {notes} notes" if notes else "")
         )
         return
@@ -180,20 +180,22 @@ def triton(
         )
     models = result.index.models
     out.print(
-        f"wrote {out_dir}/ in {result.seconds:.1f} s: {models['bls']} (BLS, threshold {result.threshold:g}), "
+        f"wrote {safe(out_dir)}/ in {result.seconds:.1f} s: {models['bls']} (BLS, threshold {result.threshold:g}), "
         f"{models['stage1']} + {models['stage2']} ({backend.value}), max batch {result.max_batch}"
     )
     if backend == TritonBackend.tensorrt:
         trt = result.manifest.tensorrt.version if result.manifest.tensorrt else "?"
-        note(f"the plans were built with TensorRT {trt}: serve them with the Triton release that ships it")
+        note(
+            f"the plans were built with TensorRT {safe(trt)}: serve them with the Triton release that ships it"
+        )
     if backend == TritonBackend.python:
         note(
             "the stages need onnxruntime (and numpy < 2 for PyTriton's stubs) in the Python backend's "
-            f"environment; PyTriton's tritonserver runs it: sacvit-deploy serve --artifacts {artifacts} (docs/triton.md)"
+            f"environment; PyTriton's tritonserver runs it: sacvit-deploy serve --artifacts {safe(artifacts)} (docs/triton.md)"
         )
         return
     note(
         f"next: docker run --gpus all --shm-size 1g -p8000:8000 -p8001:8001 -p8002:8002 "
-        f"-v {out_dir.resolve()}:/models nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models"
+        f"-v {safe(out_dir.resolve())}:/models nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models"
         f"   |   sacvit-deploy infer --triton http://localhost:8000 IMAGES  (docs/triton.md)"
     )
