@@ -92,3 +92,49 @@ def test_import_sacvit_deploy_stays_light():
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.strip() == ""
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _readme_python_blocks() -> list[str]:
+    text = README.read_text(encoding="utf-8")
+    blocks = text.split("```python\n")[1:]
+    return [b.split("```", 1)[0] for b in blocks]
+
+
+def test_the_readme_python_snippets_name_what_exists():
+    """The README's Python examples (no data to run them on here) are held to the code: every name
+    they import exists, and every call of an imported function or class passes arguments its
+    signature accepts. Renaming a keyword of a use case fails here, not in a user's script."""
+    blocks = [b for b in _readme_python_blocks() if "sacvit_deploy" in b]
+    assert len(blocks) >= 3
+    checked = 0
+    for block in blocks:
+        tree = ast.parse(block)
+        imported = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sacvit_deploy"):
+                module = importlib.import_module(node.module)
+                for alias in node.names:
+                    assert hasattr(module, alias.name), f"README imports {alias.name} from {node.module}"
+                    imported[alias.asname or alias.name] = getattr(module, alias.name)
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
+                continue
+            fn = imported.get(node.func.id)
+            if fn is None or not callable(fn):
+                continue
+            args = [None] * len(node.args)
+            kwargs = {k.arg: None for k in node.keywords if k.arg}
+            try:
+                sig = inspect.signature(fn)
+                # **options pass through to runners: the README's keywords must be named parameters
+                named = [p for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
+                sig.replace(parameters=named).bind(*args, **kwargs)
+            except TypeError as exc:
+                pytest.fail(
+                    f"README calls {node.func.id}({ast.unparse(node)[len(node.func.id) + 1 : -1]}): {exc}"
+                )
+            checked += 1
+    assert checked >= 8, checked
