@@ -225,3 +225,22 @@ def test_corrupt_safetensors(tmp_path):
     own.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="corrupt safetensors"):
         load_checkpoint(own)
+
+
+def test_the_same_weights_save_to_the_same_bytes(tmp_path):
+    """safetensors writes its metadata in a hash map's order (it changed between two saves in one
+    process); save_checkpoint sorts it, so an export's model.safetensors (and its sha256 in the
+    manifest) depends only on the weights. Read back with the real safetensors reader."""
+    from safetensors import safe_open
+
+    model = make_tiny()
+    paths = [save_checkpoint(model, tmp_path / f"w{i}.safetensors") for i in range(4)]
+    blobs = {p.read_bytes() for p in paths}
+    assert len(blobs) == 1
+    with safe_open(str(paths[0]), framework="pt") as f:
+        meta = f.metadata()
+        assert set(meta) >= {"format", "config"}
+        for name, tensor in model.state_dict().items():
+            assert torch.equal(f.get_tensor(name), tensor)
+    again = load_checkpoint(paths[0]).model
+    assert again.cfg == model.cfg

@@ -443,4 +443,18 @@ def save_checkpoint(model: SACViT, path: Union[str, Path], metadata: Optional[Di
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     # Serialised in memory, then core.atomic's one writer (a full disk is one line, nothing left);
     # the file gets the permissions of any other file (safetensors' own writer gives 0600).
-    return atomic.write_bytes(path, save(tensors, metadata=meta))
+    return atomic.write_bytes(path, _sorted_header(save(tensors, metadata=meta)))
+
+
+def _sorted_header(blob: bytes) -> bytes:
+    """The same bytes for the same weights: safetensors writes its metadata in a hash map's order,
+    which changes from one call to the next; the header is rewritten with sorted keys, padded with
+    spaces to its old length (as the format pads it), so the tensor offsets stay valid."""
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + n])
+    if isinstance(header.get("__metadata__"), dict):
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
+    if len(text) > n:  # cannot happen for the same content; keep the original rather than shift data
+        return blob
+    return blob[:8] + text.ljust(n, b" ") + blob[8 + n :]
