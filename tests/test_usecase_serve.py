@@ -198,6 +198,18 @@ def test_an_exception_in_the_with_block_stops_the_server_and_removes_the_scratch
     assert serving.stop() == -signal.SIGTERM  # again: nothing left to do, the same answer
 
 
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads process states from /proc")
+def test_kill_takes_the_whole_group_at_once_and_stop_still_cleans_up(exported_tiny, stand_in):
+    """What a second Ctrl-C during the stop does (the CLI holds signals with serving.kill): SIGKILL
+    to tritonserver and its stubs (one process group), then stop reaps it and removes the scratch."""
+    with serve_artifacts(exported_tiny, ports=Ports(0, 0, 0)) as serving:
+        scratch = serving.repository
+        serving.kill()
+        assert _all_gone(stand_in), "kill left the server or its stub running"
+    assert serving.exit_code == -signal.SIGKILL
+    assert scratch is not None and not scratch.parent.exists()
+
+
 def test_the_callers_repository_is_written_and_kept(exported_tiny, stand_in, tmp_path):
     with serve_artifacts(exported_tiny, ports=Ports(0, 0, 0), repository=tmp_path / "repo") as serving:
         assert serving.repository == tmp_path / "repo"

@@ -385,6 +385,12 @@ class TritonServer:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)
 
+    def kill_group(self) -> None:
+        """SIGKILL to the server's process group (its Python-backend stubs with it), at once; what a
+        second Ctrl-C during a stop does. :meth:`stop` still reaps it and cleans up."""
+        if self.process is not None:
+            self._kill_group(self.process)
+
     def kill(self) -> None:
         """SIGKILL to the server's PID only (a crash, for fault tests); :meth:`stop` cleans up after."""
         if self.process is not None and self.process.poll() is None:

@@ -174,8 +174,8 @@ class Serving:
 
     def kill(self) -> None:
         """SIGKILL to tritonserver's process group (its stubs with it), now; :meth:`stop` still cleans up."""
-        if self.server is not None and self.server.process is not None:
-            TritonServer._kill_group(self.server.process)
+        if self.server is not None:
+            self.server.kill_group()
 
     def __enter__(self) -> Serving:
         return self.start()
