@@ -209,3 +209,21 @@ def test_the_cli_prints_the_use_cases_result_and_a_rejected_report(
     last = [line for line in done.output.splitlines() if line.strip()][-1]
     assert last == "error: int8 stage1 agrees with float on only 50.0% of 8 images"
     assert json.loads(report.read_text()) == rejected  # written for a rejected run too
+
+
+def test_a_labelled_image_that_does_not_load_is_left_out_with_a_line(labelled, exported_tiny, tmp_path):
+    """The verification images are the user's: a broken one is named (``skipped ...``), not silently
+    dropped, and the others are still compared."""
+    from sacvit_deploy.quantize.quantize_export import _verification_batches
+    from sacvit_deploy.runtime.exit_calibration import find_labelled_images
+
+    folder = tmp_path / "labelled"
+    shutil.copytree(labelled, folder)
+    broken = next(folder.iterdir()) / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not a picture")
+    m = Manifest.load(exported_tiny)
+    found = find_labelled_images(folder, m.num_classes, m.class_names, "index")
+    logs: list[str] = []
+    batches = list(_verification_batches(None, found, m.preprocess, logs.append))  # type: ignore[arg-type]
+    assert sum(images.shape[0] for images, _ in batches) == len(found.paths) - 1 == 8
+    assert len(logs) == 1 and logs[0].startswith("skipped ") and "broken.png" in logs[0], logs

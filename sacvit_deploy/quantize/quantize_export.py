@@ -121,9 +121,10 @@ def _validate(
 
 
 def _verification_batches(
-    calibration: CalibrationImages, labelled: Any, preprocess: Any
+    calibration: CalibrationImages, labelled: Any, preprocess: Any, log: Callable[[str], None]
 ) -> Iterator[Tuple[np.ndarray, Optional[List[int]]]]:
-    """(images, labels) for the comparison: the labelled images, or the calibration images unlabelled."""
+    """(images, labels) for the comparison: the labelled images, or the calibration images unlabelled.
+    A labelled image that does not load is left out, with a ``skipped ...`` line."""
     if labelled is None:
         for start in range(0, calibration.images.shape[0], VERIFY_BATCH):
             yield calibration.images[start : start + VERIFY_BATCH], None
@@ -131,8 +132,14 @@ def _verification_batches(
     from sacvit_deploy.runtime.exit_calibration import images_and_labels
     from sacvit_deploy.runtime.images import iter_batches
 
+    def told(batches: Iterator[Any]) -> Iterator[Any]:
+        for batch in batches:
+            for failure in batch.failures:
+                log(f"skipped {failure}")
+            yield batch
+
     with closing(iter_batches(labelled.paths, preprocess, batch_size=VERIFY_BATCH)) as loading:
-        yield from images_and_labels(labelled, loading)
+        yield from images_and_labels(labelled, told(loading))
 
 
 def _rejection(report: Dict[str, Any], min_agreement: float) -> str:
@@ -200,7 +207,7 @@ def quantize_export(
 
     def verify(staging: Path, manifest: Manifest) -> Dict[str, Any]:
         step("comparing the int8 graphs with the float ones")
-        batches = _verification_batches(calibration, labelled, float_manifest.preprocess)
+        batches = _verification_batches(calibration, labelled, float_manifest.preprocess, say)
         report = compare_folders(
             artifacts, float_manifest, staging, manifest, batches, source, min_agreement, options.threads
         )
