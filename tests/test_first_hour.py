@@ -8,9 +8,10 @@ import pytest
 from typer.testing import CliRunner
 
 from sacvit_deploy.cli import app
-from sacvit_deploy.core.manifest import ExitCalibration, Manifest
+from sacvit_deploy.core.manifest import Manifest
 from sacvit_deploy.model.checkpoint import save_checkpoint
 from tests.conftest import make_tiny
+from tests.fakes.fixtures import write_calibration
 
 runner = CliRunner()
 
@@ -30,29 +31,12 @@ def _export(*args: str) -> str:
     return result.output
 
 
-def _calibrated(folder, threshold: float) -> None:
-    """What `calibrate --write` leaves: the threshold and its record."""
-    m = Manifest.load(folder)
-    m.exit_threshold = threshold
-    m.calibration = ExitCalibration.from_dict(
-        {
-            "threshold": threshold,
-            "target": {"kind": "exit_rate", "value": 0.5},
-            "accuracy": 0.9,
-            "exit_rate": 0.5,
-            "gflops_per_image": 0.01,
-            "images": 10,
-        }
-    )
-    m.save(folder)
-
-
 def test_reexport_keeps_a_calibrated_threshold_or_says_it_resets_it(checkpoints, tmp_path):
     a, b = checkpoints
     out = tmp_path / "export"
     _export(str(a), "--out", str(out))
     default = Manifest.load(out).exit_threshold
-    _calibrated(out, 0.338)
+    write_calibration(out, 0.338)
     # The same checkpoint again: the calibrated threshold and its record stay, and it says so.
     shown = _export(str(a), "--out", str(out))
     m = Manifest.load(out)
@@ -63,7 +47,7 @@ def test_reexport_keeps_a_calibrated_threshold_or_says_it_resets_it(checkpoints,
     assert Manifest.load(out).exit_threshold == pytest.approx(0.7) and Manifest.load(out).calibration is None
     assert "had the exit threshold 0.338" in shown and "--threshold 0.338" in shown
     # Another checkpoint: its own default threshold, and the same warning.
-    _calibrated(out, 0.338)
+    write_calibration(out, 0.338)
     shown = _export(str(b), "--out", str(out))
     assert Manifest.load(out).exit_threshold == pytest.approx(default)
     assert "chosen for another checkpoint" in shown and "--threshold 0.338" in shown

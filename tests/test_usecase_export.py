@@ -22,6 +22,7 @@ from sacvit_deploy.export.export_checkpoint import ExportRun, export_checkpoint
 from sacvit_deploy.export.onnx_export import ExportOptions
 from sacvit_deploy.model.checkpoint import save_checkpoint
 from tests.conftest import make_tiny, trained_scale
+from tests.fakes.fixtures import write_calibration
 
 NAMES = [f"class {i}" for i in range(10)]  # tiny_config has 10 classes
 
@@ -121,23 +122,6 @@ def test_the_graph_computes_what_the_checkpoint_does(verified):
     assert (got.argmax(1) == want.argmax(1)).all()
 
 
-def _calibrate(folder, threshold: float) -> ExitCalibration:
-    """What `calibrate --write` leaves, written the way it writes it (Manifest.with_calibration)."""
-    record = ExitCalibration.from_dict(
-        {
-            "threshold": threshold,
-            "target": {"kind": "exit_rate", "value": 0.5},
-            "accuracy": 0.9,
-            "exit_rate": 0.5,
-            "gflops_per_image": 0.01,
-            "images": 10,
-            "backend": "onnxruntime (cpu)",
-        }
-    )
-    Manifest.load(folder).with_calibration(record).save(folder)
-    return record
-
-
 FAST = ExportOptions(weights=False)
 
 
@@ -147,7 +131,7 @@ def test_reexport_keeps_a_calibration_of_the_same_checkpoint_in_one_publish(
     path, _ = checkpoints[0]
     out = tmp_path / "export"
     export_checkpoint(path, out, options=FAST, verify=False)
-    record = _calibrate(out, 0.338)
+    record = write_calibration(out, 0.338)
 
     saves = []
     original = Manifest.save
@@ -174,7 +158,7 @@ def test_another_checkpoint_or_a_threshold_resets_the_calibration_and_says_so(ch
     (a, _), (b, model_b) = checkpoints
     out = tmp_path / "export"
     export_checkpoint(a, out, options=FAST, verify=False)
-    _calibrate(out, 0.338)
+    write_calibration(out, 0.338)
 
     lines: list[str] = []
     run = export_checkpoint(b, out, options=FAST, verify=False, log=lines.append)
@@ -187,7 +171,7 @@ def test_another_checkpoint_or_a_threshold_resets_the_calibration_and_says_so(ch
     assert "--threshold 0.338" in warning and "\n" not in warning
     assert warning == run.calibration.message(out)
 
-    _calibrate(out, 0.338)
+    write_calibration(out, 0.338)
     lines.clear()
     run = export_checkpoint(
         b, out, options=ExportOptions(weights=False, threshold=0.7), verify=False, log=lines.append

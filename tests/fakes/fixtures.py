@@ -72,3 +72,23 @@ def install_fake_tensorrt(
 def build(export: Path, out: Path, **options: Any) -> BuildResult:
     options.setdefault("parity_images", 4)
     return build_engines(export, out, BuildOptions(**options))
+
+
+def write_calibration(folder: Path, threshold: float):  # -> ExitCalibration
+    """What `calibrate --write` leaves in a folder, written the way it writes it
+    (Manifest.with_calibration): the threshold and its record."""
+    from sacvit_deploy.core.manifest import ExitCalibration, Manifest
+
+    record = ExitCalibration.from_dict(
+        {
+            "threshold": threshold,
+            "target": {"kind": "exit_rate", "value": 0.5},
+            "accuracy": 0.9,
+            "exit_rate": 0.5,
+            "gflops_per_image": 0.01,
+            "images": 10,
+            "backend": "onnxruntime (cpu)",
+        }
+    )
+    Manifest.load(folder).with_calibration(record).save(folder)
+    return record
