@@ -13,6 +13,7 @@ sacvit_deploy`` stays light (no numpy, torch or onnx until a name is used)::
 | ``calibrate_exit`` | ``calibrate`` | ``ExitCalibrationRun`` (the curve; ``.write()`` stores the choice) |
 | ``profile_artifacts`` | ``profile`` | ``ProfileRun`` (the report ``--json`` writes, its lines) |
 | ``serve_artifacts`` | ``serve`` | ``Serving``, a context manager (Triton started, stopped on exit) |
+| ``train`` | ``train`` | ``TrainResult`` (best and last checkpoints, epochs and steps done) |
 | ``Pipeline`` | (``infer`` runs ``predict_files``) | a loaded early-exit pipeline (``predict``, ``run``) |
 """
 
@@ -32,6 +33,7 @@ USE_CASES = {
     "calibrate_exit": ("sacvit_deploy.runtime.calibrate_exit", "calibrate"),
     "profile_artifacts": ("sacvit_deploy.runtime.profile_artifacts", "profile"),
     "serve_artifacts": ("sacvit_deploy.triton.serving", "serve"),
+    "train": ("sacvit_deploy.training", "train"),  # training.loop.train(TrainOptions(...))
     "Pipeline": ("sacvit_deploy.runtime.api", None),  # infer runs runtime.predict.predict_files
 }
 
