@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The runtime without torch: a venv with `.[cpu]` only (onnx + ONNX Runtime, no torch) runs an export
-# made elsewhere: the demo's inference half, infer, profile, calibrate and check must each exit 0.
+# made elsewhere: the demo's inference half, infer, profile, calibrate, check and quantize must each exit 0.
 #
 #   scripts/no_torch_check.sh TORCH_PYTHON [VENV]
 #
@@ -51,6 +51,8 @@ step "profile" "$cli" profile --artifacts "$demo/export" --images "$demo/images"
 step "calibrate" "$cli" calibrate --images "$demo/labelled/" --artifacts "$demo/export" --target-exit-rate 0.5
 # 8.5 is left out: the demo's default export (opset-17 LayerNorm) does not parse there, and check says so.
 step "check" "$cli" check "$demo/export" --trt 8.6,10,11
+# INT8 Q/DQ graphs from the export, verified against the float ones: onnx + ONNX Runtime only.
+step "quantize" "$cli" quantize "$demo/export" --calib-images "$demo/images" --images "$demo/labelled/" --out "$work/int8"
 # export, train, check --run, --backend torch need torch: exit code 1, one error line naming the extra,
 # no traceback.
 says_extra() {
@@ -71,4 +73,4 @@ if [ ${#failed[@]} -gt 0 ]; then
     echo "no-torch: ${#failed[@]} step(s) failed: ${failed[*]}"
     exit 1
 fi
-echo "no-torch: demo's inference half, infer, profile, calibrate, check ran without torch"
+echo "no-torch: demo's inference half, infer, profile, calibrate, check, quantize ran without torch"
