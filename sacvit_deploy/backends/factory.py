@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 
 from sacvit_deploy.backends.errors import BackendError
 from sacvit_deploy.core.extras import install_hint
-from sacvit_deploy.core.manifest import Manifest
 
 DEVICES = ("cpu", "cuda")
 
@@ -51,6 +50,7 @@ if TYPE_CHECKING:
     from typing import Callable
 
     from sacvit_deploy.backends.base import Runner  # numpy: not needed to pick a backend
+    from sacvit_deploy.core.manifest import Manifest  # annotations only: --help never loads it
 
     Probe = Callable[[Manifest, Union[str, None]], Union[BackendChoice, str]]
     Select = Callable[[Manifest, Union[str, None], Union[str, None]], BackendChoice]
