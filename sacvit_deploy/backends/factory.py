@@ -42,6 +42,12 @@ class BackendChoice:
         return f"{what} on {self.device}: {self.reason}"
 
 
+def cpu_reference(reason: str) -> BackendChoice:
+    """ONNX Runtime on the CPU: the reference every parity check compares against (export
+    verification, check --run, quantize, build-engine), whatever ``auto`` would pick here."""
+    return BackendChoice("onnxruntime", "cpu", "cpu", reason)
+
+
 # A probe answers for ``auto``: a BackendChoice when the backend can run the folder here, else the
 # reason it cannot (one short clause). ``select`` answers an explicit ``--backend NAME``: a choice, or a
 # BackendError saying what is missing and how to get it.

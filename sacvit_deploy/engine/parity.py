@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 from sacvit_deploy.backends.base import Runner
-from sacvit_deploy.backends.factory import BackendChoice, cuda_device_count, has_module, make_runner
+from sacvit_deploy.backends.factory import (
+    BackendChoice,
+    cpu_reference,
+    cuda_device_count,
+    has_module,
+    make_runner,
+)
 from sacvit_deploy.core.compare import ParityRow, reduced_precision
 from sacvit_deploy.core.manifest import Manifest
 from sacvit_deploy.runtime import parity
@@ -34,7 +40,7 @@ def reference_runners(
 ) -> Tuple[Dict[str, Runner], str]:
     """Runners on the export folder: ONNX Runtime (CPU) if installed, else the PyTorch weights."""
     if has_module("onnxruntime"):
-        choice = BackendChoice("onnxruntime", "cpu", "cpu", "parity reference")
+        choice = cpu_reference("parity reference")
         label = "ONNX Runtime (CPU)"
     elif manifest.weights is not None and has_module("torch"):
         device = "cuda" if cuda_device_count() else "cpu"

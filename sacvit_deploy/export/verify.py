@@ -19,7 +19,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from sacvit_deploy.backends.factory import BackendChoice, make_runner
+from sacvit_deploy.backends.factory import BackendChoice, cpu_reference, make_runner
 from sacvit_deploy.backends.torch_backend import model_runners
 from sacvit_deploy.core.compare import Criteria, Tolerance, first_failure
 from sacvit_deploy.core.errors import SacvitError
@@ -60,7 +60,7 @@ def verify_export(
     """Verify the graphs in ``folder`` against ``model``; raise VerificationError when parity fails."""
     tolerance = tolerance or Tolerance()
     checker = check_graphs(folder, manifest)
-    choice = BackendChoice("onnxruntime", "cpu", "cpu", "export verification")
+    choice = cpu_reference("export verification")
     runners = {role: make_runner(folder, manifest, role, choice, threads=threads) for role in manifest.graphs}
     reference = model_runners(model.eval(), list(manifest.graphs))
     g = torch.Generator().manual_seed(1234)
@@ -128,7 +128,7 @@ def check_parity(
             f"{folder}: no model.safetensors in the manifest to compare with; re-export without --no-weights"
         )
     tolerance = tolerance or Tolerance()
-    ort = BackendChoice("onnxruntime", "cpu", "cpu", "check --run")
+    ort = cpu_reference("check --run")
     torch_cpu = BackendChoice("torch", "cpu", None, "check --run")
     roles = list(manifest.graphs)
     candidate = {role: make_runner(folder, manifest, role, ort) for role in roles}

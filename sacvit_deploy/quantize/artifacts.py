@@ -131,10 +131,10 @@ def _stage1_outputs(
 ) -> Dict[str, np.ndarray]:
     """The float stage 1's outputs for the calibration images (stage 2's calibration feeds)."""
     from sacvit_deploy.backends.arrays import to_host
-    from sacvit_deploy.backends.factory import BackendChoice, make_runner
+    from sacvit_deploy.backends.factory import cpu_reference, make_runner
     from sacvit_deploy.runtime.pipeline import run_any_batch
 
-    choice = BackendChoice("onnxruntime", "cpu", "cpu", "stage-2 calibration feeds")
+    choice = cpu_reference("stage-2 calibration feeds")
     runner = make_runner(folder, manifest, "stage1", choice, threads=threads)
     parts: Dict[str, List[np.ndarray]] = {}
     with runner:

@@ -26,9 +26,9 @@ DEFAULT_MIN_AGREEMENT = 0.95
 
 
 def _runners(folder: Path, manifest: Any, roles: Iterable[str], threads: Optional[int]) -> Dict[str, Any]:
-    from sacvit_deploy.backends.factory import BackendChoice, make_runner
+    from sacvit_deploy.backends.factory import cpu_reference, make_runner
 
-    choice = BackendChoice("onnxruntime", "cpu", "cpu", "int8 vs float comparison")
+    choice = cpu_reference("int8 vs float comparison")
     return {role: make_runner(folder, manifest, role, choice, threads=threads) for role in roles}
 
 

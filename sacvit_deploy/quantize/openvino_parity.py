@@ -19,7 +19,7 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from sacvit_deploy.backends.factory import BackendChoice, make_runner
+from sacvit_deploy.backends.factory import BackendChoice, cpu_reference, make_runner
 from sacvit_deploy.core.compare import Criteria, Tolerance
 from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.core.extras import install_hint
@@ -56,7 +56,7 @@ def check_openvino_parity(
                 f"{folder}: an int8 folder is checked against ONNX Runtime on the same graphs; "
                 + install_hint("cpu")
             )
-        ref_choice, ref_label = BackendChoice("onnxruntime", "cpu", "cpu", "check --run"), "ONNX Runtime int8"
+        ref_choice, ref_label = cpu_reference("check --run"), "ONNX Runtime int8"
         criteria = INT8_CRITERIA
     else:
         tolerance = tolerance or Tolerance()
@@ -64,7 +64,7 @@ def check_openvino_parity(
         if manifest.weights is not None:
             ref_choice, ref_label = BackendChoice("torch", "cpu", None, "check --run"), "PyTorch"
         elif ort_installed:
-            ref_choice, ref_label = BackendChoice("onnxruntime", "cpu", "cpu", "check --run"), "ONNX Runtime"
+            ref_choice, ref_label = cpu_reference("check --run"), "ONNX Runtime"
         else:
             raise SacvitError(
                 f"{folder}: nothing to compare OpenVINO with (no model.safetensors, no onnxruntime); "
