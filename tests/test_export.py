@@ -184,6 +184,17 @@ def test_fixed_batch_export(tmp_path):
 def test_threshold_option_and_bad_options(tmp_path):
     model = make_tiny()
     assert do_export(model, tmp_path / "t", threshold=0.9).manifest.exit_threshold == 0.9
+    # The one rule (core.exit_rule, what infer/profile --threshold accept): finite, >= 0; above 1
+    # nothing exits. 1.2 was refused here while 1.5 passed.
+    for legal in (1.2, 1.5):
+        assert (
+            do_export(model, tmp_path / f"t{legal}", threshold=legal, weights=False).manifest.exit_threshold
+            == legal
+        )
+    for bad, why in ((-0.1, ">= 0"), (float("nan"), "finite")):
+        with pytest.raises(ExportError, match=f"--threshold.*{why}"):
+            do_export(model, tmp_path / "bad", threshold=bad)
+        assert not (tmp_path / "bad").exists()
     with pytest.raises(ExportError, match="--opset 16 is outside 17..17"):
         do_export(model, tmp_path / "o", opset=16, target_trt="8.6")
     with pytest.raises(ExportError, match="unknown --target-trt"):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import io
-import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from torch import Tensor, nn
 
 from sacvit_deploy.core import publish
 from sacvit_deploy.core.errors import SacvitError
+from sacvit_deploy.core.exit_rule import check_threshold
 from sacvit_deploy.core.manifest import (
     ArtifactFile,
     ExitCalibration,
@@ -291,8 +291,10 @@ def export_artifacts(
                 "give one of them"
             )
         threshold = calibration.threshold
-    if not math.isfinite(threshold) or (not 0.0 <= threshold <= 1.0 + 1e-9 and threshold < 1.5):
-        raise ExportError(f"--threshold {threshold}: must be in [0, 1] (above 1 disables early exit)")
+    try:  # the one rule (core.exit_rule): finite and >= 0; above 1 nothing exits at stage 1
+        threshold = check_threshold(threshold, "--threshold")
+    except SacvitError as exc:
+        raise ExportError(str(exc)) from None
     out = Path(out)
     previous = prepare_output_folder(out)
     with publish.staging_folder(out) as staging:
