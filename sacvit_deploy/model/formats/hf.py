@@ -89,13 +89,13 @@ class _Fields:
     def bad(self, key: str, why: str) -> CheckpointError:
         return CheckpointError(f"{self.path}: {key} {why}; re-save the model with save_pretrained")
 
-    def int(self, key: str, default: Optional[int] = None, low: int = 1, high: int = 2**20) -> int:
+    def integer(self, key: str, default: Optional[int] = None, low: int = 1, high: int = 2**20) -> int:
         value = self.data.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise self.bad(key, f"is {value!r}, not an integer in {low}..{high}")
         return value
 
-    def float(self, key: str, default: float, low: float, high: float) -> float:
+    def number(self, key: str, default: float, low: float, high: float) -> float:
         value = self.data.get(key, default)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise self.bad(key, f"is {value!r}, not a finite number")
@@ -103,13 +103,13 @@ class _Fields:
             raise self.bad(key, f"is {value!r}, outside ({low}, {high})")
         return float(value)
 
-    def bool(self, key: str, default: bool) -> bool:
+    def flag(self, key: str, default: bool) -> bool:
         value = self.data.get(key, default)
         if not isinstance(value, bool):
             raise self.bad(key, f"is {value!r}, not true or false")
         return value
 
-    def str(self, key: str, default: Optional[str] = None) -> str:
+    def text(self, key: str, default: Optional[str] = None) -> str:
         value = self.data.get(key, default)
         if not isinstance(value, str):
             raise self.bad(key, f"is {value!r}, not a string")
@@ -170,8 +170,8 @@ def preprocess_for(folder: Path, img_size: int) -> Tuple[PreprocessConfig, List[
         )
     resize = default.resize_size
     size = data.get("size")
-    if fields.bool("do_center_crop", True) and isinstance(size, dict) and "shortest_edge" in size:
-        resize = _Fields(size, path).int("shortest_edge", high=4 * img_size)
+    if fields.flag("do_center_crop", True) and isinstance(size, dict) and "shortest_edge" in size:
+        resize = _Fields(size, path).integer("shortest_edge", high=4 * img_size)
     elif size is not None:
         notes.append(
             f"{PREPROCESSOR}: resize {size!r} without a shortest-edge center crop; using resize "
@@ -231,7 +231,7 @@ class Adapter(FormatAdapter):
                 f"{raw.path}: Hugging Face weights without {CONFIG} beside them; pass the folder save_pretrained wrote"
             )
         f = _Fields(_read_json(path, CONFIG), path)
-        model_type = f.str("model_type", "")
+        model_type = f.text("model_type", "")
         if model_type == "deit":
             raise CheckpointError(f"{path}: {_DISTILLED}")
         if model_type != "vit":
@@ -243,26 +243,26 @@ class Adapter(FormatAdapter):
             raise CheckpointError(
                 f"{path}: architectures {archs!r}; only ViTForImageClassification (a ViT with a classification head) loads here"
             )
-        act = f.str("hidden_act", "gelu")
+        act = f.text("hidden_act", "gelu")
         if act != "gelu":
             raise CheckpointError(
                 f"{path}: hidden_act {act!r}; this package's blocks compute exact GELU ('gelu') only"
             )
-        dim = f.int("hidden_size", high=8192)
-        heads = f.int("num_attention_heads", high=128)
-        depth = f.int("num_hidden_layers", high=128)
-        hidden = f.int("intermediate_size", high=8 * 8192)
+        dim = f.integer("hidden_size", high=8192)
+        heads = f.integer("num_attention_heads", high=128)
+        depth = f.integer("num_hidden_layers", high=128)
+        hidden = f.integer("intermediate_size", high=8 * 8192)
         img, patch = f.square("image_size"), f.square("patch_size")
-        chans = f.int("num_channels", 3, high=16)
-        eps = f.float("layer_norm_eps", 1e-12, 0.0, 1.0)
-        qkv_bias = f.bool("qkv_bias", True)
+        chans = f.integer("num_channels", 3, high=16)
+        eps = f.number("layer_norm_eps", 1e-12, 0.0, 1.0)
+        qkv_bias = f.flag("qkv_bias", True)
         head = raw.state_dict.get("classifier.weight")
         if not isinstance(head, Tensor) or head.dim() != 2:
             raise CheckpointError(
                 f"{raw.path}: no classifier.weight; a ViTModel without a classification head cannot be exported"
             )
         num_labels = int(head.shape[0])
-        if "num_labels" in f.data and f.int("num_labels", high=100_000) != num_labels:
+        if "num_labels" in f.data and f.integer("num_labels", high=100_000) != num_labels:
             raise f.bad("num_labels", f"is {f.data['num_labels']} but the classifier has {num_labels} rows")
         ratio = hidden / dim
         if int(dim * ratio) != hidden:
