@@ -24,6 +24,7 @@ class FolderImages:
     found: int  # image files picked before loading (after ``limit``)
     source: str  # the folder, or "bundled sample images"
     skipped: List[str] = field(default_factory=list)  # one line per file that failed to load
+    available: int = 0  # image files in the folder before ``limit``
 
     def describe(self) -> str:
         return f"{self.source} ({self.images.shape[0]} images)"
@@ -42,6 +43,7 @@ def load_image_folder(
     the sorted list (ImageFolder layouts are sorted by class). Unreadable files are skipped and
     reported through ``on_skip``; they never stop the loading."""
     paths = collect_images([folder]) if folder is not None else sample_images()
+    available = len(paths)
     if limit is not None and len(paths) > limit:
         if spread:
             pick = np.linspace(0, len(paths) - 1, limit).round().astype(int)
@@ -61,7 +63,7 @@ def load_image_folder(
                 used += batch.paths
     images = np.concatenate(arrays) if arrays else np.zeros((0, 3, size, size), np.float32)
     source = str(folder) if folder is not None else "bundled sample images"
-    return FolderImages(images, used, len(paths), source, skipped)
+    return FolderImages(images, used, len(paths), source, skipped, available)
 
 
 def verification_images(
