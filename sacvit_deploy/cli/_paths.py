@@ -19,7 +19,7 @@ from typing import (
 from typing_extensions import Annotated
 
 from sacvit_deploy.core.errors import SacvitError
-from sacvit_deploy.core.fileinfo import resolved
+from sacvit_deploy.core.fileinfo import is_within, resolved
 
 
 # ---- path options: every one declared as input or output, one policy for all -------------------------
@@ -184,7 +184,7 @@ def check_output_folder(
         source = resolved(item)
         if source.is_file():
             continue  # a file: the output folder cannot lie in it (the walk below names that)
-        if target == source or source in target.parents:
+        if is_within(target, source):
             what = "the artifact folder" if Path(item) in list(artifacts) else "the input"
             raise SacvitError(
                 f"{shown}: is inside {what} {item}, which it would change; write elsewhere"

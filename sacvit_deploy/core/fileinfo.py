@@ -49,3 +49,10 @@ def resolved(path: Union[Path, str]) -> Path:
         return Path(path).expanduser().resolve()
     except (OSError, RuntimeError):
         return Path(os.path.abspath(path))
+
+
+def is_within(path: Union[Path, str], folder: Union[Path, str]) -> bool:
+    """``path`` is ``folder`` or lies inside it, links followed (:func:`resolved`): where an output
+    would change what a command reads."""
+    target, root = resolved(path), resolved(folder)
+    return target == root or root in target.parents

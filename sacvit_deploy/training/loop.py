@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from sacvit_deploy.core import atomic
 from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.core.exit_rule import exit_mask
-from sacvit_deploy.core.fileinfo import resolved
+from sacvit_deploy.core.fileinfo import is_within, resolved
 from sacvit_deploy.core.formats import INIT_FORMATS, TRAIN_FORMATS
 from sacvit_deploy.core.lock import folder_lock
 from sacvit_deploy.model.checkpoint import FORMAT_TAG, load_checkpoint, save_checkpoint
@@ -447,8 +447,8 @@ def check_run_folder(opts: TrainOptions) -> None:
     where = f"--out {out}"
     if out.exists() and not out.is_dir():
         raise TrainError(f"{where}: is a file; --out takes the run folder ({', '.join(RUN_FILES)} go there)")
-    target, data_root = resolved(out), resolved(data)
-    if target == data_root or data_root in target.parents:
+    target = resolved(out)
+    if is_within(out, data):
         raise TrainError(
             f"{where}: is inside the training data {data}; the run's files would mix with the images "
             "(a folder under train/ would become a class); pick a folder outside it"

@@ -20,11 +20,12 @@ that is done.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Union
+
+from sacvit_deploy.core.fileinfo import is_within
 
 # Looked up through the modules at call time (not bound here), so a stand-in server can replace them.
 from sacvit_deploy.triton import repository as _repository
@@ -184,11 +185,6 @@ class Serving:
         self.stop()
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    path, folder = Path(os.path.abspath(path)).resolve(), Path(os.path.abspath(folder)).resolve()
-    return path == folder or folder in path.parents
-
-
 def serve_artifacts(
     artifacts: Union[str, Path],
     *,
@@ -215,7 +211,7 @@ def serve_artifacts(
     options.check()
     artifacts = Path(artifacts)
     for what, path in (("repository", repository), ("log file", log_file)):
-        if path is not None and _inside(Path(path), artifacts):
+        if path is not None and is_within(path, artifacts):
             raise RepositoryError(
                 f"{what} {path}: inside the artifact folder {artifacts}, which serve only reads; "
                 "write it elsewhere"
