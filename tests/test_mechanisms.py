@@ -922,3 +922,18 @@ def test_serve_stops_its_server_stubs_and_temp_folders_however_often_ctrl_c_is_p
         for pid in pids:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_is_within_follows_links_and_does_not_match_a_name_prefix(tmp_path):
+    """The one 'inside this folder' test (serve, train, the CLI's output policy)."""
+    from sacvit_deploy.core.fileinfo import is_within
+
+    data = tmp_path / "data"
+    (data / "cls").mkdir(parents=True)
+    (tmp_path / "data2").mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(data / "cls")
+    assert is_within(data, data) and is_within(data / "cls" / "new.png", data)
+    assert is_within(link / "out", data)  # through a link into the folder
+    assert not is_within(tmp_path / "data2", data)  # "data2" starts with "data" but is not inside
+    assert not is_within(tmp_path, data)
