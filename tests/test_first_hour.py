@@ -98,7 +98,7 @@ def test_help_shows_no_bool_or_list_metavars_and_one_bracket_style():
         assert "<bool>" not in text and "list[" not in text, (argv, text)
         assert "[8.5|" not in text  # choices are <a|b|c> everywhere
     infer = runner.invoke(app, ["infer", "--help"], env={"COLUMNS": "200"}).output
-    # The bound shown is the bound checked (by check_batch_size: one line naming the option, exit 1).
+    # The bound shown is the bound checked (by the batch_size check every command gets by name, cli/_options.VALUE_CHECKS: one line, exit 1).
     assert "Images per batch, 1 to 1024." in infer and "[x>=1]" not in infer.split("--batch-size")[1][:60]
     result = runner.invoke(app, ["infer", "x.png", "--batch-size", "5000"])
     assert result.exit_code == 1 and "from 1 to 1024" in result.output

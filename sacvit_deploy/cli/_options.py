@@ -115,12 +115,6 @@ def check_values(
 RUN = "Runtime"
 
 
-def check_batch_size(value: int, option: str) -> int:
-    from sacvit_deploy.core import validate
-
-    return validate.batch_size(value, option)
-
-
 # --backend's choices and help come from the backend table (backends/factory.py's REGISTRY).
 if TYPE_CHECKING:  # members made from a table at run time: opaque to a type checker
     BackendName = Any

@@ -25,7 +25,6 @@ from sacvit_deploy.cli._options import (
     OvDeviceOption,
     OvHintOption,
     ThreadsOption,
-    check_batch_size,
     openvino_options,
 )
 from sacvit_deploy.cli._paths import INPUT, OUTPUT_FILE, check_manifest_writable, check_output
@@ -147,13 +146,9 @@ def calibrate(
             "--write needs a target to choose the threshold: add --target-accuracy, --target-gflops or --target-exit-rate"
         )
 
-    check_batch_size(batch_size, "--batch-size")
     folder = artifacts if artifacts is not None else default_artifacts()
     if write:
         check_manifest_writable(folder / MANIFEST_NAME)
-    for option, path in (("--csv", csv_file), ("--plot", plot)):
-        if path is not None:
-            check_output(path, option, [], folder)
     job = ExitCalibrationJob(
         artifacts,
         images,

@@ -21,7 +21,7 @@ from typing_extensions import Annotated
 
 from sacvit_deploy.cli._command import handle_errors
 from sacvit_deploy.cli._console import note, out, printable, safe
-from sacvit_deploy.cli._paths import ARTIFACTS, OUTPUT_FILE, check_output, write_json
+from sacvit_deploy.cli._paths import ARTIFACTS, OUTPUT_FILE, write_json
 from sacvit_deploy.cli._tables import parity_table
 from sacvit_deploy.core.trt_families import TRT_FAMILY_NAMES
 
@@ -88,8 +88,6 @@ def check(
     from sacvit_deploy.export.trt_compat import check_folder_versions, group_problems
 
     versions = trt or list(TRT_FAMILY_NAMES)
-    if json_file is not None:
-        check_output(json_file, "--json", [], folder)
     manifest = Manifest.load(folder)
     results = check_folder_versions(folder, versions)
     target = manifest.exporter.target_trt if manifest.exporter else None

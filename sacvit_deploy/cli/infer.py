@@ -23,7 +23,6 @@ from sacvit_deploy.cli._options import (
     OvDeviceOption,
     OvHintOption,
     ThreadsOption,
-    check_batch_size,
     openvino_options,
 )
 from sacvit_deploy.cli._paths import INPUT, OUTPUT_FILE, check_output
@@ -110,7 +109,6 @@ def infer(
     from sacvit_deploy.runtime.predict import predict_files
     from sacvit_deploy.runtime.results import RowWriteError, open_writer
 
-    check_batch_size(batch_size, "--batch-size")
     if threshold is not None and not math.isfinite(threshold):
         raise SacvitError(f"--threshold {threshold}: give a finite number (0: everything exits at stage 1)")
     paths = collect_images(images)

@@ -26,7 +26,7 @@ from sacvit_deploy.cli._options import (
     ThreadsOption,
     openvino_options,
 )
-from sacvit_deploy.cli._paths import INPUT, OUTPUT_FILE, check_output
+from sacvit_deploy.cli._paths import INPUT, OUTPUT_FILE
 from sacvit_deploy.cli._progress import progress_bar
 from sacvit_deploy.core.errors import SacvitError
 
@@ -119,17 +119,12 @@ def profile(
     ] = None,
 ) -> None:
     """Time stage 1, gate, stage 2 and end to end per batch size; overhead, speedup, GFLOPs, power."""
-    from sacvit_deploy.runtime.loader import default_artifacts
     from sacvit_deploy.runtime.plotting import require_matplotlib
     from sacvit_deploy.runtime.profile_artifacts import profile_artifacts
 
     if plot is not None:
         require_matplotlib()
     sizes = parse_batch_sizes(batch_sizes)
-    folder = artifacts if artifacts is not None else default_artifacts()
-    for option, path in (("--json", json_file), ("--plot", plot)):
-        if path is not None:
-            check_output(path, option, [], folder)
 
     def log(line: str) -> None:
         note(safe(line))
