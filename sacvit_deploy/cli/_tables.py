@@ -53,3 +53,9 @@ PARITY_CAPTION = (
     "limit = atol + rtol * max|reference| per tensor; agreement counts samples not within a hair of "
     "their decision (top-2 margin, |confidence - threshold|)"
 )
+
+
+def file_sizes(files: Dict[str, int]) -> str:
+    """ "stage1.onnx 0.4 MB, stage2.onnx 0.4 MB": what export, quantize and build-engine wrote. The
+    names are the artifact scheme's (escaped all the same)."""
+    return ", ".join(f"{safe(name)} {size / 2**20:.1f} MB" for name, size in files.items())

@@ -16,7 +16,7 @@ from sacvit_deploy.cli._command import handle_errors
 from sacvit_deploy.cli._console import note, out, safe
 from sacvit_deploy.cli._paths import ARTIFACTS, CACHE_FILE, INPUT, OUTPUT_FOLDER
 from sacvit_deploy.cli._progress import spinner
-from sacvit_deploy.cli._tables import parity_table
+from sacvit_deploy.cli._tables import file_sizes, parity_table
 
 ENGINES = "Engines"
 PRECISION = "Precision"
@@ -216,7 +216,7 @@ def build_engine(
     parity = result.manifest.tensorrt.parity if result.manifest.tensorrt else None
     if parity and parity.get("rows"):
         print_parity(parity)
-    sizes = ", ".join(f"{name} {size / 2**20:.1f} MB" for name, size in result.files.items())
+    sizes = file_sizes(result.files)
     out.print(
         f"built {len(result.files)} engines into {safe(result.folder)}/ in {result.seconds:.1f} s: {sizes}"
     )

@@ -13,7 +13,7 @@ from sacvit_deploy.cli._console import note, out, safe
 from sacvit_deploy.cli._options import CheckpointFormatChoice, TrtFamilyChoice
 from sacvit_deploy.cli._paths import INPUT, OUTPUT_FOLDER
 from sacvit_deploy.cli._progress import spinner
-from sacvit_deploy.cli._tables import parity_table
+from sacvit_deploy.cli._tables import file_sizes, parity_table
 from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.core.formats import AUTO
 
@@ -198,7 +198,7 @@ def export(
         print_verification(run.verification, target_trt.value, run.folder)
     else:
         note("[yellow]verification skipped (--no-verify)[/]")
-    sizes = ", ".join(f"{name} {size / 2**20:.1f} MB" for name, size in run.files.items())
+    sizes = file_sizes(run.files)
     out.print(
         f"exported to {safe(run.folder)}/ in {run.seconds:.1f} s "
         f"(checkpoint load, export{', verification' if verify else ''}; Python start-up not counted): {sizes}"

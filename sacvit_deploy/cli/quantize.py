@@ -19,6 +19,7 @@ from sacvit_deploy.cli._command import handle_errors
 from sacvit_deploy.cli._console import err, note, out, safe
 from sacvit_deploy.cli._options import FolderLabels
 from sacvit_deploy.cli._paths import ARTIFACTS, INPUT, OUTPUT_FILE, OUTPUT_FOLDER, write_json
+from sacvit_deploy.cli._tables import file_sizes
 
 QUANT = "Quantization"
 VERIFY = "Verification"
@@ -206,7 +207,7 @@ def quantize(
         _show_report(exc.report, json_file)
         raise
     _show_report(run.report, json_file)
-    sizes = ", ".join(f"{name} {size / 2**20:.1f} MB" for name, size in run.files.items())
+    sizes = file_sizes(run.files)
     out.print(f"quantized to {safe(run.folder)}/ in {run.seconds:.1f} s: {sizes}")
     acc = run.accuracy
     if acc:
