@@ -20,6 +20,7 @@ from typing import (
 import typer
 from typing_extensions import Annotated
 
+from sacvit_deploy.backends.factory import DEVICES
 from sacvit_deploy.backends.factory import auto_order_help as _auto_order_help
 from sacvit_deploy.backends.factory import backend_names as _backend_names
 from sacvit_deploy.cli._console import note, safe
@@ -121,16 +122,15 @@ def check_batch_size(value: int, option: str) -> int:
     return validate.batch_size(value, option)
 
 
-# --backend's choices and help come from the backend table (backends/factory.py's REGISTRY).
+# --backend's choices and help come from the backend table (backends/factory.py's REGISTRY), and
+# --device's from its DEVICES. The other choice Enums spell tables that live with numpy or torch, which
+# --help does not import; tests/test_cli.py holds every one to its table.
 if TYPE_CHECKING:  # members made from a table at run time: opaque to a type checker
     BackendName = Any
+    DeviceName = Any
 else:
     BackendName = Enum("BackendName", {n: n for n in _backend_names()}, type=str)
-
-
-class DeviceName(str, Enum):
-    cpu = "cpu"
-    cuda = "cuda"
+    DeviceName = Enum("DeviceName", {n: n for n in DEVICES}, type=str)
 
 
 ArtifactsOption = Annotated[
