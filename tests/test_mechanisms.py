@@ -156,7 +156,7 @@ def _dummy_app() -> typer.Typer:
         (["--batch-size", "0"], "from 1 to 1024"),
         (["--batch-size", "100000"], "from 1 to 1024"),
         (["--topk", "0"], "give 1 or more"),
-        (["--workers", "100000"], "workers"),
+        (["--workers", "100000"], "--workers 100000: give 0 to 256 workers"),
     ],
 )
 def test_a_new_command_inherits_the_output_policy_and_the_value_checks(tmp_path, export_dir, args, message):
