@@ -37,6 +37,15 @@ class Maximum:
         self.value = value
 
 
+class Minimum:
+    """Annotated metadata: the smallest value a checked number may take here (infer's decoding
+    threads, where train's data loader takes 0). A checked value carries no typer min=/max=, which
+    would answer before the check, as a usage error."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+
 def _check_threshold(value: Any, option: str, _meta: List[Any]) -> None:
     from sacvit_deploy.core import validate
 
@@ -62,11 +71,11 @@ def _check_topk(value: Any, option: str, _meta: List[Any]) -> None:
         validate.topk(value, option)
 
 
-def _check_workers(value: Any, option: str, _meta: List[Any]) -> None:
+def _check_workers(value: Any, option: str, meta: List[Any]) -> None:
     from sacvit_deploy.core import validate
 
     if value is not None:
-        validate.workers(value, option)
+        validate.workers(value, option, next((m.value for m in meta if isinstance(m, Minimum)), 0))
 
 
 # Values every command checks the same way (core.validate, which the Python API calls too), by
