@@ -89,6 +89,7 @@ def main() -> None:
             print(f"  {dict(sorted(outcomes.items()))}")
             bad += sum(n for k, n in outcomes.items() if k != "ok")
     print(load_line(load_before, load_average()))
+    print("statistic: counts of endings per entry point (no timing ratio)")
     if bad:
         sys.exit(1)
 
