@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _random_export import export_random_weights
+from _timing import load_average, load_line
 
 from sacvit_deploy.model import FlopsReport
 from sacvit_deploy.model.flops import format_gflops as gf
@@ -76,7 +77,7 @@ def main() -> None:
     if args.quick:
         args.variant, args.batch, args.warmup, args.iters, args.iters_batch1 = "tiny", 8, 1, 2, 4
 
-    load_before = os.getloadavg()
+    load_before = load_average()
     tmp = None
     folder = args.artifacts
     if folder is None:
@@ -108,7 +109,7 @@ def main() -> None:
         hard1 = profile_batch(pipe, hard, 1, th, w1, args.iters_batch1, baseline)
         mixed1 = profile_batch(pipe, pool, 1, th, w1, max(args.iters_batch1, args.batch), baseline)
     seconds = time.perf_counter() - t0
-    load_after = os.getloadavg()
+    load_after = load_average()
 
     assert easy1.exit_rate == 1.0 and hard1.exit_rate == 0.0, "the easy image must exit, the hard one not"
     exit_rate = big.exit_rate
@@ -138,10 +139,7 @@ def main() -> None:
         f"\n{cfg.variant} ({args.format}: {cfg.selection} selection, {cfg.attention} attention) vs single-stage "
         f"DeiT baseline; {env['backend']}; {env['threads']} threads"
     )
-    print(
-        f"load average (1/5/15 min) before {'/'.join(f'{x:.2f}' for x in load_before)}, "
-        f"after {'/'.join(f'{x:.2f}' for x in load_after)}; timed for {seconds:.0f} s"
-    )
+    print(f"{load_line(load_before, load_after)}; timed for {seconds:.0f} s")
     print(
         f"{'':44}{'pipeline ms':>12}{'baseline ms':>12}{'pipe img/s':>11}{'base img/s':>11}"
         f"{'throughput':>11}{'latency':>9}{'overhead':>9}{'statistic':>10}"

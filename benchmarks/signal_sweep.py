@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
 import shlex
 import signal
 import subprocess
@@ -29,6 +28,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _timing import load_average, load_line
 
 
 def sweep(
@@ -72,7 +73,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.until, args.step = 1.0, 0.5
-    load_before = os.getloadavg()
+    load_before = load_average()
     sig = signal.SIGINT if args.signal == "INT" else signal.SIGTERM
     script = Path(sys.executable).with_name("sacvit-deploy")
     entries = {"python -m sacvit_deploy": [sys.executable, "-m", "sacvit_deploy"]}
@@ -87,11 +88,8 @@ def main() -> None:
             outcomes = sweep(command, argv, sig, args.until, args.step, Path(tmp))
             print(f"  {dict(sorted(outcomes.items()))}")
             bad += sum(n for k, n in outcomes.items() if k != "ok")
-    after = os.getloadavg()
-    print(
-        f"load average (1/5/15 min) before {'/'.join(f'{x:.2f}' for x in load_before)}, "
-        f"after {'/'.join(f'{x:.2f}' for x in after)} on {os.cpu_count()} CPUs"
-    )
+    print(load_line(load_before, load_average()))
+    print("statistic: counts of endings per entry point (no timing ratio)")
     if bad:
         sys.exit(1)
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _timing import load_average, load_line
 
 from sacvit_deploy.model import load_checkpoint, tiny_config
 
@@ -49,7 +50,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.images, args.batch_size, args.epochs = 24, 12, 1
-    load_before = os.getloadavg()
+    load_before = load_average()
 
     tmp = Path(tempfile.mkdtemp(prefix="sacvit-ddp-"))
     try:
@@ -96,11 +97,7 @@ def main() -> None:
         print(f"max |weight difference| 1 vs 2 processes after {args.epochs} epochs: {diff:.2e}")
         ratio = np.median(times[1]) / np.median(times[2])
         print(f"1 / 2 processes, median seconds per epoch: {ratio:.2f}x (statistic: median over epochs)")
-        after = os.getloadavg()
-        print(
-            f"load average (1/5/15 min) before {'/'.join(f'{x:.2f}' for x in load_before)}, "
-            f"after {'/'.join(f'{x:.2f}' for x in after)} on {os.cpu_count()} CPUs"
-        )
+        print(load_line(load_before, load_average()))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

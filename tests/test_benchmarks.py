@@ -14,6 +14,7 @@ tests (load on a shared machine moves them by tens of percent).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = sorted(p for p in (ROOT / "benchmarks").glob("*.py") if not p.name.startswith("_"))
 SKIPPED = 77
+STATISTIC = re.compile(r"\b(median|mean|p50)|no timing ratio", re.IGNORECASE)
 
 pytestmark = pytest.mark.slow
 
@@ -56,4 +58,6 @@ def test_benchmark_runs_in_quick_mode(script):
         pytest.skip(output.strip().splitlines()[-1])
     assert result.returncode == 0, f"{script.name} --quick: exit {result.returncode}\n{output[-4000:]}"
     assert "load average" in output, f"{script.name} prints no load average:\n{output[-2000:]}"
+    # ...and which statistic its figures are (a ratio of medians and one of means differ by tens of %)
+    assert STATISTIC.search(output), f"{script.name} names no statistic:\n{output[-2000:]}"
     assert "Traceback" not in output, output[-4000:]

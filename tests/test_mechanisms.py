@@ -156,7 +156,7 @@ def _dummy_app() -> typer.Typer:
         (["--batch-size", "0"], "from 1 to 1024"),
         (["--batch-size", "100000"], "from 1 to 1024"),
         (["--topk", "0"], "give 1 or more"),
-        (["--workers", "100000"], "workers"),
+        (["--workers", "100000"], "--workers 100000: give 0 to 256 workers"),
     ],
 )
 def test_a_new_command_inherits_the_output_policy_and_the_value_checks(tmp_path, export_dir, args, message):
@@ -350,6 +350,27 @@ def test_the_api_checks_its_arguments_and_inputs(export_dir):
                 pytest.fail(what)
         with pytest.raises(validate.InvalidValue):
             pipe.threshold = float("inf")
+
+
+def test_a_checked_value_has_no_second_bound_in_typer():
+    """typer's min=/max= run before handle_errors: on a value VALUE_CHECKS covers they would answer
+    `--topk 0` with a usage box and exit 2 while `--batch-size 0` gets the one line and exit 1."""
+    from typer.models import ParameterInfo
+
+    from sacvit_deploy.cli._options import value_checks
+
+    for name, callback in _commands():
+        for option, meta in value_checks(callback.__wrapped__).values():
+            info = next(m for m in meta if isinstance(m, ParameterInfo))
+            assert info.min is None and info.max is None, f"{name} {option}: drop typer's min/max"
+    for argv, message in [
+        (["infer", "x.png", "--topk", "0"], "error: --topk 0: give 1 or more"),
+        (["infer", "x.png", "--workers", "0"], "error: --workers 0: give 1 to 256 workers"),  # Minimum(1)
+        (["triton", "--max-batch", "0"], "error: --max-batch 0: give a batch size from 1 to 1024"),
+    ]:
+        result = _run(app, argv)
+        errors = _errors(result.output)
+        assert result.exit_code == 1 and len(errors) == 1 and errors[0].startswith(message), result.output
 
 
 # ---- 6. replies from outside --------------------------------------------------------------------------

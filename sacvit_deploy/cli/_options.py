@@ -20,6 +20,7 @@ from typing import (
 import typer
 from typing_extensions import Annotated
 
+from sacvit_deploy.backends.factory import DEVICES
 from sacvit_deploy.backends.factory import auto_order_help as _auto_order_help
 from sacvit_deploy.backends.factory import backend_names as _backend_names
 from sacvit_deploy.cli._console import note, safe
@@ -31,6 +32,15 @@ from sacvit_deploy.core.trt_families import TRT_FAMILY_NAMES
 
 class Maximum:
     """Annotated metadata: the largest value a checked number may take here (train's global batch)."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+
+class Minimum:
+    """Annotated metadata: the smallest value a checked number may take here (infer's decoding
+    threads, where train's data loader takes 0). A checked value carries no typer min=/max=, which
+    would answer before the check, as a usage error."""
 
     def __init__(self, value: int) -> None:
         self.value = value
@@ -61,11 +71,11 @@ def _check_topk(value: Any, option: str, _meta: List[Any]) -> None:
         validate.topk(value, option)
 
 
-def _check_workers(value: Any, option: str, _meta: List[Any]) -> None:
+def _check_workers(value: Any, option: str, meta: List[Any]) -> None:
     from sacvit_deploy.core import validate
 
     if value is not None:
-        validate.workers(value, option)
+        validate.workers(value, option, next((m.value for m in meta if isinstance(m, Minimum)), 0))
 
 
 # Values every command checks the same way (core.validate, which the Python API calls too), by
@@ -115,16 +125,15 @@ def check_values(
 RUN = "Runtime"
 
 
-# --backend's choices and help come from the backend table (backends/factory.py's REGISTRY).
+# --backend's choices and help come from the backend table (backends/factory.py's REGISTRY), and
+# --device's from its DEVICES. The other choice Enums spell tables that live with numpy or torch, which
+# --help does not import; tests/test_cli.py holds every one to its table.
 if TYPE_CHECKING:  # members made from a table at run time: opaque to a type checker
     BackendName = Any
+    DeviceName = Any
 else:
     BackendName = Enum("BackendName", {n: n for n in _backend_names()}, type=str)
-
-
-class DeviceName(str, Enum):
-    cpu = "cpu"
-    cuda = "cuda"
+    DeviceName = Enum("DeviceName", {n: n for n in DEVICES}, type=str)
 
 
 ArtifactsOption = Annotated[

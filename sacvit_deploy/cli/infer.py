@@ -20,6 +20,7 @@ from sacvit_deploy.cli._options import (
     BackendName,
     BackendOption,
     DeviceOption,
+    Minimum,
     OvDeviceOption,
     OvHintOption,
     ThreadsOption,
@@ -66,7 +67,8 @@ def infer(
     topk: Annotated[
         int,
         typer.Option(
-            min=1, help="Classes reported per image (capped at the class count).", rich_help_panel=IO_PANEL
+            help="Classes reported per image, 1 or more (capped at the class count).",
+            rich_help_panel=IO_PANEL,
         ),
     ] = 1,
     fmt: Annotated[
@@ -85,8 +87,9 @@ def infer(
     workers: Annotated[
         int,
         typer.Option(
-            min=1, help="Image decoding threads, overlapped with inference.", rich_help_panel=IO_PANEL
+            help="Image decoding threads, overlapped with inference, 1 to 256.", rich_help_panel=IO_PANEL
         ),
+        Minimum(1),
     ] = 2,
     progress: Annotated[
         bool, typer.Option(help="Progress bar on stderr (when it is a terminal).", rich_help_panel=IO_PANEL)

@@ -139,7 +139,7 @@ def quantize(
         int, typer.Option(min=1, help="Use at most this many calibration images.", rich_help_panel=QUANT)
     ] = 512,
     calib_batch: Annotated[
-        int, typer.Option(min=1, help="Calibration batch size.", rich_help_panel=QUANT)
+        int, typer.Option(help="Calibration batch size, 1 to 1024.", rich_help_panel=QUANT)
     ] = 8,
     quantize_head: Annotated[
         bool,

@@ -53,7 +53,7 @@ def serve(
         ),
     ] = 8002,
     max_batch: Annotated[
-        int, typer.Option(min=1, help="max_batch_size of every model.", rich_help_panel=MODEL)
+        int, typer.Option(help="max_batch_size of every model, 1 to 1024.", rich_help_panel=MODEL)
     ] = 32,
     max_queue_delay_us: Annotated[
         Optional[int],

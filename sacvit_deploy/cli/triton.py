@@ -111,8 +111,7 @@ def triton(
         Optional[int],
         typer.Option(
             "--max-batch",
-            min=1,
-            help="max_batch_size of every model (default: 32; for TensorRT the engines' profile max).",
+            help="max_batch_size of every model, 1 to 1024 (default: 32; for TensorRT the engines' profile max).",
             rich_help_panel=SERVING,
         ),
     ] = None,
