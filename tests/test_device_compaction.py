@@ -22,7 +22,7 @@ from sacvit_deploy.runtime.loader import OpenedPipeline, open_pipeline
 from sacvit_deploy.runtime.pipeline import EarlyExitPipeline
 from tests.fakes.fake_cuda_python import API_MODULES
 from tests.fakes.fake_torch_cuda import FakeCudaTensor, install_cpu_torch_memory
-from tests.fakes.fixtures import build, install_fake_tensorrt, shared_export
+from tests.fakes.fixtures import fake_engines, install_fake_tensorrt, shared_export
 
 TRT = BackendChoice("tensorrt", "cuda", None, "test")
 MAX_BATCH = 16  # the engines' profile: 1..16
@@ -31,12 +31,10 @@ BUCKET = 8  # stage 2 runs the hard samples padded up to this many rows
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    root = tmp_path_factory.mktemp("compaction")
-    model, export = shared_export(tmp_path_factory)
-    with pytest.MonkeyPatch.context() as mp:
-        install_fake_tensorrt(mp, root, "10.3.0")
-        build(export, root / "engines", max_batch=MAX_BATCH, opt_batch=8, baseline=False)
-    return model, root / "engines"
+    model, _, engines = fake_engines(
+        tmp_path_factory, "compaction", max_batch=MAX_BATCH, opt_batch=8, baseline=False
+    )
+    return model, engines
 
 
 def _runs(index: np.ndarray) -> int:

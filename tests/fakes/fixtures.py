@@ -74,6 +74,20 @@ def build(export: Path, out: Path, **options: Any) -> BuildResult:
     return build_engines(export, out, BuildOptions(**options))
 
 
+def fake_engines(
+    tmp_path_factory: pytest.TempPathFactory, name: str, **options: Any
+) -> tuple[Any, Path, Path]:
+    """(model, export, engines): the shared tiny export and engines built from it with a fake
+    TensorRT 10.3 (uninstalled again afterwards), for a module-scoped fixture; ``options`` go to
+    :func:`build`."""
+    root = tmp_path_factory.mktemp(name)
+    model, export = shared_export(tmp_path_factory)
+    with pytest.MonkeyPatch.context() as mp:
+        install_fake_tensorrt(mp, root, "10.3.0")
+        build(export, root / "engines", **options)
+    return model, export, root / "engines"
+
+
 def write_calibration(folder: Path, threshold: float):  # -> ExitCalibration
     """What `calibrate --write` leaves in a folder, written the way it writes it
     (Manifest.with_calibration): the threshold and its record."""
