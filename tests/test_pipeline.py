@@ -19,6 +19,7 @@ from sacvit_deploy.runtime.loader import open_pipeline
 from sacvit_deploy.runtime.pipeline import EarlyExitPipeline, bucket_for, mixed_threshold
 from tests.backend_contract import check_runner_contract
 from tests.conftest import make_tiny
+from tests.fakes.fixtures import shared_export
 
 CHOICES = {
     "torch": BackendChoice("torch", "cpu", None, "test"),
@@ -28,10 +29,7 @@ CHOICES = {
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
-    model = make_tiny("sacvit")
-    folder = tmp_path_factory.mktemp("artifacts")
-    export_artifacts(model, folder, ExportOptions(baseline=True), "sacvit")
-    return model, folder
+    return shared_export(tmp_path_factory)  # read-only here
 
 
 @pytest.fixture(scope="module")
