@@ -149,6 +149,39 @@ def test_missing_provider_fails_clearly(artifacts):
         runner.activate()
 
 
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_a_graph_that_is_not_the_manifests_fails_naming_the_file(artifacts, backend):
+    """The real runtimes' view of a graph, held against the manifest (base.check_graph_io): the
+    baseline in stage 1's place, and a manifest that says 96 px for a 128 px graph."""
+    import dataclasses
+
+    if backend == "openvino":
+        pytest.importorskip("openvino")
+        from sacvit_deploy.backends.openvino_backend import OpenVinoRunner
+
+        def runner(path, inputs, outputs):
+            return OpenVinoRunner(path, inputs, outputs, cache_dir=None)
+    else:
+        from sacvit_deploy.backends.onnxruntime_backend import OnnxRuntimeRunner as runner
+
+    _, folder = artifacts
+    entry = Manifest.load(folder).graphs["stage1"]
+    with pytest.raises(
+        BackendError,
+        match=r"baseline\.onnx: the graph's outputs \['logits'\] are not the manifest's \[.*'confidence'.*\]; "
+        "the file belongs to another export: re-export the folder",
+    ):
+        runner(folder / "baseline.onnx", entry.inputs, entry.outputs).activate()
+    small = [dataclasses.replace(t, shape=(*t.shape[:2], 96, 96)) for t in entry.inputs]
+    with pytest.raises(
+        BackendError,
+        match=r"stage1\.onnx: input 'image' is float32 \((batch|\?), 3, 128, 128\) in the graph but "
+        r"float32 \(batch, 3, 96, 96\) in the manifest; re-export the folder",
+    ):
+        runner(folder / "stage1.onnx", small, entry.outputs).activate()
+    runner(folder / "stage1.onnx", entry.inputs, entry.outputs).activate().deactivate()  # the real one loads
+
+
 def test_silent_provider_fallback_is_detected(artifacts, monkeypatch):
     """ONNX Runtime may create a session on the CPU when the CUDA libraries are missing."""
     import onnxruntime as ort
