@@ -42,6 +42,13 @@ def _runs(index: np.ndarray) -> int:
     return int(index.size and 1 + np.count_nonzero(np.diff(index) != 1))
 
 
+def _six_hard(model, x: np.ndarray) -> float:
+    """The threshold midway between the 6th and 7th lowest confidences: 6 hard samples."""
+    with torch.no_grad():
+        c = np.sort(model.forward_stage1(torch.from_numpy(x)).confidence.numpy())
+    return float((c[5] + c[6]) / 2)
+
+
 @pytest.mark.parametrize(
     "cuda", ["bindings", "cudart", None], ids=["cuda-python-new", "cuda-python-old", "pycuda"]
 )
@@ -51,10 +58,7 @@ def test_the_pipeline_compacts_hard_samples_on_the_device(built, monkeypatch, tm
     copies = sys.modules["pycuda.driver" if cuda is None else API_MODULES[cuda]].copies
     m = Manifest.load(engines)
     x = np.random.default_rng(5).standard_normal((11, 3, 128, 128), dtype=np.float32)
-    with torch.no_grad():
-        conf = model.forward_stage1(torch.from_numpy(x)).confidence.numpy()
-    c = np.sort(conf)
-    threshold = float((c[5] + c[6]) / 2)  # 6 hard samples, padded to the bucket of 8
+    threshold = _six_hard(model, x)  # 6 hard samples, padded to the bucket of 8
     with make_runner(engines, m, "stage1", TRT) as r1, make_runner(engines, m, "stage2", TRT) as r2:
         pipe = EarlyExitPipeline(r1, r2, threshold, buckets=(BUCKET, MAX_BATCH))
         copies.clear()
@@ -82,12 +86,6 @@ def test_the_pipeline_compacts_hard_samples_on_the_device(built, monkeypatch, tm
 
 
 # ---- torch tensors at the API edge -----------------------------------------------------------------------
-def _six_hard(model, x: np.ndarray) -> float:
-    with torch.no_grad():
-        c = np.sort(model.forward_stage1(torch.from_numpy(x)).confidence.numpy())
-    return float((c[5] + c[6]) / 2)
-
-
 def _spy(monkeypatch, pipeline) -> list:
     """The batches ``pipeline.run`` receives."""
     seen, run = [], pipeline.run
