@@ -74,9 +74,16 @@ def test_pipeline_equals_reference_for_every_exit_pattern(artifacts, backend):
         np.testing.assert_allclose(
             one.logits, model(xt[:1], float(conf[0]) + 1e-3).logits.numpy(), atol=1e-4, rtol=1e-4
         )
-        timed = pipe.run(x, mixed_threshold(conf), timing=True)
+        th = mixed_threshold(conf)
+        timed = pipe.run(x, th, timing=True)
         assert set(timed.timings) == {"stage1", "gate", "stage2", "total"}
         assert timed.timings["total"] >= timed.timings["stage1"] > 0
+        # the timed path is its own copy of the gate and compaction: it answers as the model does too
+        ref = model(xt, th)
+        assert 0 < int((ref.stage == 2).sum()) < len(x)
+        np.testing.assert_allclose(timed.logits, ref.logits.numpy(), atol=1e-4, rtol=1e-4)
+        np.testing.assert_array_equal(timed.stage, ref.stage.numpy())
+        np.testing.assert_allclose(timed.confidence, ref.confidence.numpy(), atol=1e-5, rtol=1e-5)
 
 
 @torch.no_grad()
