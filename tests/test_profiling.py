@@ -340,3 +340,27 @@ def test_plot_without_matplotlib_is_one_line(folders, monkeypatch, tmp_path):
     assert "pip install 'sacvit-deploy[plot]'" in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "p.png").exists()
+
+
+def test_image_pool_takes_the_first_images_and_names_each_unreadable_one(folders, tmp_path, monkeypatch):
+    """profile's pool loads through the one image-folder loader: the first max(largest batch,
+    MAX_POOL) files in sorted order, each unreadable one named, the rest cycled to fill the largest batch."""
+    from sacvit_deploy.core.manifest import Manifest
+    from sacvit_deploy.runtime import profile_artifacts
+    from sacvit_deploy.runtime.images import sample_images
+
+    monkeypatch.setattr(profile_artifacts, "MAX_POOL", 2)
+    images = tmp_path / "imgs"
+    images.mkdir()
+    (images / "0bad.png").write_text("no")  # sorted first: inside the first 3
+    for p in sample_images()[:3]:
+        (images / p.name).write_bytes(p.read_bytes())
+    cfg = Manifest.load(folders["with"]).model.preprocess
+    lines = []
+    pool, source = profile_artifacts.image_pool(images, cfg, 3, log=lines.append)  # first 3 files
+    using, skipped = sorted(lines)  # "--images: ..." sorts before "skipped ..."
+    assert using == "--images: using the first 3 of 4 images"
+    assert skipped.startswith("skipped ") and "0bad.png: not an image" in skipped
+    assert pool.shape == (3, 3, cfg.input_size, cfg.input_size) and pool.dtype == np.float32
+    assert source == f"{images} (2 images, cycled to 3)"
+    np.testing.assert_array_equal(pool[2], pool[0])

@@ -172,7 +172,7 @@ def image_pool(
     ``max(largest, MAX_POOL)`` images, preprocessed per ``cfg``, cycled to fill the largest batch;
     unreadable ones are skipped (``log`` names each).
     """
-    from sacvit_deploy.runtime.images import collect_images, iter_batches
+    from sacvit_deploy.runtime.image_folder import load_image_folder
 
     if images is None:
         size = cfg.input_size
@@ -181,22 +181,15 @@ def image_pool(
     images = Path(images)
     if not images.is_dir():
         raise SacvitError(f"--images {images}: not a folder; give a folder of images, or use --synthetic")
-    paths = collect_images([images])
     limit = max(largest, MAX_POOL)
-    if len(paths) > limit:
-        log(f"--images: using the first {limit} of {len(paths)} images")
-        paths = paths[:limit]
-    arrays = []
-    for batch in iter_batches(paths, cfg, batch_size=32):
-        for failure in batch.failures:
-            log(f"skipped {failure}")
-        if batch.images.shape[0]:
-            arrays.append(batch.images)
-    if not arrays:
+    folder = load_image_folder(images, cfg, limit, on_skip=lambda m: log(f"skipped {m}"), batch_size=32)
+    if folder.total > folder.found:
+        log(f"--images: using the first {folder.found} of {folder.total} images")
+    if not folder.paths:
         raise SacvitError(
-            f"--images {images}: none of the {len(paths)} images could be read; see the lines above"
+            f"--images {images}: none of the {folder.found} images could be read; see the lines above"
         )
-    pool = np.concatenate(arrays)
+    pool = folder.images
     loaded = pool.shape[0]
     if loaded < largest:  # cycle the images to fill the largest batch
         pool = np.tile(pool, ((largest + loaded - 1) // loaded, 1, 1, 1))[:largest]
