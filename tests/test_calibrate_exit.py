@@ -9,18 +9,13 @@ import pytest
 
 from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.core.manifest import Manifest
-from sacvit_deploy.export.onnx_export import ExportOptions, export_artifacts
 from sacvit_deploy.runtime.calibrate_exit import Target, calibrate_exit
-from tests.conftest import make_tiny
-from tests.fakes.pictures import write_labelled_photos
+from tests.fakes.fixtures import labelled_export
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("calibrate-api")
-    export_artifacts(make_tiny("sacvit"), root / "export", ExportOptions(), "sacvit")
-    write_labelled_photos(root / "labelled", ("a", "b", "c"), per_class=3)
-    return root
+    return labelled_export(tmp_path_factory, "calibrate-api", ("a", "b", "c"), per_class=3)
 
 
 def test_calibrate_returns_the_result_and_write_stores_it(workdir):

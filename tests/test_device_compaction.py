@@ -22,7 +22,7 @@ from sacvit_deploy.runtime.loader import OpenedPipeline, open_pipeline
 from sacvit_deploy.runtime.pipeline import EarlyExitPipeline
 from tests.fakes.fake_cuda_python import API_MODULES
 from tests.fakes.fake_torch_cuda import FakeCudaTensor, install_cpu_torch_memory
-from tests.fakes.fixtures import build, install_fake_tensorrt, shared_export
+from tests.fakes.fixtures import fake_engines, install_fake_tensorrt, shared_export
 
 TRT = BackendChoice("tensorrt", "cuda", None, "test")
 MAX_BATCH = 16  # the engines' profile: 1..16
@@ -31,17 +31,22 @@ BUCKET = 8  # stage 2 runs the hard samples padded up to this many rows
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    root = tmp_path_factory.mktemp("compaction")
-    model, export = shared_export(tmp_path_factory)
-    with pytest.MonkeyPatch.context() as mp:
-        install_fake_tensorrt(mp, root, "10.3.0")
-        build(export, root / "engines", max_batch=MAX_BATCH, opt_batch=8, baseline=False)
-    return model, root / "engines"
+    model, _, engines = fake_engines(
+        tmp_path_factory, "compaction", max_batch=MAX_BATCH, opt_batch=8, baseline=False
+    )
+    return model, engines
 
 
 def _runs(index: np.ndarray) -> int:
     """Runs of consecutive values in ``index`` (what take_rows copies in one piece each)."""
     return int(index.size and 1 + np.count_nonzero(np.diff(index) != 1))
+
+
+def _six_hard(model, x: np.ndarray) -> float:
+    """The threshold midway between the 6th and 7th lowest confidences: 6 hard samples."""
+    with torch.no_grad():
+        c = np.sort(model.forward_stage1(torch.from_numpy(x)).confidence.numpy())
+    return float((c[5] + c[6]) / 2)
 
 
 @pytest.mark.parametrize(
@@ -53,10 +58,7 @@ def test_the_pipeline_compacts_hard_samples_on_the_device(built, monkeypatch, tm
     copies = sys.modules["pycuda.driver" if cuda is None else API_MODULES[cuda]].copies
     m = Manifest.load(engines)
     x = np.random.default_rng(5).standard_normal((11, 3, 128, 128), dtype=np.float32)
-    with torch.no_grad():
-        conf = model.forward_stage1(torch.from_numpy(x)).confidence.numpy()
-    c = np.sort(conf)
-    threshold = float((c[5] + c[6]) / 2)  # 6 hard samples, padded to the bucket of 8
+    threshold = _six_hard(model, x)  # 6 hard samples, padded to the bucket of 8
     with make_runner(engines, m, "stage1", TRT) as r1, make_runner(engines, m, "stage2", TRT) as r2:
         pipe = EarlyExitPipeline(r1, r2, threshold, buckets=(BUCKET, MAX_BATCH))
         copies.clear()
@@ -84,12 +86,6 @@ def test_the_pipeline_compacts_hard_samples_on_the_device(built, monkeypatch, tm
 
 
 # ---- torch tensors at the API edge -----------------------------------------------------------------------
-def _six_hard(model, x: np.ndarray) -> float:
-    with torch.no_grad():
-        c = np.sort(model.forward_stage1(torch.from_numpy(x)).confidence.numpy())
-    return float((c[5] + c[6]) / 2)
-
-
 def _spy(monkeypatch, pipeline) -> list:
     """The batches ``pipeline.run`` receives."""
     seen, run = [], pipeline.run

@@ -15,7 +15,6 @@ from typer.testing import CliRunner
 from sacvit_deploy.cli import app
 from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.core.manifest import Manifest
-from sacvit_deploy.export.onnx_export import ExportOptions, export_artifacts
 from sacvit_deploy.model.flops import FlopsReport
 from sacvit_deploy.runtime.exit_calibration import (
     Predictions,
@@ -31,8 +30,7 @@ from sacvit_deploy.runtime.exit_calibration import (
 )
 from sacvit_deploy.runtime.images import sample_images
 from sacvit_deploy.runtime.loader import open_pipeline
-from tests.conftest import make_tiny
-from tests.fakes.pictures import write_labelled_photos
+from tests.fakes.fixtures import labelled_export
 
 runner = CliRunner()
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -242,10 +240,7 @@ def test_labelled_folder_errors(tmp_path):
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """A tiny export and an ImageFolder of the bundled photos (rotated copies), plus a bad file."""
-    root = tmp_path_factory.mktemp("calibrate")
-    export_artifacts(make_tiny("sacvit"), root / "export", ExportOptions(), "sacvit")
-    write_labelled_photos(root / "labelled", ("class_a", "class_b", "class_c"), per_class=4)
-    return root
+    return labelled_export(tmp_path_factory, "calibrate", ("class_a", "class_b", "class_c"), per_class=4)
 
 
 def test_predictions_agree_with_the_pipeline(workdir):

@@ -6,6 +6,7 @@ machine: ``scripts/gpu_check.sh`` runs these with ``pytest -m gpu``.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -44,11 +45,11 @@ def test_torch_pipeline_on_cuda_equals_the_cpu_reference_for_every_exit_pattern(
     with EarlyExitPipeline(
         make_runner(export, m, "stage1", choice), make_runner(export, m, "stage2", choice), 0.5
     ) as pipe:
-        assert pipe.device.type == "cuda"
+        assert pipe.device == "cuda:0"  # the runner protocol's string (the numpy currency)
         for th in (0.0, mixed_threshold(conf), 1.01):
             ref = model(x, th)
-            got = pipe.run(x.to(cuda), th)
-            assert got.logits.device.type == "cuda"
+            got = pipe.run(x.numpy(), th)  # numpy in: the runners move it to the GPU and back
+            assert isinstance(got.logits, np.ndarray) and isinstance(got.stage, np.ndarray)
             # TF32 / fused kernels on the GPU: a looser tolerance than CPU-vs-CPU, exits decided off the boundary
-            torch.testing.assert_close(got.logits.cpu(), ref.logits, atol=2e-3, rtol=2e-3)
-            assert torch.equal(got.stage.cpu(), ref.stage)
+            np.testing.assert_allclose(got.logits, ref.logits.numpy(), atol=2e-3, rtol=2e-3)
+            np.testing.assert_array_equal(got.stage, ref.stage.numpy())

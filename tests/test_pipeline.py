@@ -19,6 +19,7 @@ from sacvit_deploy.runtime.loader import open_pipeline
 from sacvit_deploy.runtime.pipeline import EarlyExitPipeline, bucket_for, mixed_threshold
 from tests.backend_contract import check_runner_contract
 from tests.conftest import make_tiny
+from tests.fakes.fixtures import shared_export
 
 CHOICES = {
     "torch": BackendChoice("torch", "cpu", None, "test"),
@@ -28,10 +29,7 @@ CHOICES = {
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
-    model = make_tiny("sacvit")
-    folder = tmp_path_factory.mktemp("artifacts")
-    export_artifacts(model, folder, ExportOptions(baseline=True), "sacvit")
-    return model, folder
+    return shared_export(tmp_path_factory)  # read-only here
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +74,16 @@ def test_pipeline_equals_reference_for_every_exit_pattern(artifacts, backend):
         np.testing.assert_allclose(
             one.logits, model(xt[:1], float(conf[0]) + 1e-3).logits.numpy(), atol=1e-4, rtol=1e-4
         )
-        timed = pipe.run(x, mixed_threshold(conf), timing=True)
+        th = mixed_threshold(conf)
+        timed = pipe.run(x, th, timing=True)
         assert set(timed.timings) == {"stage1", "gate", "stage2", "total"}
         assert timed.timings["total"] >= timed.timings["stage1"] > 0
+        # the timed path is its own copy of the gate and compaction: it answers as the model does too
+        ref = model(xt, th)
+        assert 0 < int((ref.stage == 2).sum()) < len(x)
+        np.testing.assert_allclose(timed.logits, ref.logits.numpy(), atol=1e-4, rtol=1e-4)
+        np.testing.assert_array_equal(timed.stage, ref.stage.numpy())
+        np.testing.assert_allclose(timed.confidence, ref.confidence.numpy(), atol=1e-5, rtol=1e-5)
 
 
 @torch.no_grad()
@@ -149,6 +154,39 @@ def test_missing_provider_fails_clearly(artifacts):
     runner = make_runner(folder, m, "stage1", BackendChoice("onnxruntime", "cuda", "cuda", "test"))
     with pytest.raises(BackendError, match="no CUDAExecutionProvider here"):
         runner.activate()
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_a_graph_that_is_not_the_manifests_fails_naming_the_file(artifacts, backend):
+    """The real runtimes' view of a graph, held against the manifest (base.check_graph_io): the
+    baseline in stage 1's place, and a manifest that says 96 px for a 128 px graph."""
+    import dataclasses
+
+    if backend == "openvino":
+        pytest.importorskip("openvino")
+        from sacvit_deploy.backends.openvino_backend import OpenVinoRunner
+
+        def runner(path, inputs, outputs):
+            return OpenVinoRunner(path, inputs, outputs, cache_dir=None)
+    else:
+        from sacvit_deploy.backends.onnxruntime_backend import OnnxRuntimeRunner as runner
+
+    _, folder = artifacts
+    entry = Manifest.load(folder).graphs["stage1"]
+    with pytest.raises(
+        BackendError,
+        match=r"baseline\.onnx: the graph's outputs \['logits'\] are not the manifest's \[.*'confidence'.*\]; "
+        "the file belongs to another export: re-export the folder",
+    ):
+        runner(folder / "baseline.onnx", entry.inputs, entry.outputs).activate()
+    small = [dataclasses.replace(t, shape=(*t.shape[:2], 96, 96)) for t in entry.inputs]
+    with pytest.raises(
+        BackendError,
+        match=r"stage1\.onnx: input 'image' is float32 \((batch|\?), 3, 128, 128\) in the graph but "
+        r"float32 \(batch, 3, 96, 96\) in the manifest; re-export the folder",
+    ):
+        runner(folder / "stage1.onnx", small, entry.outputs).activate()
+    runner(folder / "stage1.onnx", entry.inputs, entry.outputs).activate().deactivate()  # the real one loads
 
 
 def test_silent_provider_fallback_is_detected(artifacts, monkeypatch):

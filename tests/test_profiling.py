@@ -24,7 +24,7 @@ from sacvit_deploy.runtime.profiling import (
     pool_batches,
     threshold_for_exit_rate,
 )
-from tests.conftest import make_tiny
+from tests.fakes.fixtures import shared_export
 from tests.test_jetson import fake_jetson
 
 runner = CliRunner()
@@ -33,12 +33,11 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    """A tiny export with baseline.onnx and one without."""
-    root = tmp_path_factory.mktemp("profile")
-    model = make_tiny("sacvit")
-    export_artifacts(model, root / "with", ExportOptions(baseline=True), "sacvit")
-    export_artifacts(model, root / "without", ExportOptions(), "sacvit")
-    return root
+    """A tiny export with baseline.onnx (the session's shared one: read-only here) and one without."""
+    model, with_baseline = shared_export(tmp_path_factory)
+    without = tmp_path_factory.mktemp("profile") / "without"
+    export_artifacts(model, without, ExportOptions(), "sacvit")
+    return {"with": with_baseline, "without": without}
 
 
 # ---- statistics -----------------------------------------------------------------------------------
@@ -204,7 +203,7 @@ def test_profile_cli_json_schema_and_plot(folders, tmp_path):
     args = [
         "profile",
         "--artifacts",
-        str(folders / "with"),
+        str(folders["with"]),
         *("--backend", "onnxruntime"),  # the schema below is ONNX Runtime's (auto may pick OpenVINO)
         "--iters",
         "2",
@@ -256,7 +255,7 @@ def test_profile_cli_real_images_and_threshold(folders, tmp_path):
             *(
                 "profile",
                 "--artifacts",
-                str(folders / "without"),
+                str(folders["without"]),
                 *("--backend", "onnxruntime"),
                 "--images",
                 str(images),
@@ -283,7 +282,7 @@ def test_profile_jetson_path_with_fakes(folders, tmp_path, monkeypatch):
     result = runner.invoke(
         app,
         [
-            *("profile", "--artifacts", str(folders / "with"), "--iters", "1", "--warmup", "0"),
+            *("profile", "--artifacts", str(folders["with"]), "--iters", "1", "--warmup", "0"),
             *("--batch-sizes", "2", "--baseline", "--json", str(out_json)),
         ],
     )
@@ -312,13 +311,13 @@ def test_profile_jetson_path_with_fakes(folders, tmp_path, monkeypatch):
     ],
 )
 def test_profile_cli_option_errors(folders, args, message):
-    result = runner.invoke(app, ["profile", "--artifacts", str(folders / "with"), *args])
+    result = runner.invoke(app, ["profile", "--artifacts", str(folders["with"]), *args])
     assert result.exit_code == 1
     assert message in result.output and "Traceback" not in result.output
 
 
 def test_profile_cli_baseline_missing(folders):
-    result = runner.invoke(app, ["profile", "--artifacts", str(folders / "without"), "--baseline"])
+    result = runner.invoke(app, ["profile", "--artifacts", str(folders["without"]), "--baseline"])
     assert result.exit_code == 1
     assert "no baseline.onnx" in result.output and "--baseline`" in result.output
 
@@ -327,7 +326,7 @@ def test_profile_cli_missing_folder_and_images(folders, tmp_path):
     result = runner.invoke(app, ["profile", "--artifacts", str(tmp_path / "nope")])
     assert result.exit_code == 1 and "no such artifact folder" in result.output
     result = runner.invoke(
-        app, ["profile", "--artifacts", str(folders / "with"), "--images", str(tmp_path / "none")]
+        app, ["profile", "--artifacts", str(folders["with"]), "--images", str(tmp_path / "none")]
     )
     assert result.exit_code == 1 and "not a folder" in result.output
 
@@ -335,9 +334,33 @@ def test_profile_cli_missing_folder_and_images(folders, tmp_path):
 def test_plot_without_matplotlib_is_one_line(folders, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     result = runner.invoke(
-        app, ["profile", "--artifacts", str(folders / "with"), "--plot", str(tmp_path / "p.png")]
+        app, ["profile", "--artifacts", str(folders["with"]), "--plot", str(tmp_path / "p.png")]
     )
     assert result.exit_code == 1
     assert "pip install 'sacvit-deploy[plot]'" in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "p.png").exists()
+
+
+def test_image_pool_takes_the_first_images_and_names_each_unreadable_one(folders, tmp_path, monkeypatch):
+    """profile's pool loads through the one image-folder loader: the first max(largest batch,
+    MAX_POOL) files in sorted order, each unreadable one named, the rest cycled to fill the largest batch."""
+    from sacvit_deploy.core.manifest import Manifest
+    from sacvit_deploy.runtime import profile_artifacts
+    from sacvit_deploy.runtime.images import sample_images
+
+    monkeypatch.setattr(profile_artifacts, "MAX_POOL", 2)
+    images = tmp_path / "imgs"
+    images.mkdir()
+    (images / "0bad.png").write_text("no")  # sorted first: inside the first 3
+    for p in sample_images()[:3]:
+        (images / p.name).write_bytes(p.read_bytes())
+    cfg = Manifest.load(folders["with"]).model.preprocess
+    lines = []
+    pool, source = profile_artifacts.image_pool(images, cfg, 3, log=lines.append)  # first 3 files
+    using, skipped = sorted(lines)  # "--images: ..." sorts before "skipped ..."
+    assert using == "--images: using the first 3 of 4 images"
+    assert skipped.startswith("skipped ") and "0bad.png: not an image" in skipped
+    assert pool.shape == (3, 3, cfg.input_size, cfg.input_size) and pool.dtype == np.float32
+    assert source == f"{images} (2 images, cycled to 3)"
+    np.testing.assert_array_equal(pool[2], pool[0])

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from sacvit_deploy.core.manifest import Manifest
-from tests.conftest import make_tiny
+from tests.fakes.fixtures import shared_export
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK_TORCH = "import sys\nsys.modules['torch'] = None  # every `import torch` now fails\n"
@@ -80,12 +80,7 @@ def test_importing_the_runtime_does_not_load_torch():
 
 @pytest.fixture(scope="module")
 def tiny_export(tmp_path_factory):
-    from sacvit_deploy.export.onnx_export import ExportOptions, export_artifacts
-
-    model = make_tiny("sacvit")
-    folder = tmp_path_factory.mktemp("no-torch") / "export"
-    export_artifacts(model, folder, ExportOptions(), "sacvit")
-    return model, folder
+    return shared_export(tmp_path_factory)  # read-only here
 
 
 @torch.no_grad()

@@ -25,7 +25,7 @@ from sacvit_deploy.core.manifest import Manifest
 from sacvit_deploy.runtime.pipeline import EarlyExitPipeline, mixed_threshold
 from tests.backend_contract import check_runner_contract
 from tests.fakes.fake_pycuda import is_freed
-from tests.fakes.fixtures import build, install_fake_tensorrt, shared_export
+from tests.fakes.fixtures import build, fake_engines, install_fake_tensorrt
 
 TRT = BackendChoice("tensorrt", "cuda", None, "test")
 
@@ -33,12 +33,7 @@ TRT = BackendChoice("tensorrt", "cuda", None, "test")
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """A tiny model, its export, and FP32 engines built with a fake TensorRT 10.3 (max batch 4)."""
-    root = tmp_path_factory.mktemp("trt")
-    model, export = shared_export(tmp_path_factory)
-    with pytest.MonkeyPatch.context() as mp:
-        install_fake_tensorrt(mp, root, "10.3.0")
-        build(export, root / "engines", max_batch=4, opt_batch=2)
-    return model, export, root / "engines"
+    return fake_engines(tmp_path_factory, "trt", max_batch=4, opt_batch=2)
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from sacvit_deploy.backends.arrays import DTYPES
 from sacvit_deploy.backends.errors import BackendError
 from sacvit_deploy.core.manifest import TensorSpec
 
-__all__ = ["BackendError", "Runner", "format_shape"]
+__all__ = ["BackendError", "Runner", "check_graph_io", "format_shape"]
 
 
 class Runner(abc.ABC):
@@ -140,8 +140,45 @@ class Runner(abc.ABC):
     def _deactivate(self) -> None: ...
 
 
-def format_shape(shape: Sequence[Union[int, str]]) -> str:
-    return "(" + ", ".join(str(s) for s in shape) + ")"
+def format_shape(shape: Sequence[Union[int, str, None]]) -> str:
+    """``(batch, 3, 224, 224)``; a dim a runtime reports as None (dynamic, unnamed) shows as ``?``."""
+    return "(" + ", ".join("?" if s is None else str(s) for s in shape) + ")"
+
+
+def check_graph_io(
+    path: Any,
+    kind: str,
+    graph: Mapping[str, Any],
+    specs: Mapping[str, TensorSpec],
+    listed: Optional[Sequence[str]] = None,
+) -> None:
+    """One side of a loaded graph (``kind``: "input" or "output") against the manifest's ``specs``.
+
+    ``graph``: {name: (dtype name, dims)} as the runtime reports them (a dim is an int, or None / a
+    name where dynamic); ``listed``: the graph's names as the message shows them (default: ``graph``'s
+    keys). Every declared name must be there (and no undeclared input), with the declared dtype, rank
+    and static dims: a graph swapped for another model's (96 px instead of 224, the baseline as stage 1)
+    fails here, naming the file, instead of deep inside a run. Every backend that reads the ONNX files
+    checks through this."""
+    shown = sorted(graph if listed is None else listed)
+    missing = sorted(set(specs) - set(graph))
+    extra = sorted(set(shown) - set(specs)) if kind == "input" else []
+    if missing or extra:
+        raise BackendError(
+            f"{path}: the graph's {kind}s {shown} are not the manifest's {sorted(specs)}; "
+            "the file belongs to another export: re-export the folder"
+        )
+    for name, spec in specs.items():
+        dtype, dims = graph[name]
+        dims = tuple(dims)
+        static_differs = any(
+            isinstance(d, int) and isinstance(w, int) and d != w for d, w in zip(dims, spec.shape)
+        )
+        if dtype != spec.dtype or len(dims) != len(spec.shape) or static_differs:
+            raise BackendError(
+                f"{path}: {kind} '{name}' is {dtype} {format_shape(dims)} in the graph but "
+                f"{spec.dtype} {format_shape(spec.shape)} in the manifest; re-export the folder"
+            )
 
 
 def _dtype_name(dtype: Any) -> str:

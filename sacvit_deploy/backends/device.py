@@ -49,6 +49,10 @@ class DeviceError(SacvitError):
     """Device memory that cannot be used: no CUDA library, no driver or GPU, a failed CUDA call."""
 
 
+class NoSuchGpuError(DeviceError):
+    """The GPU index asked for is not among those a CUDA library sees (no other library is asked)."""
+
+
 # ---- choosing an implementation ------------------------------------------------------------------------
 def import_cudart() -> Optional[Tuple[Any, str]]:
     """cuda-python's runtime module and its import name: ``cuda.bindings.runtime`` or old ``cuda.cudart``."""
@@ -655,7 +659,7 @@ def gpu_properties(index: int = 0) -> Tuple[str, Tuple[int, int], int, str]:
             if err != rt.cudaError_t.cudaSuccess:
                 raise DeviceError(f"{module}.cudaGetDeviceCount: {error_name(rt, err)}")
             if index >= count:
-                raise DeviceError(f"GPU {index} does not exist: cuda-python sees {count} CUDA GPU(s)")
+                raise NoSuchGpuError(f"GPU {index} does not exist: cuda-python sees {count} CUDA GPU(s)")
             err, prop = rt.cudaGetDeviceProperties(index)
             if err != rt.cudaError_t.cudaSuccess:
                 raise DeviceError(f"{module}.cudaGetDeviceProperties: {error_name(rt, err)}")
@@ -668,9 +672,9 @@ def gpu_properties(index: int = 0) -> Tuple[str, Tuple[int, int], int, str]:
                 int(prop.totalGlobalMem),
                 "cuda-python",
             )
+        except NoSuchGpuError:
+            raise
         except DeviceError as exc:
-            if "does not exist" in str(exc):
-                raise
             reasons.append(f"cuda-python: {exc}")
         except Exception as exc:
             reasons.append(f"cuda-python: {_first_line(exc)}")
@@ -688,7 +692,7 @@ def gpu_properties(index: int = 0) -> Tuple[str, Tuple[int, int], int, str]:
         import torch
 
         if index >= torch.cuda.device_count():
-            raise DeviceError(
+            raise NoSuchGpuError(
                 f"GPU {index} does not exist: torch sees {torch.cuda.device_count()} CUDA GPU(s)"
             )
         p = torch.cuda.get_device_properties(index)

@@ -28,12 +28,12 @@ NO_GPU = (
 
 def detect_gpu(index: int = 0) -> GpuInfo:
     """The GPU ``index``, asked of cuda-python, else pycuda, else torch (a CUDA build)."""
-    from sacvit_deploy.backends.device import DeviceError, gpu_properties
+    from sacvit_deploy.backends.device import DeviceError, NoSuchGpuError, gpu_properties
 
     try:
         name, (major, minor), memory, _source = gpu_properties(index)
+    except NoSuchGpuError as exc:
+        raise NoGpuError(str(exc)) from None
     except DeviceError as exc:
-        if "does not exist" in str(exc):
-            raise NoGpuError(str(exc)) from None
         raise NoGpuError(f"{NO_GPU} ({exc})") from None
     return GpuInfo(name, f"{major}.{minor}", index, memory)

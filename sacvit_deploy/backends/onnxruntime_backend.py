@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from sacvit_deploy.backends.arrays import to_host
-from sacvit_deploy.backends.base import BackendError, Runner
+from sacvit_deploy.backends.base import BackendError, Runner, check_graph_io
 from sacvit_deploy.core.extras import missing_module_message
 from sacvit_deploy.core.manifest import TensorSpec
 
@@ -54,10 +54,6 @@ _ORT_TYPES = {
     "tensor(bool)": "bool",
     "tensor(uint8)": "uint8",
 }
-
-
-def format_dims(dims: Any) -> str:
-    return "(" + ", ".join("?" if d is None else str(d) for d in dims) + ")"
 
 
 class OnnxRuntimeRunner(Runner):
@@ -152,35 +148,13 @@ class OnnxRuntimeRunner(Runner):
         self._output_names = list(self.output_specs)
 
     def _check_io(self, session: Any) -> None:
-        """The graph's real inputs and outputs must be the manifest's: names, dtypes, static dims.
-        A graph swapped for another model's (96 px instead of 224, the baseline as stage 1) fails
-        here, naming the file, instead of deep inside a run."""
+        """The graph's real inputs and outputs must be the manifest's (base.check_graph_io)."""
         for kind, declared, specs in (
             ("input", session.get_inputs(), self.input_specs),
             ("output", session.get_outputs(), self.output_specs),
         ):
-            real = {i.name: i for i in declared}
-            missing = sorted(set(specs) - set(real))
-            extra = sorted(set(real) - set(specs)) if kind == "input" else []
-            if missing or extra:
-                raise BackendError(
-                    f"{self.path}: the graph's {kind}s {sorted(real)} are not the manifest's {sorted(specs)}; "
-                    "the file belongs to another export: re-export the folder"
-                )
-            for name, spec in specs.items():
-                got = real[name]
-                dtype = _ORT_TYPES.get(got.type, got.type)
-                dims = tuple(got.shape)
-                static = [
-                    (i, d, w)
-                    for i, (d, w) in enumerate(zip(dims, spec.shape))
-                    if isinstance(d, int) and isinstance(w, int) and d != w
-                ]
-                if dtype != spec.dtype or len(dims) != len(spec.shape) or static:
-                    raise BackendError(
-                        f"{self.path}: {kind} '{name}' is {dtype} {format_dims(dims)} in the graph but "
-                        f"{spec.dtype} {format_dims(spec.shape)} in the manifest; re-export the folder"
-                    )
+            graph = {i.name: (_ORT_TYPES.get(i.type, i.type), i.shape) for i in declared}
+            check_graph_io(self.path, kind, graph, specs)
 
     def _infer(self, feed: Mapping[str, Any]) -> Dict[str, Any]:
         arrays = {}

@@ -19,11 +19,11 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from sacvit_deploy.backends.base import BackendError, Runner
+from sacvit_deploy.backends.base import BackendError, Runner, check_graph_io
 from sacvit_deploy.core.extras import install_hint
 from sacvit_deploy.core.manifest import TensorSpec
 
@@ -185,38 +185,14 @@ class OpenVinoRunner(Runner):
         self._requests = [compiled.create_infer_request() for _ in range(n)]
 
     def _check_io(self, compiled: Any) -> None:
-        """The compiled graph's inputs and outputs must be the manifest's (names, dtypes, static dims)."""
+        """The compiled graph's inputs and outputs must be the manifest's (base.check_graph_io)."""
         for kind, ports, specs in (
             ("input", compiled.inputs, self.input_specs),
             ("output", compiled.outputs, self.output_specs),
         ):
-            real: Dict[str, Any] = {}
-            for port in ports:
-                for name in port.get_names():
-                    real[name] = port
-            missing = sorted(set(specs) - set(real))
-            extra = sorted({p.get_any_name() for p in ports} - set(specs)) if kind == "input" else []
-            if missing or extra:
-                raise BackendError(
-                    f"{self.path}: the graph's {kind}s {sorted(p.get_any_name() for p in ports)} are not the "
-                    f"manifest's {sorted(specs)}; the file belongs to another export: re-export the folder"
-                )
-            for name, spec in specs.items():
-                port = real[name]
-                dtype = str(port.get_element_type().to_dtype())
-                dims = [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
-                static = [
-                    (d, w)
-                    for d, w in zip(dims, spec.shape)
-                    if isinstance(d, int) and isinstance(w, int) and d != w
-                ]
-                if dtype != spec.dtype or len(dims) != len(spec.shape) or static:
-                    shown = "(" + ", ".join("?" if d is None else str(d) for d in dims) + ")"
-                    want = "(" + ", ".join(str(d) for d in spec.shape) + ")"
-                    raise BackendError(
-                        f"{self.path}: {kind} '{name}' is {dtype} {shown} in the graph but "
-                        f"{spec.dtype} {want} in the manifest; re-export the folder"
-                    )
+            by_name = {name: port for port in ports for name in port.get_names()}  # every alias
+            graph = {name: _port_type(port) if name in specs else None for name, port in by_name.items()}
+            check_graph_io(self.path, kind, graph, specs, [p.get_any_name() for p in ports])
 
     def _deactivate(self) -> None:
         self._requests = []
@@ -271,6 +247,12 @@ class OpenVinoRunner(Runner):
             loaded_from_cache=self.loaded_from_cache,
         )
         return d
+
+
+def _port_type(port: Any) -> Tuple[str, List[Optional[int]]]:
+    """(dtype name, dims with None where dynamic) of a compiled model's port."""
+    dims = [d.get_length() if d.is_static else None for d in port.get_partial_shape()]
+    return str(port.get_element_type().to_dtype()), dims
 
 
 def ov_reason(exc: BaseException) -> str:

@@ -44,6 +44,7 @@ import numpy as np
 
 from sacvit_deploy.backends.arrays import is_device_array
 from sacvit_deploy.backends.base import BackendError, Runner
+from sacvit_deploy.backends.device import IMPLEMENTATIONS
 from sacvit_deploy.backends.trt_logger import make_logger
 from sacvit_deploy.core.manifest import ArtifactFile
 
@@ -56,7 +57,7 @@ TRT_DTYPES = {
     "BOOL": "bool",
     "UINT8": "uint8",
 }
-BUFFERS = ("auto", "cuda-python", "pycuda", "torch")
+BUFFERS = ("auto", *IMPLEMENTATIONS)  # the device memories (backends/device.py), or auto
 
 
 def resolve_buffers(buffers: str) -> str:

@@ -36,9 +36,8 @@ from sacvit_deploy.backends.base import Runner
 from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.core.exit_rule import exit_mask
 from sacvit_deploy.core.flops import FlopsReport
-from sacvit_deploy.core.graph_io import STAGE2_INPUTS
 from sacvit_deploy.runtime.images import IMAGE_EXTENSIONS, _scan_folder
-from sacvit_deploy.runtime.pipeline import run_any_batch, run_batched
+from sacvit_deploy.runtime.pipeline import run_any_batch, run_batched, stage2_feed
 
 TARGETS = ("accuracy", "gflops", "exit_rate")
 RULES = {
@@ -190,11 +189,10 @@ def predict_both_stages(
     conf, p1, p2, ys = [], [], [], []
     for images, labels in batches:
         images = as_host_batch(images)
+        n = images.shape[0]
         out1 = run_any_batch(stage1, {"image": images})
-        feed = {"image": images}
-        for name in STAGE2_INPUTS[1:]:
-            feed[name] = out1[name]
-        logits2 = run_batched(stage2, feed, images.shape[0], buckets)["logits"]
+        feed = stage2_feed(images, out1, np.arange(n))  # every sample: stage 1's outputs as they are
+        logits2 = run_batched(stage2, feed, n, buckets)["logits"]
         conf.append(to_host(out1["confidence"]).astype(np.float32, copy=False))
         p1.append(to_host(out1["logits"]).argmax(-1))
         p2.append(to_host(logits2).argmax(-1))

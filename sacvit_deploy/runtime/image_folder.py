@@ -1,7 +1,8 @@
 """The one image-folder loader: a folder (or the bundled samples) -> one preprocessed float32 array.
 
-INT8 calibration (``engine/int8_calibrator.py``, ``quantize/artifacts.py``) and the parity checks'
-real images (:func:`verification_images`) all load through :func:`load_image_folder`; each
+INT8 calibration (``engine/int8_calibrator.py``, ``quantize/artifacts.py``), the parity checks'
+real images (:func:`verification_images`) and profile's image pool (``profile_artifacts.image_pool``)
+all load through :func:`load_image_folder`; each
 caller keeps its own wording for "no such folder" / "nothing loaded" (a different option names it).
 """
 
@@ -22,9 +23,9 @@ class FolderImages:
     images: np.ndarray  # (N, 3, R, R) float32, N = len(paths); N is 0 when nothing loaded
     paths: List[Path]  # the files that loaded, in order
     found: int  # image files picked before loading (after ``limit``)
+    total: int  # image files in the folder (before ``limit``)
     source: str  # the folder, or "bundled sample images"
     skipped: List[str] = field(default_factory=list)  # one line per file that failed to load
-    available: int = 0  # image files in the folder before ``limit``
 
     def describe(self) -> str:
         return f"{self.source} ({self.images.shape[0]} images)"
@@ -43,7 +44,7 @@ def load_image_folder(
     the sorted list (ImageFolder layouts are sorted by class). Unreadable files are skipped and
     reported through ``on_skip``; they never stop the loading."""
     paths = collect_images([folder]) if folder is not None else sample_images()
-    available = len(paths)
+    total = len(paths)
     if limit is not None and len(paths) > limit:
         if spread:
             pick = np.linspace(0, len(paths) - 1, limit).round().astype(int)
@@ -63,7 +64,7 @@ def load_image_folder(
                 used += batch.paths
     images = np.concatenate(arrays) if arrays else np.zeros((0, 3, size, size), np.float32)
     source = str(folder) if folder is not None else "bundled sample images"
-    return FolderImages(images, used, len(paths), source, skipped, available)
+    return FolderImages(images, used, len(paths), total, source, skipped)
 
 
 def verification_images(

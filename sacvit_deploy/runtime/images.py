@@ -100,7 +100,7 @@ def _naming(path: Path) -> Iterator[None]:
 
 
 def load_image(
-    source: Union[Union[Union[str, os.PathLike[str]], Image.Image], np.ndarray],
+    source: Union[str, os.PathLike[str], Image.Image, np.ndarray],
     *,
     min_side: Optional[int] = None,
 ) -> Image.Image:

@@ -9,7 +9,7 @@ from typing import Any, Optional, Tuple, Union
 from sacvit_deploy.backends.base import Runner
 from sacvit_deploy.backends.factory import BackendChoice, choose_backend, make_runner
 from sacvit_deploy.core.manifest import MANIFEST_NAME, Manifest
-from sacvit_deploy.runtime.pipeline import EarlyExitPipeline
+from sacvit_deploy.runtime.pipeline import DEFAULT_BUCKETS, EarlyExitPipeline
 
 DEFAULT_EXPORT_DIR = Path("export")
 DEFAULT_ENGINE_DIR = Path("engines")
@@ -53,8 +53,6 @@ def open_pipeline(
     stage2 = make_runner(folder, manifest, "stage2", choice, **options)
     if buckets is None and choice.provider == "tensorrt":
         # ONNX Runtime's TensorRT provider builds an engine per new shape: keep the shapes few.
-        from sacvit_deploy.runtime.pipeline import DEFAULT_BUCKETS
-
         buckets = DEFAULT_BUCKETS
     th = manifest.exit_threshold if threshold is None else threshold
     return OpenedPipeline(EarlyExitPipeline(stage1, stage2, th, buckets), manifest, folder, choice)

@@ -183,8 +183,8 @@ def image_pool(
         raise SacvitError(f"--images {images}: not a folder; give a folder of images, or use --synthetic")
     limit = max(largest, MAX_POOL)
     folder = load_image_folder(images, cfg, limit, on_skip=lambda m: log(f"skipped {m}"), batch_size=32)
-    if folder.available > limit:
-        log(f"--images: used the first {limit} of {folder.available} images")
+    if folder.total > folder.found:
+        log(f"--images: using the first {folder.found} of {folder.total} images")
     if not folder.paths:
         raise SacvitError(
             f"--images {images}: none of the {folder.found} images could be read; see the lines above"

@@ -7,6 +7,7 @@ default, so the production code needs no test switch.
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,34 @@ def install_fake_tensorrt(
 def build(export: Path, out: Path, **options: Any) -> BuildResult:
     options.setdefault("parity_images", 4)
     return build_engines(export, out, BuildOptions(**options))
+
+
+def labelled_export(
+    tmp_path_factory: pytest.TempPathFactory, name: str, classes: tuple[str, ...], per_class: int
+) -> Path:
+    """A folder for exit calibration: ``export/``, a writable copy of the shared tiny export, and
+    ``labelled/``, an ImageFolder of the bundled photos with one unreadable file
+    (:func:`tests.fakes.pictures.write_labelled_photos`)."""
+    from tests.fakes.pictures import write_labelled_photos
+
+    root = tmp_path_factory.mktemp(name)
+    shutil.copytree(shared_export(tmp_path_factory)[1], root / "export")
+    write_labelled_photos(root / "labelled", classes, per_class)
+    return root
+
+
+def fake_engines(
+    tmp_path_factory: pytest.TempPathFactory, name: str, **options: Any
+) -> tuple[Any, Path, Path]:
+    """(model, export, engines): the shared tiny export and engines built from it with a fake
+    TensorRT 10.3 (uninstalled again afterwards), for a module-scoped fixture; ``options`` go to
+    :func:`build`."""
+    root = tmp_path_factory.mktemp(name)
+    model, export = shared_export(tmp_path_factory)
+    with pytest.MonkeyPatch.context() as mp:
+        install_fake_tensorrt(mp, root, "10.3.0")
+        build(export, root / "engines", **options)
+    return model, export, root / "engines"
 
 
 def write_calibration(folder: Path, threshold: float):  # -> ExitCalibration
