@@ -10,14 +10,14 @@ import onnx
 import pytest
 import torch
 
-from sacvit_deploy.backends.factory import BackendChoice, make_runner
+from sacvit_deploy.backends.factory import cpu_reference, make_runner
 from sacvit_deploy.core.manifest import ArtifactError, Manifest, sha256_file
 from sacvit_deploy.core.onnx_files import external_data_files
 from sacvit_deploy.export.onnx_export import ExportError, ExportOptions, export_artifacts
 from sacvit_deploy.export.verify import VerificationError, verify_export
 from tests.conftest import make_tiny
 
-ORT = BackendChoice("onnxruntime", "cpu", "cpu", "test")
+ORT = cpu_reference("test")
 
 
 def do_export(model, folder, **options):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sacvit_deploy.backends.base import BackendError
-from sacvit_deploy.backends.factory import BackendChoice, choose_backend, make_runner
+from sacvit_deploy.backends.factory import BackendChoice, choose_backend, cpu_reference, make_runner
 from sacvit_deploy.backends.torch_backend import TorchRunner
 from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.core.manifest import Manifest
@@ -23,7 +23,7 @@ from tests.fakes.fixtures import shared_export
 
 CHOICES = {
     "torch": BackendChoice("torch", "cpu", None, "test"),
-    "onnxruntime": BackendChoice("onnxruntime", "cpu", "cpu", "test"),
+    "onnxruntime": cpu_reference("test"),
 }
 
 
