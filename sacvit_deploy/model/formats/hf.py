@@ -132,17 +132,16 @@ def class_names(fields: _Fields, num_labels: int) -> Optional[Tuple[str, ...]]:
     if not isinstance(raw, dict) or len(raw) != num_labels:
         n = len(raw) if isinstance(raw, dict) else type(raw).__name__
         raise fields.bad("id2label", f"has {n} entries for {num_labels} classes (the head's rows)")
+    index = {str(i): i for i in range(num_labels)}  # "0".."n-1" exactly: not "00", "²" or "١"
     names: Dict[int, str] = {}
     for key, value in raw.items():
-        if not (isinstance(key, str) and key.isdigit() and int(key) < num_labels) or not isinstance(
-            value, str
-        ):
+        if key not in index or not isinstance(value, str):
             raise fields.bad(
                 "id2label", f"entry {key!r}: {value!r} is not 'index': 'name' for an index below {num_labels}"
             )
         if not 1 <= len(value) <= 1000:
             raise fields.bad("id2label", f"entry {key!r} is an empty or over-long name")
-        names[int(key)] = value
+        names[index[key]] = value
     ordered = tuple(names[i] for i in range(num_labels))
     if ordered == tuple(f"LABEL_{i}" for i in range(num_labels)):
         return None  # transformers' default names: the export's default names are no worse
