@@ -105,6 +105,40 @@ def test_preprocessor_config_gives_normalisation_and_resampling(hf_folder, tmp_p
         load_checkpoint(copy)
 
 
+@pytest.mark.parametrize("kind", ["deit", "vit"])
+def test_preprocessing_equals_transformers_image_processor(tmp_path, kind):
+    """What the adapter reads from preprocessor_config.json gives the pixels transformers' own
+    processor gives: DeiT's (resize 160, center crop 128) and ViT's (resize to 128, no crop)."""
+    from PIL import Image
+
+    from sacvit_deploy.model.formats.hf import preprocess_for
+    from sacvit_deploy.runtime.images import preprocess
+
+    if kind == "deit":
+        processor = transformers.DeiTImageProcessor(
+            size={"height": 160, "width": 160},
+            crop_size={"height": 128, "width": 128},
+            image_mean=[0.485, 0.456, 0.406],
+            image_std=[0.229, 0.224, 0.225],
+        )
+    else:
+        processor = transformers.ViTImageProcessor(size={"height": 128, "width": 128}, resample=2)
+    processor.save_pretrained(tmp_path)
+    pre, _ = preprocess_for(tmp_path, 128)
+    assert pre.resize_size == (160 if kind == "deit" else 128)
+    pixels = np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)
+    reference = processor(image, return_tensors="np")["pixel_values"][0]
+    np.testing.assert_allclose(preprocess(image, pre), reference, atol=1e-4)
+
+    config = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    config["crop_size"] = {"height": 96, "width": 96}
+    config["do_center_crop"] = True
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="crop_size is .*not the model's image_size 128"):
+        preprocess_for(tmp_path, 128)
+
+
 def test_train_init_from_hf_folder(hf_folder, tmp_path):
     from sacvit_deploy.training.loop import TrainOptions, load_init_weights, train
     from tests.fakes.pictures import write_colour_folder

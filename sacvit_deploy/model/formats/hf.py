@@ -148,6 +148,19 @@ def class_names(fields: _Fields, num_labels: int) -> Optional[Tuple[str, ...]]:
     return ordered
 
 
+def _side(fields: _Fields, key: str, high: int) -> int:
+    """A square size as save_pretrained writes it: ``256``, ``{"shortest_edge": 256}`` or
+    ``{"height": 256, "width": 256}``."""
+    value = fields.data.get(key)
+    if isinstance(value, dict) and set(value) == {"shortest_edge"}:
+        value = value["shortest_edge"]
+    elif isinstance(value, dict) and set(value) == {"height", "width"} and value["height"] == value["width"]:
+        value = value["height"]
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+        raise fields.bad(key, f"is {fields.data.get(key)!r}, not one side in 1..{high} (square sizes only)")
+    return value
+
+
 def preprocess_for(folder: Path, img_size: int) -> Tuple[PreprocessConfig, List[str]]:
     """preprocessor_config.json's normalisation, resampling and resize (DeiT's crop_pct when absent)."""
     default = PreprocessConfig.for_resolution(img_size)
@@ -167,15 +180,23 @@ def preprocess_for(folder: Path, img_size: int) -> Tuple[PreprocessConfig, List[
         raise fields.bad(
             "resample", f"is {resample!r}; supported: {', '.join(f'{k} ({v})' for k, v in _RESAMPLE.items())}"
         )
-    resize = default.resize_size
+    # DeiTImageProcessor resizes to `size`, then center-crops `crop_size`; ViTImageProcessor resizes
+    # to the model's input and crops nothing (no do_center_crop, no crop_size in its file).
     size = data.get("size")
-    if fields.flag("do_center_crop", True) and isinstance(size, dict) and "shortest_edge" in size:
-        resize = _Fields(size, path).integer("shortest_edge", high=4 * img_size)
-    elif size is not None:
-        notes.append(
-            f"{PREPROCESSOR}: resize {size!r} without a shortest-edge center crop; using resize "
-            f"{resize} + center crop {img_size} (the same for square images)"
-        )
+    crops = "crop_size" in data or (isinstance(size, dict) and "shortest_edge" in size)
+    center = fields.flag("do_center_crop", crops)
+    if center and "crop_size" in data and _side(fields, "crop_size", 4 * img_size) != img_size:
+        raise fields.bad("crop_size", f"is {data['crop_size']!r}, not the model's image_size {img_size}")
+    resize = default.resize_size
+    if size is not None:
+        resize = _side(fields, "size", 4 * img_size)
+        if not center and resize != img_size:
+            raise fields.bad("size", f"is {size!r} without a center crop, not image_size {img_size}")
+        if not center:
+            notes.append(
+                f"{PREPROCESSOR}: resize to {img_size}x{img_size} without a shortest-edge center crop; using "
+                f"resize {img_size} + center crop {img_size} (the same for square images)"
+            )
     try:
         pre = PreprocessConfig(
             input_size=img_size,
