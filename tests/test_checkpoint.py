@@ -110,11 +110,17 @@ def test_timm_deit_state_dict_loads_into_baseline_and_stage2(tmp_path):
     assert big.model.pos_embed_list[1].shape == (1, 1 + 18 * 18, 192)
 
 
-def test_baseline_from_two_stage_checkpoint_uses_full_resolution_positions(tmp_path, small_lf):
+def test_baseline_from_two_stage_checkpoint_uses_full_resolution_positions(tmp_path, small_lf, monkeypatch):
+    from sacvit_deploy.model import checkpoint
+
     path = tmp_path / "lf.pth"
     torch.save(official_layout(small_lf), path)
+    reads = []
+    read = checkpoint.read_checkpoint
+    monkeypatch.setattr(checkpoint, "read_checkpoint", lambda p: reads.append(p) or read(p))
     baseline = load_baseline(path, "lf-vit")
     assert torch.equal(baseline.pos_embed, small_lf.pos_embed_list[1])
+    assert reads == [path]  # the file is read once, not once per loader
 
 
 # ---- bad input -------------------------------------------------------------------------------------
