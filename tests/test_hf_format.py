@@ -87,6 +87,27 @@ def test_sacvit_init_and_baseline_carry_the_vit_exactly(hf_folder):
     assert isinstance(loaded.model, SACViT) and loaded.cfg.class_names == tuple(NAMES)
 
 
+def test_transformers_5_module_names_load_the_same_weights(hf_folder, tmp_path):
+    """transformers 5's modules are named vit.layers.N.attention.q_proj ... (its state_dict() and
+    save_pretrained convert back to vit.encoder.layer.N ...); a file of the module names loads too."""
+    from safetensors.torch import save_file
+
+    model, folder = hf_folder
+    params = {name: p.detach().contiguous() for name, p in model.named_parameters()}
+    if not any(name.startswith("vit.layers.") for name in params):
+        pytest.skip(f"transformers {transformers.__version__} names its ViT modules the old way")
+    copy = tmp_path / "vit"
+    copy.mkdir()
+    (copy / "config.json").write_bytes((folder / "config.json").read_bytes())
+    save_file(params, str(copy / "model.safetensors"))
+    reference = load_checkpoint(folder).model.state_dict()
+    loaded = load_checkpoint(copy).model.state_dict()
+    assert loaded.keys() == reference.keys()
+    for key, value in reference.items():
+        if not key.startswith("reuse_block."):  # freshly initialised, seeded: equal anyway
+            assert torch.equal(loaded[key], value), key
+
+
 def test_preprocessor_config_gives_normalisation_and_resampling(hf_folder, tmp_path):
     _, folder = hf_folder
     copy = tmp_path / "vit"
