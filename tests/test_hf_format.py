@@ -108,6 +108,27 @@ def test_transformers_5_module_names_load_the_same_weights(hf_folder, tmp_path):
             assert torch.equal(loaded[key], value), key
 
 
+def test_a_vit_without_qkv_bias_loads_and_matches_transformers(hf_folder, tmp_path):
+    """qkv_bias False (a ModelConfig field HF configs set): the model builds, the baseline equals
+    transformers' forward; a config that says False beside a file with the biases is one error."""
+    model = hf_vit(seed=3, qkv_bias=False)
+    model.save_pretrained(tmp_path / "vit")
+    x = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        reference = model(pixel_values=x).logits
+        loaded = load_checkpoint(tmp_path / "vit")
+        baseline = load_baseline(tmp_path / "vit")(x)
+    assert loaded.cfg.qkv_bias is False and loaded.model.blocks[0].attn.qkv.bias is None
+    torch.testing.assert_close(baseline, reference, atol=1e-4 * (1 + float(reference.abs().max())), rtol=0)
+
+    _, folder = hf_folder  # biases in the file, qkv_bias False in its config
+    config = json.loads((folder / "config.json").read_text())
+    (tmp_path / "vit" / "config.json").write_text(json.dumps({**config, "qkv_bias": False}))
+    (tmp_path / "vit" / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
+    with pytest.raises(CheckpointError, match=r"unexpected 4 keys \(blocks.0.attn.qkv.bias"):
+        load_checkpoint(tmp_path / "vit")
+
+
 def test_preprocessor_config_gives_normalisation_and_resampling(hf_folder, tmp_path):
     _, folder = hf_folder
     copy = tmp_path / "vit"
