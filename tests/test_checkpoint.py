@@ -250,3 +250,17 @@ def test_the_same_weights_save_to_the_same_bytes(tmp_path):
             assert torch.equal(f.get_tensor(name), tensor)
     again = load_checkpoint(paths[0]).model
     assert again.cfg == model.cfg
+
+
+def test_a_deeply_nested_config_in_the_metadata_is_one_error(tmp_path):
+    from safetensors.torch import save_file
+
+    from sacvit_deploy.model.checkpoint import FORMAT_TAG
+
+    path = tmp_path / "nested.safetensors"
+    config = "[" * 100_000 + "]" * 100_000
+    save_file(
+        {"cls_token": torch.zeros(1, 1, 8)}, str(path), metadata={"format": FORMAT_TAG, "config": config}
+    )
+    with pytest.raises(CheckpointError, match=r"unreadable config \(nested too deep\)"):
+        load_checkpoint(path)

@@ -239,6 +239,7 @@ def test_distilled_deit_is_refused_with_the_reason(tmp_path):
         ({"id2label": {**{str(i): "x" for i in range(5)}, "\u0665": "y"}}, "id2label entry"),
         ({"architectures": ["ViTModel"]}, "only ViTForImageClassification"),
         ({"num_hidden_layers": 3}, "depth"),
+        ("[" * 100_000 + "]" * 100_000, "unreadable config.json \\(nested too deep\\)"),
     ],
 )
 def test_every_config_field_is_validated(hf_folder, tmp_path, change, message):
@@ -247,8 +248,9 @@ def test_every_config_field_is_validated(hf_folder, tmp_path, change, message):
     bad.mkdir()
     (bad / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
     config = json.loads((folder / "config.json").read_text())
-    config.update(change)
-    (bad / "config.json").write_text(json.dumps(config))
+    if isinstance(change, dict):
+        config.update(change)
+    (bad / "config.json").write_text(change if isinstance(change, str) else json.dumps(config))
     with pytest.raises(CheckpointError, match=message) as info:
         load_checkpoint(bad)
     assert str(bad) in str(info.value)

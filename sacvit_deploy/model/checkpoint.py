@@ -178,9 +178,10 @@ def read_checkpoint(path: Union[str, Path]) -> RawCheckpoint:
         if metadata.get("format") == FORMAT_TAG:
             try:
                 cfg = ModelConfig.from_dict(json.loads(metadata["config"]))
-            except (KeyError, json.JSONDecodeError, ConfigError) as exc:
+            except (KeyError, json.JSONDecodeError, ConfigError, RecursionError) as exc:
+                why = "nested too deep" if isinstance(exc, RecursionError) else exc
                 raise CheckpointError(
-                    f"{path}: sacvit-deploy checkpoint with an unreadable config ({exc})"
+                    f"{path}: sacvit-deploy checkpoint with an unreadable config ({why})"
                 ) from None
         _check_finite(path, sd)
         return RawCheckpoint(path, _strip_prefix(sd), metadata, cfg)

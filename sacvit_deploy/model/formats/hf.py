@@ -71,9 +71,10 @@ def _read_json(path: Path, what: str) -> Dict[str, Any]:
                 f"{path}: {what} larger than {_MAX_JSON >> 20} MB; not a save_pretrained file"
             )
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        why = "nested too deep" if isinstance(exc, RecursionError) else exc
         raise CheckpointError(
-            f"{path}: unreadable {what} ({exc}); re-save the model with save_pretrained"
+            f"{path}: unreadable {what} ({why}); re-save the model with save_pretrained"
         ) from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: {what} is not a JSON object; re-save the model with save_pretrained")
