@@ -110,11 +110,17 @@ def test_timm_deit_state_dict_loads_into_baseline_and_stage2(tmp_path):
     assert big.model.pos_embed_list[1].shape == (1, 1 + 18 * 18, 192)
 
 
-def test_baseline_from_two_stage_checkpoint_uses_full_resolution_positions(tmp_path, small_lf):
+def test_baseline_from_two_stage_checkpoint_uses_full_resolution_positions(tmp_path, small_lf, monkeypatch):
+    from sacvit_deploy.model import checkpoint
+
     path = tmp_path / "lf.pth"
     torch.save(official_layout(small_lf), path)
+    reads = []
+    read = checkpoint.read_checkpoint
+    monkeypatch.setattr(checkpoint, "read_checkpoint", lambda p: reads.append(p) or read(p))
     baseline = load_baseline(path, "lf-vit")
     assert torch.equal(baseline.pos_embed, small_lf.pos_embed_list[1])
+    assert reads == [path]  # the file is read once, not once per loader
 
 
 # ---- bad input -------------------------------------------------------------------------------------
@@ -244,3 +250,17 @@ def test_the_same_weights_save_to_the_same_bytes(tmp_path):
             assert torch.equal(f.get_tensor(name), tensor)
     again = load_checkpoint(paths[0]).model
     assert again.cfg == model.cfg
+
+
+def test_a_deeply_nested_config_in_the_metadata_is_one_error(tmp_path):
+    from safetensors.torch import save_file
+
+    from sacvit_deploy.model.checkpoint import FORMAT_TAG
+
+    path = tmp_path / "nested.safetensors"
+    config = "[" * 100_000 + "]" * 100_000
+    save_file(
+        {"cls_token": torch.zeros(1, 1, 8)}, str(path), metadata={"format": FORMAT_TAG, "config": config}
+    )
+    with pytest.raises(CheckpointError, match=r"unreadable config \(nested too deep\)"):
+        load_checkpoint(path)

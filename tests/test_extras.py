@@ -67,3 +67,26 @@ def test_a_module_missing_itself_gets_its_extra():
     assert "is installed but does not import (DLL load failed" in missing_module_message(
         "onnxruntime", broken
     )
+
+
+def test_a_module_whose_package_has_another_name_gets_the_package():
+    """onnx imports google.protobuf: the fix is `pip install protobuf` (`pip install google` installs
+    an unrelated package). Real onnx, with google blocked in a subprocess."""
+    pytest.importorskip("onnx")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.modules['google'] = None\n"
+            "from sacvit_deploy.core.extras import import_failure\n"
+            "try:\n    import onnx\n"
+            "except ModuleNotFoundError as exc:\n    print(import_failure(exc, 'export', command='export'))\n",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert "export needs google (imported by onnx, which is installed)" in done.stdout, done
+    assert done.stdout.rstrip().endswith("pip install protobuf"), done.stdout
+    exc = ModuleNotFoundError("No module named 'PIL'", name="PIL")
+    assert missing_module_message("PIL", exc, "x").endswith("pip install pillow")

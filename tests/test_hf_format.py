@@ -87,6 +87,48 @@ def test_sacvit_init_and_baseline_carry_the_vit_exactly(hf_folder):
     assert isinstance(loaded.model, SACViT) and loaded.cfg.class_names == tuple(NAMES)
 
 
+def test_transformers_5_module_names_load_the_same_weights(hf_folder, tmp_path):
+    """transformers 5's modules are named vit.layers.N.attention.q_proj ... (its state_dict() and
+    save_pretrained convert back to vit.encoder.layer.N ...); a file of the module names loads too."""
+    from safetensors.torch import save_file
+
+    model, folder = hf_folder
+    params = {name: p.detach().contiguous() for name, p in model.named_parameters()}
+    if not any(name.startswith("vit.layers.") for name in params):
+        pytest.skip(f"transformers {transformers.__version__} names its ViT modules the old way")
+    copy = tmp_path / "vit"
+    copy.mkdir()
+    (copy / "config.json").write_bytes((folder / "config.json").read_bytes())
+    save_file(params, str(copy / "model.safetensors"))
+    reference = load_checkpoint(folder).model.state_dict()
+    loaded = load_checkpoint(copy).model.state_dict()
+    assert loaded.keys() == reference.keys()
+    for key, value in reference.items():
+        if not key.startswith("reuse_block."):  # freshly initialised, seeded: equal anyway
+            assert torch.equal(loaded[key], value), key
+
+
+def test_a_vit_without_qkv_bias_loads_and_matches_transformers(hf_folder, tmp_path):
+    """qkv_bias False (a ModelConfig field HF configs set): the model builds, the baseline equals
+    transformers' forward; a config that says False beside a file with the biases is one error."""
+    model = hf_vit(seed=3, qkv_bias=False)
+    model.save_pretrained(tmp_path / "vit")
+    x = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        reference = model(pixel_values=x).logits
+        loaded = load_checkpoint(tmp_path / "vit")
+        baseline = load_baseline(tmp_path / "vit")(x)
+    assert loaded.cfg.qkv_bias is False and loaded.model.blocks[0].attn.qkv.bias is None
+    torch.testing.assert_close(baseline, reference, atol=1e-4 * (1 + float(reference.abs().max())), rtol=0)
+
+    _, folder = hf_folder  # biases in the file, qkv_bias False in its config
+    config = json.loads((folder / "config.json").read_text())
+    (tmp_path / "vit" / "config.json").write_text(json.dumps({**config, "qkv_bias": False}))
+    (tmp_path / "vit" / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
+    with pytest.raises(CheckpointError, match=r"unexpected 4 keys \(blocks.0.attn.qkv.bias"):
+        load_checkpoint(tmp_path / "vit")
+
+
 def test_preprocessor_config_gives_normalisation_and_resampling(hf_folder, tmp_path):
     _, folder = hf_folder
     copy = tmp_path / "vit"
@@ -103,6 +145,40 @@ def test_preprocessor_config_gives_normalisation_and_resampling(hf_folder, tmp_p
     (copy / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5, 0.5], "resample": 2}))
     with pytest.raises(CheckpointError, match="image_mean is .*not 3 numbers"):
         load_checkpoint(copy)
+
+
+@pytest.mark.parametrize("kind", ["deit", "vit"])
+def test_preprocessing_equals_transformers_image_processor(tmp_path, kind):
+    """What the adapter reads from preprocessor_config.json gives the pixels transformers' own
+    processor gives: DeiT's (resize 160, center crop 128) and ViT's (resize to 128, no crop)."""
+    from PIL import Image
+
+    from sacvit_deploy.model.formats.hf import preprocess_for
+    from sacvit_deploy.runtime.images import preprocess
+
+    if kind == "deit":
+        processor = transformers.DeiTImageProcessor(
+            size={"height": 160, "width": 160},
+            crop_size={"height": 128, "width": 128},
+            image_mean=[0.485, 0.456, 0.406],
+            image_std=[0.229, 0.224, 0.225],
+        )
+    else:
+        processor = transformers.ViTImageProcessor(size={"height": 128, "width": 128}, resample=2)
+    processor.save_pretrained(tmp_path)
+    pre, _ = preprocess_for(tmp_path, 128)
+    assert pre.resize_size == (160 if kind == "deit" else 128)
+    pixels = np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)
+    reference = processor(image, return_tensors="np")["pixel_values"][0]
+    np.testing.assert_allclose(preprocess(image, pre), reference, atol=1e-4)
+
+    config = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    config["crop_size"] = {"height": 96, "width": 96}
+    config["do_center_crop"] = True
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="crop_size is .*not the model's image_size 128"):
+        preprocess_for(tmp_path, 128)
 
 
 def test_train_init_from_hf_folder(hf_folder, tmp_path):
@@ -158,8 +234,12 @@ def test_distilled_deit_is_refused_with_the_reason(tmp_path):
         ({"layer_norm_eps": float("nan")}, "layer_norm_eps"),
         ({"id2label": {"0": "a"}}, "id2label has 1 entries for 6 classes"),
         ({"id2label": {str(i): i for i in range(6)}}, "id2label entry"),
+        ({"id2label": {**{str(i): "x" for i in range(5)}, "00": "y"}}, "id2label entry '00'"),
+        ({"id2label": {**{str(i): "x" for i in range(5)}, "\u00b2": "y"}}, "id2label entry"),
+        ({"id2label": {**{str(i): "x" for i in range(5)}, "\u0665": "y"}}, "id2label entry"),
         ({"architectures": ["ViTModel"]}, "only ViTForImageClassification"),
         ({"num_hidden_layers": 3}, "depth"),
+        ("[" * 100_000 + "]" * 100_000, "unreadable config.json \\(nested too deep\\)"),
     ],
 )
 def test_every_config_field_is_validated(hf_folder, tmp_path, change, message):
@@ -168,8 +248,9 @@ def test_every_config_field_is_validated(hf_folder, tmp_path, change, message):
     bad.mkdir()
     (bad / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
     config = json.loads((folder / "config.json").read_text())
-    config.update(change)
-    (bad / "config.json").write_text(json.dumps(config))
+    if isinstance(change, dict):
+        config.update(change)
+    (bad / "config.json").write_text(change if isinstance(change, str) else json.dumps(config))
     with pytest.raises(CheckpointError, match=message) as info:
         load_checkpoint(bad)
     assert str(bad) in str(info.value)

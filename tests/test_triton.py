@@ -695,3 +695,18 @@ def test_the_server_command_listens_on_loopback_only(tmp_path):
     for flag in ("http", "grpc", "metrics"):
         assert f"--{flag}-address=127.0.0.1" in cmd  # tritonserver's default is 0.0.0.0
     assert "--allow-sagemaker=false" in cmd and "--allow-vertex-ai=false" in cmd
+
+
+def test_a_reply_whose_float64_logits_overflow_float32_is_refused():
+    """The finite check holds for the float32 logits that are kept, not for the float64 sent."""
+    from sacvit_deploy.triton.reply import ReplyError, validate_reply
+
+    reply = {
+        "logits": np.full((2, 10), 1e300, np.float64),
+        "stage": np.ones((2, 1), np.int32),
+        "confidence": np.full((2, 1), 0.5, np.float32),
+    }
+    with pytest.raises(ReplyError, match="logits holds NaN or infinite values"):
+        validate_reply(reply, 2, 10, "Triton at http://x:8000")
+    reply["logits"] = np.full((2, 10), 3.0, np.float64)
+    assert validate_reply(reply, 2, 10, "here")["logits"].dtype == np.float32

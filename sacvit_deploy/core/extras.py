@@ -40,6 +40,17 @@ EXTRAS: Dict[str, Tuple[str, str]] = {
     "torch": ("torch", "PyTorch"),
     "openvino": ("openvino", "OpenVINO"),
 }
+# top-level module -> the pip package that installs it, where the names differ (the modules the
+# optional dependencies import: onnx and tritonclient import google.protobuf, matplotlib PIL and
+# dateutil); `pip install google` or `pip install PIL` would install something else, or nothing.
+PIP_NAMES: Dict[str, str] = {
+    "google": "protobuf",
+    "grpc": "grpcio",
+    "PIL": "pillow",
+    "dateutil": "python-dateutil",
+    "rapidjson": "python-rapidjson",
+    "yaml": "pyyaml",
+}
 # command -> (extra, the modules it installs): a command whose own extra installs the missing module
 # names that extra (`export` = torch + onnx), so one install fixes it whichever module is found missing
 # first. Others (onnxruntime for export's verification) keep the module's row.
@@ -66,7 +77,7 @@ def install_hint(extra: str, *alternatives: str) -> str:
 def module_hint(module: str) -> str:
     """How to install a top-level module: its extra's hint, or plain ``pip install MODULE``."""
     top = module.split(".")[0]
-    return install_hint(EXTRAS[top][0]) if top in EXTRAS else f"pip install {top}"
+    return install_hint(EXTRAS[top][0]) if top in EXTRAS else f"pip install {PIP_NAMES.get(top, top)}"
 
 
 def missing_extra_message(module: str, what: str = "this command", command: Optional[str] = None) -> str:
@@ -75,7 +86,7 @@ def missing_extra_message(module: str, what: str = "this command", command: Opti
     if command in COMMAND_EXTRAS and top in COMMAND_EXTRAS[command][1]:
         extra = COMMAND_EXTRAS[command][0]
     if extra is None:
-        return f"{what} needs the Python module {top!r}, which is not installed: pip install {top}"
+        return f"{what} needs the Python module {top!r}, which is not installed: {module_hint(top)}"
     return f"{what} needs {top} ({purpose}), which is not installed: {install_hint(extra)}"
 
 

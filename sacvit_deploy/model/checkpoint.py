@@ -178,9 +178,10 @@ def read_checkpoint(path: Union[str, Path]) -> RawCheckpoint:
         if metadata.get("format") == FORMAT_TAG:
             try:
                 cfg = ModelConfig.from_dict(json.loads(metadata["config"]))
-            except (KeyError, json.JSONDecodeError, ConfigError) as exc:
+            except (KeyError, json.JSONDecodeError, ConfigError, RecursionError) as exc:
+                why = "nested too deep" if isinstance(exc, RecursionError) else exc
                 raise CheckpointError(
-                    f"{path}: sacvit-deploy checkpoint with an unreadable config ({exc})"
+                    f"{path}: sacvit-deploy checkpoint with an unreadable config ({why})"
                 ) from None
         _check_finite(path, sd)
         return RawCheckpoint(path, _strip_prefix(sd), metadata, cfg)
@@ -389,7 +390,12 @@ def load_checkpoint(
     path: Union[str, Path], fmt: str = "auto", variant: Optional[str] = None
 ) -> LoadedCheckpoint:
     """Load any supported checkpoint (a file, or a folder a format owns) into a SACViT in eval mode."""
-    raw, row, adapter = open_checkpoint(path, fmt)
+    return _load_sacvit(*open_checkpoint(path, fmt), variant)
+
+
+def _load_sacvit(
+    raw: RawCheckpoint, row: CheckpointFormat, adapter: FormatAdapter, variant: Optional[str]
+) -> LoadedCheckpoint:
     cfg = adapter.config(raw, variant)
     sd = adapter.state_dict(raw)
     notes = list(raw.notes)
@@ -412,8 +418,8 @@ def load_checkpoint(
 def load_baseline(path: Union[str, Path], fmt: str = "auto", variant: Optional[str] = None) -> DeiT:
     """The single-stage DeiT from a single-stage file, or from a two-stage checkpoint's shared weights."""
     raw, row, adapter = open_checkpoint(path, fmt)
-    if row.two_stage:
-        return DeiT.from_sacvit(load_checkpoint(path, row.name, variant).model)
+    if row.two_stage:  # the file read once: its SAC-ViT's shared weights
+        return DeiT.from_sacvit(_load_sacvit(raw, row, adapter, variant).model)
     cfg = adapter.config(raw, variant)
     sd = adapter.state_dict(raw)
     _check_config_against_tensors(

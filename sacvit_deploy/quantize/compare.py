@@ -20,6 +20,7 @@ from typing import Any, Dict, Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 
+from sacvit_deploy.backends.arrays import as_host_batch
 from sacvit_deploy.core.compare import Answers, compare_detailed, reduced_precision
 
 DEFAULT_MIN_AGREEMENT = 0.95
@@ -30,12 +31,6 @@ def _runners(folder: Path, manifest: Any, roles: Iterable[str], threads: Optiona
 
     choice = cpu_reference("int8 vs float comparison")
     return {role: make_runner(folder, manifest, role, choice, threads=threads) for role in roles}
-
-
-def _host(images: Any) -> np.ndarray:
-    if not isinstance(images, np.ndarray) and hasattr(images, "detach"):  # a torch tensor at the edge
-        images = images.detach().cpu().numpy()
-    return np.ascontiguousarray(images, dtype=np.float32)
 
 
 def compare_folders(
@@ -53,7 +48,7 @@ def compare_folders(
 
     chunks, labels, labelled = [], [], True
     for images, ys in batches:
-        chunks.append(_host(images))
+        chunks.append(np.asarray(as_host_batch(images), dtype=np.float32))
         if ys is None:
             labelled = False
         else:

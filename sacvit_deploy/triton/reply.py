@@ -58,8 +58,10 @@ def validate_reply(
         raise bad("logits", f"has {logits.shape[1]} classes; the served model has {num_classes}")
     if logits.shape[1] < 1:
         raise bad("logits", "has no classes")
+    with np.errstate(over="ignore"):  # float64 beyond float32's range: checked as what is kept
+        logits = np.ascontiguousarray(logits, dtype=np.float32)
     if not np.isfinite(logits).all():
-        raise bad("logits", "holds NaN or infinite values")
+        raise bad("logits", "holds NaN or infinite values (as float32)")
 
     stage = _column(arrays["stage"], rows)
     if stage is None:
@@ -84,7 +86,7 @@ def validate_reply(
         )
 
     return {
-        "logits": np.ascontiguousarray(logits, dtype=np.float32),
+        "logits": logits,
         "stage": stage.astype(np.int64),
         "confidence": np.ascontiguousarray(confidence, dtype=np.float32),
     }

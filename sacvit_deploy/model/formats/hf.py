@@ -71,9 +71,10 @@ def _read_json(path: Path, what: str) -> Dict[str, Any]:
                 f"{path}: {what} larger than {_MAX_JSON >> 20} MB; not a save_pretrained file"
             )
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        why = "nested too deep" if isinstance(exc, RecursionError) else exc
         raise CheckpointError(
-            f"{path}: unreadable {what} ({exc}); re-save the model with save_pretrained"
+            f"{path}: unreadable {what} ({why}); re-save the model with save_pretrained"
         ) from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: {what} is not a JSON object; re-save the model with save_pretrained")
@@ -132,21 +133,33 @@ def class_names(fields: _Fields, num_labels: int) -> Optional[Tuple[str, ...]]:
     if not isinstance(raw, dict) or len(raw) != num_labels:
         n = len(raw) if isinstance(raw, dict) else type(raw).__name__
         raise fields.bad("id2label", f"has {n} entries for {num_labels} classes (the head's rows)")
+    index = {str(i): i for i in range(num_labels)}  # "0".."n-1" exactly: not "00", "²" or "١"
     names: Dict[int, str] = {}
     for key, value in raw.items():
-        if not (isinstance(key, str) and key.isdigit() and int(key) < num_labels) or not isinstance(
-            value, str
-        ):
+        if key not in index or not isinstance(value, str):
             raise fields.bad(
                 "id2label", f"entry {key!r}: {value!r} is not 'index': 'name' for an index below {num_labels}"
             )
         if not 1 <= len(value) <= 1000:
             raise fields.bad("id2label", f"entry {key!r} is an empty or over-long name")
-        names[int(key)] = value
+        names[index[key]] = value
     ordered = tuple(names[i] for i in range(num_labels))
     if ordered == tuple(f"LABEL_{i}" for i in range(num_labels)):
         return None  # transformers' default names: the export's default names are no worse
     return ordered
+
+
+def _side(fields: _Fields, key: str, high: int) -> int:
+    """A square size as save_pretrained writes it: ``256``, ``{"shortest_edge": 256}`` or
+    ``{"height": 256, "width": 256}``."""
+    value = fields.data.get(key)
+    if isinstance(value, dict) and set(value) == {"shortest_edge"}:
+        value = value["shortest_edge"]
+    elif isinstance(value, dict) and set(value) == {"height", "width"} and value["height"] == value["width"]:
+        value = value["height"]
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+        raise fields.bad(key, f"is {fields.data.get(key)!r}, not one side in 1..{high} (square sizes only)")
+    return value
 
 
 def preprocess_for(folder: Path, img_size: int) -> Tuple[PreprocessConfig, List[str]]:
@@ -168,15 +181,23 @@ def preprocess_for(folder: Path, img_size: int) -> Tuple[PreprocessConfig, List[
         raise fields.bad(
             "resample", f"is {resample!r}; supported: {', '.join(f'{k} ({v})' for k, v in _RESAMPLE.items())}"
         )
-    resize = default.resize_size
+    # DeiTImageProcessor resizes to `size`, then center-crops `crop_size`; ViTImageProcessor resizes
+    # to the model's input and crops nothing (no do_center_crop, no crop_size in its file).
     size = data.get("size")
-    if fields.flag("do_center_crop", True) and isinstance(size, dict) and "shortest_edge" in size:
-        resize = _Fields(size, path).integer("shortest_edge", high=4 * img_size)
-    elif size is not None:
-        notes.append(
-            f"{PREPROCESSOR}: resize {size!r} without a shortest-edge center crop; using resize "
-            f"{resize} + center crop {img_size} (the same for square images)"
-        )
+    crops = "crop_size" in data or (isinstance(size, dict) and "shortest_edge" in size)
+    center = fields.flag("do_center_crop", crops)
+    if center and "crop_size" in data and _side(fields, "crop_size", 4 * img_size) != img_size:
+        raise fields.bad("crop_size", f"is {data['crop_size']!r}, not the model's image_size {img_size}")
+    resize = default.resize_size
+    if size is not None:
+        resize = _side(fields, "size", 4 * img_size)
+        if not center and resize != img_size:
+            raise fields.bad("size", f"is {size!r} without a center crop, not image_size {img_size}")
+        if not center:
+            notes.append(
+                f"{PREPROCESSOR}: resize to {img_size}x{img_size} without a shortest-edge center crop; using "
+                f"resize {img_size} + center crop {img_size} (the same for square images)"
+            )
     try:
         pre = PreprocessConfig(
             input_size=img_size,
