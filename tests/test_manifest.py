@@ -245,3 +245,18 @@ def test_derive_and_with_calibration(tmp_path):
     assert engines.graphs == {} and engines.verification is None and engines.weights is None
     assert engines.exit_threshold == 0.42 and engines.calibration is record and engines.model == m.model
     assert engines.source == {**m.source, "export": "e"}
+
+
+def test_a_calibration_record_with_a_negative_threshold_is_refused():
+    """with_calibration makes the record's threshold the exit threshold: the one rule's bound holds."""
+    good = {
+        "threshold": 0.42,
+        "target": {"kind": "accuracy", "value": 0.9},
+        "accuracy": 0.91,
+        "exit_rate": 0.5,
+        "gflops_per_image": 1.2,
+        "images": 64,
+    }
+    assert ExitCalibration.from_dict(good).threshold == 0.42
+    with pytest.raises(ValueError, match=r"calibration.threshold -0.1 must be >= 0"):
+        ExitCalibration.from_dict({**good, "threshold": -0.1})

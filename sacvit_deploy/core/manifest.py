@@ -203,6 +203,8 @@ class ExitCalibration:
         )
         if not (0 <= record.accuracy <= 1 and 0 <= record.exit_rate <= 1 and record.images >= 0):
             raise ValueError("calibration: accuracy and exit_rate must be in [0, 1], images >= 0")
+        if record.threshold < 0:  # with_calibration makes it the exit threshold: the one rule's bound
+            raise ValueError(f"calibration.threshold {record.threshold:g} must be >= 0 (core.exit_rule)")
         return record
 
     @classmethod
