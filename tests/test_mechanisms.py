@@ -958,3 +958,45 @@ def test_is_within_follows_links_and_does_not_match_a_name_prefix(tmp_path):
     assert is_within(link / "out", data)  # through a link into the folder
     assert not is_within(tmp_path / "data2", data)  # "data2" starts with "data" but is not inside
     assert not is_within(tmp_path, data)
+
+
+def test_untrusted_json_nested_too_deep_is_a_value_error_everywhere():
+    """json raises RecursionError for a deeply nested document, which no `except ValueError` catches:
+    core.validate.parse_json makes it a ValueError, and every reader of untrusted JSON uses it."""
+    import ast
+
+    import sacvit_deploy
+    from sacvit_deploy.core.validate import parse_json
+
+    deep = "[" * 100_000 + "]" * 100_000
+    with pytest.raises(ValueError, match="nested too deep"):
+        parse_json(deep)
+    assert parse_json('{"a": [1]}') == {"a": [1]}
+    root = Path(sacvit_deploy.__file__).parent
+    # Triton's model files run inside Triton without this package; parse_json itself; the
+    # safetensors header sacvit-deploy just wrote (save_checkpoint) is not read from outside.
+    exempt = {
+        "triton/bls_model.py",
+        "triton/stage_model.py",
+        "core/validate.py",
+        "model/checkpoint.py:_sorted_header",
+    }
+    found = []
+    for path in root.rglob("*.py"):
+        rel = path.relative_to(root).as_posix()
+        if rel in exempt:
+            continue
+        tree = ast.parse(path.read_text())
+        for fn in ast.walk(tree):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) or f"{rel}:{fn.name}" in exempt:
+                continue
+            for node in ast.walk(fn):
+                if (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in ("loads", "load")
+                    and isinstance(node.func.value, ast.Name)
+                    and node.func.value.id == "json"
+                ):
+                    found.append(f"{rel}:{node.lineno}")
+    assert not found, f"json.loads on untrusted input outside core.validate.parse_json: {found}"

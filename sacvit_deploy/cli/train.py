@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from enum import Enum
@@ -17,6 +16,7 @@ from sacvit_deploy.cli._console import err, out, printable, safe
 from sacvit_deploy.cli._options import InitFormatChoice, Maximum, TrainFormatChoice
 from sacvit_deploy.cli._paths import INPUT, OUTPUT_FOLDER
 from sacvit_deploy.core.errors import ConfigError, SacvitError
+from sacvit_deploy.core.validate import parse_json
 from sacvit_deploy.model.config import ModelConfig
 
 
@@ -48,10 +48,10 @@ _FROM_RECIPE = "Default: from --recipe"
 
 def read_config_json(path: Path) -> ModelConfig:
     try:
-        data = json.loads(path.read_text())
+        data = parse_json(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file; pass a model config JSON (ModelConfig.to_dict())") from None
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: bad or too deep JSON, not UTF-8
         raise ConfigError(f"{path}: not a readable JSON model config ({exc})") from None
     try:
         return ModelConfig.from_dict(data)

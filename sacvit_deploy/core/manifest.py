@@ -32,6 +32,7 @@ from sacvit_deploy.core.config import ModelConfig
 from sacvit_deploy.core.errors import ConfigError, SacvitError
 from sacvit_deploy.core.formats import CHECKPOINT_FORMATS
 from sacvit_deploy.core.trt_families import TRT_FAMILY_NAMES
+from sacvit_deploy.core.validate import parse_json
 from sacvit_deploy.core.version import __version__
 
 MANIFEST_NAME = "manifest.json"
@@ -585,13 +586,9 @@ class Manifest:
                 raise ArtifactError(
                     f"{path}: {path.stat().st_size} bytes, far larger than any manifest; re-run `sacvit-deploy export`"
                 )
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            data = parse_json(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, nesting too deep
             raise ArtifactError(f"{path}: not valid JSON ({exc}); re-run `sacvit-deploy export`") from None
-        except RecursionError:
-            raise ArtifactError(
-                f"{path}: JSON nested too deep to be a manifest; re-run `sacvit-deploy export`"
-            ) from None
         except OSError as exc:
             raise ArtifactError(f"{path}: cannot read it ({exc.strerror or exc})") from None
         return cls.from_dict(data, where=str(path))

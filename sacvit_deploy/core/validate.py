@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.core.exit_rule import check_threshold
@@ -125,3 +125,15 @@ def finite(value: Any, name: str) -> float:
     if not math.isfinite(v):
         raise InvalidValue(f"{name} {value!r}: give a finite number")
     return v
+
+
+def parse_json(text: Union[str, bytes]) -> Any:
+    """JSON from an untrusted source (a manifest, a config, a server reply): a document nested too
+    deep is a ValueError like any other malformed JSON (``json`` raises RecursionError for it, which
+    no ``except ValueError`` catches)."""
+    import json
+
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deep") from None

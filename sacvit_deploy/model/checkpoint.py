@@ -30,6 +30,7 @@ from torch import Tensor
 from sacvit_deploy.core.errors import CheckpointError, ConfigError
 from sacvit_deploy.core.fileinfo import not_a_regular_file
 from sacvit_deploy.core.formats import AUTO, CHECKPOINT_FORMATS, CheckpointFormat
+from sacvit_deploy.core.validate import parse_json
 from sacvit_deploy.core.version import __version__
 from sacvit_deploy.model import _torch_floor  # noqa: F401  (refuses a torch below the floor)
 from sacvit_deploy.model.config import ModelConfig
@@ -177,11 +178,10 @@ def read_checkpoint(path: Union[str, Path]) -> RawCheckpoint:
         cfg = None
         if metadata.get("format") == FORMAT_TAG:
             try:
-                cfg = ModelConfig.from_dict(json.loads(metadata["config"]))
-            except (KeyError, json.JSONDecodeError, ConfigError, RecursionError) as exc:
-                why = "nested too deep" if isinstance(exc, RecursionError) else exc
+                cfg = ModelConfig.from_dict(parse_json(metadata["config"]))
+            except (KeyError, ValueError, ConfigError) as exc:  # ValueError: bad or too deep JSON
                 raise CheckpointError(
-                    f"{path}: sacvit-deploy checkpoint with an unreadable config ({why})"
+                    f"{path}: sacvit-deploy checkpoint with an unreadable config ({exc})"
                 ) from None
         _check_finite(path, sd)
         return RawCheckpoint(path, _strip_prefix(sd), metadata, cfg)

@@ -39,6 +39,7 @@ from sacvit_deploy.core.exit_rule import exit_mask
 from sacvit_deploy.core.fileinfo import is_within, resolved
 from sacvit_deploy.core.formats import INIT_FORMATS, TRAIN_FORMATS
 from sacvit_deploy.core.lock import folder_lock
+from sacvit_deploy.core.validate import parse_json
 from sacvit_deploy.model.checkpoint import FORMAT_TAG, load_checkpoint, save_checkpoint
 from sacvit_deploy.model.config import FORMAT_PRESETS, ModelConfig, make_config
 from sacvit_deploy.model.sacvit import SACViT
@@ -1010,7 +1011,7 @@ def _read_log(
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = parse_json(line)
         except ValueError:
             dropped += 1
             continue

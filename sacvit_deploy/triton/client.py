@@ -14,7 +14,6 @@ results go through the same ``to_predictions`` and writers as local inference.
 from __future__ import annotations
 
 import contextlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -28,6 +27,7 @@ from sacvit_deploy.core.config import ModelConfig
 from sacvit_deploy.core.errors import ConfigError, SacvitError
 from sacvit_deploy.core.extras import install_hint
 from sacvit_deploy.core.manifest import Manifest
+from sacvit_deploy.core.validate import parse_json
 from sacvit_deploy.runtime.pipeline import PipelineOutput
 from sacvit_deploy.triton import config as tc
 from sacvit_deploy.triton.reply import validate_reply
@@ -108,7 +108,7 @@ class ServedModel:
                 "check --triton-model"
             )
         try:
-            client = json.loads(raw)
+            client = parse_json(raw)
             ModelConfig.from_dict(client["model"])
             threshold = float(params.get(tc.THRESHOLD_PARAMETER, ""))
         except (ValueError, KeyError, TypeError, ConfigError) as exc:
@@ -340,7 +340,7 @@ def local_manifest(folder: Path, served: ServedModel) -> Manifest:
         index = RepositoryIndex.load(folder)
         path = folder / index.models["bls"] / MODEL_JSON
         try:
-            d = json.loads(path.read_text(encoding="utf-8"))
+            d = parse_json(path.read_text(encoding="utf-8"))
             manifest = Manifest(ModelConfig.from_dict(d["model"]), str(d["source_format"]), served.threshold)
             local = {role: d["source"][role]["sha256"] for role in ("stage1", "stage2")}
         except (OSError, ValueError, KeyError, TypeError, ConfigError) as exc:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, Set, Union
 
 from sacvit_deploy.core.errors import SacvitError
+from sacvit_deploy.core.validate import parse_json
 from sacvit_deploy.core.version import __version__
 
 INDEX_NAME = "sacvit_triton.json"
@@ -69,7 +70,7 @@ class RepositoryIndex:
                 f"{folder}: no {INDEX_NAME}; not a repository written by `sacvit-deploy triton` (write one with it)"
             )
         try:
-            d = json.loads(path.read_text(encoding="utf-8"))
+            d = parse_json(path.read_text(encoding="utf-8"))
             if d.get("schema") != INDEX_SCHEMA:
                 raise ValueError(f"schema {d.get('schema')!r}")
             if int(d.get("schema_version", 0)) > SCHEMA_VERSION:
@@ -86,7 +87,7 @@ class RepositoryIndex:
             )
         except RepositoryError:
             raise
-        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError, RecursionError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
             raise RepositoryError(
                 f"{path}: malformed ({exc}); re-run `sacvit-deploy triton` to rewrite the repository"
             ) from None

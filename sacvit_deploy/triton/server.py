@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import ctypes.util
 import importlib.util
-import json
 import os
 import platform
 import re
@@ -43,6 +42,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from sacvit_deploy.core.errors import SacvitError
+from sacvit_deploy.core.validate import parse_json
 
 ENV_VAR = "SACVIT_TRITON_ENV"  # a venv with nvidia-pytriton, numpy < 2 and onnxruntime
 LOOPBACK = "127.0.0.1"
@@ -329,7 +329,7 @@ class TritonServer:
         status, body = self._get(path)
         if status != 200:
             raise TritonServerError(f"{self.http_url}{path}: HTTP {status or 'unreachable'}")
-        return json.loads(body)
+        return parse_json(body)
 
     def metadata(self) -> Dict[str, Any]:
         """``/v2``: the server's name, version and extensions."""

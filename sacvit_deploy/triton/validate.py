@@ -14,7 +14,6 @@ version the plan was built with), and anything that needs a running server.
 from __future__ import annotations
 
 import ast
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 from sacvit_deploy.core.errors import ConfigError, SacvitError
 from sacvit_deploy.core.extras import install_hint
 from sacvit_deploy.core.manifest import TensorSpec, sha256_file
+from sacvit_deploy.core.validate import parse_json
 from sacvit_deploy.model.config import ModelConfig
 from sacvit_deploy.triton import config as tc
 from sacvit_deploy.triton.index import (
@@ -224,7 +224,7 @@ def _check_files(report: ValidationReport, folder: Path, index: RepositoryIndex)
 
 def _load_model_json(report: ValidationReport, path: Path, model: str) -> Optional[Dict[str, Any]]:
     try:
-        d = json.loads(path.read_text(encoding="utf-8"))
+        d = parse_json(path.read_text(encoding="utf-8"))
         if d.get("schema") != MODEL_SCHEMA:
             raise ValueError(f"schema {d.get('schema')!r}")
         for role in ("stage1", "stage2"):
@@ -394,7 +394,7 @@ def _check_bls(
     mode = params.get("bls_tensors", "numpy")
     report.add(model, "parameter bls_tensors", mode in _TENSOR_MODES, f"{mode!r}")
     try:
-        client = json.loads(params.get(tc.CLIENT_PARAMETER, ""))
+        client = parse_json(params.get(tc.CLIENT_PARAMETER, ""))
         if client.get("schema") != CLIENT_SCHEMA:
             raise ValueError(f"schema {client.get('schema')!r}")
         client_cfg = ModelConfig.from_dict(client["model"])

@@ -14,7 +14,6 @@ resamples stage 1's position embedding and initialises the reuse block fresh.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -26,6 +25,7 @@ from torch import Tensor
 from sacvit_deploy.core.config import ModelConfig, PreprocessConfig
 from sacvit_deploy.core.errors import CheckpointError, ConfigError
 from sacvit_deploy.core.formats import stage2_preset
+from sacvit_deploy.core.validate import parse_json
 from sacvit_deploy.model import _torch_floor  # noqa: F401  (refuses a torch below the floor)
 from sacvit_deploy.model.config import VARIANTS, make_config
 from sacvit_deploy.model.formats.base import FormatAdapter, RawCheckpoint
@@ -70,11 +70,10 @@ def _read_json(path: Path, what: str) -> Dict[str, Any]:
             raise CheckpointError(
                 f"{path}: {what} larger than {_MAX_JSON >> 20} MB; not a save_pretrained file"
             )
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        why = "nested too deep" if isinstance(exc, RecursionError) else exc
+        data = parse_json(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # ValueError: bad or too deep JSON
         raise CheckpointError(
-            f"{path}: unreadable {what} ({why}); re-save the model with save_pretrained"
+            f"{path}: unreadable {what} ({exc}); re-save the model with save_pretrained"
         ) from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: {what} is not a JSON object; re-save the model with save_pretrained")
