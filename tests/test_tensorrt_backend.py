@@ -301,3 +301,26 @@ def test_tensorrt_not_installed(built, monkeypatch):
         BackendError, match=r"TensorRT is not installed: pip install 'sacvit-deploy\[tensorrt\]'"
     ):
         runner(engines, "stage1").activate()
+
+
+@pytest.mark.parametrize(
+    "profiles",
+    [
+        {"image": {"min": [1, 3, 64, 64], "opt": [2, 3, 64, 64]}},  # no max
+        {"image": {"min": ["1", 3, 64, 64], "opt": [2, 3, 64, 64], "max": [4, 3, 64, 64]}},  # a string
+        {"image": {"min": [8, 3, 64, 64], "opt": [2, 3, 64, 64], "max": [4, 3, 64, 64]}},  # min > opt
+        {"image": {"min": [1, 3], "opt": [2, 3, 64, 64], "max": [4, 3, 64, 64]}},  # ranks differ
+        ["not", "a", "mapping"],
+    ],
+)
+def test_malformed_recorded_profiles_are_one_line_at_construction(built, profiles):
+    """The manifest is untrusted: the profiles build-engine recorded (max_batch before the engine
+    loads) are checked when the runner is made, not met as a TypeError in min() later."""
+    _, _, engines = built
+    m = Manifest.load(engines)
+    entry = m.engines["stage1"]
+    good = TensorRTRunner(engines / entry.file, entry, m.tensorrt.to_dict())
+    assert good.max_batch == 4 and good.min_batch == 1  # read from the manifest, before activate()
+    entry.info = {**entry.info, "profiles": profiles}
+    with pytest.raises(BackendError, match=r"stage1.engine: the manifest's profiles .* rebuild the engines"):
+        TensorRTRunner(engines / entry.file, entry, m.tensorrt.to_dict())

@@ -100,7 +100,9 @@ class TensorRTRunner(Runner):
         self._version = ""
         self._output_dtypes = {name: np.dtype(spec.dtype) for name, spec in self.output_specs.items()}
         self._gpu: Any = None
-        self._profiles: Dict[str, Tuple[Tuple[int, ...], ...]] = {}
+        # What build-engine recorded (manifest: untrusted, checked here), until the engine's own
+        # profiles replace it at activate().
+        self._profiles: Dict[str, Tuple[Tuple[int, ...], ...]] = _profiles_from_info(entry.info, self.path)
 
     # ---- properties ------------------------------------------------------------------------------
     @property
@@ -111,7 +113,7 @@ class TensorRTRunner(Runner):
     @property
     def max_batch(self) -> Optional[int]:
         """The engine profile's largest batch (the pipeline splits bigger batches)."""
-        profiles = self._profiles or _profiles_from_info(self.entry.info)
+        profiles = self._profiles
         if not profiles:
             return self.fixed_batch
         return min(shapes[2][0] for shapes in profiles.values())
@@ -119,7 +121,7 @@ class TensorRTRunner(Runner):
     @property
     def fixed_batch(self) -> Optional[int]:
         """A static profile (min = max, as DLA engines are built) is a fixed batch: the pipeline pads to it."""
-        profiles = self._profiles or _profiles_from_info(self.entry.info)
+        profiles = self._profiles
         batches = {(s[0][0], s[2][0]) for s in profiles.values()}
         if len(batches) == 1:
             low, high = batches.pop()
@@ -129,7 +131,7 @@ class TensorRTRunner(Runner):
 
     @property
     def min_batch(self) -> int:
-        profiles = self._profiles or _profiles_from_info(self.entry.info)
+        profiles = self._profiles
         return max((shapes[0][0] for shapes in profiles.values()), default=1)
 
     def describe(self) -> Dict[str, Any]:
@@ -271,12 +273,26 @@ class TensorRTRunner(Runner):
         return outputs
 
 
-def _profiles_from_info(info: Mapping[str, Any]) -> Dict[str, Tuple[Tuple[int, ...], ...]]:
-    """The profiles build-engine recorded: {input: {"min": [...], "opt": [...], "max": [...]}}."""
+def _profiles_from_info(info: Mapping[str, Any], path: Path) -> Dict[str, Tuple[Tuple[int, ...], ...]]:
+    """The profiles build-engine recorded: {input: {"min": [...], "opt": [...], "max": [...]}}, each a
+    shape of positive ints, min <= opt <= max. The manifest is untrusted: anything else is one line."""
+    recorded = info.get("profiles") or {}
     out: Dict[str, Tuple[Tuple[int, ...], ...]] = {}
-    for name, p in (info.get("profiles") or {}).items():
+    bad = f"{path}: the manifest's profiles for this engine"
+    if not isinstance(recorded, Mapping):
+        raise BackendError(f"{bad} are not a mapping; rebuild the engines with `sacvit-deploy build-engine`")
+    for name, p in recorded.items():
         try:
-            out[name] = (tuple(p["min"]), tuple(p["opt"]), tuple(p["max"]))
+            shapes = tuple(tuple(p[k]) for k in ("min", "opt", "max"))
+            ok = len({len(s) for s in shapes}) == 1 and all(
+                isinstance(d, int) and not isinstance(d, bool) and d >= 1 for s in shapes for d in s
+            )
         except (KeyError, TypeError):
-            continue
+            ok = False
+        if not ok or not all(lo <= mid <= hi for lo, mid, hi in zip(*shapes)):
+            raise BackendError(
+                f"{bad} ({name!r}: {p!r:.80}) are not min <= opt <= max shapes of positive integers; "
+                "rebuild the engines with `sacvit-deploy build-engine`"
+            )
+        out[str(name)] = shapes
     return out
