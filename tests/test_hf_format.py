@@ -254,3 +254,35 @@ def test_every_config_field_is_validated(hf_folder, tmp_path, change, message):
     with pytest.raises(CheckpointError, match=message) as info:
         load_checkpoint(bad)
     assert str(bad) in str(info.value)
+
+
+def test_a_reexport_of_the_same_folder_keeps_its_calibrated_threshold(hf_folder, tmp_path):
+    """A save_pretrained folder is identified by its files' sha256s (source.sha256), so a re-export
+    of the same folder keeps the threshold `calibrate --write` stored, like a checkpoint file does;
+    a changed weights file resets it."""
+    import shutil
+
+    from sacvit_deploy.export.export_checkpoint import export_checkpoint
+    from sacvit_deploy.export.onnx_export import ExportOptions
+    from tests.fakes.fixtures import write_calibration
+
+    _, folder = hf_folder
+    out = tmp_path / "export"
+    options = ExportOptions(weights=False)
+    first = export_checkpoint(folder, out, options=options, verify=False)
+    assert first.checkpoint_sha256 is not None and first.manifest.source["sha256"] == first.checkpoint_sha256
+    write_calibration(out, 0.338)
+    again = export_checkpoint(folder, out, options=options, verify=False)
+    assert again.calibration is not None and again.calibration.kept
+    assert again.manifest.exit_threshold == 0.338 and again.manifest.calibration is not None
+
+    changed = tmp_path / "vit"
+    shutil.copytree(folder, changed)
+    weights = changed / "model.safetensors"
+    blob = bytearray(weights.read_bytes())
+    blob[-1] ^= 1  # one bit of the last weight
+    weights.write_bytes(bytes(blob))
+    other = export_checkpoint(changed, out, options=options, verify=False)
+    assert other.checkpoint_sha256 != first.checkpoint_sha256
+    assert other.calibration is not None and not other.calibration.kept
+    assert other.manifest.calibration is None

@@ -19,6 +19,7 @@ says so through ``log`` and ``run.calibration``.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,7 +84,7 @@ class ExportRun:
     files: Dict[str, int]  # file name -> size in bytes (graphs, then model.safetensors)
     manifest: Manifest  # as published; ``manifest.verification`` is the report (None: not verified)
     checkpoint: Path
-    checkpoint_sha256: Optional[str]  # None for a checkpoint folder (Hugging Face save_pretrained)
+    checkpoint_sha256: Optional[str]  # a folder's (save_pretrained): over its config and weight files
     fmt: str  # the format the checkpoint loaded as
     variant: str
     selection: str
@@ -119,6 +120,21 @@ def _labels(labels: Union[str, Path, Sequence[str]], num_classes: int) -> Tuple[
             f"labels: {len(names)} names for a model with {num_classes} classes; give one name per class"
         )
     return tuple(n.strip() for n in names)
+
+
+def checkpoint_sha256(path: Path) -> Optional[str]:
+    """What identifies a checkpoint (the manifest's ``source.sha256``; a kept calibration needs it):
+    a file's sha256; for a folder (Hugging Face ``save_pretrained``), the sha256 of its JSON and
+    safetensors files' names and sha256s, sorted; None when there is nothing to read."""
+    if path.is_file():
+        return sha256_file(path)
+    if not path.is_dir():
+        return None
+    files = sorted(f for f in path.iterdir() if f.is_file() and f.suffix in (".json", ".safetensors"))
+    if not files:
+        return None
+    listing = "".join(f"{f.name}\0{sha256_file(f)}\n" for f in files)
+    return hashlib.sha256(listing.encode("utf-8")).hexdigest()
 
 
 def calibration_decision(
@@ -181,7 +197,7 @@ def export_checkpoint(
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     options = options if options is not None else ExportOptions()
     limits = tolerance if tolerance is not None else Tolerance()
-    checkpoint_sha = sha256_file(checkpoint) if checkpoint.is_file() else None
+    checkpoint_sha = checkpoint_sha256(checkpoint)
     decision = calibration_decision(out_dir, checkpoint_sha, options.threshold)
     if decision is not None and not decision.kept:
         say(decision.message(out_dir))
