@@ -59,9 +59,25 @@ def _tidy_each(params: Any) -> None:
         param.display_type_rich = tidy  # type: ignore[method-assign]
 
 
+# pydantic's constraint wording (typer's coercion) -> the plain words a usage error uses.
+_PYDANTIC_WORDS = (
+    (re.compile(r"^Input should be greater than or equal to (\S+)$"), r"must be \1 or more"),
+    (re.compile(r"^Input should be less than or equal to (\S+)$"), r"must be \1 or less"),
+    (re.compile(r"^Input should be greater than (\S+)$"), r"must be more than \1"),
+    (re.compile(r"^Input should be less than (\S+)$"), r"must be less than \1"),
+    (re.compile(r"^Input should be a valid integer.*$"), "not a whole number"),
+    (re.compile(r"^Input should be a valid number.*$"), "not a number"),
+)
+
+
 def plain_message(message: str) -> str:
-    """A usage error without pydantic's "Value error, " prefix."""
-    return _PYDANTIC_PREFIX.sub("", message)
+    """A usage error in plain words: without pydantic's "Value error, " prefix, and its "Input
+    should be greater than or equal to 1" as "must be 1 or more"."""
+    message = _PYDANTIC_PREFIX.sub("", message)
+    for pattern, words in _PYDANTIC_WORDS:
+        if pattern.match(message):
+            return pattern.sub(words, message)
+    return message
 
 
 class SacvitGroup(TyperGroup):
