@@ -188,20 +188,28 @@ def test_cli_infer_and_check_run(artifacts, tmp_path):
     assert "OpenVINO (CPU) vs PyTorch" in result.output and "FAIL" not in result.output
 
 
-def test_check_run_int8_folder(artifacts, tmp_path):
-    """An int8 (Q/DQ) folder from quantize runs on OpenVINO and agrees with ONNX Runtime int8."""
+@pytest.fixture(scope="module")
+def int8(artifacts, tmp_path_factory):
+    """An int8 (Q/DQ) folder made by ``quantize`` from the float export."""
     from tests.fakes.pictures import make_images
 
     _, folder = artifacts
-    calib = tmp_path / "calib"
-    calib.mkdir()
+    calib = tmp_path_factory.mktemp("calib")
     make_images(calib, count=12)
-    q = tmp_path / "export-int8"
+    q = tmp_path_factory.mktemp("int8") / "export-int8"
     result = runner.invoke(
         app,
         ["quantize", str(folder), "--calib-images", str(calib), "--out", str(q), "--min-agreement", "0.5"],
     )
     assert result.exit_code == 0, result.output
+    return q
+
+
+def test_check_run_int8_folder(int8, monkeypatch):
+    """An int8 (Q/DQ) folder from quantize runs on OpenVINO and agrees with ONNX Runtime int8, on the
+    path an AMX int8 CPU takes (static shapes, openvino#37577) whatever CPU runs the test."""
+    monkeypatch.setattr(ov_backend, "cpu_has_amx_int8", lambda: True)
+    q = int8
     result = runner.invoke(app, ["check", str(q), "--trt", "10", "--run", "--backend", "openvino"])
     assert "OpenVINO (CPU) vs ONNX Runtime int8" in result.output, result.output
     assert "quantize's rule" in result.output
@@ -222,3 +230,103 @@ def test_check_run_int8_folder(artifacts, tmp_path):
     ]
     assert all(r["passed"] for r in at_manifest), at_manifest
     assert result.exit_code == (0 if rep["passed"] else 2), result.output
+
+
+SAPPHIRE_RAPIDS_FLAGS = (  # /proc/cpuinfo of a Xeon with AMX (abridged: the AMX and AVX-512 flags)
+    "fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat pse36 clflush mmx fxsr sse "
+    "sse2 ss ht syscall nx pdpe1gb rdtscp lm constant_tsc avx512f avx512dq avx512cd avx512bw avx512vl "
+    "avx512_vnni avx512_bf16 amx_bf16 avx512_fp16 amx_tile amx_int8 arch_capabilities"
+)
+
+
+def test_amx_int8_is_read_from_the_flags_line(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        f"processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\nflags\t\t: {SAPPHIRE_RAPIDS_FLAGS}\n"
+    )
+    assert ov_backend.cpu_has_amx_int8(cpuinfo)
+    cpuinfo.write_text(
+        "model name\t: AMD EPYC 9V74 (amx_int8 in a name is not a flag)\nflags\t\t: fpu avx2 amx_tile\n"
+    )
+    assert not ov_backend.cpu_has_amx_int8(cpuinfo)
+    assert not ov_backend.cpu_has_amx_int8(tmp_path / "absent")  # not Linux: no /proc/cpuinfo
+    assert [ov_backend.bucket(b) for b in (1, 2, 3, 5, 8, 9)] == [1, 2, 4, 8, 8, 16]
+
+
+@pytest.mark.parametrize("hint", ["LATENCY", "THROUGHPUT"])
+def test_static_shapes_pad_to_buckets_and_agree_with_dynamic(int8, hint):
+    """Static shapes (openvino#37577's workaround) give the dynamic graph's outputs, row for row, with
+    one compiled model per power-of-two bucket. The dynamic int8 side is what crashes an AMX CPU: it
+    runs only where the CPU has no AMX."""
+    m = Manifest.load(int8)
+    runners = {
+        (role, static): ov_backend.OpenVinoRunner(
+            int8 / m.graphs[role].file,
+            m.graphs[role].inputs,
+            m.graphs[role].outputs,
+            hint=hint,
+            cache_dir=None,
+            static_shapes=static,
+        )
+        for role in ("stage1", "stage2")
+        for static in (True, False)
+    }
+    compare = not ov_backend.cpu_has_amx_int8()
+    rng = np.random.default_rng(3)
+    with runners["stage1", True] as s1, runners["stage2", True] as s2:
+        assert s1.fixed_batch is None and s1.describe()["static_shapes"] == "asked for"
+        for batch in (3, 1, 5, 8, 4):
+            image = rng.standard_normal((batch, 3, 128, 128)).astype(np.float32)
+            out1 = s1.infer({"image": image})
+            feed2 = {"image": image, **{k: out1[k] for k in s2.input_specs if k != "image"}}
+            out2 = s2.infer(feed2)
+            for out in (out1, out2):
+                assert {k: v.shape[0] for k, v in out.items()} == dict.fromkeys(out, batch)
+            if compare:
+                for role, feed, got in (("stage1", {"image": image}, out1), ("stage2", feed2, out2)):
+                    with runners[role, False] as dynamic:
+                        want = dynamic.infer(feed)
+                    for name in want:
+                        np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-4, err_msg=name)
+        buckets = s1.describe()["buckets"]
+        assert s2.describe()["buckets"] == buckets
+        if hint == "LATENCY":  # batches 3, 1, 5, 8, 4: one request each, padded to 4, 1, 8, 8, 4
+            assert buckets == [1, 4, 8]
+        else:  # the batch is split over the requests first: smaller slices, smaller buckets
+            assert set(buckets) <= {1, 2, 4, 8} and s1.describe()["requests"] is None
+    assert s1.describe()["buckets"] is None  # freed with the runner
+
+
+def test_static_shapes_use_the_compiled_model_cache(int8, tmp_path):
+    m = Manifest.load(int8)
+    entry = m.graphs["stage1"]
+    image = np.zeros((3, 3, 128, 128), np.float32)
+    for expected in (False, True):  # compiled, then loaded: per bucket, keyed on the reshaped graph
+        r = ov_backend.OpenVinoRunner(
+            int8 / entry.file, entry.inputs, entry.outputs, cache_dir=tmp_path, static_shapes=True
+        )
+        with r:
+            assert r.loaded_from_cache is None  # nothing compiled before the first call
+            r.infer({"image": image})
+            assert r.loaded_from_cache is expected and r.describe()["buckets"] == [4]
+
+
+def test_static_shapes_are_chosen_for_int8_on_amx_only(artifacts, int8, monkeypatch):
+    _, folder = artifacts
+    real_amx = ov_backend.cpu_has_amx_int8()
+    monkeypatch.setattr(ov_backend, "cpu_has_amx_int8", lambda: True)
+    for path, want in ((int8, ov_backend.AMX_INT8_BUG), (folder, None)):
+        m = Manifest.load(path)
+        with make_runner(path, m, "stage1", CPU, ov_cache=None) as r:
+            reason = r.describe()["static_shapes"]
+            assert (reason is None) if want is None else (want in reason), (path, reason)
+    if not real_amx:  # a dynamic int8 graph is what openvino#37577 crashes on an AMX CPU
+        off = make_runner(int8, Manifest.load(int8), "stage1", CPU, ov_cache=None, ov_static_shapes=False)
+        with off:
+            assert off.describe()["static_shapes"] is None  # turned off (the Python API's option)
+    monkeypatch.setattr(ov_backend, "cpu_has_amx_int8", lambda: False)
+    opened = open_pipeline(folder, backend="openvino", ov_cache=None, ov_static_shapes=True)
+    with opened.pipeline as pipe:  # forced on a float folder, any CPU
+        assert pipe.stage2.describe()["static_shapes"] == "asked for"
+    with make_runner(int8, Manifest.load(int8), "stage1", CPU, ov_cache=None) as r:
+        assert r.describe()["static_shapes"] is None

@@ -322,6 +322,7 @@ def _ov_factory(folder: Path, manifest: Manifest, role: str, choice: BackendChoi
         threads=options.get("threads"),
         cache_dir=options.get("ov_cache", DEFAULT_CACHE),
         pinning=bool(options.get("pinning", False)),
+        static_shapes=options.get("ov_static_shapes"),  # None: on an AMX int8 CPU for int8 graphs
     )
 
 

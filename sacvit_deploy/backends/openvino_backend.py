@@ -12,6 +12,14 @@ the same graph on the same device and options loads the compiled blob instead of
 :data:`DEFAULT_CACHE` unless ``None``/``""`` turns it off). Float graphs run in float32
 (``INFERENCE_PRECISION_HINT f32``): OpenVINO would otherwise pick bf16 on CPUs that have it, and
 parity with the exported graph is the contract.
+
+Static shapes on Intel AMX CPUs: OpenVINO's CPU plugin corrupts memory running an int8
+(FakeQuantize) graph with a dynamic input dimension on CPUs with AMX int8 (Sapphire Rapids and
+newer; openvinotoolkit/openvino#37577, open: segfaults at inference or when the compiled model is
+freed; AMD and pre-AMX Intel are unaffected, static int8 and dynamic float graphs are fine). Such a
+graph is therefore compiled with static shapes there: the batch is padded (last row repeated) to the
+next power of two and each bucket is compiled once, on first use, and kept while the runner is
+active. ``static_shapes`` forces it on (``True``) or off (``False``); ``None`` decides as above.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from sacvit_deploy.core.extras import install_hint
 from sacvit_deploy.core.manifest import TensorSpec
 
 HINTS = ("LATENCY", "THROUGHPUT")
+AMX_INT8_BUG = "openvinotoolkit/openvino#37577"
 DEVICE_KINDS = ("CPU", "GPU", "NPU")
 INSTALL_HINT = install_hint("openvino")
 
@@ -96,6 +105,33 @@ def check_device(device: str) -> str:
     return d
 
 
+def cpu_has_amx_int8(cpuinfo: Union[str, Path] = "/proc/cpuinfo") -> bool:
+    """True when the CPU flags (Linux ``/proc/cpuinfo``) list ``amx_int8``; False where unreadable."""
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return False
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return "amx_int8" in value.split()
+    return False
+
+
+def _static_shapes_reason(model: Any) -> Optional[str]:
+    """Why ``model`` (a read ov.Model) must run with static shapes on an AMX int8 CPU, or None."""
+    if not any(p.get_partial_shape().is_dynamic for p in model.inputs):
+        return None
+    if not any(op.get_type_name() == "FakeQuantize" for op in model.get_ops()):
+        return None
+    return f"an int8 graph with a dynamic input on an AMX int8 CPU ({AMX_INT8_BUG})"
+
+
+def bucket(batch: int) -> int:
+    """The static batch a batch of ``batch`` is padded to: the next power of two."""
+    return 1 << max(0, int(batch) - 1).bit_length()
+
+
 class OpenVinoRunner(Runner):
     backend = "openvino"
 
@@ -110,6 +146,7 @@ class OpenVinoRunner(Runner):
         cache_dir: Optional[Union[str, Path]] = DEFAULT_CACHE,
         precision: Optional[str] = "f32",
         pinning: bool = False,
+        static_shapes: Optional[bool] = None,
     ) -> None:
         super().__init__(Path(path).name, inputs, outputs)
         self.path = Path(path)
@@ -128,9 +165,12 @@ class OpenVinoRunner(Runner):
         self.pinning = bool(pinning)
         self.compile_seconds: Optional[float] = None
         self.loaded_from_cache: Optional[bool] = None
+        self.static_shapes = static_shapes
+        self.static_reason: Optional[str] = None  # set on activation when shapes are made static
         self._compiled: Any = None
         self._requests: List[Any] = []
-        self._queue: Any = None
+        self._model: Any = None  # the read graph, kept to reshape per bucket (static shapes only)
+        self._buckets: Dict[Tuple[Tuple[int, ...], ...], List[Any]] = {}
         self._out_names: List[str] = list(self.output_specs)
         self._out_dtypes = {n: np.dtype(s.dtype) for n, s in self.output_specs.items()}
 
@@ -161,28 +201,80 @@ class OpenVinoRunner(Runner):
     def _activate(self) -> None:
         ov_core = core()
         device = check_device(self.ov_device)
-        start = time.perf_counter()
-        try:
-            # A path (not a read Model) lets OpenVINO load a cached blob without reading the ONNX.
-            compiled = ov_core.compile_model(str(self.path), device, self._config())
-        except Exception as exc:  # OpenVINO raises RuntimeError with a multi-line message
-            raise BackendError(
-                f"{self.path}: OpenVINO cannot compile it for {device} ({ov_reason(exc)}); re-export the folder"
-            ) from None
-        self.compile_seconds = time.perf_counter() - start
-        try:
-            self.loaded_from_cache = bool(compiled.get_property("LOADED_FROM_CACHE"))
-        except Exception:  # devices without the property
-            self.loaded_from_cache = None
+        self.compile_seconds, self.static_reason, self.loaded_from_cache = 0.0, None, None
+        # The graph is read first only where static shapes may be needed: forced, or a CPU with AMX
+        # int8 (then they are, for an int8 graph with a dynamic input: openvino#37577).
+        if self.static_shapes or (
+            self.static_shapes is None and device.startswith("CPU") and cpu_has_amx_int8()
+        ):
+            model = self._read(ov_core)
+            reason = "asked for" if self.static_shapes else _static_shapes_reason(model)
+            if reason is not None:
+                self._check_io(model)
+                self._model, self.static_reason = model, reason
+                return  # each bucket compiles on first use (_requests_for)
+        # A path (not a read Model) lets OpenVINO load a cached blob without reading the ONNX.
+        compiled = self._compile(ov_core, str(self.path))
         self._check_io(compiled)
         self._compiled = compiled
+        self._requests = self._make_requests(compiled)
+
+    def _read(self, ov_core: Any) -> Any:
+        try:
+            return ov_core.read_model(str(self.path))
+        except Exception as exc:
+            raise BackendError(  # the same line as a failed compile: reading is its first step
+                f"{self.path}: OpenVINO cannot compile it for {self.ov_device} ({ov_reason(exc)}); "
+                "re-export the folder"
+            ) from None
+
+    def _compile(self, ov_core: Any, model: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            compiled = ov_core.compile_model(model, self.ov_device, self._config())
+        except Exception as exc:  # OpenVINO raises RuntimeError with a multi-line message
+            raise BackendError(
+                f"{self.path}: OpenVINO cannot compile it for {self.ov_device} ({ov_reason(exc)}); "
+                "re-export the folder"
+            ) from None
+        self.compile_seconds = (self.compile_seconds or 0.0) + time.perf_counter() - start
+        try:  # static shapes: True only when every bucket so far came from the cache
+            cached = bool(compiled.get_property("LOADED_FROM_CACHE"))
+        except Exception:  # devices without the property
+            cached = None
+        first = not self._buckets
+        self.loaded_from_cache = (
+            cached if first or cached is None else bool(self.loaded_from_cache and cached)
+        )
+        return compiled
+
+    def _make_requests(self, compiled: Any) -> List[Any]:
         n = 1
         if self.hint == "THROUGHPUT":
             try:
                 n = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
             except Exception:
                 n = 1
-        self._requests = [compiled.create_infer_request() for _ in range(n)]
+        return [compiled.create_infer_request() for _ in range(n)]
+
+    def _requests_for(self, arrays: Dict[str, np.ndarray]) -> Tuple[List[Any], Dict[str, np.ndarray]]:
+        """The infer requests that run ``arrays``, and ``arrays`` as they are fed to them (static
+        shapes: padded to the bucket, whose compiled model is made on first use)."""
+        if self._model is None:
+            return self._requests, arrays
+        batch = next(iter(arrays.values())).shape[0]
+        size = bucket(batch)
+        if size != batch:
+            arrays = {
+                k: np.concatenate([v, np.repeat(v[-1:], size - batch, axis=0)]) for k, v in arrays.items()
+            }
+        key = tuple(tuple(arrays[name].shape) for name in self.input_specs)
+        requests = self._buckets.get(key)
+        if requests is None:
+            model = self._model.clone()
+            model.reshape({name: list(shape) for name, shape in zip(self.input_specs, key)})
+            requests = self._buckets[key] = self._make_requests(self._compile(core(), model))
+        return requests, arrays
 
     def _check_io(self, compiled: Any) -> None:
         """The compiled graph's inputs and outputs must be the manifest's (base.check_graph_io)."""
@@ -196,25 +288,37 @@ class OpenVinoRunner(Runner):
 
     def _deactivate(self) -> None:
         self._requests = []
+        self._buckets = {}
         self._compiled = None
+        self._model = None
 
     # ---- running -------------------------------------------------------------------------------
     def _infer(self, feed: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
         arrays = {name: np.ascontiguousarray(feed[name]) for name in self.input_specs}
         batch = next(iter(arrays.values())).shape[0]
-        parts = min(len(self._requests), batch) if self.fixed_batch is None else 1
+        # THROUGHPUT: one slice of the batch per infer request, all started before any is awaited.
+        parts = max(1, min(len(self._requests) if self._model is None else self._parts(), batch))
+        if self.fixed_batch is not None:
+            parts = 1
+        bounds = np.linspace(0, batch, parts + 1).astype(int)
         try:
-            if parts <= 1:
-                return self._run(self._requests[0], arrays)
-            # THROUGHPUT: one slice of the batch per infer request, all started before any is awaited.
-            bounds = np.linspace(0, batch, parts + 1).astype(int)
-            started = []
-            for req, lo, hi in zip(self._requests, bounds[:-1], bounds[1:]):
-                req.start_async({k: v[lo:hi] for k, v in arrays.items()}, share_inputs=True)
-                started.append(req)
-            for req in started:
-                req.wait()
-            outs = [self._collect(req) for req in started]
+            jobs, taken = [], {}  # (request, fed arrays, rows to keep); requests taken per bucket
+            for lo, hi in zip(bounds[:-1], bounds[1:]):
+                chunk = arrays if parts == 1 else {k: v[lo:hi] for k, v in arrays.items()}
+                requests, fed = self._requests_for(chunk)
+                i = taken[id(requests)] = taken.get(id(requests), -1) + 1
+                if i == len(requests):  # a bucket whose compiled model offered fewer requests
+                    requests.append(requests[0].get_compiled_model().create_infer_request())
+                jobs.append((requests[i], fed, hi - lo))
+            if len(jobs) == 1:
+                request, fed, rows = jobs[0]
+                request.infer(fed, share_inputs=True)
+                return self._collect(request, rows)
+            for request, fed, _ in jobs:
+                request.start_async(fed, share_inputs=True)
+            for request, _, _ in jobs:
+                request.wait()
+            outs = [self._collect(request, rows) for request, _, rows in jobs]
             return {name: np.concatenate([o[name] for o in outs]) for name in self._out_names}
         except BackendError:
             raise
@@ -223,14 +327,18 @@ class OpenVinoRunner(Runner):
                 f"{self.path}: OpenVINO cannot run it ({ov_reason(exc)}); re-export the folder"
             ) from None
 
-    def _run(self, request: Any, arrays: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        request.infer(arrays, share_inputs=True)
-        return self._collect(request)
+    def _parts(self) -> int:
+        """Static shapes, THROUGHPUT: as many parts as a bucket's compiled model has requests."""
+        if self.hint != "THROUGHPUT":
+            return 1
+        made = next(iter(self._buckets.values()), None)
+        return len(made) if made else 1
 
-    def _collect(self, request: Any) -> Dict[str, np.ndarray]:
-        # The request's output memory is reused by its next run: copy (astype copies).
+    def _collect(self, request: Any, rows: int) -> Dict[str, np.ndarray]:
+        # The request's output memory is reused by its next run: copy (astype copies). Static
+        # shapes: the padded rows are dropped.
         return {
-            name: request.get_tensor(name).data.astype(self._out_dtypes[name], copy=True)
+            name: request.get_tensor(name).data[:rows].astype(self._out_dtypes[name], copy=True)
             for name in self._out_names
         }
 
@@ -241,6 +349,8 @@ class OpenVinoRunner(Runner):
             hint=self.hint,
             pinning=self.pinning,
             requests=len(self._requests) or None,
+            static_shapes=self.static_reason,
+            buckets=sorted(k[0][0] for k in self._buckets) if self._model is not None else None,
             threads=self.threads or os.cpu_count(),
             cache_dir=str(self.cache_dir) if self.cache_dir else None,
             compile_seconds=self.compile_seconds,
