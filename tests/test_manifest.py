@@ -151,6 +151,7 @@ BAD_FIELDS = {
         ["batch", 3, 96, 96],
         "takes images of shape (3, 96, 96)",
     ),
+    "exporter empty": ("exporter", {}, "exporter: field 'opset'"),  # v2 writes no exporter as null
     "unknown role": ("graphs.stage3", {"file": "x.onnx"}, "unknown roles ['stage3']"),
     "no model": ("model", _DELETE, "no field 'model'"),
     "quantization not an object": ("quantization", [1], "manifest.quantization [1] must be"),

@@ -108,13 +108,13 @@ def check_device(device: str) -> str:
 def cpu_has_amx_int8(cpuinfo: Union[str, Path] = "/proc/cpuinfo") -> bool:
     """True when the CPU flags (Linux ``/proc/cpuinfo``) list ``amx_int8``; False where unreadable."""
     try:
-        text = Path(cpuinfo).read_text(errors="replace")
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:  # the first CPU's flags: stop there (the file has one block per CPU)
+                key, _, value = line.partition(":")
+                if key.strip() == "flags":
+                    return "amx_int8" in value.split()
     except OSError:
-        return False
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            return "amx_int8" in value.split()
+        pass
     return False
 
 

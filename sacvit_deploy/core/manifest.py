@@ -479,7 +479,7 @@ class Manifest:
                 graphs=_entries(d, "graphs"),
                 engines=_entries(d, "engines"),
                 weights=ArtifactFile.from_dict(d["weights"]) if d.get("weights") is not None else None,
-                exporter=ExporterInfo.from_dict(d["exporter"]) if d.get("exporter") else None,
+                exporter=ExporterInfo.from_dict(d["exporter"]) if d.get("exporter") is not None else None,
                 tensorrt=TensorRTInfo.from_dict(d["tensorrt"]) if d.get("tensorrt") is not None else None,
                 verification=Verification.from_dict(d["verification"])
                 if d.get("verification") is not None
