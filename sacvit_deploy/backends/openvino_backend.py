@@ -18,8 +18,8 @@ Static shapes on Intel AMX CPUs: OpenVINO's CPU plugin corrupts memory running a
 newer; openvinotoolkit/openvino#37577, open: segfaults at inference or when the compiled model is
 freed; AMD and pre-AMX Intel are unaffected, static int8 and dynamic float graphs are fine). Such a
 graph is therefore compiled with static shapes there: the batch is padded (last row repeated) to the
-next power of two and each bucket is compiled once, on first use, and kept while the runner is
-active. ``static_shapes`` forces it on (``True``) or off (``False``); ``None`` decides as above.
+next power of two; bucket 1 is compiled on activation, every other bucket once, on first use, and
+all are kept while the runner is active. ``static_shapes`` forces it on (``True``) or off (``False``); ``None`` decides as above.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from sacvit_deploy.backends.arrays import pad_rows
 from sacvit_deploy.backends.base import BackendError, Runner, check_graph_io
 from sacvit_deploy.core.extras import install_hint
 from sacvit_deploy.core.manifest import TensorSpec
@@ -171,6 +172,7 @@ class OpenVinoRunner(Runner):
         self._requests: List[Any] = []
         self._model: Any = None  # the read graph, kept to reshape per bucket (static shapes only)
         self._buckets: Dict[Tuple[Tuple[int, ...], ...], List[Any]] = {}
+        self._static_parts = 1  # static shapes: the parts a THROUGHPUT call is split into
         self._out_names: List[str] = list(self.output_specs)
         self._out_dtypes = {n: np.dtype(s.dtype) for n, s in self.output_specs.items()}
 
@@ -212,7 +214,13 @@ class OpenVinoRunner(Runner):
             if reason is not None:
                 self._check_io(model)
                 self._model, self.static_reason = model, reason
-                return  # each bucket compiles on first use (_requests_for)
+                # Bucket 1 compiles now, as the dynamic graph would: a graph that does not compile
+                # fails here, and THROUGHPUT learns how many requests (parts) a call is split into
+                # before the first call. Other buckets compile on first use (_requests_for).
+                first = [(1, *t.shape[1:]) for t in self.input_specs.values()]
+                if all(isinstance(d, int) for shape in first for d in shape):
+                    self._static_parts = len(self._bucket(tuple(first)))  # type: ignore[arg-type]
+                return
         # A path (not a read Model) lets OpenVINO load a cached blob without reading the ONNX.
         compiled = self._compile(ov_core, str(self.path))
         self._check_io(compiled)
@@ -262,19 +270,18 @@ class OpenVinoRunner(Runner):
         shapes: padded to the bucket, whose compiled model is made on first use)."""
         if self._model is None:
             return self._requests, arrays
-        batch = next(iter(arrays.values())).shape[0]
-        size = bucket(batch)
-        if size != batch:
-            arrays = {
-                k: np.concatenate([v, np.repeat(v[-1:], size - batch, axis=0)]) for k, v in arrays.items()
-            }
-        key = tuple(tuple(arrays[name].shape) for name in self.input_specs)
+        size = bucket(next(iter(arrays.values())).shape[0])
+        arrays = {k: pad_rows(v, size) for k, v in arrays.items()}
+        return self._bucket(tuple(tuple(arrays[name].shape) for name in self.input_specs)), arrays
+
+    def _bucket(self, key: Tuple[Tuple[int, ...], ...]) -> List[Any]:
+        """The requests of the graph compiled for the input shapes ``key`` (compiled on first use)."""
         requests = self._buckets.get(key)
         if requests is None:
             model = self._model.clone()
             model.reshape({name: list(shape) for name, shape in zip(self.input_specs, key)})
             requests = self._buckets[key] = self._make_requests(self._compile(core(), model))
-        return requests, arrays
+        return requests
 
     def _check_io(self, compiled: Any) -> None:
         """The compiled graph's inputs and outputs must be the manifest's (base.check_graph_io)."""
@@ -289,6 +296,7 @@ class OpenVinoRunner(Runner):
     def _deactivate(self) -> None:
         self._requests = []
         self._buckets = {}
+        self._static_parts = 1
         self._compiled = None
         self._model = None
 
@@ -297,7 +305,7 @@ class OpenVinoRunner(Runner):
         arrays = {name: np.ascontiguousarray(feed[name]) for name in self.input_specs}
         batch = next(iter(arrays.values())).shape[0]
         # THROUGHPUT: one slice of the batch per infer request, all started before any is awaited.
-        parts = max(1, min(len(self._requests) if self._model is None else self._parts(), batch))
+        parts = max(1, min(len(self._requests) if self._model is None else self._static_parts, batch))
         if self.fixed_batch is not None:
             parts = 1
         bounds = np.linspace(0, batch, parts + 1).astype(int)
@@ -326,13 +334,6 @@ class OpenVinoRunner(Runner):
             raise BackendError(
                 f"{self.path}: OpenVINO cannot run it ({ov_reason(exc)}); re-export the folder"
             ) from None
-
-    def _parts(self) -> int:
-        """Static shapes, THROUGHPUT: as many parts as a bucket's compiled model has requests."""
-        if self.hint != "THROUGHPUT":
-            return 1
-        made = next(iter(self._buckets.values()), None)
-        return len(made) if made else 1
 
     def _collect(self, request: Any, rows: int) -> Dict[str, np.ndarray]:
         # The request's output memory is reused by its next run: copy (astype copies). Static
