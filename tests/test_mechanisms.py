@@ -255,6 +255,18 @@ def test_every_command_refuses_a_damaging_output_before_any_work(tmp_path, expor
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "calib", "data", "export"]
 
 
+def test_a_remote_run_reads_no_local_artifact_folder(tmp_path, export_dir):
+    """infer --triton reads no ./export: an output there is the other rules' business only (the
+    default artifact folder used to be filled in and refused it)."""
+    shutil.copytree(export_dir, tmp_path / "export")
+    (tmp_path / "a.png").write_bytes(b"\x89PNG not really")
+    argv = ["infer", "a.png", "--triton", "http://127.0.0.1:9", "--output", "export/p.csv"]
+    result = _run(app, argv, cwd=tmp_path)
+    assert result.exit_code == 1 and "artifact folder" not in result.output, result.output
+    local = _run(app, argv[:2] + argv[4:], cwd=tmp_path)  # the same output, run locally: refused
+    assert local.exit_code == 1 and "inside the artifact folder" in local.output
+
+
 # ---- 5. one printer -----------------------------------------------------------------------------------
 def test_markup_that_does_not_parse_prints_as_written(capsys):
     err.print("[bold]calibration:[/] 3 images from imgs[/]x", highlight=False)

@@ -31,9 +31,12 @@ class PathRole:
     present and rewrites (checked as an output, but may be itself).
     """
 
-    def __init__(self, kind: str, default: Optional[Callable[[], Optional[Path]]] = None) -> None:
+    def __init__(
+        self, kind: str, default: Optional[Callable[[Dict[str, Any]], Optional[Path]]] = None
+    ) -> None:
         self.kind = kind
-        self.default = default  # the folder used when the option is not given (artifacts)
+        # The folder used when the option is not given (artifacts), from the command's arguments.
+        self.default = default
 
     def __repr__(self) -> str:
         return f"PathRole({self.kind})"
@@ -46,9 +49,13 @@ OUTPUT_FOLDER = PathRole("output folder")
 CACHE_FILE = PathRole("cache file")
 
 
-def _default_artifacts() -> Optional[Path]:
+def _default_artifacts(arguments: Dict[str, Any]) -> Optional[Path]:
+    """./export (or the one folder there is), unless the run is remote: ``--triton`` reads no local
+    artifact folder, so outputs may go anywhere the other rules allow."""
     from sacvit_deploy.runtime.loader import default_artifacts
 
+    if arguments.get("triton"):
+        return None
     try:
         return Path(default_artifacts())
     except SacvitError:
@@ -128,7 +135,7 @@ def check_paths(
     for name, (role, option) in roles.items():
         value = given[name]
         if not value and role.default is not None:
-            default = role.default()
+            default = role.default(bound.arguments)
             value = [] if default is None else [default]
         if role.kind in ("input", "artifacts"):
             inputs += value

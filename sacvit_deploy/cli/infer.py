@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from contextlib import closing
 from enum import Enum
@@ -112,8 +111,6 @@ def infer(
     from sacvit_deploy.runtime.predict import predict_files
     from sacvit_deploy.runtime.results import RowWriteError, open_writer
 
-    if threshold is not None and not math.isfinite(threshold):
-        raise SacvitError(f"--threshold {threshold}: give a finite number (0: everything exits at stage 1)")
     paths = collect_images(images)
     if output is not None:
         folder = None if triton else (artifacts if artifacts is not None else default_artifacts())
