@@ -60,6 +60,10 @@ class TensorRTError(BackendError):
     """TensorRT missing, too old, or asked for something the installed version cannot do."""
 
 
+class TensorRTNotInstalled(TensorRTError):
+    """No ``tensorrt`` module at all (callers add what to do without it, as build-engine does)."""
+
+
 @dataclass(frozen=True, order=True)
 class TrtVersion:
     major: int
@@ -161,7 +165,7 @@ def import_tensorrt() -> Any:
     except ImportError as exc:
         detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
         if getattr(exc, "name", None) == "tensorrt" or "No module named 'tensorrt'" in detail:
-            raise TensorRTError(f"TensorRT is not installed: {INSTALL_HINT}") from None
+            raise TensorRTNotInstalled(f"TensorRT is not installed: {INSTALL_HINT}") from None
         raise TensorRTError(f"TensorRT is installed but does not load ({detail}); {INSTALL_HINT}") from None
     version = TrtVersion.parse(getattr(trt, "__version__", "0.0"))
     if (version.major, version.minor) < MIN_SUPPORTED:

@@ -587,7 +587,7 @@ class Manifest:
                     f"{path}: {path.stat().st_size} bytes, far larger than any manifest; re-run `sacvit-deploy export`"
                 )
             data = parse_json(path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError, nesting too deep
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors; nesting too deep
             raise ArtifactError(f"{path}: not valid JSON ({exc}); re-run `sacvit-deploy export`") from None
         except OSError as exc:
             raise ArtifactError(f"{path}: cannot read it ({exc.strerror or exc})") from None

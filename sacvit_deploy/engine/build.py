@@ -506,18 +506,13 @@ def _roles(manifest: Manifest, export_dir: Path, baseline: Optional[bool]) -> Li
 
 
 # ---- the whole build ---------------------------------------------------------------------------------
-NOT_INSTALLED = "TensorRT is not installed"
-
-
 def _import_tensorrt(export_dir: Path) -> Any:
     """``import tensorrt``; when it is missing, the install hint plus what to do without a GPU."""
-    from sacvit_deploy.backends.trt_version import TensorRTError, import_tensorrt
+    from sacvit_deploy.backends.trt_version import TensorRTError, TensorRTNotInstalled, import_tensorrt
 
     try:
         return import_tensorrt()
-    except TensorRTError as exc:
-        if not str(exc).startswith(NOT_INSTALLED):
-            raise
+    except TensorRTNotInstalled as exc:
         raise TensorRTError(
             f"{exc}. build-engine also needs an NVIDIA GPU: an engine is built on, and for, the GPU it "
             f"runs on. Without one, run the ONNX graphs: sacvit-deploy infer IMAGES --artifacts {export_dir}"

@@ -7,7 +7,7 @@ exit at the exit threshold and at a threshold splitting the batch, and the basel
 
 Reduced precision changes numbers; what must not change is the answer: numbers are reported, and
 the build warns (fails with ``--strict``) when decisions agree on fewer than
-:data:`MIN_AGREEMENT` of the samples farther than :data:`DECISION_HAIR` from their boundary.
+:data:`MIN_AGREEMENT` of the samples farther than :data:`sacvit_deploy.core.compare.DECISION_HAIR` from their boundary.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from sacvit_deploy.runtime import parity
 # without anything being wrong; decisions farther from their boundary must agree on 99% of samples.
 CRITERIA = reduced_precision()
 MIN_AGREEMENT = CRITERIA.min_agreement
-DECISION_HAIR = CRITERIA.hair
 
 
 def reference_runners(

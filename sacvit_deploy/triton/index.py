@@ -87,7 +87,7 @@ class RepositoryIndex:
             )
         except RepositoryError:
             raise
-        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise RepositoryError(
                 f"{path}: malformed ({exc}); re-run `sacvit-deploy triton` to rewrite the repository"
             ) from None

@@ -71,7 +71,7 @@ def _read_json(path: Path, what: str) -> Dict[str, Any]:
                 f"{path}: {what} larger than {_MAX_JSON >> 20} MB; not a save_pretrained file"
             )
         data = parse_json(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:  # ValueError: bad or too deep JSON
+    except (OSError, ValueError) as exc:  # ValueError: bad or too deep JSON
         raise CheckpointError(
             f"{path}: unreadable {what} ({exc}); re-save the model with save_pretrained"
         ) from None
