@@ -428,8 +428,10 @@ def test_low_parity_warns_and_strict_writes_nothing(export, tmp_path, monkeypatc
 
 def test_output_folder_rules(export, tmp_path, monkeypatch):
     install_fake_tensorrt(monkeypatch, tmp_path, "10.3.0")
-    with pytest.raises(EngineBuildError, match="not into the export folder"):
-        build(export, export)
+    for out in (export, export / "engines"):  # the export itself, or a folder inside it
+        with pytest.raises(EngineBuildError, match="not into the export folder"):
+            build(export, out)
+    assert not (export / "engines").exists()
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     with pytest.raises(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -131,11 +132,16 @@ def test_bad_values_are_one_line_errors_before_any_work(run, exported_tiny, cali
         ({"max_calib_images": 0}, "--max-calib-images 0: give a positive number"),
         ({"folder_labels": "by-name"}, "--folder-labels by-name: use one of names, index, sorted"),
         ({"options": QuantizeOptions(ops=("Add",))}, "--ops Add: choose among MatMul, Gemm, Conv"),
+        ({"options": QuantizeOptions(threads=0)}, "--threads 0: give a positive number of threads"),
     ]
     for kwargs, text in cases:
         with pytest.raises(QuantizeError) as info:
             quantize_export(exported_tiny, calib, tmp_path / "a", **kwargs)
         assert text in str(info.value) and "\n" not in str(info.value)
+    inside = Path(exported_tiny) / "int8"  # out inside the float export: refused as out = the export
+    with pytest.raises(QuantizeError, match="not into the float export"):
+        quantize_export(exported_tiny, calib, inside)
+    assert not inside.exists()
     # an int8 folder is refused before its calibration images are even looked for
     with pytest.raises(QuantizeError, match="already an int8"):
         quantize_export(int8, tmp_path / "no-such-folder", tmp_path / "b")

@@ -50,6 +50,7 @@ from typing import Any, Dict, FrozenSet, List, Optional, Set, Tuple, Union
 from sacvit_deploy.backends.trt_logger import make_logger as _trt_logger
 from sacvit_deploy.core.errors import SacvitError
 from sacvit_deploy.core.extras import install_hint
+from sacvit_deploy.core.fileinfo import is_within
 from sacvit_deploy.core.manifest import (
     ArtifactFile,
     Manifest,
@@ -541,7 +542,7 @@ def build_engines(
         raise EngineBuildError(
             f"{export_dir}: has no ONNX graphs (an engines folder?); pass the export folder"
         )
-    if out.resolve() == export_dir.resolve():
+    if is_within(out, export_dir):  # the folder itself, or a folder inside it
         raise EngineBuildError(f"--out {out}: write engines to their own folder, not into the export folder")
     if options.timing_cache is not None and options.timing_cache.resolve().parent == out.resolve():
         raise EngineBuildError(

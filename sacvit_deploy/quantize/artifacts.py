@@ -27,6 +27,7 @@ import numpy as np
 
 from sacvit_deploy.core import publish
 from sacvit_deploy.core.errors import SacvitError
+from sacvit_deploy.core.fileinfo import is_within
 from sacvit_deploy.core.manifest import ArtifactFile, Manifest, Quantization, sha256_file
 from sacvit_deploy.quantize.qdq import (
     METHODS,
@@ -61,6 +62,8 @@ class QuantizeOptions:
             raise QuantizeError(f"--method {self.method}: use one of {', '.join(METHODS)}")
         if self.batch < 1:
             raise QuantizeError(f"--calib-batch {self.batch}: give a positive batch size")
+        if self.threads is not None and self.threads < 1:
+            raise QuantizeError(f"--threads {self.threads}: give a positive number of threads")
 
 
 @dataclass
@@ -154,7 +157,7 @@ def check_float_export(float_dir: Path, manifest: Manifest, out: Path) -> None:
             f"{float_dir}: is already an int8 (Q/DQ) folder; quantize the float export it came from "
             f"({manifest.quantization.float_folder})"
         )
-    if out.resolve() == float_dir.resolve():
+    if is_within(out, float_dir):  # the folder itself, or a folder inside it
         raise QuantizeError(
             f"--out {out}: write the int8 graphs to their own folder, not into the float export"
         )

@@ -116,8 +116,6 @@ def _validate(
         fraction = math.nan
     if not (math.isfinite(fraction) and 0.0 <= fraction <= 1.0):
         raise QuantizeError(f"--min-agreement {min_agreement}: give a fraction from 0 to 1 (0.95 = 95%)")
-    if options.threads is not None and options.threads < 1:
-        raise QuantizeError(f"--threads {options.threads}: give a positive number of threads")
 
 
 def _verification_batches(
