@@ -26,7 +26,6 @@ from sacvit_deploy.core.flops import FlopsReport
 from sacvit_deploy.core.manifest import Manifest
 from sacvit_deploy.runtime.images import collect_images, load_image, preprocess
 from sacvit_deploy.runtime.profile_artifacts import ProfileRun, profile_artifacts
-from tests.conftest import make_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {"backend": "onnxruntime", "warmup": 0}
@@ -59,11 +58,9 @@ def robust_threshold(confidence: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def with_baseline(tmp_path_factory):
-    from sacvit_deploy.export.onnx_export import ExportOptions, export_artifacts
+    from tests.fakes.fixtures import shared_export
 
-    folder = tmp_path_factory.mktemp("usecase-profile") / "export"
-    export_artifacts(make_tiny("sacvit"), folder, ExportOptions(baseline=True), "sacvit")
-    return folder
+    return shared_export(tmp_path_factory)[1]  # tiny SAC-ViT with baseline.onnx, read-only here
 
 
 def test_real_images_exit_rate_and_flops_match_independent_facts(exported_tiny, images_dir):
